@@ -1,0 +1,147 @@
+"""Offset log and commit log, in the engine's DuckDB database (Spark's offsets/ and commits/).
+
+Batch N's input range is written to the offset log, in its own transaction, before the
+batch reads anything. The commit record of batch N is written in the same transaction as
+batch N's state and sink rows. On restart a batch that is in the offset log but not in the
+commit log is run again over exactly its logged range, with its logged thresholds.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import duckdb
+
+SCHEMA = "_streamsql"
+
+TABLES = (
+    f"CREATE SCHEMA IF NOT EXISTS {SCHEMA}",
+    f"""CREATE TABLE IF NOT EXISTS {SCHEMA}.offsets (
+        query VARCHAR NOT NULL,
+        batch_id BIGINT NOT NULL,
+        start_offset JSON,
+        end_offset JSON,
+        watermark_us BIGINT,        -- W_N: emission and eviction threshold of this batch
+        late_threshold_us BIGINT,   -- L_N = W_(N-1): rows at or below it are late
+        planned_at TIMESTAMPTZ DEFAULT current_timestamp,
+        PRIMARY KEY (query, batch_id))""",
+    f"""CREATE TABLE IF NOT EXISTS {SCHEMA}.commits (
+        query VARCHAR NOT NULL,
+        batch_id BIGINT NOT NULL,
+        next_watermark_us BIGINT,   -- W_(N+1), first used by the next batch
+        max_event_us BIGINT,        -- max event time seen in batches 0..N, in ms precision
+        input_rows BIGINT,
+        output_rows BIGINT,
+        committed_at TIMESTAMPTZ DEFAULT current_timestamp,
+        PRIMARY KEY (query, batch_id))""",
+    f"""CREATE TABLE IF NOT EXISTS {SCHEMA}.dead_letters (
+        query VARCHAR,
+        batch_id BIGINT,
+        source VARCHAR,
+        "partition" VARCHAR,
+        "offset" BIGINT,
+        raw BLOB,
+        error VARCHAR,
+        recorded_at TIMESTAMPTZ DEFAULT current_timestamp)""",
+)
+
+
+@dataclass(frozen=True)
+class PlannedBatch:
+    batch_id: int
+    start: Any
+    end: Any
+    watermark_us: int | None
+    late_threshold_us: int | None
+
+
+@dataclass(frozen=True)
+class CommitRecord:
+    batch_id: int
+    next_watermark_us: int | None
+    max_event_us: int | None
+    input_rows: int = 0
+    output_rows: int = 0
+
+
+class Checkpoint:
+    """One query's view of the offset and commit logs."""
+
+    def __init__(self, cursor: duckdb.DuckDBPyConnection, query: str) -> None:
+        self.cursor = cursor
+        self.query = query
+
+    @staticmethod
+    def create_tables(con: duckdb.DuckDBPyConnection) -> None:
+        for statement in TABLES:
+            con.execute(statement).fetchall()
+
+    def last_commit(self) -> CommitRecord | None:
+        row = self.cursor.execute(
+            f"SELECT batch_id, next_watermark_us, max_event_us, input_rows, output_rows "
+            f"FROM {SCHEMA}.commits WHERE query = ? ORDER BY batch_id DESC LIMIT 1",
+            [self.query],
+        ).fetchone()
+        return CommitRecord(*row) if row else None
+
+    def planned(self, batch_id: int) -> PlannedBatch | None:
+        row = self.cursor.execute(
+            f"SELECT batch_id, start_offset, end_offset, watermark_us, late_threshold_us "
+            f"FROM {SCHEMA}.offsets WHERE query = ? AND batch_id = ?",
+            [self.query, batch_id],
+        ).fetchone()
+        if row is None:
+            return None
+        batch, start, end, watermark, late = row
+        return PlannedBatch(batch, _load(start), _load(end), watermark, late)
+
+    def planned_ends(self) -> list[Any]:
+        """Every end offset ever planned, in batch order: what a file source has seen."""
+        rows = self.cursor.execute(
+            f"SELECT end_offset FROM {SCHEMA}.offsets WHERE query = ? ORDER BY batch_id",
+            [self.query],
+        ).fetchall()
+        return [_load(end) for (end,) in rows]
+
+    def log_offsets(self, batch: PlannedBatch) -> None:
+        """Write-ahead: durable before the batch reads its input."""
+        self.cursor.execute(
+            f"INSERT INTO {SCHEMA}.offsets (query, batch_id, start_offset, end_offset, "
+            f"watermark_us, late_threshold_us) VALUES (?, ?, ?, ?, ?, ?)",
+            [
+                self.query,
+                batch.batch_id,
+                json.dumps(batch.start),
+                json.dumps(batch.end),
+                batch.watermark_us,
+                batch.late_threshold_us,
+            ],
+        ).fetchall()
+
+    def record_commit(self, commit: CommitRecord) -> None:
+        """Called inside the batch's transaction."""
+        self.cursor.execute(
+            f"INSERT INTO {SCHEMA}.commits (query, batch_id, next_watermark_us, max_event_us, "
+            f"input_rows, output_rows) VALUES (?, ?, ?, ?, ?, ?)",
+            [
+                self.query,
+                commit.batch_id,
+                commit.next_watermark_us,
+                commit.max_event_us,
+                commit.input_rows,
+                commit.output_rows,
+            ],
+        ).fetchall()
+
+    def forget(self) -> None:
+        """Drop the query's logs (DROP SINK)."""
+        for table in ("offsets", "commits", "dead_letters"):
+            self.cursor.execute(
+                f"DELETE FROM {SCHEMA}.{table} WHERE query = ?", [self.query]
+            ).fetchall()
+
+
+def _load(value: str | None) -> Any:
+    return json.loads(value) if value is not None else None

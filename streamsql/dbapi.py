@@ -1,0 +1,253 @@
+"""PEP 249 (DB-API 2.0) interface: connect(), Connection, Cursor.
+
+Parameters use the qmark style and are bound by DuckDB, never formatted into SQL text.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import duckdb
+
+from streamsql import errors
+from streamsql.engine import Engine, Result
+from streamsql.errors import (
+    DatabaseError,
+    DataError,
+    Error,
+    IntegrityError,
+    InterfaceError,
+    InternalError,
+    NotSupportedError,
+    OperationalError,
+    ProgrammingError,
+    Warning,
+)
+from streamsql.runtime.query import StreamingQuery
+from streamsql.sql import Statement, parse
+
+apilevel = "2.0"
+threadsafety = 1  # threads may share the module; each thread should use its own connection
+paramstyle = "qmark"
+
+# DuckDB's exceptions, mapped onto the PEP 249 classes users catch.
+_DUCKDB_ERRORS: tuple[tuple[type[Exception], type[Error]], ...] = (
+    (duckdb.ParserException, ProgrammingError),
+    (duckdb.BinderException, ProgrammingError),
+    (duckdb.CatalogException, ProgrammingError),
+    (duckdb.ConstraintException, IntegrityError),
+    (duckdb.ConversionException, DataError),
+    (duckdb.OutOfRangeException, DataError),
+    (duckdb.InvalidInputException, DataError),
+    (duckdb.NotImplementedException, NotSupportedError),
+    (duckdb.IOException, OperationalError),
+    (duckdb.InternalException, InternalError),
+    (duckdb.Error, DatabaseError),
+)
+
+
+def _translate(error: duckdb.Error) -> Error:
+    for duck, ours in _DUCKDB_ERRORS:
+        if isinstance(error, duck):
+            return ours(str(error))
+    return DatabaseError(str(error))
+
+
+def connect(database: str = ":memory:", *, trigger: str | None = None) -> Connection:
+    """Open (or create) an engine database; sinks recorded in it resume running."""
+    return Connection(Engine(database, trigger=trigger))
+
+
+class Connection:
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self._closed = False
+        self._default: Cursor | None = None
+        self._lock = threading.Lock()
+
+    def _check(self) -> None:
+        if self._closed:
+            raise InterfaceError("Connection is closed")
+
+    def cursor(self) -> Cursor:
+        self._check()
+        return Cursor(self)
+
+    def _default_cursor(self) -> Cursor:
+        with self._lock:
+            if self._default is None:
+                self._default = self.cursor()
+            return self._default
+
+    def execute(self, sql: str, parameters: Sequence[Any] | None = None) -> Cursor:
+        """Shortcut, as in sqlite3 and duckdb: run on the connection's own cursor."""
+        return self._default_cursor().execute(sql, parameters)
+
+    def executemany(self, sql: str, seq_of_parameters: Sequence[Sequence[Any]]) -> Cursor:
+        return self._default_cursor().executemany(sql, seq_of_parameters)
+
+    def query(self, name: str) -> StreamingQuery:
+        """The running query of sink `name`."""
+        self._check()
+        return self.engine.query(name)
+
+    def commit(self) -> None:
+        """Statements commit as they run (DuckDB's auto-commit); nothing is pending here."""
+        self._check()
+
+    def rollback(self) -> None:
+        self._check()
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self.engine.close()
+
+    def __enter__(self) -> Connection:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class Cursor:
+    arraysize = 1
+
+    def __init__(self, connection: Connection) -> None:
+        self.connection = connection
+        self._duck = connection.engine.db.cursor()
+        self._duck.execute("SET TimeZone = 'UTC'").fetchall()
+        self._result: Result | None = None  # our statements' rows
+        self._position = 0
+        self._from_duckdb = False
+        self.description: list[tuple[Any, ...]] | None = None
+        self.rowcount = -1
+        self._closed = False
+
+    def _check(self) -> None:
+        if self._closed:
+            raise InterfaceError("Cursor is closed")
+        self.connection._check()
+
+    def execute(self, sql: str, parameters: Sequence[Any] | None = None) -> Cursor:
+        self._check()
+        statements = parse(sql)
+        if parameters is not None and len(statements) > 1:
+            raise ProgrammingError("Parameters can only be bound to a single statement")
+        for statement in statements:
+            self._run(statement, parameters)
+        return self
+
+    def executemany(self, sql: str, seq_of_parameters: Sequence[Sequence[Any]]) -> Cursor:
+        self._check()
+        statement = _single(parse(sql))
+        total = 0
+        for parameters in seq_of_parameters:
+            self._run(statement, parameters)
+            total += max(self.rowcount, 0)
+        self.rowcount = total
+        return self
+
+    def _run(self, statement: Statement, parameters: Sequence[Any] | None) -> None:
+        handler = self.connection.engine.handler(statement)
+        self._position = 0
+        if handler is None:
+            try:
+                self._duck.execute(statement.text, parameters)
+            except duckdb.Error as error:
+                raise _translate(error) from None
+            self._from_duckdb = True
+            self._result = None
+            self.description = self._duck.description
+            self.rowcount = -1
+            return
+        self._from_duckdb = False
+        result = handler(statement, parameters)
+        self._result = result
+        self.rowcount = result.rowcount if result.rowcount >= 0 else len(result.rows)
+        self.description = (
+            [(name, None, None, None, None, None, None) for name in result.columns]
+            if result.columns
+            else None
+        )
+
+    def fetchone(self) -> tuple[Any, ...] | None:
+        rows = self.fetchmany(1)
+        return rows[0] if rows else None
+
+    def fetchmany(self, size: int | None = None) -> list[tuple[Any, ...]]:
+        self._check()
+        size = self.arraysize if size is None else size
+        if self._from_duckdb:
+            try:
+                return self._duck.fetchmany(size)
+            except duckdb.Error as error:
+                raise _translate(error) from None
+        if self._result is None:
+            raise ProgrammingError("No statement has been executed")
+        rows = self._result.rows[self._position : self._position + size]
+        self._position += len(rows)
+        return rows
+
+    def fetchall(self) -> list[tuple[Any, ...]]:
+        self._check()
+        if self._from_duckdb:
+            try:
+                return self._duck.fetchall()
+            except duckdb.Error as error:
+                raise _translate(error) from None
+        if self._result is None:
+            raise ProgrammingError("No statement has been executed")
+        rows = self._result.rows[self._position :]
+        self._position = len(self._result.rows)
+        return rows
+
+    def __iter__(self) -> Iterator[tuple[Any, ...]]:
+        while (row := self.fetchone()) is not None:
+            yield row
+
+    def setinputsizes(self, sizes: Any) -> None:
+        """Accepted and ignored, as PEP 249 allows."""
+
+    def setoutputsize(self, size: Any, column: Any = None) -> None:
+        """Accepted and ignored, as PEP 249 allows."""
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self._duck.close()
+
+    def __enter__(self) -> Cursor:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _single(statements: list[Statement]) -> Statement:
+    if len(statements) != 1:
+        raise ProgrammingError("executemany() takes exactly one statement")
+    return statements[0]
+
+
+__all__ = [
+    "Connection",
+    "Cursor",
+    "DataError",
+    "DatabaseError",
+    "Error",
+    "IntegrityError",
+    "InterfaceError",
+    "InternalError",
+    "NotSupportedError",
+    "OperationalError",
+    "ProgrammingError",
+    "Warning",
+    "apilevel",
+    "connect",
+    "errors",
+    "paramstyle",
+    "threadsafety",
+]

@@ -1,0 +1,422 @@
+"""The engine behind a connection: catalog, sources, running queries, statement dispatch.
+
+Statements of the streaming dialect are handled here; every other statement is handed to
+DuckDB verbatim, in its own text, so DuckDB behaves exactly as DuckDB.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import duckdb
+import pyarrow as pa
+from sqlglot import exp
+
+from streamsql.checkpoint.log import SCHEMA, Checkpoint
+from streamsql.errors import OperationalError, PlanningError, ProgrammingError
+from streamsql.incremental.aggregates import MACROS
+from streamsql.incremental.compiler import BatchProgram, compile_plan
+from streamsql.plan.catalog import SinkDef, SourceDef, sink_def, source_def
+from streamsql.plan.plan import StreamingPlan
+from streamsql.plan.planner import Planner
+from streamsql.runtime.microbatch import MicroBatchExecution
+from streamsql.runtime.query import StreamingQuery
+from streamsql.runtime.triggers import Trigger
+from streamsql.sinks.base import Sink
+from streamsql.sinks.console import ConsoleSink
+from streamsql.sinks.duckdb import DuckDBSink
+from streamsql.sources.base import Source
+from streamsql.sources.files import FileSource
+from streamsql.sources.memory import MemorySource
+from streamsql.sql import DIALECT, Statement, nodes
+
+SOURCE_CONNECTORS: dict[str, type[Source]] = {
+    "memory": MemorySource,
+    "files": FileSource,
+}
+SINK_CONNECTORS: dict[str, type[Sink]] = {
+    "duckdb": DuckDBSink,
+    "console": ConsoleSink,
+}
+
+CATALOG = f"""CREATE TABLE IF NOT EXISTS {SCHEMA}.catalog (
+    kind VARCHAR NOT NULL,          -- SOURCE | SINK
+    name VARCHAR NOT NULL,
+    sql VARCHAR NOT NULL,           -- the CREATE statement, as written
+    running BOOLEAN DEFAULT true,   -- sinks: resumed when the database is opened again
+    PRIMARY KEY (kind, name))"""
+
+
+@dataclass
+class Result:
+    """Rows our own statements return (DuckDB statements return DuckDB's result)."""
+
+    columns: list[str] = field(default_factory=list)
+    rows: list[tuple[Any, ...]] = field(default_factory=list)
+    rowcount: int = -1
+
+
+def quote(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+class Engine:
+    def __init__(self, database: str = ":memory:", trigger: str | None = None) -> None:
+        self.database = database
+        self.trigger_override = Trigger.parse(trigger) if trigger else None
+        self.db = duckdb.connect(database)
+        self.db.execute("SET TimeZone = 'UTC'").fetchall()
+        Checkpoint.create_tables(self.db)
+        for statement in (*MACROS, CATALOG):
+            self.db.execute(statement).fetchall()
+        self.sources: dict[str, SourceDef] = {}
+        self.sinks: dict[str, SinkDef] = {}
+        self.queries: dict[str, StreamingQuery] = {}
+        self._instances: dict[str, Source] = {}
+        self._lock = threading.RLock()
+        self._load_catalog()
+
+    # -- catalog ---------------------------------------------------------------------------------
+
+    def _load_catalog(self) -> None:
+        from streamsql.sql import parse_one
+
+        rows = self.db.execute(
+            f"SELECT kind, sql, running FROM {SCHEMA}.catalog ORDER BY kind DESC, name"
+        ).fetchall()
+        for kind, sql, running in rows:
+            create = parse_one(sql).expression
+            if kind == "SOURCE":
+                self._register_source(source_def(create, sql))
+            else:
+                definition = sink_def(create, sql)
+                self.sinks[definition.name.lower()] = definition
+                if running:
+                    self._start(definition)
+
+    def _remember(self, kind: str, name: str, sql: str) -> None:
+        self.db.execute(
+            f"INSERT OR REPLACE INTO {SCHEMA}.catalog (kind, name, sql, running) "
+            "VALUES (?, ?, ?, true)",
+            [kind, name, sql],
+        ).fetchall()
+
+    def _forget(self, kind: str, name: str) -> None:
+        self.db.execute(
+            f"DELETE FROM {SCHEMA}.catalog WHERE kind = ? AND lower(name) = lower(?)", [kind, name]
+        ).fetchall()
+
+    def source(self, name: str) -> Source:
+        try:
+            return self._instances[name.lower()]
+        except KeyError:
+            raise ProgrammingError(f"Unknown source {name!r}") from None
+
+    def _register_source(self, definition: SourceDef) -> None:
+        connector = SOURCE_CONNECTORS.get(definition.connector.lower())
+        if connector is None:
+            raise ProgrammingError(
+                f"Unknown source connector {definition.connector!r}; available: "
+                f"{', '.join(SOURCE_CONNECTORS)}"
+            )
+        self.sources[definition.name.lower()] = definition
+        self._instances[definition.name.lower()] = connector(definition, self._arrow_schema(definition))
+
+    def _arrow_schema(self, definition: SourceDef) -> pa.Schema:
+        columns = ", ".join(f"CAST(NULL AS {c.type}) AS {quote(c.name)}" for c in definition.columns)
+        try:
+            return self.db.sql(f"SELECT {columns} LIMIT 0").to_arrow_table().schema
+        except duckdb.Error as error:
+            raise ProgrammingError(
+                f"Source {definition.name}: {str(error).splitlines()[0]}"
+            ) from None
+
+    # -- statements ------------------------------------------------------------------------------
+
+    def handler(self, statement: Statement) -> Callable[..., Result] | None:
+        """Our handler for a statement, or None when DuckDB should run it."""
+        node = statement.expression
+        if isinstance(node, exp.Create) and node.kind in ("SOURCE", "SINK"):
+            return self.create_source if node.kind == "SOURCE" else self.create_sink
+        if isinstance(node, exp.Drop) and node.kind in ("SOURCE", "SINK"):
+            return self.drop
+        if isinstance(node, nodes.Explain) and self._is_streaming(node.this):
+            return self.explain
+        if isinstance(node, nodes.ShowStreams):
+            return self.show
+        if isinstance(node, nodes.DescribeQuery):
+            return self.describe_query
+        if isinstance(node, nodes.StopQuery):
+            return self.stop_query
+        if isinstance(node, exp.Insert) and self._insert_target(node) is not None:
+            return self.insert_into_source
+        if isinstance(node, exp.Select) and self._is_streaming(node):
+            return self.push_query
+        return None
+
+    def _is_streaming(self, node: exp.Expr | None) -> bool:
+        if isinstance(node, exp.Create) and node.kind == "SINK":
+            return True
+        if not isinstance(node, exp.Select):
+            return False
+        if any(node.args.get(k) for k in ("stream_window", "emit")):
+            return True
+        return any(t.name.lower() in self.sources for t in node.find_all(exp.Table))
+
+    def _insert_target(self, node: exp.Insert) -> Source | None:
+        target = node.this.this if isinstance(node.this, exp.Schema) else node.this
+        if isinstance(target, exp.Table) and target.name.lower() in self.sources:
+            return self._instances[target.name.lower()]
+        return None
+
+    def create_source(self, statement: Statement, params: Sequence[Any] | None = None) -> Result:
+        create = statement.expression
+        name = create.this.this.name if isinstance(create.this, exp.Schema) else create.this.name
+        with self._lock:
+            if self._exists("SOURCE", name, create, statement.text):
+                return Result()
+            if name.lower() in self.sources:
+                users = [s.name for s in self.sinks.values() if self._reads(s, name)]
+                if users:
+                    raise ProgrammingError(
+                        f"Cannot replace source {name}: sinks {', '.join(users)} read it"
+                    )
+            definition = source_def(create, statement.text)
+            self._register_source(definition)
+            self._remember("SOURCE", definition.name, statement.text)
+        return Result()
+
+    def _exists(self, kind: str, name: str, create: exp.Create, text: str) -> bool:
+        """CREATE of something that exists: IF NOT EXISTS and identical re-runs are no-ops."""
+        existing = (self.sources if kind == "SOURCE" else self.sinks).get(name.lower())
+        if existing is None or create.args.get("replace"):
+            return False
+        if create.args.get("exists") or _canonical(existing.sql) == _canonical(text):
+            return True
+        raise ProgrammingError(
+            f"{kind.title()} {name} already exists with a different definition; use "
+            f"CREATE OR REPLACE {kind} or DROP {kind} {name} first"
+        )
+
+    def _reads(self, sink: SinkDef, source: str) -> bool:
+        return any(t.name.lower() == source.lower() for t in sink.query.find_all(exp.Table))
+
+    def create_sink(self, statement: Statement, params: Sequence[Any] | None = None) -> Result:
+        create = statement.expression
+        name = create.this.name
+        with self._lock:
+            if self._exists("SINK", name, create, statement.text):
+                return Result()
+            if name.lower() in self.sinks:
+                self._drop_sink(name)
+            definition = sink_def(create, statement.text)
+            query = self._start(definition)
+            self.sinks[name.lower()] = definition
+            self._remember("SINK", name, statement.text)
+        del query
+        return Result()
+
+    def plan(self, select: exp.Select) -> StreamingPlan:
+        return Planner(self.db.cursor(), self.sources).plan(select)
+
+    def program(self, name: str, plan: StreamingPlan) -> BatchProgram:
+        return compile_plan(plan, f"{SCHEMA}.{quote('state_' + name)}")
+
+    def _start(self, definition: SinkDef) -> StreamingQuery:
+        plan = self.plan(definition.query)
+        program = self.program(definition.name, plan)
+        connector = SINK_CONNECTORS.get(definition.connector.lower())
+        if connector is None:
+            raise ProgrammingError(
+                f"Unknown sink connector {definition.connector!r}; available: "
+                f"{', '.join(SINK_CONNECTORS)}"
+            )
+        sink = connector(definition.name, definition.options)
+        trigger = self.trigger_override or Trigger.parse(definition.options.get("trigger"))
+        execution = MicroBatchExecution(
+            definition.name, self.db, plan, program, self.source(plan.source.name), sink
+        )
+        query = StreamingQuery(execution, trigger).start()
+        self.queries[definition.name.lower()] = query
+        return query
+
+    def query(self, name: str) -> StreamingQuery:
+        try:
+            return self.queries[name.lower()]
+        except KeyError:
+            raise ProgrammingError(f"No running query named {name!r}") from None
+
+    def drop(self, statement: Statement, params: Sequence[Any] | None = None) -> Result:
+        node = statement.expression
+        name = node.this.name
+        with self._lock:
+            registry = self.sources if node.kind == "SOURCE" else self.sinks
+            if name.lower() not in registry:
+                if node.args.get("exists"):
+                    return Result()
+                raise ProgrammingError(f"{node.kind.title()} {name!r} does not exist")
+            if node.kind == "SOURCE":
+                users = [s.name for s in self.sinks.values() if self._reads(s, name)]
+                if users:
+                    raise ProgrammingError(
+                        f"Cannot drop source {name}: sinks {', '.join(users)} read it; "
+                        "drop them first"
+                    )
+                del self.sources[name.lower()]
+                del self._instances[name.lower()]
+                self._forget("SOURCE", name)
+            else:
+                self._drop_sink(name)
+        return Result()
+
+    def _drop_sink(self, name: str) -> None:
+        query = self.queries.pop(name.lower(), None)
+        if query is not None:
+            query.stop()
+        self.sinks.pop(name.lower(), None)
+        self._forget("SINK", name)
+        Checkpoint(self.db, name).forget()
+        self.db.execute(f"DROP TABLE IF EXISTS {SCHEMA}.{quote('state_' + name)}").fetchall()
+
+    def explain(self, statement: Statement, params: Sequence[Any] | None = None) -> Result:
+        target = statement.expression.this
+        select = target.expression if isinstance(target, exp.Create) else target
+        name = target.this.name if isinstance(target, exp.Create) else "query"
+        plan = self.plan(select)
+        program = self.program(name, plan)
+        header = [
+            f"-- {plan.kind.value} over source {plan.source.name}, EMIT {plan.emit.value}",
+        ]
+        if plan.has_watermark:
+            header.append(
+                f"-- watermark: max({plan.event_time}) - {plan.watermark_delay_us} us"
+            )
+        text = "\n".join(header) + "\n" + program.explain()
+        return Result(["explain"], [(line,) for line in text.splitlines()])
+
+    def show(self, statement: Statement, params: Sequence[Any] | None = None) -> Result:
+        what = statement.expression.name.upper()
+        if what == "SOURCES":
+            return Result(
+                ["name", "connector", "columns", "watermark"],
+                [
+                    (
+                        s.name,
+                        s.connector,
+                        ", ".join(s.column_names),
+                        f"{s.watermark.column} - {s.watermark.delay.sql('duckdb')}"
+                        if s.watermark
+                        else None,
+                    )
+                    for s in self.sources.values()
+                ],
+            )
+        if what == "SINKS":
+            return Result(
+                ["name", "connector", "query"],
+                [(s.name, s.connector, s.query.sql(DIALECT)) for s in self.sinks.values()],
+            )
+        return Result(
+            ["name", "status", "trigger", "last_batch", "watermark", "state_rows"],
+            [self._query_row(q) for q in self.queries.values()],
+        )
+
+    def _query_row(self, query: StreamingQuery) -> tuple[Any, ...]:
+        progress = query.last_progress
+        return (
+            query.name,
+            query.status["message"],
+            str(query.trigger),
+            progress.batch_id if progress else None,
+            progress.next_watermark if progress else None,
+            progress.state_rows if progress else None,
+        )
+
+    def describe_query(self, statement: Statement, params: Sequence[Any] | None = None) -> Result:
+        query = self.query(statement.expression.this.name)
+        progress = query.last_progress
+        rows = [("status", str(query.status))]
+        if progress is not None:
+            rows += [(key, str(value)) for key, value in progress.to_dict().items()]
+        return Result(["property", "value"], rows)
+
+    def stop_query(self, statement: Statement, params: Sequence[Any] | None = None) -> Result:
+        name = statement.expression.this.name
+        query = self.query(name)
+        query.stop()
+        self.db.execute(
+            f"UPDATE {SCHEMA}.catalog SET running = false WHERE kind = 'SINK' AND lower(name) = lower(?)",
+            [name],
+        ).fetchall()
+        return Result()
+
+    def insert_into_source(
+        self, statement: Statement, params: Sequence[Any] | None = None, cursor: Any = None
+    ) -> Result:
+        """Evaluate the INSERT's rows in DuckDB, cast to the source's columns, and append them."""
+        node = statement.expression
+        source = self._insert_target(node)
+        if not isinstance(source, MemorySource):
+            raise ProgrammingError(
+                f"INSERT INTO {source.name}: only memory sources accept rows; "
+                f"{source.definition.connector} sources read from their connector"
+            )
+        rows = self._evaluate_insert(node, source, params)
+        return Result(rowcount=source.append(rows))
+
+    def _evaluate_insert(
+        self, node: exp.Insert, source: MemorySource, params: Sequence[Any] | None
+    ) -> pa.Table:
+        declared = {c.name.lower(): c for c in source.definition.columns}
+        if isinstance(node.this, exp.Schema):
+            targets = [c.name for c in node.this.expressions]
+        else:
+            targets = [c.name for c in source.definition.columns]
+        unknown = [t for t in targets if t.lower() not in declared]
+        if unknown:
+            raise ProgrammingError(
+                f"INSERT INTO {source.name}: no column {unknown[0]!r} (computed columns are "
+                "derived, not inserted)"
+            )
+        values = node.expression
+        names = ", ".join(quote(f"c{i}") for i in range(len(targets)))
+        given = {t.lower(): f"c{i}" for i, t in enumerate(targets)}
+        casts = ", ".join(
+            f"CAST({quote(given[c.name.lower()]) if c.name.lower() in given else 'NULL'} "
+            f"AS {c.type}) AS {quote(c.name)}"
+            for c in source.definition.columns
+        )
+        sql = f"SELECT {casts} FROM ({values.sql('duckdb')}) AS __values({names})"
+        try:
+            return self.db.cursor().sql(sql, params=list(params) if params else None).to_arrow_table()
+        except duckdb.Error as error:
+            raise ProgrammingError(
+                f"INSERT INTO {source.name}: {str(error).splitlines()[0]}"
+            ) from None
+
+    def push_query(self, statement: Statement, params: Sequence[Any] | None = None) -> Result:
+        raise OperationalError(
+            "A streaming SELECT runs as a named query: CREATE SINK name WITH (connector = "
+            "'duckdb') AS SELECT ...; then read the table"
+        )
+
+    def close(self) -> None:
+        for query in list(self.queries.values()):
+            query.stop()
+        self.queries.clear()
+        self.db.close()
+
+
+def _canonical(sql: str) -> str:
+    from streamsql.sql import parse_one
+
+    node = parse_one(sql).expression.copy()
+    node.set("exists", False)
+    node.set("replace", False)
+    return node.sql(DIALECT)
+
+
+__all__ = ["Engine", "PlanningError", "Result"]

@@ -1,0 +1,145 @@
+"""What CREATE SOURCE and CREATE SINK declare, bound into plain definitions the engine stores."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from sqlglot import exp
+
+from streamsql.errors import PlanningError
+from streamsql.sql import DIALECT
+
+
+@dataclass(frozen=True)
+class Column:
+    name: str
+    type: str  # a DuckDB type, as DuckDB spells it
+
+
+@dataclass(frozen=True)
+class ComputedColumn:
+    name: str
+    expression: exp.Expr  # over the physical columns; evaluated per batch, never stored
+
+
+@dataclass(frozen=True)
+class WatermarkSpec:
+    """Event time = `column`; watermark = max event time seen - `delay`."""
+
+    column: str
+    delay: exp.Expr  # an interval; converted to microseconds when the query is planned
+
+
+@dataclass(frozen=True)
+class SourceDef:
+    name: str
+    columns: tuple[Column, ...]
+    computed: tuple[ComputedColumn, ...]
+    watermark: WatermarkSpec | None
+    options: dict[str, str]
+    sql: str = field(compare=False)
+
+    @property
+    def connector(self) -> str:
+        return self.options["connector"]
+
+    @property
+    def column_names(self) -> list[str]:
+        return [c.name for c in self.columns] + [c.name for c in self.computed]
+
+
+@dataclass(frozen=True)
+class SinkDef:
+    name: str
+    options: dict[str, str]
+    query: exp.Select
+    sql: str = field(compare=False)
+
+    @property
+    def connector(self) -> str:
+        return self.options.get("connector", "duckdb")
+
+
+def options_of(create: exp.Create) -> dict[str, str]:
+    """`WITH (key = value, ...)` as a dict of lower-case keys and string values."""
+    options: dict[str, str] = {}
+    properties = create.args.get("properties")
+    for prop in properties.expressions if properties else []:
+        if isinstance(prop, exp.FileFormatProperty):  # sqlglot's node for `format = ...`
+            key, value = "format", prop.this
+        elif isinstance(prop, exp.Property):
+            key, value = prop.name, prop.args.get("value")
+        else:
+            raise PlanningError(f"Unsupported option {prop.sql(DIALECT)!r} in {create.kind}")
+        options[key.lower()] = _option_value(key, value)
+    return options
+
+
+def _option_value(key: str, value: exp.Expr | None) -> str:
+    if isinstance(value, exp.Literal):
+        return value.name
+    if isinstance(value, exp.Boolean):
+        return "true" if value.this else "false"
+    if isinstance(value, (exp.Var, exp.Identifier, exp.Column)):
+        return value.name
+    raise PlanningError(f"Option {key!r} needs a literal value, got {value.sql(DIALECT)!r}")
+
+
+def source_def(create: exp.Create, sql: str) -> SourceDef:
+    schema = create.this
+    if not isinstance(schema, exp.Schema):
+        raise PlanningError(f"CREATE SOURCE {create.this.name} needs a column list")
+    columns: list[Column] = []
+    computed: list[ComputedColumn] = []
+    watermark: WatermarkSpec | None = None
+    for item in schema.expressions:
+        if isinstance(item, exp.WatermarkColumnConstraint):
+            watermark = _watermark_of(item)
+        elif isinstance(item, exp.ColumnDef) and (expression := _computed_expression(item)):
+            computed.append(ComputedColumn(item.name, expression))
+        elif isinstance(item, exp.ColumnDef) and item.args.get("kind"):
+            columns.append(Column(item.name, item.args["kind"].sql("duckdb")))
+        else:
+            raise PlanningError(f"Cannot read column definition {item.sql(DIALECT)!r}")
+    name = schema.this.name
+    options = options_of(create)
+    if "connector" not in options:
+        raise PlanningError(f"CREATE SOURCE {name} needs WITH (connector = '...')")
+    names = [c.name.lower() for c in columns] + [c.name.lower() for c in computed]
+    if len(set(names)) != len(names):
+        raise PlanningError(f"CREATE SOURCE {name} declares a column twice")
+    if watermark and watermark.column.lower() not in names:
+        raise PlanningError(
+            f"WATERMARK FOR {watermark.column}: no column {watermark.column!r} in source {name}"
+        )
+    return SourceDef(name, tuple(columns), tuple(computed), watermark, options, sql)
+
+
+def _computed_expression(column: exp.ColumnDef) -> exp.Expr | None:
+    for constraint in column.args.get("constraints") or []:
+        if isinstance(constraint.args.get("kind"), exp.ComputedColumnConstraint):
+            return constraint.args["kind"].this
+    return None
+
+
+def _watermark_of(item: exp.WatermarkColumnConstraint) -> WatermarkSpec:
+    column, expression = item.this, item.expression
+    if isinstance(expression, exp.Column) and expression.name == column.name:
+        return WatermarkSpec(column.name, exp.Interval(this=exp.Literal.string("0 seconds")))
+    if (
+        isinstance(expression, exp.Sub)
+        and isinstance(expression.this, exp.Column)
+        and expression.this.name == column.name
+    ):
+        return WatermarkSpec(column.name, expression.expression)
+    raise PlanningError(
+        f"WATERMARK FOR {column.name} AS {expression.sql(DIALECT)}: the watermark must be "
+        f"'{column.name} - INTERVAL ...' (or just '{column.name}' for no delay)"
+    )
+
+
+def sink_def(create: exp.Create, sql: str) -> SinkDef:
+    query = create.expression
+    if not isinstance(query, exp.Select):
+        raise PlanningError(f"CREATE SINK {create.this.name} needs AS SELECT ...")
+    return SinkDef(create.this.name, options_of(create), query, sql)

@@ -1,0 +1,77 @@
+"""The logical plan of a streaming query: what the planner decided, before any SQL is generated."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+
+from sqlglot import exp
+
+from streamsql.incremental.aggregates import AggregateCall
+from streamsql.plan.catalog import SourceDef
+
+
+class Emit(str, Enum):
+    """Output modes, named as in the SQL; Spark's names in the comments."""
+
+    CHANGES = "CHANGES"  # update
+    FINAL = "FINAL"  # append
+    SNAPSHOT = "SNAPSHOT"  # complete
+
+
+class QueryKind(str, Enum):
+    STATELESS = "stateless projection/filter"
+    WINDOWED = "windowed aggregation"
+    SESSION = "session window aggregation"
+    GLOBAL = "global aggregation"
+
+
+@dataclass(frozen=True)
+class WindowSpec:
+    kind: str  # TUMBLING | HOPPING | SESSION
+    time_column: str
+    size_us: int = 0  # tumbling and hopping
+    slide_us: int = 0  # hopping (tumbling: = size)
+    gap_us: int = 0  # session
+    bound_type: str = "TIMESTAMP"  # type of window_start/window_end: follows the time column
+
+    @property
+    def windows_per_row(self) -> int:
+        return -(-self.size_us // self.slide_us) if self.slide_us else 1
+
+
+@dataclass
+class StreamingPlan:
+    select: exp.Select  # the query as written
+    source: SourceDef
+    alias: str  # the name the query gives the source relation
+    derived: list[tuple[str, exp.Expr]]  # computed columns, in order, over the physical ones
+    event_time: str | None  # the watermarked column
+    watermark_delay_us: int | None
+    kind: QueryKind
+    emit: Emit
+    where: exp.Expr | None
+    window: WindowSpec | None = None
+    keys: list[exp.Expr] = field(default_factory=list)  # group keys besides the window bounds
+    aggregates: list[AggregateCall] = field(default_factory=list)
+    # Output expressions: over the state row for aggregations, over the input row otherwise.
+    projection: list[exp.Expr] = field(default_factory=list)
+    output_names: list[str] = field(default_factory=list)
+    key_names: list[str] = field(default_factory=list)  # upsert key of EMIT CHANGES sinks
+    keys_complete: bool = False  # every group key and the window are among the outputs
+    having: exp.Expr | None = None
+    order: exp.Order | None = None
+    limit: exp.Expr | None = None
+
+    @property
+    def has_watermark(self) -> bool:
+        return self.watermark_delay_us is not None
+
+    @property
+    def watermark_bounds_state(self) -> bool:
+        """True when the watermark closes windows: the window runs on the watermarked column."""
+        return bool(self.has_watermark and self.window and self.window.time_column == self.event_time)
+
+    @property
+    def stateful(self) -> bool:
+        return self.kind is not QueryKind.STATELESS

@@ -1,0 +1,498 @@
+"""Bind a streaming SELECT to its source, classify it, and decide how it can run incrementally.
+
+Every refusal names its rule, the way Spark's UnsupportedOperationChecker names output
+modes: a user who reads the message knows what to change.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import duckdb
+from sqlglot import exp
+
+from streamsql.errors import PlanningError
+from streamsql.incremental.aggregates import decompose
+from streamsql.plan.catalog import SourceDef
+from streamsql.plan.plan import Emit, QueryKind, StreamingPlan, WindowSpec
+from streamsql.sql import nodes, parse_expression
+
+WINDOW_COLUMNS = ("window_start", "window_end")
+TIME_TYPES = ("TIMESTAMP", "TIMESTAMP WITH TIME ZONE", "TIMESTAMP_MS", "TIMESTAMP_NS",
+              "TIMESTAMP_S", "DATE")
+
+
+def sql_of(node: exp.Expr) -> str:
+    return node.sql("duckdb")
+
+
+class Planner:
+    """Turns a SELECT over a source into a StreamingPlan, using DuckDB to type and validate it."""
+
+    def __init__(self, con: duckdb.DuckDBPyConnection, sources: Mapping[str, SourceDef]) -> None:
+        self.con = con
+        self.sources = {name.lower(): source for name, source in sources.items()}
+        self._aggregate_names: set[str] | None = None
+
+    # -- entry point -------------------------------------------------------------------------
+
+    def plan(self, query: exp.Select) -> StreamingPlan:
+        select = query.copy()
+        table, source = self._bind_source(select)
+        alias = table.alias_or_name
+        self._unqualify(select, {alias.lower(), source.name.lower()})
+        derived = [(c.name, c.expression) for c in source.computed]
+        event_time, delay = self._watermark(table, source, derived)
+        types = self._relation_types(source, derived)
+        window = self._window(select, types)
+        emit_node = select.args.get("emit")
+        self._refuse_unsupported(select)
+
+        aggregates = self._aggregate_calls(select)
+        group_items = self._group_items(select)
+        if not aggregates and not group_items:
+            if window:
+                raise PlanningError(
+                    f"WINDOW {window.kind} needs an aggregation: GROUP BY window_start, "
+                    "window_end, ... with aggregate functions",
+                    rule="window-needs-aggregation",
+                )
+            kind = QueryKind.STATELESS
+        else:
+            kind = {None: QueryKind.GLOBAL, "SESSION": QueryKind.SESSION}.get(
+                window and window.kind, QueryKind.WINDOWED
+            )
+        emit = self._emit(emit_node, kind, window, event_time)
+        plan = StreamingPlan(
+            select=query,
+            source=source,
+            alias=alias,
+            derived=derived,
+            event_time=event_time,
+            watermark_delay_us=delay,
+            kind=kind,
+            emit=emit,
+            where=select.args["where"].this if select.args.get("where") else None,
+            window=window,
+            having=select.args["having"].this if select.args.get("having") else None,
+            order=select.args.get("order"),
+            limit=select.args["limit"].expression if select.args.get("limit") else None,
+        )
+        self._check_modifiers(plan)
+        names = self._validate(select, source, derived, window)
+        if kind is QueryKind.STATELESS:
+            plan.projection = [e.copy() for e in select.expressions]
+            plan.output_names = names
+        else:
+            self._plan_aggregation(plan, select, group_items, aggregates, names, types)
+        return plan
+
+    # -- binding -----------------------------------------------------------------------------
+
+    def _bind_source(self, select: exp.Select) -> tuple[exp.Table, SourceDef]:
+        if select.args.get("with_"):
+            raise PlanningError(
+                "WITH (common table expressions) over a stream is not supported; "
+                "write the expressions in the SELECT",
+                rule="single-source",
+            )
+        if select.args.get("joins"):
+            raise PlanningError(
+                "Joins are not supported in streaming queries yet: a query reads one source",
+                rule="single-source",
+            )
+        from_ = select.args.get("from_")
+        table = from_.this if from_ else None
+        if not isinstance(table, exp.Table) or not table.name:
+            raise PlanningError(
+                "A streaming query reads FROM one source by name", rule="single-source"
+            )
+        source = self.sources.get(table.name.lower())
+        if source is None:
+            raise PlanningError(f"Unknown source {table.name!r}: create it with CREATE SOURCE")
+        return table, source
+
+    @staticmethod
+    def _unqualify(select: exp.Select, names: set[str]) -> None:
+        """One relation, so `e.col` and `events.col` are just `col`."""
+        for column in select.find_all(exp.Column):
+            if column.table and column.table.lower() in names:
+                column.set("table", None)
+
+    def _watermark(
+        self, table: exp.Table, source: SourceDef, derived: list[tuple[str, exp.Expr]]
+    ) -> tuple[str | None, int | None]:
+        clause = table.args.get("watermark")
+        if clause is None:
+            if source.watermark is None:
+                return None, None
+            spec = source.watermark
+            return spec.column, self.interval_us(spec.delay, "WATERMARK delay")
+        expression, name = clause.this, clause.args.get("alias")
+        if name is not None:
+            derived.append((name.name, expression))
+            column = name.name
+        elif isinstance(expression, exp.Column):
+            column = expression.name
+        else:
+            raise PlanningError(
+                f"WATERMARK {sql_of(expression)} needs a name: WATERMARK <expr> AS <name> "
+                "DELAY OF ...",
+                rule="watermark-needs-name",
+            )
+        return column, self.interval_us(clause.args["delay"], "WATERMARK delay")
+
+    def interval_us(self, node: exp.Expr, what: str, positive: bool = False) -> int:
+        """A fixed-length interval in microseconds, evaluated by DuckDB."""
+        text = sql_of(node)
+        try:
+            micros, months = self.con.execute(
+                f"SELECT epoch_us(TIMESTAMP '1970-01-01' + CAST({text} AS INTERVAL)), "
+                f"datepart('year', CAST({text} AS INTERVAL)) * 12 "
+                f"+ datepart('month', CAST({text} AS INTERVAL))"
+            ).fetchone()
+        except duckdb.Error as error:
+            raise PlanningError(
+                f"{what} {text} is not an interval: {_first_line(error)}", rule="bad-interval"
+            ) from None
+        if months:
+            raise PlanningError(
+                f"{what} {text} has months or years, which have no fixed length; "
+                "use days, hours, minutes, seconds",
+                rule="bad-interval",
+            )
+        if micros < 0 or (positive and micros == 0):
+            raise PlanningError(
+                f"{what} {text} must be {'positive' if positive else 'zero or more'}",
+                rule="bad-interval",
+            )
+        return micros
+
+    def _relation_types(
+        self, source: SourceDef, derived: list[tuple[str, exp.Expr]]
+    ) -> dict[str, str]:
+        sql = f"DESCRIBE {self._empty_relation(source, derived)}"
+        try:
+            rows = self.con.execute(sql).fetchall()
+        except duckdb.Error as error:
+            raise PlanningError(
+                f"Computed columns of source {source.name} do not evaluate: {_first_line(error)}"
+            ) from None
+        return {name.lower(): type_ for name, type_, *_ in rows}
+
+    @staticmethod
+    def _empty_relation(
+        source: SourceDef,
+        derived: list[tuple[str, exp.Expr]],
+        window_type: str | None = None,
+    ) -> str:
+        """The columns a query over `source` sees, as an empty relation DuckDB can type."""
+        physical = ", ".join(
+            f"CAST(NULL AS {c.type}) AS {exp.to_identifier(c.name).sql('duckdb')}"
+            for c in source.columns
+        )
+        relation = f"SELECT {physical} LIMIT 0"
+        for name, expression in derived:
+            ident = exp.to_identifier(name).sql("duckdb")
+            relation = f"SELECT *, {sql_of(expression)} AS {ident} FROM ({relation})"
+        if window_type:
+            relation = (
+                f"SELECT *, CAST(NULL AS {window_type}) AS window_start, "
+                f"CAST(NULL AS {window_type}) AS window_end FROM ({relation})"
+            )
+        return relation
+
+    # -- windows -----------------------------------------------------------------------------
+
+    def _window(self, select: exp.Select, types: dict[str, str]) -> WindowSpec | None:
+        node = select.args.get("stream_window")
+        if node is None:
+            return None
+        column = node.this
+        if not isinstance(column, exp.Column) or column.name.lower() not in types:
+            raise PlanningError(
+                f"WINDOW {node.kind} needs a time column of the source as its first argument, "
+                f"got {sql_of(column)}",
+                rule="window-time-column",
+            )
+        name = column.name
+        time_type = types[name.lower()]
+        bound_type = "TIMESTAMP WITH TIME ZONE" if time_type.endswith("TIME ZONE") else "TIMESTAMP"
+        if time_type not in TIME_TYPES:
+            raise PlanningError(
+                f"WINDOW {node.kind} ({name}, ...): {name} is {types[name.lower()]}, "
+                "not a TIMESTAMP",
+                rule="window-time-column",
+            )
+        if isinstance(node, nodes.SessionWindow):
+            gap = self.interval_us(node.args["gap"], "Session gap", positive=True)
+            return WindowSpec("SESSION", name, gap_us=gap, bound_type=bound_type)
+        size = self.interval_us(node.args["size"], "Window size", positive=True)
+        slide = size
+        if isinstance(node, nodes.HoppingWindow):
+            slide = self.interval_us(node.args["slide"], "Window slide", positive=True)
+            if slide > size:
+                raise PlanningError(
+                    "HOPPING window slide is larger than its size: rows between windows "
+                    "would belong to none",
+                    rule="bad-interval",
+                )
+        return WindowSpec(node.kind, name, size_us=size, slide_us=slide, bound_type=bound_type)
+
+    # -- classification ----------------------------------------------------------------------
+
+    @staticmethod
+    def _refuse_unsupported(select: exp.Select) -> None:
+        if select.args.get("distinct"):
+            raise PlanningError(
+                "SELECT DISTINCT over a stream (deduplication) is not supported yet; "
+                "use GROUP BY",
+                rule="deduplication",
+            )
+        if select.find(exp.Window):
+            raise PlanningError(
+                "Window functions (OVER) are not supported in streaming queries; use WINDOW "
+                "TUMBLING/HOPPING/SESSION for event-time windows",
+                rule="window-function",
+            )
+        if select.find(exp.Subquery, exp.Exists) or any(
+            isinstance(node, exp.Select) and node is not select for node in select.walk()
+        ):
+            raise PlanningError(
+                "Subqueries are not supported in streaming queries yet", rule="single-source"
+            )
+
+    def _is_aggregate(self, node: exp.Expr) -> bool:
+        if isinstance(node, exp.AggFunc):
+            return True
+        if isinstance(node, (exp.Anonymous, exp.IgnoreNulls)):
+            if self._aggregate_names is None:
+                self._aggregate_names = {
+                    name
+                    for (name,) in self.con.execute(
+                        "SELECT DISTINCT function_name FROM duckdb_functions() "
+                        "WHERE function_type = 'aggregate'"
+                    ).fetchall()
+                }
+            name = node.this.name if isinstance(node, exp.IgnoreNulls) else node.name
+            return name.lower() in self._aggregate_names or isinstance(node, exp.IgnoreNulls)
+        return False
+
+    def _aggregate_calls(self, select: exp.Select) -> list[exp.Expr]:
+        """Distinct aggregate calls (FILTER included) in the select list, HAVING and ORDER BY."""
+        calls: dict[str, exp.Expr] = {}
+        scopes = [*select.expressions, select.args.get("having"), select.args.get("order")]
+        for scope in filter(None, scopes):
+            for node in scope.walk(prune=lambda n: self._is_call(n)):
+                if self._is_call(node):
+                    inner = node.this if isinstance(node, exp.Filter) else node
+                    for child in inner.iter_expressions():
+                        if any(self._is_aggregate(n) for n in child.walk()):
+                            raise PlanningError(
+                                f"Aggregate calls cannot be nested: {sql_of(node)}"
+                            )
+                    calls.setdefault(sql_of(node), node)
+        return list(calls.values())
+
+    def _is_call(self, node: exp.Expr) -> bool:
+        return self._is_aggregate(node) or (
+            isinstance(node, exp.Filter) and self._is_aggregate(node.this)
+        )
+
+    @staticmethod
+    def _group_items(select: exp.Select) -> list[exp.Expr]:
+        group = select.args.get("group")
+        if group is None:
+            return []
+        if any(group.args.get(k) for k in ("grouping_sets", "cube", "rollup")):
+            raise PlanningError(
+                "GROUPING SETS, CUBE and ROLLUP are not supported in streaming queries",
+                rule="grouping-sets",
+            )
+        aliases = {e.alias.lower(): e.unalias() for e in select.expressions if e.alias}
+        if group.args.get("all"):
+            return [
+                e.unalias()
+                for e in select.expressions
+                if not any(isinstance(n, exp.AggFunc) for n in e.walk())
+            ]
+        items = []
+        for item in group.expressions:
+            if isinstance(item, exp.Literal) and item.is_int:
+                position = int(item.name)
+                if not 1 <= position <= len(select.expressions):
+                    raise PlanningError(f"GROUP BY {position}: no such column in the SELECT list")
+                items.append(select.expressions[position - 1].unalias())
+            elif isinstance(item, exp.Column) and not item.table and item.name.lower() in aliases:
+                items.append(aliases[item.name.lower()])
+            else:
+                items.append(item)
+        return items
+
+    @staticmethod
+    def _emit(
+        node: nodes.Emit | None, kind: QueryKind, window: WindowSpec | None, event_time: str | None
+    ) -> Emit:
+        watermarked = bool(window and event_time and window.time_column == event_time)
+        if node is None:
+            if kind is QueryKind.GLOBAL:
+                return Emit.CHANGES
+            if kind is not QueryKind.STATELESS and not watermarked:
+                raise PlanningError(
+                    f"A {kind.value} without a watermark on its window's time column can never "
+                    "close a window, and its state would grow without bound: declare a "
+                    "WATERMARK, or ask for EMIT CHANGES or EMIT SNAPSHOT explicitly",
+                    rule="windowed-final-needs-watermark",
+                )
+            return Emit.FINAL
+        emit = Emit(node.mode)
+        if emit is Emit.FINAL and kind is QueryKind.GLOBAL:
+            raise PlanningError(
+                "EMIT FINAL needs windows that close: a global aggregation's groups never "
+                "close. Use EMIT CHANGES (update) or EMIT SNAPSHOT (complete)",
+                rule="final-needs-window",
+            )
+        if emit is Emit.FINAL and kind is not QueryKind.STATELESS and not watermarked:
+            raise PlanningError(
+                f"EMIT FINAL on a {kind.value} needs a watermark on the window's time column "
+                f"({window.time_column}): without one no window ever closes and state grows "
+                "without bound. Add WATERMARK FOR ... to the source or WATERMARK ... DELAY OF "
+                "... in FROM, or use EMIT CHANGES",
+                rule="windowed-final-needs-watermark",
+            )
+        if emit is Emit.SNAPSHOT and kind is QueryKind.STATELESS:
+            raise PlanningError(
+                "EMIT SNAPSHOT (complete mode) needs an aggregation: the whole result of a "
+                "stateless query is the whole stream",
+                rule="snapshot-needs-aggregation",
+            )
+        return emit
+
+    @staticmethod
+    def _check_modifiers(plan: StreamingPlan) -> None:
+        if (plan.order or plan.limit is not None) and plan.emit is not Emit.SNAPSHOT:
+            raise PlanningError(
+                "ORDER BY and LIMIT apply to a whole result, and an unbounded stream has none: "
+                "use them with EMIT SNAPSHOT, or sort when you read the sink",
+                rule="order-limit-needs-snapshot",
+            )
+        if plan.window and plan.window.kind == "SESSION" and plan.where is not None and any(
+            c.name.lower() in WINDOW_COLUMNS for c in plan.where.find_all(exp.Column)
+        ):
+            raise PlanningError(
+                "Session bounds are known only after sessions merge: filter them in HAVING",
+                rule="session-bounds-in-where",
+            )
+
+    # -- validation against DuckDB -----------------------------------------------------------
+
+    def _validate(
+        self,
+        select: exp.Select,
+        source: SourceDef,
+        derived: list[tuple[str, exp.Expr]],
+        window: WindowSpec | None,
+    ) -> list[str]:
+        """Run the query as a plain batch query over no rows: DuckDB names and checks it."""
+        batch = select.copy()
+        for key in ("stream_window", "emit"):
+            batch.set(key, None)
+        batch.args["from_"].this.set("watermark", None)
+        relation = self._empty_relation(source, derived, window.bound_type if window else None)
+        sql = f"WITH {exp.to_identifier(source.name).sql('duckdb')} AS ({relation}) {sql_of(batch)}"
+        try:
+            description = self.con.execute(f"SELECT * FROM ({sql}) LIMIT 0").description
+        except duckdb.Error as error:
+            raise PlanningError(f"Invalid query: {_first_line(error)}") from None
+        names = [column[0] for column in description]
+        if len({n.lower() for n in names}) != len(names):
+            raise PlanningError(
+                f"The query has two output columns of the same name ({', '.join(names)}); "
+                "give them distinct aliases"
+            )
+        return names
+
+    # -- aggregation -------------------------------------------------------------------------
+
+    def _plan_aggregation(
+        self,
+        plan: StreamingPlan,
+        select: exp.Select,
+        group_items: list[exp.Expr],
+        calls: list[exp.Expr],
+        names: list[str],
+        types: dict[str, str],
+    ) -> None:
+        window_keys = [
+            g for g in group_items if isinstance(g, exp.Column) and g.name.lower() in WINDOW_COLUMNS
+        ]
+        plan.keys = [g for g in group_items if g not in window_keys]
+        if plan.window and not window_keys:
+            raise PlanningError(
+                f"A WINDOW {plan.window.kind} query must GROUP BY window_start and/or "
+                "window_end; otherwise rows of different windows would be added together",
+                rule="window-group-by",
+            )
+        if not plan.window and any(
+            c.name.lower() in WINDOW_COLUMNS for g in group_items for c in g.find_all(exp.Column)
+        ):
+            raise PlanningError(
+                "window_start and window_end exist only with a WINDOW TUMBLING, HOPPING or "
+                "SESSION clause",
+                rule="window-group-by",
+            )
+        plan.aggregates = [
+            decompose(call, index, sql_of) for index, call in enumerate(calls, start=0)
+        ]
+        replacements: dict[str, exp.Expr] = {
+            sql_of(call.node): _parenthesize(call.final) for call in plan.aggregates
+        }
+        key_columns = {sql_of(key): exp.column(f"key{i}") for i, key in enumerate(plan.keys)}
+        key_state = {*(f"key{i}" for i in range(len(plan.keys))), *WINDOW_COLUMNS}
+        state_columns = key_state | {c.name for call in plan.aggregates for c in call.columns}
+
+        def to_state(node: exp.Expr) -> exp.Expr:
+            text = sql_of(node)
+            if text in replacements:
+                return replacements[text].copy()
+            if text in key_columns:
+                return key_columns[text].copy()
+            return node
+
+        plan.projection = []
+        plan.key_names = []
+        emitted_keys = set()
+        for name, expression in zip(names, select.expressions, strict=True):
+            value = expression.unalias().transform(to_state)
+            self._check_grouped(value, state_columns, name)
+            if isinstance(value, exp.Column) and value.name in key_state:
+                plan.key_names.append(name)
+                emitted_keys.add(value.name)
+            plan.projection.append(exp.alias_(value, exp.to_identifier(name, quoted=True)))
+        plan.output_names = names
+        plan.keys_complete = {f"key{i}" for i in range(len(plan.keys))} <= emitted_keys and (
+            not plan.window or bool(emitted_keys & set(WINDOW_COLUMNS))
+        )
+        if plan.having is not None:
+            plan.having = plan.having.transform(to_state)
+            self._check_grouped(plan.having, state_columns, "HAVING")
+        if plan.order is not None:
+            plan.order = plan.order.transform(to_state)
+
+    @staticmethod
+    def _check_grouped(value: exp.Expr, state_columns: set[str], where: str) -> None:
+        for column in value.find_all(exp.Column):
+            if column.name not in state_columns:
+                raise PlanningError(
+                    f"Column {column.sql('duckdb')} in {where} must appear in the GROUP BY clause "
+                    "or be used in an aggregate function"
+                )
+
+
+def _parenthesize(sql: str) -> exp.Expr:
+    return exp.paren(parse_expression(sql), copy=False)
+
+
+def _first_line(error: Exception) -> str:
+    return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+

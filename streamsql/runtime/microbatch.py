@@ -1,0 +1,279 @@
+"""One query's micro-batch protocol (Spark's MicroBatchExecution), on one DuckDB cursor.
+
+Per batch N:
+  1. plan the input range and append it to the offset log (its own transaction), or take
+     the logged range of a batch that was planned but never committed;
+  2. read and decode exactly that range;
+  3. in one transaction: run the batch's SQL steps with W_N and L_N = W_(N-1), write the
+     sink, the dead letters and the commit record (with W_(N+1)); commit.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+import uuid
+from dataclasses import dataclass
+
+import duckdb
+import pyarrow as pa
+
+from streamsql.checkpoint.log import SCHEMA, Checkpoint, CommitRecord, PlannedBatch
+from streamsql.errors import DataError, ProgrammingError
+from streamsql.incremental.compiler import INPUT_VIEW, BatchProgram, Fetch
+from streamsql.plan.plan import StreamingPlan
+from streamsql.runtime.progress import QueryProgress, timestamp_of
+from streamsql.sinks.base import OutputSchema, Sink
+from streamsql.sources.base import Offset, Source, SourceBatch
+
+
+@dataclass
+class BatchStats:
+    input_rows: int = 0
+    null_event_times: int = 0
+    late_rows: int = 0
+    max_event_us: int | None = None
+
+
+class MicroBatchExecution:
+    def __init__(
+        self,
+        name: str,
+        db: duckdb.DuckDBPyConnection,
+        plan: StreamingPlan,
+        program: BatchProgram,
+        source: Source,
+        sink: Sink,
+    ) -> None:
+        self.name = name
+        self.id = str(uuid.uuid4())
+        self.plan = plan
+        self.program = program
+        self.source = source
+        self.sink = sink
+        self.cursor = db.cursor()
+        self.cursor.execute("SET TimeZone = 'UTC'").fetchall()
+        self.checkpoint = Checkpoint(self.cursor, name)
+        self.batch_id = 0
+        self.committed_end: Offset = None
+        self.watermark: int | None = None  # W for the next batch
+        self.late_threshold: int | None = None  # L for the next batch (W of the last one)
+        self.max_event_us: int | None = None
+        self.output: OutputSchema | None = None
+        self.empty_output: pa.Table = pa.table({})
+
+    # -- start and recovery ------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Create state, resume from the last commit, and open the sink."""
+        self.cursor.register(INPUT_VIEW, self.source.schema.empty_table())
+        for statement in self.program.setup:
+            params = {name: 0 for name in ("late", "watermark") if f"${name}" in statement}
+            self.cursor.execute(statement, params or None).fetchall()
+        last = self.checkpoint.last_commit()
+        if self.plan.has_watermark:
+            self.watermark = self.late_threshold = 0
+        if last is None:
+            self.committed_end = self.source.initial_offset()
+        else:
+            done = self.checkpoint.planned(last.batch_id)
+            self.batch_id = last.batch_id + 1
+            self.committed_end = done.end
+            self.watermark = last.next_watermark_us
+            self.late_threshold = done.watermark_us
+            self.max_event_us = last.max_event_us
+        self.source.recover(self.checkpoint.planned_ends())
+        self.output = self._describe_output()
+        self.sink.open(self.cursor, self.output)
+
+    def _describe_output(self) -> OutputSchema:
+        """Dry-run the batch over no rows, in a transaction rolled back, to type the output."""
+        plan = self.plan
+        types: list[str] = []
+        self.cursor.execute("BEGIN TRANSACTION").fetchall()
+        try:
+            for step in self.program.steps:
+                params = {p: 0 for p in step.parameters} or None
+                if step.fetch is Fetch.EMIT:
+                    types = [row[1] for row in self.cursor.execute(f"DESCRIBE {step.sql}", params).fetchall()]
+                    self.empty_output = self.cursor.execute(step.sql, params).to_arrow_table()
+                    break
+                result = self.cursor.execute(step.sql, params)
+                if step.fetch is Fetch.VIEW:
+                    self.cursor.register(step.view, result.to_arrow_table())
+                else:
+                    result.fetchall()
+        except duckdb.Error as error:
+            raise ProgrammingError(
+                f"Query {self.name} does not run on DuckDB: {str(error).splitlines()[0]}"
+            ) from None
+        finally:
+            self.cursor.execute("ROLLBACK").fetchall()
+        return OutputSchema(
+            tuple(plan.output_names),
+            tuple(types),
+            plan.emit,
+            plan.stateful,
+            tuple(plan.key_names),
+            plan.keys_complete,
+        )
+
+    # -- one batch -------------------------------------------------------------------------
+
+    @property
+    def needs_no_data_batch(self) -> bool:
+        """The watermark moved past the one in force during the last batch."""
+        return (
+            self.plan.watermark_bounds_state
+            and self.watermark is not None
+            and self.watermark > self.late_threshold
+        )
+
+    def next_batch(self, bound: Offset | None) -> PlannedBatch | None:
+        """The batch to run next: a logged, uncommitted one, a new one, or None (idle)."""
+        logged = self.checkpoint.planned(self.batch_id)
+        if logged is not None:
+            return logged
+        end = self.source.plan_batch(self.committed_end, bound)
+        if end is None:
+            if not self.needs_no_data_batch:
+                return None
+            end = self.committed_end
+        batch = PlannedBatch(
+            self.batch_id, self.committed_end, end, self.watermark, self.late_threshold
+        )
+        self.checkpoint.log_offsets(batch)
+        return batch
+
+    def run(self, batch: PlannedBatch) -> QueryProgress:
+        timings: dict[str, float] = {}
+        began = time.perf_counter()
+        no_data = batch.end == batch.start
+        data = self.source.empty() if no_data else self.source.read(batch.start, batch.end)
+        timings["read"] = _ms_since(began)
+        mark = time.perf_counter()
+        self.cursor.execute("BEGIN TRANSACTION").fetchall()
+        try:
+            stats, emitted = self._execute_steps(batch, data.rows)
+            timings["execute"] = _ms_since(mark)
+            mark = time.perf_counter()
+            dead = self._dead_letters(batch, data)
+            max_event = self.max_event_us
+            if stats.max_event_us is not None:
+                truncated = stats.max_event_us // 1000 * 1000  # Spark keeps the watermark in ms
+                max_event = truncated if max_event is None else max(max_event, truncated)
+            next_watermark = batch.watermark_us
+            if max_event is not None and next_watermark is not None:
+                next_watermark = max(next_watermark, max_event - self.plan.watermark_delay_us)
+            self.sink.write(self.cursor, batch.batch_id, emitted)
+            timings["sink"] = _ms_since(mark)
+            mark = time.perf_counter()
+            state_rows = self._state_rows()
+            self.checkpoint.record_commit(
+                CommitRecord(
+                    batch.batch_id, next_watermark, max_event, stats.input_rows, emitted.num_rows
+                )
+            )
+            self.cursor.execute("COMMIT").fetchall()
+        except BaseException:
+            self.cursor.execute("ROLLBACK").fetchall()
+            raise
+        finally:
+            for view in self._views():
+                self.cursor.unregister(view)
+        timings["commit"] = _ms_since(mark)
+        timings["total"] = _ms_since(began)
+        self.batch_id = batch.batch_id + 1
+        self.committed_end = batch.end
+        self.late_threshold = batch.watermark_us
+        self.watermark = next_watermark
+        self.max_event_us = max_event
+        seconds = max(timings["total"] / 1000, 1e-9)
+        return QueryProgress(
+            id=self.id,
+            name=self.name,
+            batch_id=batch.batch_id,
+            timestamp=dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds"),
+            num_input_rows=stats.input_rows,
+            num_late_rows=stats.late_rows,
+            num_null_event_times=stats.null_event_times,
+            num_dead_letters=dead,
+            num_output_rows=emitted.num_rows,
+            watermark=timestamp_of(batch.watermark_us),
+            late_threshold=timestamp_of(batch.late_threshold_us),
+            next_watermark=timestamp_of(next_watermark),
+            state_rows=state_rows,
+            duration_ms=timings,
+            input_rows_per_second=stats.input_rows / seconds,
+            processed_rows_per_second=stats.input_rows / seconds,
+            no_data_batch=no_data,
+            sources=[
+                {"source": self.source.name, "start_offset": batch.start, "end_offset": batch.end}
+            ],
+            sink={"name": self.sink.name, "connector": type(self.sink).__name__},
+        )
+
+    def _views(self) -> list[str]:
+        return [INPUT_VIEW] + [s.view for s in self.program.steps if s.view]
+
+    def _execute_steps(self, batch: PlannedBatch, rows: pa.Table) -> tuple[BatchStats, pa.Table]:
+        self.cursor.register(INPUT_VIEW, rows)
+        values = {"late": batch.late_threshold_us, "watermark": batch.watermark_us}
+        advanced = (
+            batch.watermark_us is not None
+            and batch.late_threshold_us is not None
+            and batch.watermark_us > batch.late_threshold_us
+        )
+        stats = BatchStats()
+        emitted: pa.Table | None = None
+        for step in self.program.steps:
+            if step.when_watermark_advances and not advanced:
+                continue
+            params = {name: values[name] for name in step.parameters} or None
+            result = self.cursor.execute(step.sql, params)
+            if step.fetch is Fetch.STATS:
+                stats = BatchStats(*result.fetchone())
+            elif step.fetch is Fetch.VIEW:
+                self.cursor.register(step.view, result.to_arrow_table())
+            elif step.fetch is Fetch.EMIT:
+                emitted = result.to_arrow_table()
+            else:
+                result.fetchall()
+        return stats, self.empty_output if emitted is None else emitted
+
+    def _dead_letters(self, batch: PlannedBatch, data: SourceBatch) -> int:
+        dead = data.dead_letters
+        if dead.num_rows == 0:
+            return 0
+        policy = self.source.on_error
+        if policy == "fail":
+            first = dead.slice(0, 1).to_pylist()[0]
+            raise DataError(
+                f"Source {self.source.name}: bad record at {first['partition']} offset "
+                f"{first['offset']}: {first['error']} (on_error = 'fail')"
+            )
+        if policy == "dead_letter":
+            self.cursor.register("__dead", dead)
+            try:
+                self.cursor.execute(
+                    f"INSERT INTO {SCHEMA}.dead_letters (query, batch_id, source, \"partition\", "
+                    f"\"offset\", raw, error) SELECT ?, ?, ?, \"partition\", \"offset\", raw, error "
+                    f"FROM __dead",
+                    [self.name, batch.batch_id, self.source.name],
+                ).fetchall()
+            finally:
+                self.cursor.unregister("__dead")
+        return dead.num_rows
+
+    def _state_rows(self) -> int:
+        if not self.program.state_table:
+            return 0
+        return self.cursor.execute(f"SELECT count(*) FROM {self.program.state_table}").fetchone()[0]
+
+    def close(self) -> None:
+        self.sink.close()
+        self.cursor.close()
+
+
+def _ms_since(start: float) -> float:
+    return round((time.perf_counter() - start) * 1000, 3)

@@ -1,0 +1,145 @@
+"""A running streaming query: a worker thread driving micro-batches by its trigger.
+
+The public surface follows Spark's StreamingQuery: status, last_progress,
+recent_progress, stop(), await_termination(timeout), process_all_available().
+"""
+
+from __future__ import annotations
+
+import collections
+import threading
+import time
+from typing import Any
+
+from streamsql.errors import StreamingQueryError
+from streamsql.runtime.microbatch import MicroBatchExecution
+from streamsql.runtime.progress import QueryProgress
+from streamsql.runtime.triggers import Trigger, TriggerKind
+
+IDLE_POLL_SECONDS = 0.1  # how often an idle query re-checks sources that cannot notify
+RECENT_PROGRESS = 100
+
+
+class StreamingQuery:
+    def __init__(self, execution: MicroBatchExecution, trigger: Trigger) -> None:
+        self.execution = execution
+        self.trigger = trigger
+        self.exception: BaseException | None = None
+        self.recent_progress: collections.deque[QueryProgress] = collections.deque(
+            maxlen=RECENT_PROGRESS
+        )
+        self._state = "initializing"
+        self._stopping = threading.Event()
+        self._terminated = threading.Event()
+        self._wake = threading.Event()
+        self._served = threading.Condition()
+        self._requested = 0  # process_all_available() calls made
+        self._served_upto = 0  # calls answered by a planning pass that found nothing to do
+        self._thread = threading.Thread(
+            target=self._run, name=f"streamsql-{execution.name}", daemon=True
+        )
+
+    @property
+    def name(self) -> str:
+        return self.execution.name
+
+    @property
+    def id(self) -> str:
+        return self.execution.id
+
+    def start(self) -> StreamingQuery:
+        self.execution.source.subscribe(self._wake.set)
+        self.execution.start()
+        self._thread.start()
+        return self
+
+    # -- Spark's StreamingQuery API ------------------------------------------------------------
+
+    @property
+    def is_active(self) -> bool:
+        return not self._terminated.is_set()
+
+    @property
+    def status(self) -> dict[str, Any]:
+        return {
+            "message": self._state,
+            "is_active": self.is_active,
+            "is_data_available": self._state == "processing",
+            "trigger": str(self.trigger),
+            "error": None if self.exception is None else str(self.exception),
+        }
+
+    @property
+    def last_progress(self) -> QueryProgress | None:
+        return self.recent_progress[-1] if self.recent_progress else None
+
+    def stop(self, timeout: float | None = None) -> None:
+        """Stop after the batch in flight commits."""
+        self._stopping.set()
+        self._wake.set()
+        if self._thread.is_alive() and threading.current_thread() is not self._thread:
+            self._thread.join(timeout)
+
+    def await_termination(self, timeout: float | None = None) -> bool:
+        """True once the query has stopped; raises the error that stopped it, if any."""
+        finished = self._terminated.wait(timeout)
+        if self.exception is not None:
+            raise StreamingQueryError(
+                f"Query {self.name} failed: {self.exception}"
+            ) from self.exception
+        return finished
+
+    def process_all_available(self, timeout: float | None = None) -> None:
+        """Block until everything available now has been processed and committed."""
+        with self._served:
+            self._requested += 1
+            ticket = self._requested
+            self._wake.set()
+            done = self._served.wait_for(
+                lambda: self._served_upto >= ticket or self._terminated.is_set(), timeout
+            )
+        if self.exception is not None:
+            raise StreamingQueryError(
+                f"Query {self.name} failed: {self.exception}"
+            ) from self.exception
+        if not done:
+            raise TimeoutError(f"Query {self.name} did not catch up within {timeout} seconds")
+
+    # -- the loop ------------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        bound = self.execution.source.snapshot() if self.trigger.stops else None
+        try:
+            while not self._stopping.is_set():
+                started = time.monotonic()
+                with self._served:
+                    ticket = self._requested
+                self._wake.clear()
+                batch = self.execution.next_batch(bound)
+                if batch is None:
+                    self._state = "waiting for data"
+                    with self._served:
+                        self._served_upto = ticket
+                        self._served.notify_all()
+                    if self.trigger.stops:
+                        break
+                    self._wake.wait(IDLE_POLL_SECONDS)
+                    continue
+                self._state = "processing"
+                self.recent_progress.append(self.execution.run(batch))
+                if self.trigger.kind is TriggerKind.ONCE:
+                    break
+                remaining = self.trigger.interval - (time.monotonic() - started)
+                if remaining > 0:
+                    self._stopping.wait(remaining)
+        except BaseException as error:  # reported through status and await_termination
+            self.exception = error
+            self._state = "failed"
+        else:
+            self._state = "stopped"
+        finally:
+            self.execution.source.unsubscribe(self._wake.set)
+            self.execution.close()
+            self._terminated.set()
+            with self._served:
+                self._served.notify_all()

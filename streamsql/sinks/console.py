@@ -1,0 +1,32 @@
+"""Print each batch, as Spark's console sink does; for trying queries out."""
+
+from __future__ import annotations
+
+import sys
+from typing import TextIO
+
+import duckdb
+import pyarrow as pa
+
+from streamsql.format import format_table
+from streamsql.sinks.base import OutputSchema, Sink
+
+
+class ConsoleSink(Sink):
+    def __init__(self, name: str, options: dict[str, str], stream: TextIO | None = None) -> None:
+        super().__init__(name, options)
+        self.stream = stream or sys.stdout
+        self.names: tuple[str, ...] = ()
+        self.print_empty = options.get("print_empty", "false").lower() == "true"
+
+    def open(self, cursor: duckdb.DuckDBPyConnection, schema: OutputSchema) -> None:
+        self.names = schema.names
+
+    def write(self, cursor: duckdb.DuckDBPyConnection, batch_id: int, rows: pa.Table) -> None:
+        if rows.num_rows == 0 and not self.print_empty:
+            return
+        records = [tuple(row.values()) for row in rows.to_pylist()]
+        banner = "-" * 43
+        self.stream.write(f"{banner}\n{self.name} batch: {batch_id}\n{banner}\n")
+        self.stream.write(format_table(self.names, records) + "\n")
+        self.stream.flush()

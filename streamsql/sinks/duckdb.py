@@ -1,0 +1,92 @@
+"""A table in the engine's database, kept the way a user expects the result to look.
+
+EMIT FINAL and stateless queries append; EMIT CHANGES upserts on the group key, so the
+table is the live result; EMIT SNAPSHOT replaces the contents. With `changelog = true`
+every emitted row is appended with its `_batch_id` instead, for auditing emissions.
+The rows commit in the same transaction as the query's state and checkpoint.
+"""
+
+from __future__ import annotations
+
+import duckdb
+import pyarrow as pa
+
+from streamsql.errors import PlanningError, ProgrammingError
+from streamsql.plan.plan import Emit
+from streamsql.sinks.base import OutputSchema, Sink
+
+EMITTED_VIEW = "__emitted"
+
+
+def ident(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+class DuckDBSink(Sink):
+    def __init__(self, name: str, options: dict[str, str]) -> None:
+        super().__init__(name, options)
+        self.table = options.get("table", name)
+        self.changelog = options.get("changelog", "false").lower() == "true"
+        self._write_sql: list[str] = []
+        self._replaces = False  # SNAPSHOT: an empty result empties the table
+
+    @property
+    def qualified(self) -> str:
+        return ".".join(ident(part) for part in self.table.split("."))
+
+    def open(self, cursor: duckdb.DuckDBPyConnection, schema: OutputSchema) -> None:
+        columns = [f"{ident(n)} {t}" for n, t in zip(schema.names, schema.types, strict=True)]
+        if self.changelog:
+            columns.append("_batch_id BIGINT")
+        cursor.execute(f"CREATE TABLE IF NOT EXISTS {self.qualified} ({', '.join(columns)})").fetchall()
+        existing = [
+            row[0] for row in cursor.execute(f"DESCRIBE {self.qualified}").fetchall()
+        ]
+        expected = list(schema.names) + (["_batch_id"] if self.changelog else [])
+        if [c.lower() for c in existing] != [c.lower() for c in expected]:
+            raise ProgrammingError(
+                f"Sink table {self.table} exists with columns ({', '.join(existing)}) but the "
+                f"query emits ({', '.join(expected)}); drop the table or name another one "
+                "with table = '...'"
+            )
+        self._write_sql = self._statements(schema)
+        self._replaces = schema.emit is Emit.SNAPSHOT and not self.changelog
+
+    def _statements(self, schema: OutputSchema) -> list[str]:
+        insert = f"INSERT INTO {self.qualified} BY NAME SELECT * FROM {EMITTED_VIEW}"
+        if self.changelog:
+            return [
+                f"INSERT INTO {self.qualified} BY NAME "
+                f"SELECT *, $batch_id::BIGINT AS _batch_id FROM {EMITTED_VIEW}"
+            ]
+        if schema.emit is Emit.SNAPSHOT:
+            return [f"DELETE FROM {self.qualified}", insert]
+        if schema.emit is Emit.CHANGES and schema.stateful:
+            if not schema.keys_complete:
+                raise PlanningError(
+                    f"Sink {self.name}: EMIT CHANGES into a table upserts each group on its key, "
+                    "so the SELECT list must include every GROUP BY key (and window_start or "
+                    "window_end); or set changelog = true to append every change",
+                    rule="changes-sink-needs-keys",
+                )
+            on = " AND ".join(
+                f"__sink.{ident(k)} IS NOT DISTINCT FROM __new.{ident(k)}" for k in schema.keys
+            ) or "TRUE"
+            updates = ", ".join(f"{ident(n)} = __new.{ident(n)}" for n in schema.names)
+            return [
+                f"MERGE INTO {self.qualified} AS __sink USING {EMITTED_VIEW} AS __new ON {on} "
+                f"WHEN MATCHED THEN UPDATE SET {updates} "
+                f"WHEN NOT MATCHED THEN INSERT BY NAME"
+            ]
+        return [insert]
+
+    def write(self, cursor: duckdb.DuckDBPyConnection, batch_id: int, rows: pa.Table) -> None:
+        if rows.num_rows == 0 and not self._replaces:
+            return
+        cursor.register(EMITTED_VIEW, rows)
+        try:
+            for sql in self._write_sql:
+                params = {"batch_id": batch_id} if "$batch_id" in sql else None
+                cursor.execute(sql, params).fetchall()
+        finally:
+            cursor.unregister(EMITTED_VIEW)

@@ -1,0 +1,109 @@
+"""The source contract: plan an input range, then read exactly that range, again if asked.
+
+A source knows its connector and its format, nothing of SQL queries. Offsets are small
+JSON values that only the source interprets; the runtime logs them before reading.
+"""
+
+from __future__ import annotations
+
+import threading
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import pyarrow as pa
+
+from streamsql.errors import ProgrammingError
+from streamsql.plan.catalog import SourceDef
+
+Offset = Any
+
+ON_ERROR = ("dead_letter", "skip", "fail")
+
+DEAD_LETTER_SCHEMA = pa.schema(
+    [
+        ("partition", pa.string()),
+        ("offset", pa.int64()),
+        ("raw", pa.binary()),
+        ("error", pa.string()),
+    ]
+)
+
+
+@dataclass(frozen=True)
+class SourceBatch:
+    """Decoded rows in the declared columns, and the records that could not be decoded."""
+
+    rows: pa.Table
+    dead_letters: pa.Table
+
+
+class Source(ABC):
+    """One instance per source per engine, shared by the queries that read it."""
+
+    def __init__(self, definition: SourceDef, schema: pa.Schema) -> None:
+        self.definition = definition
+        self.schema = schema  # the declared physical columns, as Arrow types
+        self.options = definition.options
+        self.on_error = self.options.get("on_error", "dead_letter")
+        if self.on_error not in ON_ERROR:
+            raise ProgrammingError(
+                f"Source {definition.name}: on_error must be one of {', '.join(ON_ERROR)}"
+            )
+        self._listeners: list[Callable[[], None]] = []
+        self._listeners_lock = threading.Lock()
+
+    @property
+    def name(self) -> str:
+        return self.definition.name
+
+    @abstractmethod
+    def initial_offset(self) -> Offset:
+        """Where a new query starts (starting_offsets)."""
+
+    @abstractmethod
+    def plan_batch(self, start: Offset, bound: Offset | None) -> Offset | None:
+        """End of the next batch after `start`, within `bound`; None if there is nothing new."""
+
+    @abstractmethod
+    def read(self, start: Offset, end: Offset) -> SourceBatch:
+        """Exactly the records in (start, end]; the same records every time it is asked."""
+
+    def snapshot(self) -> Offset:
+        """A bound covering everything available now (trigger available_now)."""
+        return None
+
+    def recover(self, planned_ends: list[Offset]) -> None:  # noqa: B027 - optional hook
+        """Called when a query resumes, with every end offset it ever planned."""
+
+    def subscribe(self, listener: Callable[[], None]) -> None:
+        """Call `listener` when new data arrives (sources that can tell; others are polled)."""
+        with self._listeners_lock:
+            self._listeners.append(listener)
+
+    def unsubscribe(self, listener: Callable[[], None]) -> None:
+        with self._listeners_lock:
+            if listener in self._listeners:
+                self._listeners.remove(listener)
+
+    def notify(self) -> None:
+        with self._listeners_lock:
+            listeners = list(self._listeners)
+        for listener in listeners:
+            listener()
+
+    def empty(self) -> SourceBatch:
+        return SourceBatch(self.schema.empty_table(), DEAD_LETTER_SCHEMA.empty_table())
+
+    def option_int(self, key: str, default: int | None = None) -> int | None:
+        value = self.options.get(key)
+        if value is None:
+            return default
+        try:
+            number = int(value)
+        except ValueError:
+            raise ProgrammingError(f"Source {self.name}: {key} must be an integer") from None
+        if number <= 0:
+            raise ProgrammingError(f"Source {self.name}: {key} must be positive")
+        return number

@@ -1,0 +1,114 @@
+"""SQL text -> statements: split a script, parse each statement, report errors by line and column."""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass
+
+from sqlglot import exp
+from sqlglot.errors import ParseError, TokenError
+from sqlglot.tokens import Token, TokenType
+
+from streamsql.errors import SQLSyntaxError
+from streamsql.sql.dialect import StreamSQL
+
+# sqlglot logs a warning whenever it keeps a statement as an opaque command; for us that is
+# the normal path of DuckDB statements we pass through untouched.
+logging.getLogger("sqlglot").setLevel(logging.ERROR)
+
+DIALECT = StreamSQL()
+
+
+@dataclass(frozen=True)
+class Statement:
+    """One parsed statement and its own text, which DuckDB statements are run from verbatim."""
+
+    expression: exp.Expr
+    text: str
+    line: int
+
+
+def parse(sql: str) -> list[Statement]:
+    """Split a script on semicolons and parse every statement; positions are script-relative."""
+    try:
+        tokens = DIALECT.tokenize(sql)
+    except TokenError as error:
+        raise _token_error(sql, error) from None
+    return [_parse_chunk(sql, chunk) for chunk in _split(tokens)]
+
+
+def parse_one(sql: str) -> Statement:
+    statements = parse(sql)
+    if len(statements) != 1:
+        raise SQLSyntaxError(f"Expected one SQL statement, found {len(statements)}")
+    return statements[0]
+
+
+def parse_expression(sql: str) -> exp.Expr:
+    """Parse a single expression, e.g. an interval given in a connector option."""
+    try:
+        return DIALECT.parse_into(exp.Expr, sql)[0]
+    except (ParseError, TokenError) as error:
+        raise SQLSyntaxError(f"Invalid expression {sql!r}: {error}") from None
+
+
+def _split(tokens: list[Token]) -> list[list[Token]]:
+    chunks: list[list[Token]] = [[]]
+    for token in tokens:
+        if token.token_type == TokenType.SEMICOLON:
+            chunks.append([])
+        else:
+            chunks[-1].append(token)
+    return [chunk for chunk in chunks if chunk]
+
+
+def _parse_chunk(sql: str, tokens: list[Token]) -> Statement:
+    parser = DIALECT.parser()
+    try:
+        expressions = parser.parse(tokens, sql)
+    except ParseError as error:
+        raise _syntax_error(sql, error) from None
+    text = sql[tokens[0].start : tokens[-1].end + 1]
+    return Statement(expression=expressions[0], text=text, line=tokens[0].line)
+
+
+def _syntax_error(sql: str, error: ParseError) -> SQLSyntaxError:
+    detail = error.errors[0] if error.errors else {}
+    # sqlglot points at the last character of the offending token; point at its first.
+    line = detail.get("line") or 1
+    col = max((detail.get("col") or 1) - len(detail.get("highlight") or " ") + 1, 1)
+    description = _readable(detail.get("description") or str(error))
+    return SQLSyntaxError(
+        f"Syntax error at line {line}, column {col}: {description}\n{_pointer(sql, line, col)}",
+        line=line,
+        col=col,
+    )
+
+
+def _token_error(sql: str, error: TokenError) -> SQLSyntaxError:
+    # sqlglot reports the text it could not tokenize; its start is where the trouble begins.
+    match = re.search(r"Error tokenizing '(.*)'", str(error), re.S)
+    context = match.group(1) if match else ""
+    offset = sql.find(context) + len(context) if context and context in sql else len(sql)
+    line = sql.count("\n", 0, offset) + 1
+    col = offset - (sql.rfind("\n", 0, offset) + 1)
+    return SQLSyntaxError(
+        f"Syntax error at line {line}, column {col}: unterminated string, identifier or comment"
+        f"\n{_pointer(sql, line, col)}",
+        line=line,
+        col=col,
+    )
+
+
+def _readable(description: str) -> str:
+    description = re.sub(r"<Token token_type: [\w.]+, text: (.*?), line: .*?>", r"'\1'", description)
+    description = re.sub(r"<class 'sqlglot\.[\w.]+\.(\w+)'>", r"\1", description)
+    return description.replace("Invalid expression / Unexpected token", "unexpected token")
+
+
+def _pointer(sql: str, line: int, col: int) -> str:
+    """The offending line with a caret under the column, as psql and duckdb show it."""
+    lines = sql.splitlines() or [""]
+    text = lines[min(line, len(lines)) - 1]
+    return f"  {text}\n  {' ' * max(col - 1, 0)}^"

@@ -1,0 +1,267 @@
+"""The streamsql dialect: DuckDB's SQL plus WATERMARK, WINDOW TUMBLING/HOPPING/SESSION and EMIT.
+
+Built the way sqlglot builds its dialects: class-level tables of keywords, statement
+parsers and transforms, and a few small hooks where the DuckDB parser needs to learn
+that a word is a clause here and not an alias.
+"""
+
+from __future__ import annotations
+
+import typing as t
+
+from sqlglot import exp
+from sqlglot.dialects.duckdb import DuckDB
+from sqlglot.generators.duckdb import DuckDBGenerator
+from sqlglot.parsers.duckdb import DuckDBParser
+from sqlglot.tokens import TokenType
+from sqlglot.trie import new_trie
+
+from streamsql.sql import nodes
+
+# Spark's output-mode names are accepted as synonyms, so a Spark user's words work too.
+EMIT_MODES: dict[tuple[str, ...], str] = {
+    ("CHANGES",): "CHANGES",
+    ("UPDATE",): "CHANGES",
+    ("FINAL",): "FINAL",
+    ("ON", "WINDOW", "CLOSE"): "FINAL",
+    ("APPEND",): "FINAL",
+    ("SNAPSHOT",): "SNAPSHOT",
+    ("COMPLETE",): "SNAPSHOT",
+}
+
+# Words that end a FROM item here instead of naming it.
+CLAUSE_WORDS = {"WATERMARK", "EMIT"}
+
+
+class StreamSQLParser(DuckDBParser):
+    STREAM_WINDOW_PARSERS: t.ClassVar = {
+        "TUMBLING": lambda self, this: nodes.TumblingWindow(
+            this=this, size=self._parse_window_argument("size")
+        ),
+        "HOPPING": lambda self, this: nodes.HoppingWindow(
+            this=this,
+            size=self._parse_window_argument("size"),
+            slide=self._parse_window_argument("slide"),
+        ),
+        "SESSION": lambda self, this: nodes.SessionWindow(
+            this=this, gap=self._parse_window_argument("gap")
+        ),
+    }
+
+    QUERY_MODIFIER_PARSERS: t.ClassVar = {
+        **DuckDBParser.QUERY_MODIFIER_PARSERS,
+        TokenType.WINDOW: lambda self: self._parse_window_modifier(),
+    }
+
+    STATEMENT_PARSERS: t.ClassVar = {
+        **DuckDBParser.STATEMENT_PARSERS,
+        TokenType.DESCRIBE: lambda self: (
+            self._parse_describe_query()
+            if self._curr and self._next and self._curr.text.upper() == "QUERY"
+            else self._parse_describe()
+        ),
+    }
+
+    # Statements that start with a word the tokenizer does not know as a keyword.
+    WORD_STATEMENT_PARSERS: t.ClassVar = {
+        "EXPLAIN": lambda self: self._parse_explain(),
+        "STOP": lambda self: self._parse_stop_query(),
+    }
+
+    SHOW_PARSERS: t.ClassVar = {
+        **DuckDBParser.SHOW_PARSERS,
+        "SOURCES": lambda self: self.expression(nodes.ShowStreams(this=exp.var("SOURCES"))),
+        "SINKS": lambda self: self.expression(nodes.ShowStreams(this=exp.var("SINKS"))),
+        "QUERIES": lambda self: self.expression(nodes.ShowStreams(this=exp.var("QUERIES"))),
+    }
+
+    SHOW_TRIE = new_trie(key.split(" ") for key in SHOW_PARSERS)
+
+    CONSTRAINT_PARSERS: t.ClassVar = {
+        **DuckDBParser.CONSTRAINT_PARSERS,
+        "WATERMARK": lambda self: self.expression(
+            exp.WatermarkColumnConstraint(
+                this=self._match(TokenType.FOR) and self._parse_column(),
+                expression=self._match(TokenType.ALIAS) and self._parse_disjunction(),
+            )
+        ),
+    }
+
+    SCHEMA_UNNAMED_CONSTRAINTS: t.ClassVar = {
+        *DuckDBParser.SCHEMA_UNNAMED_CONSTRAINTS,
+        "WATERMARK",
+    }
+
+    def _parse_statement(self) -> exp.Expr | None:
+        word = self._curr.text.upper() if self._curr else ""
+        parser = self.WORD_STATEMENT_PARSERS.get(word)
+        if parser and self._next:
+            self._advance()
+            return parser(self)
+        return super()._parse_statement()
+
+    def _parse_explain(self) -> nodes.Explain | exp.Command:
+        if self._curr.text.upper() == "ANALYZE":
+            return self._parse_as_command(self._prev)
+        return self.expression(nodes.Explain(this=self._parse_statement()))
+
+    def _parse_stop_query(self) -> nodes.StopQuery:
+        if not self._match_text_seq("QUERY"):
+            self.raise_error("Expected QUERY after STOP")
+        return self.expression(nodes.StopQuery(this=self._parse_id_var()))
+
+    def _parse_describe_query(self) -> nodes.DescribeQuery:
+        self._match_text_seq("QUERY")
+        return self.expression(nodes.DescribeQuery(this=self._parse_id_var()))
+
+    def _parse_window_modifier(self) -> tuple[str, exp.Expr | list[exp.Expr] | None]:
+        kind = self._next.text.upper() if self._next else ""
+        after = self._tokens[self._index + 2] if self._index + 2 < len(self._tokens) else None
+        if kind in self.STREAM_WINDOW_PARSERS and after and after.token_type == TokenType.L_PAREN:
+            self._advance(2)
+            return "stream_window", self._parse_stream_window(kind)
+        return "windows", self._parse_window_clause()
+
+    def _parse_stream_window(self, kind: str) -> nodes.StreamWindow:
+        self._match_l_paren()
+        this = self._parse_disjunction()
+        if this is None:
+            self.raise_error(f"Expected the event-time column of WINDOW {kind}")
+        window = self.STREAM_WINDOW_PARSERS[kind](self, this)
+        self._match_r_paren()
+        return self.expression(window)
+
+    def _parse_window_argument(self, name: str) -> exp.Expr | None:
+        if not self._match(TokenType.COMMA):
+            self.raise_error(f"Expected ', <{name} interval>' in the WINDOW clause")
+            return None
+        argument = self._parse_disjunction()
+        if argument is None:
+            self.raise_error(f"Expected the {name} interval of the WINDOW clause")
+        return argument
+
+    def _parse_query_modifiers(self, this):  # type: ignore[no-untyped-def]
+        this = super()._parse_query_modifiers(this)
+        if isinstance(this, exp.Select) and self._match_text_seq("EMIT"):
+            this.set("emit", self._parse_emit())
+            this = super()._parse_query_modifiers(this)
+        return this
+
+    def _parse_emit(self) -> nodes.Emit | None:
+        for words, mode in EMIT_MODES.items():
+            if self._match_text_seq(*words):
+                return self.expression(nodes.Emit(this=exp.var(mode)))
+        self.raise_error("Expected CHANGES, FINAL, ON WINDOW CLOSE or SNAPSHOT after EMIT")
+        return None
+
+    def _at_emit_clause(self) -> bool:
+        return bool(
+            self._curr
+            and self._next
+            and self._curr.text.upper() == "EMIT"
+            and any(self._next.text.upper() == words[0] for words in EMIT_MODES)
+        )
+
+    def _parse_column(self) -> exp.Expr | None:
+        # `GROUP BY ALL EMIT CHANGES`: EMIT starts a clause, it is not a grouping column.
+        return None if self._at_emit_clause() else super()._parse_column()
+
+    def _parse_table_alias(
+        self, alias_tokens: t.Collection[TokenType] | None = None
+    ) -> exp.TableAlias | None:
+        if self._curr and self._curr.text.upper() in CLAUSE_WORDS:
+            return None
+        return super()._parse_table_alias(alias_tokens)
+
+    def _parse_table(self, *args: t.Any, **kwargs: t.Any) -> exp.Expr | None:
+        this = super()._parse_table(*args, **kwargs)
+        if isinstance(this, (exp.Table, exp.Subquery)) and self._match_text_seq("WATERMARK"):
+            this.set("watermark", self._parse_watermark())
+            if not this.args.get("alias") and (alias := self._parse_table_alias()):
+                this.set("alias", alias)
+        return this
+
+    def _parse_watermark(self) -> nodes.Watermark:
+        this = self._parse_disjunction()
+        if this is None:
+            self.raise_error("Expected the event-time expression after WATERMARK")
+        alias = self._parse_id_var() if self._match(TokenType.ALIAS) else None
+        if not self._match_text_seq("DELAY", "OF"):
+            self.raise_error("Expected DELAY OF <interval> in the WATERMARK clause")
+        delay = self._parse_disjunction()
+        if delay is None:
+            self.raise_error("Expected the delay interval after DELAY OF")
+        return self.expression(nodes.Watermark(this=this, alias=alias, delay=delay))
+
+
+class StreamSQLGenerator(DuckDBGenerator):
+    TRANSFORMS: t.ClassVar = {
+        **DuckDBGenerator.TRANSFORMS,
+        nodes.TumblingWindow: lambda self, e: (
+            f"WINDOW TUMBLING ({self.sql(e, 'this')}, {self.sql(e, 'size')})"
+        ),
+        nodes.HoppingWindow: lambda self, e: (
+            f"WINDOW HOPPING ({self.sql(e, 'this')}, {self.sql(e, 'size')}, "
+            f"{self.sql(e, 'slide')})"
+        ),
+        nodes.SessionWindow: lambda self, e: (
+            f"WINDOW SESSION ({self.sql(e, 'this')}, {self.sql(e, 'gap')})"
+        ),
+        nodes.Watermark: lambda self, e: (
+            f"WATERMARK {self.sql(e, 'this')}"
+            + (f" AS {self.sql(e, 'alias')}" if e.args.get("alias") else "")
+            + f" DELAY OF {self.sql(e, 'delay')}"
+        ),
+        nodes.Emit: lambda self, e: f"EMIT {e.mode}",
+        nodes.Explain: lambda self, e: f"EXPLAIN {self.sql(e, 'this')}",
+        nodes.ShowStreams: lambda self, e: f"SHOW {e.name}",
+        nodes.DescribeQuery: lambda self, e: f"DESCRIBE QUERY {self.sql(e, 'this')}",
+        nodes.StopQuery: lambda self, e: f"STOP QUERY {self.sql(e, 'this')}",
+        exp.WatermarkColumnConstraint: lambda self, e: (
+            f"WATERMARK FOR {self.sql(e, 'this')} AS {self.sql(e, 'expression')}"
+        ),
+    }
+
+    AFTER_HAVING_MODIFIER_TRANSFORMS: t.ClassVar = {
+        **DuckDBGenerator.AFTER_HAVING_MODIFIER_TRANSFORMS,
+        "stream_window": lambda self, e: self.seg(self.sql(e, "stream_window"))
+        if e.args.get("stream_window")
+        else "",
+    }
+
+    # Connector options: `WITH (key = value, ...)` right after the name, as in Flink and RisingWave.
+    PROPERTIES_LOCATION: t.ClassVar = {
+        **DuckDBGenerator.PROPERTIES_LOCATION,
+        exp.Property: exp.Properties.Location.POST_WITH,
+        exp.FileFormatProperty: exp.Properties.Location.POST_WITH,
+    }
+
+    def after_limit_modifiers(self, expression: exp.Expr) -> list[str]:
+        emit = expression.args.get("emit")
+        return [*super().after_limit_modifiers(expression), self.seg(self.sql(emit)) if emit else ""]
+
+    def table_sql(self, expression: exp.Table, sep: str = " AS ") -> str:
+        watermark = expression.args.get("watermark")
+        if not watermark:
+            return super().table_sql(expression, sep)
+        bare = expression.copy()
+        bare.set("watermark", None)
+        bare.set("alias", None)
+        alias = self.sql(expression, "alias")
+        return f"{super().table_sql(bare, sep)} {self.sql(watermark)}" + (
+            f"{sep}{alias}" if alias else ""
+        )
+
+
+class StreamSQL(DuckDB):
+    class Tokenizer(DuckDB.Tokenizer):
+        KEYWORDS: t.ClassVar = {
+            **DuckDB.Tokenizer.KEYWORDS,
+            "SINK": TokenType.SINK,
+            "SOURCE": TokenType.SOURCE,
+        }
+        # EXPLAIN is a statement of ours, not an opaque command.
+        KEYWORDS.pop("EXPLAIN")
+
+    Parser = StreamSQLParser
+    Generator = StreamSQLGenerator

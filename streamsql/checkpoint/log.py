@@ -83,18 +83,18 @@ class Checkpoint:
             f"SELECT batch_id, next_watermark_us, max_event_us, input_rows, output_rows "
             f"FROM {SCHEMA}.commits WHERE query = ? ORDER BY batch_id DESC LIMIT 1",
             [self.query],
-        ).fetchone()
-        return CommitRecord(*row) if row else None
+        ).fetchall()
+        return CommitRecord(*row[0]) if row else None
 
     def planned(self, batch_id: int) -> PlannedBatch | None:
         row = self.cursor.execute(
             f"SELECT batch_id, start_offset, end_offset, watermark_us, late_threshold_us "
             f"FROM {SCHEMA}.offsets WHERE query = ? AND batch_id = ?",
             [self.query, batch_id],
-        ).fetchone()
-        if row is None:
+        ).fetchall()
+        if not row:
             return None
-        batch, start, end, watermark, late = row
+        batch, start, end, watermark, late = row[0]
         return PlannedBatch(batch, _load(start), _load(end), watermark, late)
 
     def planned_ends(self) -> list[Any]:

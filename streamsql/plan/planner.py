@@ -150,7 +150,7 @@ class Planner:
                 f"SELECT epoch_us(TIMESTAMP '1970-01-01' + CAST({text} AS INTERVAL)), "
                 f"datepart('year', CAST({text} AS INTERVAL)) * 12 "
                 f"+ datepart('month', CAST({text} AS INTERVAL))"
-            ).fetchone()
+            ).fetchall()[0]
         except duckdb.Error as error:
             raise PlanningError(
                 f"{what} {text} is not an interval: {_first_line(error)}", rule="bad-interval"

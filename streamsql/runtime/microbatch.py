@@ -14,13 +14,14 @@ import datetime as dt
 import time
 import uuid
 from dataclasses import dataclass
+from typing import Any
 
 import duckdb
 import pyarrow as pa
 
 from streamsql.checkpoint.log import SCHEMA, Checkpoint, CommitRecord, PlannedBatch
 from streamsql.errors import DataError, ProgrammingError
-from streamsql.incremental.compiler import INPUT_VIEW, BatchProgram, Fetch
+from streamsql.incremental.compiler import INPUT_VIEW, BatchProgram, Fetch, Step
 from streamsql.plan.plan import StreamingPlan
 from streamsql.runtime.progress import QueryProgress, timestamp_of
 from streamsql.sinks.base import OutputSchema, Sink
@@ -95,14 +96,11 @@ class MicroBatchExecution:
             for step in self.program.steps:
                 params = {p: 0 for p in step.parameters} or None
                 if step.fetch is Fetch.EMIT:
-                    types = [row[1] for row in self.cursor.execute(f"DESCRIBE {step.sql}", params).fetchall()]
-                    self.empty_output = self.cursor.execute(step.sql, params).to_arrow_table()
+                    described = self.cursor.execute(f"DESCRIBE {step.sql}", params).fetchall()
+                    types = [row[1] for row in described]
+                    self.empty_output = self._run_step(step, params)
                     break
-                result = self.cursor.execute(step.sql, params)
-                if step.fetch is Fetch.VIEW:
-                    self.cursor.register(step.view, result.to_arrow_table())
-                else:
-                    result.fetchall()
+                self._run_step(step, params)
         except duckdb.Error as error:
             raise ProgrammingError(
                 f"Query {self.name} does not run on DuckDB: {str(error).splitlines()[0]}"
@@ -230,16 +228,23 @@ class MicroBatchExecution:
             if step.when_watermark_advances and not advanced:
                 continue
             params = {name: values[name] for name in step.parameters} or None
-            result = self.cursor.execute(step.sql, params)
+            result = self._run_step(step, params)
             if step.fetch is Fetch.STATS:
-                stats = BatchStats(*result.fetchone())
-            elif step.fetch is Fetch.VIEW:
-                self.cursor.register(step.view, result.to_arrow_table())
+                stats = BatchStats(*result)
             elif step.fetch is Fetch.EMIT:
-                emitted = result.to_arrow_table()
-            else:
-                result.fetchall()
+                emitted = result
         return stats, self.empty_output if emitted is None else emitted
+
+    def _run_step(self, step: Step, params: dict[str, int] | None) -> Any:
+        """Run one step; a VIEW result is registered under its name for the next steps."""
+        if step.fetch in (Fetch.VIEW, Fetch.EMIT):
+            rows = self.cursor.sql(step.sql, params=params).to_arrow_table()
+            if step.view:
+                self.cursor.register(step.view, rows)
+            return rows
+        result = self.cursor.execute(step.sql, params)
+        rows = result.fetchall()
+        return rows[0] if step.fetch is Fetch.STATS else rows
 
     def _dead_letters(self, batch: PlannedBatch, data: SourceBatch) -> int:
         dead = data.dead_letters
@@ -268,7 +273,7 @@ class MicroBatchExecution:
     def _state_rows(self) -> int:
         if not self.program.state_table:
             return 0
-        return self.cursor.execute(f"SELECT count(*) FROM {self.program.state_table}").fetchone()[0]
+        return self.cursor.execute(f"SELECT count(*) FROM {self.program.state_table}").fetchall()[0][0]
 
     def close(self) -> None:
         self.sink.close()

@@ -102,10 +102,10 @@ class Decoder:
             # DuckDB keeps insertion order, so rows stay in the order they arrived.
             cursor.execute(f"CREATE OR REPLACE TEMP TABLE __decoded AS {sql}").fetchall()
             names = ", ".join(ident(c.name) for c in self.columns)
-            rows = cursor.execute(
+            rows = cursor.sql(
                 f"SELECT {names} FROM __decoded WHERE __error IS NULL"
             ).to_arrow_table()
-            dead = cursor.execute(
+            dead = cursor.sql(
                 f"SELECT partition, \"offset\", CAST({raw_column} AS BLOB) AS raw, __error AS error "
                 f"FROM __decoded WHERE __error IS NOT NULL"
             ).to_arrow_table()

@@ -88,6 +88,10 @@ class Connection:
     def executemany(self, sql: str, seq_of_parameters: Sequence[Sequence[Any]]) -> Cursor:
         return self._default_cursor().executemany(sql, seq_of_parameters)
 
+    def register(self, name: str, data: Any) -> Cursor:
+        """Make a pyarrow table queryable as `name` on the connection's own cursor."""
+        return self._default_cursor().register(name, data)
+
     def query(self, name: str) -> StreamingQuery:
         """The running query of sink `name`."""
         self._check()
@@ -164,7 +168,7 @@ class Cursor:
             self.rowcount = -1
             return
         self._from_duckdb = False
-        result = handler(statement, parameters)
+        result = handler(statement, parameters, self._duck)
         self._result = result
         self.rowcount = result.rowcount if result.rowcount >= 0 else len(result.rows)
         self.description = (
@@ -207,6 +211,12 @@ class Cursor:
     def __iter__(self) -> Iterator[tuple[Any, ...]]:
         while (row := self.fetchone()) is not None:
             yield row
+
+    def register(self, name: str, data: Any) -> Cursor:
+        """Make a pyarrow table (or pandas/polars frame) queryable under `name`, as in duckdb."""
+        self._check()
+        self._duck.register(name, data)
+        return self
 
     def setinputsizes(self, sizes: Any) -> None:
         """Accepted and ignored, as PEP 249 allows."""

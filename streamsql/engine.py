@@ -37,6 +37,8 @@ SOURCE_CONNECTORS: dict[str, type[Source]] = {
     "memory": MemorySource,
     "files": FileSource,
 }
+DuckCursor = duckdb.DuckDBPyConnection
+
 SINK_CONNECTORS: dict[str, type[Sink]] = {
     "duckdb": DuckDBSink,
     "console": ConsoleSink,
@@ -172,7 +174,7 @@ class Engine:
             return self._instances[target.name.lower()]
         return None
 
-    def create_source(self, statement: Statement, params: Sequence[Any] | None = None) -> Result:
+    def create_source(self, statement: Statement, params: Sequence[Any] | None, cursor: DuckCursor) -> Result:
         create = statement.expression
         name = create.this.this.name if isinstance(create.this, exp.Schema) else create.this.name
         with self._lock:
@@ -204,7 +206,7 @@ class Engine:
     def _reads(self, sink: SinkDef, source: str) -> bool:
         return any(t.name.lower() == source.lower() for t in sink.query.find_all(exp.Table))
 
-    def create_sink(self, statement: Statement, params: Sequence[Any] | None = None) -> Result:
+    def create_sink(self, statement: Statement, params: Sequence[Any] | None, cursor: DuckCursor) -> Result:
         create = statement.expression
         name = create.this.name
         with self._lock:
@@ -249,7 +251,7 @@ class Engine:
         except KeyError:
             raise ProgrammingError(f"No running query named {name!r}") from None
 
-    def drop(self, statement: Statement, params: Sequence[Any] | None = None) -> Result:
+    def drop(self, statement: Statement, params: Sequence[Any] | None, cursor: DuckCursor) -> Result:
         node = statement.expression
         name = node.this.name
         with self._lock:
@@ -281,7 +283,7 @@ class Engine:
         Checkpoint(self.db, name).forget()
         self.db.execute(f"DROP TABLE IF EXISTS {SCHEMA}.{quote('state_' + name)}").fetchall()
 
-    def explain(self, statement: Statement, params: Sequence[Any] | None = None) -> Result:
+    def explain(self, statement: Statement, params: Sequence[Any] | None, cursor: DuckCursor) -> Result:
         target = statement.expression.this
         select = target.expression if isinstance(target, exp.Create) else target
         name = target.this.name if isinstance(target, exp.Create) else "query"
@@ -297,7 +299,7 @@ class Engine:
         text = "\n".join(header) + "\n" + program.explain()
         return Result(["explain"], [(line,) for line in text.splitlines()])
 
-    def show(self, statement: Statement, params: Sequence[Any] | None = None) -> Result:
+    def show(self, statement: Statement, params: Sequence[Any] | None, cursor: DuckCursor) -> Result:
         what = statement.expression.name.upper()
         if what == "SOURCES":
             return Result(
@@ -335,7 +337,7 @@ class Engine:
             progress.state_rows if progress else None,
         )
 
-    def describe_query(self, statement: Statement, params: Sequence[Any] | None = None) -> Result:
+    def describe_query(self, statement: Statement, params: Sequence[Any] | None, cursor: DuckCursor) -> Result:
         query = self.query(statement.expression.this.name)
         progress = query.last_progress
         rows = [("status", str(query.status))]
@@ -343,7 +345,7 @@ class Engine:
             rows += [(key, str(value)) for key, value in progress.to_dict().items()]
         return Result(["property", "value"], rows)
 
-    def stop_query(self, statement: Statement, params: Sequence[Any] | None = None) -> Result:
+    def stop_query(self, statement: Statement, params: Sequence[Any] | None, cursor: DuckCursor) -> Result:
         name = statement.expression.this.name
         query = self.query(name)
         query.stop()
@@ -354,7 +356,7 @@ class Engine:
         return Result()
 
     def insert_into_source(
-        self, statement: Statement, params: Sequence[Any] | None = None, cursor: Any = None
+        self, statement: Statement, params: Sequence[Any] | None, cursor: DuckCursor
     ) -> Result:
         """Evaluate the INSERT's rows in DuckDB, cast to the source's columns, and append them."""
         node = statement.expression
@@ -364,11 +366,15 @@ class Engine:
                 f"INSERT INTO {source.name}: only memory sources accept rows; "
                 f"{source.definition.connector} sources read from their connector"
             )
-        rows = self._evaluate_insert(node, source, params)
+        rows = self._evaluate_insert(node, source, params, cursor)
         return Result(rowcount=source.append(rows))
 
     def _evaluate_insert(
-        self, node: exp.Insert, source: MemorySource, params: Sequence[Any] | None
+        self,
+        node: exp.Insert,
+        source: MemorySource,
+        params: Sequence[Any] | None,
+        cursor: DuckCursor,
     ) -> pa.Table:
         declared = {c.name.lower(): c for c in source.definition.columns}
         if isinstance(node.this, exp.Schema):
@@ -391,13 +397,14 @@ class Engine:
         )
         sql = f"SELECT {casts} FROM ({values.sql('duckdb')}) AS __values({names})"
         try:
-            return self.db.cursor().sql(sql, params=list(params) if params else None).to_arrow_table()
+            # The caller's cursor: its registered views and parameters are in scope.
+            return cursor.sql(sql, params=list(params) if params else None).to_arrow_table()
         except duckdb.Error as error:
             raise ProgrammingError(
                 f"INSERT INTO {source.name}: {str(error).splitlines()[0]}"
             ) from None
 
-    def push_query(self, statement: Statement, params: Sequence[Any] | None = None) -> Result:
+    def push_query(self, statement: Statement, params: Sequence[Any] | None, cursor: DuckCursor) -> Result:
         raise OperationalError(
             "A streaming SELECT runs as a named query: CREATE SINK name WITH (connector = "
             "'duckdb') AS SELECT ...; then read the table"

@@ -1,19 +1,29 @@
 """Plan -> per-batch DuckDB SQL.
 
-A query becomes a BatchProgram: set-up statements run once, and a list of steps run in
-order inside each micro-batch's transaction. Each step is one DuckDB statement; what the
-runtime does with its result is said by `fetch`. Parameters: `$late` is the late-row
-threshold L_N and `$watermark` the watermark W_N in force, both in epoch microseconds.
+A query becomes a BatchProgram: set-up statements run once, and steps run in order inside
+each micro-batch's transaction. Each step is one DuckDB statement; `fetch` says what the
+runtime does with its result and `effect` how it changes the number of state rows.
+Parameters, all epoch microseconds: `$late` is the late-row threshold L_N, `$late_cutoff`
+the event time below which a row is late, `$watermark` the watermark W_N in force.
 
 The input of a batch is the Arrow table registered as `__input`, in the source's declared
 columns. State lives in one table per query: window bounds, group keys `key<i>`, the
 decomposed aggregate columns `agg<i>_<part>` and a row counter `__rows`.
+
+Three ways to keep state, chosen by what the query emits:
+- EMIT FINAL over tumbling/hopping windows appends each batch's partial aggregates and
+  combines a window's partials once, when the watermark closes it. An append costs the
+  same whatever the size of the state (a MERGE joins the whole state table), and the state
+  is compacted when the appended partials outgrow it.
+- EMIT CHANGES and SNAPSHOT, and global aggregations, MERGE each batch's partials into
+  one row per group; MERGE ... RETURNING gives the updated groups to emit.
+- Session windows rewrite the open sessions of the keys a batch touches.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from enum import Enum
+from enum import StrEnum
 
 from sqlglot import exp
 
@@ -21,13 +31,23 @@ from streamsql.incremental.aggregates import StateColumn
 from streamsql.plan.plan import Emit, QueryKind, StreamingPlan
 
 INPUT_VIEW = "__input"
+PARAMETERS = ("late", "late_cutoff", "watermark")
 
 
-class Fetch(str, Enum):
-    NONE = "none"  # run for its effect
-    STATS = "stats"  # one row: input_rows, null_event_times, late_rows, max_event_us
+class Fetch(StrEnum):
+    NONE = "none"  # run for its effect; the result is a row count
+    STATS = "stats"  # one row: input_rows, null_event_times, late_rows, max_event_us, min_time_us
     VIEW = "view"  # rows kept as a view for later steps (DML ... RETURNING cannot nest)
     EMIT = "emit"  # the rows this batch emits
+
+
+class Effect(StrEnum):
+    """How a step changes the number of rows in the state table."""
+
+    NONE = "none"
+    ADDS = "adds"  # by the count it returns (or the rows it returns)
+    REMOVES = "removes"
+    MERGES = "merges"  # by the rows whose __action is INSERT
 
 
 @dataclass(frozen=True)
@@ -36,29 +56,65 @@ class Step:
     sql: str
     fetch: Fetch = Fetch.NONE
     view: str | None = None
-    # Closing and evicting windows can only find work when the watermark moved (or on the
-    # first batch of a run); skipping them otherwise saves a statement per batch.
-    when_watermark_advances: bool = False
+    effect: Effect = Effect.NONE
+    # Only when some window in state may end at or before the watermark: skipping the
+    # closing steps otherwise saves statements on most batches.
+    closes: bool = False
+    unless_empty: str | None = None  # skip when this view holds no rows
 
     @property
     def parameters(self) -> tuple[str, ...]:
-        return tuple(name for name in ("late", "watermark") if f"${name}" in self.sql)
+        return tuple(name for name in PARAMETERS if f"${name}" in self.sql)
+
+
+@dataclass(frozen=True)
+class Statistics:
+    """What the runtime measures on every batch's input.
+
+    Rows whose `window_time` is NULL are dropped, and late when it is below the late
+    cutoff; the max of `event_time` drives the watermark; the min accepted `window_time`
+    bounds the windows the batch opens. When both columns are plain microsecond
+    timestamps the runtime measures them on the Arrow batch; otherwise the `sql` step
+    computes the same figures in DuckDB.
+    """
+
+    window_time: str | None
+    event_time: str | None
+    late: bool  # whether this query drops late rows (and so counts them)
+    sql: Step | None
 
 
 @dataclass(frozen=True)
 class BatchProgram:
     setup: tuple[str, ...]
+    statistics: Statistics
     steps: tuple[Step, ...]
     state_table: str | None
+    compaction: tuple[Step, ...] = ()  # combine appended partials into one row per group
+
+    @property
+    def state_rows_sql(self) -> str:
+        return f"SELECT count(*) FROM {self.state_table}"
+
+    @property
+    def earliest_end_sql(self) -> str:
+        return f"SELECT min(epoch_us(window_end)) FROM {self.state_table}"
 
     def explain(self) -> str:
-        lines = []
+        lines: list[str] = []
         for statement in self.setup:
             lines += ["-- once, when the query starts", f"{statement};", ""]
-        for step in self.steps:
-            note = " (when the watermark advances)" if step.when_watermark_advances else ""
-            kept = f" -> {step.view}" if step.view else ""
-            lines += [f"-- per batch: {step.name}{kept}{note}", f"{step.sql};", ""]
+        steps = [self.statistics.sql] if self.statistics.sql else []
+        for title, group in (("per batch", [*steps, *self.steps]), ("compaction", self.compaction)):
+            for step in group:
+                notes = []
+                if step.closes:
+                    notes.append("when a window may end at or before the watermark")
+                if step.unless_empty:
+                    notes.append(f"when {step.unless_empty} has rows")
+                note = f" ({'; '.join(notes)})" if notes else ""
+                kept = f" -> {step.view}" if step.view else ""
+                lines += [f"-- {title}: {step.name}{kept}{note}", f"{step.sql};", ""]
         return "\n".join(lines).rstrip() + "\n"
 
 
@@ -81,100 +137,102 @@ class Compiler:
     def __init__(self, plan: StreamingPlan, state_table: str) -> None:
         self.plan = plan
         self.state = state_table
-        self.aggregate_columns: list[StateColumn] = [
-            StateColumn("__rows", "count(*)", "__state.__rows + __batch.__rows", "sum(__rows)::BIGINT")
-        ] + [column for call in plan.aggregates for column in call.columns]
+        row_counter = StateColumn(
+            "__rows", "count(*)", "__state.__rows + __batch.__rows", "sum(__rows)::BIGINT"
+        )
+        self.aggregate_columns = [row_counter] + [
+            column for call in plan.aggregates for column in call.columns
+        ]
         self.key_columns = [f"key{i}" for i in range(len(plan.keys))]
         self.window_columns = ["window_start", "window_end"] if plan.window else []
 
     def compile(self) -> BatchProgram:
         plan = self.plan
-        steps = [self.stats()]
+        statistics = self.statistics()
         if plan.kind is QueryKind.STATELESS:
-            steps.append(Step("emit rows", self.stateless_output(), Fetch.EMIT))
-            return BatchProgram((), tuple(steps), None)
+            emit = Step("emit rows", self.stateless_output(), Fetch.EMIT)
+            return BatchProgram((), statistics, (emit,), None)
+        compaction: tuple[Step, ...] = ()
         if plan.kind is QueryKind.SESSION:
-            steps += self.session_steps()
+            steps = self.session_steps() + self.output_steps()
+        elif plan.emit is Emit.FINAL:
+            steps = self.append_steps()
+            compaction = self.compaction_steps()
         else:
-            steps += self.merge_steps()
-        steps += self.output_steps()
+            steps = self.merge_steps() + self.output_steps()
         setup = (
             f"CREATE TABLE IF NOT EXISTS {self.state} AS "
             f"SELECT * FROM ({self.state_shape()}) LIMIT 0",
         )
-        return BatchProgram(setup, tuple(steps), self.state)
+        return BatchProgram(setup, statistics, tuple(steps), self.state, compaction)
 
     # -- input ---------------------------------------------------------------------------------
 
     def rows(self) -> str:
         """The source relation: declared columns plus computed ones."""
-        relation = f"SELECT * FROM {INPUT_VIEW}"
+        relation = INPUT_VIEW
         for name, expression in self.plan.derived:
-            relation = f"SELECT *, {sql_of(expression)} AS {ident(name)} FROM ({relation})"
+            relation = f"(SELECT *, {sql_of(expression)} AS {ident(name)} FROM {relation})"
         return relation
 
     @property
     def drops_late_rows(self) -> bool:
-        plan = self.plan
-        return plan.watermark_bounds_state and plan.emit is not Emit.SNAPSHOT
+        return self.plan.watermark_bounds_state and self.plan.emit is not Emit.SNAPSHOT
 
     def _time(self) -> str:
         return f"epoch_us({ident(self.plan.window.time_column)})"
 
     def _to_timestamp(self, micros: str) -> str:
-        ts = f"make_timestamp({micros})"
-        return f"CAST({ts} AS TIMESTAMPTZ)" if self._window_is_tz else ts
+        timestamp = f"make_timestamp({micros})"
+        if self.plan.window and self.plan.window.bound_type.endswith("TIME ZONE"):
+            return f"CAST({timestamp} AS TIMESTAMPTZ)"
+        return timestamp
 
-    @property
-    def _window_is_tz(self) -> bool:
-        return bool(self.plan.window and self.plan.window.bound_type.endswith("TIME ZONE"))
-
-    def latest_window_end(self, micros: str) -> str:
-        """End of the last window a row at `micros` falls in: the row is late iff <= L."""
-        window = self.plan.window
-        if window.kind == "SESSION":
-            return f"{micros} + {window.gap_us}"
-        return f"{floor_to(micros, window.slide_us)} + {window.size_us}"
-
-    def stats(self) -> Step:
+    def statistics(self) -> Statistics:
         plan = self.plan
-        columns = ["count(*) AS input_rows"]
-        if plan.window:
-            time = ident(plan.window.time_column)
-            columns.append(f"count(*) FILTER (WHERE {time} IS NULL) AS null_event_times")
-        else:
-            columns.append("0 AS null_event_times")
-        if self.drops_late_rows:
-            columns.append(
-                f"count(*) FILTER (WHERE {self.latest_window_end(self._time())} <= $late) "
-                "AS late_rows"
-            )
-        else:
-            columns.append("0 AS late_rows")
-        if plan.has_watermark:
-            columns.append(f"max(epoch_us({ident(plan.event_time)})) AS max_event_us")
-        else:
-            columns.append("NULL AS max_event_us")
-        return Step("batch statistics", f"SELECT {', '.join(columns)} FROM ({self.rows()})", Fetch.STATS)
+        window_time = plan.window.time_column if plan.window else None
+        event_time = plan.event_time if plan.has_watermark else None
+        late = self.drops_late_rows
+        columns = {c.name.lower(): c.type for c in plan.source.columns}
+        if all(
+            name is None or columns.get(name.lower()) in ("TIMESTAMP", "TIMESTAMP WITH TIME ZONE")
+            for name in (window_time, event_time)
+        ):
+            return Statistics(window_time, event_time, late, None)
+        time = self._time() if window_time else None
+        accepted = f" FILTER (WHERE {time} >= $late_cutoff)" if late else ""
+        figures = [
+            "count(*)",
+            f"count(*) FILTER (WHERE {ident(window_time)} IS NULL)" if time else "0",
+            f"count(*) FILTER (WHERE {time} < $late_cutoff)" if late else "0",
+            f"max(epoch_us({ident(event_time)}))" if event_time else "NULL",
+            f"min({time}){accepted}" if time else "NULL",
+        ]
+        sql = f"SELECT {', '.join(figures)} FROM {self.rows()}"
+        return Statistics(window_time, event_time, late, Step("batch statistics", sql, Fetch.STATS))
 
     def windowed_rows(self) -> str:
         """Rows with their window bounds; a hopping row appears once per window it is in."""
         window = self.plan.window
-        timed = f"SELECT *, {self._time()} AS __t FROM ({self.rows()}) WHERE {ident(window.time_column)} IS NOT NULL"
+        time = self._time()
+        present = f"{ident(window.time_column)} IS NOT NULL"
         if window.kind == "TUMBLING":
-            assigned = f"SELECT *, {floor_to('__t', window.size_us)} AS __ws FROM ({timed})"
+            starts = (
+                f"SELECT *, {floor_to(time, window.size_us)} AS __ws "
+                f"FROM {self.rows()} WHERE {present}"
+            )
         else:
-            assigned = (
-                f"SELECT * EXCLUDE (__last, __i), __last - __i * {window.slide_us} AS __ws "
-                f"FROM (SELECT *, {floor_to('__t', window.slide_us)} AS __last FROM ({timed})), "
-                f"range({window.windows_per_row}) AS __hop(__i) "
-                f"WHERE __last - __i * {window.slide_us} + {window.size_us} > __t"
+            last = floor_to(time, window.slide_us)
+            starts = (
+                f"SELECT * EXCLUDE (__i), {last} - __i * {window.slide_us} AS __ws "
+                f"FROM {self.rows()}, range({window.windows_per_row}) AS __hop(__i) "
+                f"WHERE {present} AND {last} - __i * {window.slide_us} + {window.size_us} > {time}"
             )
         late = f" WHERE __ws + {window.size_us} > $late" if self.drops_late_rows else ""
         return (
-            f"SELECT * EXCLUDE (__t, __ws), {self._to_timestamp('__ws')} AS window_start, "
+            f"SELECT * EXCLUDE (__ws), {self._to_timestamp('__ws')} AS window_start, "
             f"{self._to_timestamp(f'__ws + {window.size_us}')} AS window_end "
-            f"FROM ({assigned}){late}"
+            f"FROM ({starts}){late}"
         )
 
     # -- aggregation state -------------------------------------------------------------------
@@ -183,45 +241,109 @@ class Compiler:
         return f" WHERE {sql_of(self.plan.where)}" if self.plan.where is not None else ""
 
     def _key_selects(self) -> list[str]:
-        return [f"{sql_of(key)} AS {name}" for key, name in zip(self.plan.keys, self.key_columns, strict=True)]
+        return [
+            f"{sql_of(key)} AS {name}"
+            for key, name in zip(self.plan.keys, self.key_columns, strict=True)
+        ]
+
+    def _partials(self) -> list[str]:
+        return [f"{c.partial} AS {c.name}" for c in self.aggregate_columns]
 
     def partial(self) -> str:
         """The batch's partial aggregates, one row per (window, group)."""
         plan = self.plan
-        relation = self.windowed_rows() if plan.window else self.rows()
+        relation = f"({self.windowed_rows()})" if plan.window else self.rows()
         groups = self.window_columns + [sql_of(key) for key in plan.keys]
-        selects = self.window_columns + self._key_selects() + [
-            f"{c.partial} AS {c.name}" for c in self.aggregate_columns
-        ]
-        sql = f"SELECT {', '.join(selects)} FROM ({relation}) AS {ident(plan.alias)}{self._where()}"
+        selects = self.window_columns + self._key_selects() + self._partials()
+        sql = f"SELECT {', '.join(selects)} FROM {relation} AS {ident(plan.alias)}{self._where()}"
         if groups:
             return f"{sql} GROUP BY {', '.join(groups)}"
-        return f"{sql} HAVING count(*) > 0"
+        return f"{sql} HAVING count(*) > 0"  # a batch without rows leaves no group
 
     def state_shape(self) -> str:
         return self.session_parts() if self.plan.kind is QueryKind.SESSION else self.partial()
 
     def _match(self, left: str, right: str, columns: list[str]) -> str:
+        """Key equality where NULL equals NULL, as GROUP BY has it."""
         conditions = [
-            f"{left}.{c} = {right}.{c}" for c in columns if c in self.window_columns
-        ] + [f"{left}.{c} IS NOT DISTINCT FROM {right}.{c}" for c in columns if c not in self.window_columns]
+            f"{left}.{c} = {right}.{c}"
+            if c in self.window_columns
+            else f"{left}.{c} IS NOT DISTINCT FROM {right}.{c}"
+            for c in columns
+        ]
         return " AND ".join(conditions) or "TRUE"
+
+    def combine(self, relation: str, groups: list[str], extra: tuple[str, ...] = ()) -> str:
+        """Many state rows per group into one: the aggregates' combine expressions."""
+        group_exprs = {n: sql for call in self.plan.aggregates for n, sql in call.group.items()}
+        if group_exprs:
+            window = f"PARTITION BY {', '.join(groups)}" if groups else ""
+            relation = (
+                f"(SELECT *, {', '.join(f'{sql} AS {n}' for n, sql in group_exprs.items())} "
+                f"FROM {relation} WINDOW __group AS ({window}))"
+            )
+        selects = [*groups, *extra, *(f"{c.combine} AS {c.name}" for c in self.aggregate_columns)]
+        group_by = f" GROUP BY {', '.join(groups)}" if groups else ""
+        return f"SELECT {', '.join(selects)} FROM {relation}{group_by}"
+
+    def append_steps(self) -> list[Step]:
+        """EMIT FINAL: append partials; combine a window's partials when it closes."""
+        groups = self.window_columns + self.key_columns
+        closed = f"window_end <= {self._to_timestamp('$watermark::BIGINT')}"
+        return [
+            Step(
+                "append batch partials to state",
+                f"INSERT INTO {self.state} BY NAME {self.partial()}",
+                effect=Effect.ADDS,
+            ),
+            Step(
+                "close windows the watermark passed",
+                f"DELETE FROM {self.state} WHERE {closed} RETURNING *",
+                Fetch.VIEW,
+                view="__closed",
+                effect=Effect.REMOVES,
+                closes=True,
+            ),
+            Step(
+                "emit closed windows",
+                self.finalize(f"({self.combine('__closed', groups)}) AS __windows"),
+                Fetch.EMIT,
+                closes=True,
+                unless_empty="__closed",
+            ),
+        ]
+
+    def compaction_steps(self) -> tuple[Step, ...]:
+        groups = self.window_columns + self.key_columns
+        return (
+            Step(
+                "combine partials per group",
+                f"CREATE OR REPLACE TEMP TABLE __compacted AS {self.combine(self.state, groups)}",
+            ),
+            Step("drop the partials", f"DELETE FROM {self.state}", effect=Effect.REMOVES),
+            Step(
+                "store one row per group",
+                f"INSERT INTO {self.state} BY NAME SELECT * FROM __compacted",
+                effect=Effect.ADDS,
+            ),
+            Step("drop the scratch table", "DROP TABLE __compacted"),
+        )
 
     def merge_steps(self) -> list[Step]:
         keys = self.window_columns + self.key_columns
         columns = keys + [c.name for c in self.aggregate_columns]
         updates = ", ".join(f"{c.name} = {c.merge}" for c in self.aggregate_columns)
-        returning = " RETURNING *" if self.plan.emit is Emit.CHANGES else ""
         sql = (
             f"MERGE INTO {self.state} AS __state USING ({self.partial()}) AS __batch "
             f"ON {self._match('__state', '__batch', keys)} "
             f"WHEN MATCHED THEN UPDATE SET {updates} "
             f"WHEN NOT MATCHED THEN INSERT ({', '.join(columns)}) "
-            f"VALUES ({', '.join(f'__batch.{c}' for c in columns)}){returning}"
+            f"VALUES ({', '.join(f'__batch.{c}' for c in columns)}) "
+            f"RETURNING merge_action AS __action, *"
         )
-        if returning:
-            return [Step("merge batch into state", sql, Fetch.VIEW, view="__touched")]
-        return [Step("merge batch into state", sql)]
+        return [
+            Step("merge batch into state", sql, Fetch.VIEW, view="__touched", effect=Effect.MERGES)
+        ]
 
     # -- sessions ----------------------------------------------------------------------------
 
@@ -233,12 +355,13 @@ class Compiler:
         late = f" AND {time} + {gap} > $late" if self.drops_late_rows else ""
         where = f" AND ({sql_of(plan.where)})" if plan.where is not None else ""
         groups = [sql_of(key) for key in plan.keys] + [time]
-        selects = self._key_selects() + [
+        bounds = [
             f"{self._to_timestamp(time)} AS window_start",
             f"{self._to_timestamp(f'{time} + {gap}')} AS window_end",
-        ] + [f"{c.partial} AS {c.name}" for c in self.aggregate_columns]
+        ]
         return (
-            f"SELECT {', '.join(selects)} FROM ({self.rows()}) AS {ident(plan.alias)} "
+            f"SELECT {', '.join(self._key_selects() + bounds + self._partials())} "
+            f"FROM {self.rows()} AS {ident(plan.alias)} "
             f"WHERE {ident(plan.window.time_column)} IS NOT NULL{late}{where} "
             f"GROUP BY {', '.join(groups)}"
         )
@@ -247,38 +370,38 @@ class Compiler:
         """Merge the batch's sessions with the open sessions of the keys it touches.
 
         Sessions that overlap or touch (next start <= current end) are one session: an
-        island in the order of start times, found with a running max of session ends.
+        island in start order, found with a running max of the session ends before it.
         """
         keys = self.key_columns
-        partition = f"PARTITION BY {', '.join(keys)} " if keys else ""
-        order = f"{partition}ORDER BY __start, __end"
-        touched_keys = f"SELECT DISTINCT {', '.join(keys)} FROM __new" if keys else "SELECT 1 FROM __new LIMIT 1"
-        group_exprs = {name: sql for call in self.plan.aggregates for name, sql in call.group.items()}
-        combine = [f"{c.combine} AS {c.name}" for c in self.aggregate_columns]
-        bounds = [
+        order = (f"PARTITION BY {', '.join(keys)} " if keys else "") + "ORDER BY __start, __end"
+        touched = (
+            f"SELECT DISTINCT {', '.join(keys)} FROM __new"
+            if keys
+            else "SELECT 1 FROM __new LIMIT 1"
+        )
+        state_columns = ", ".join(
+            self.window_columns + keys + [c.name for c in self.aggregate_columns]
+        )
+        islands = (
+            f"(SELECT *, sum(CASE WHEN __reach IS NULL OR __start > __reach THEN 1 ELSE 0 END) "
+            f"OVER ({order} ROWS UNBOUNDED PRECEDING) AS __island FROM ("
+            f"SELECT *, max(__end) OVER ({order} ROWS BETWEEN UNBOUNDED PRECEDING AND "
+            f"1 PRECEDING) AS __reach FROM ("
+            f"SELECT *, epoch_us(window_start) AS __start, epoch_us(window_end) AS __end "
+            f"FROM __parts)))"
+        )
+        bounds = (
             f"{self._to_timestamp('min(__start)')} AS window_start",
             f"{self._to_timestamp('max(__end)')} AS window_end",
-        ]
-        state_cols = ", ".join(self.window_columns + keys + [c.name for c in self.aggregate_columns])
-        group_by = ", ".join([*keys, "__island"])
-        window_group = f"WINDOW __group AS (PARTITION BY {group_by})"
-        grouped_extra = "".join(f", {sql} AS {name}" for name, sql in group_exprs.items())
+            "bool_or(__changed) AS __changed",
+        )
         sessions = (
             f"CREATE OR REPLACE TEMP TABLE __sessions AS "
             f"WITH __new AS ({self.session_parts()}), "
-            f"__parts AS ("
-            f"SELECT {state_cols}, FALSE AS __changed FROM {self.state} AS __state "
-            f"SEMI JOIN ({touched_keys}) AS __touched ON {self._match('__state', '__touched', keys)} "
-            f"UNION ALL BY NAME SELECT *, TRUE AS __changed FROM __new), "
-            f"__spans AS (SELECT *, epoch_us(window_start) AS __start, epoch_us(window_end) AS __end "
-            f"FROM __parts), "
-            f"__reach AS (SELECT *, max(__end) OVER ({order} ROWS BETWEEN UNBOUNDED PRECEDING AND "
-            f"1 PRECEDING) AS __reach FROM __spans), "
-            f"__islands AS (SELECT *, sum(CASE WHEN __reach IS NULL OR __start > __reach THEN 1 "
-            f"ELSE 0 END) OVER ({order} ROWS UNBOUNDED PRECEDING) AS __island FROM __reach), "
-            f"__grouped AS (SELECT *{grouped_extra} FROM __islands {window_group if group_exprs else ''}) "
-            f"SELECT {', '.join([*keys, *bounds, *combine])}, "
-            f"bool_or(__changed) AS __changed FROM __grouped GROUP BY {group_by}"
+            f"__parts AS (SELECT {state_columns}, FALSE AS __changed FROM {self.state} AS __state "
+            f"SEMI JOIN ({touched}) AS __touched ON {self._match('__state', '__touched', keys)} "
+            f"UNION ALL BY NAME SELECT *, TRUE AS __changed FROM __new) "
+            f"SELECT * EXCLUDE (__island) FROM ({self.combine(islands, [*keys, '__island'], bounds)})"
         )
         replace = (
             f"DELETE FROM {self.state} AS __state USING "
@@ -288,15 +411,22 @@ class Compiler:
             else f"DELETE FROM {self.state} WHERE EXISTS (SELECT 1 FROM __sessions)"
         )
         steps = [
-            Step("merge batch sessions with open sessions", sessions),
-            Step("drop the sessions that were merged", replace),
-            Step("store merged sessions", f"INSERT INTO {self.state} BY NAME SELECT {state_cols} FROM __sessions"),
+            Step("merge batch sessions with the open sessions they touch", sessions),
+            Step("drop the sessions that were merged", replace, effect=Effect.REMOVES),
+            Step(
+                "store merged sessions",
+                f"INSERT INTO {self.state} BY NAME SELECT {state_columns} FROM __sessions",
+                effect=Effect.ADDS,
+            ),
         ]
         if self.plan.emit is Emit.CHANGES:
             steps.append(
-                Step("sessions changed by this batch",
-                     "SELECT * EXCLUDE (__changed) FROM __sessions WHERE __changed",
-                     Fetch.VIEW, view="__touched")
+                Step(
+                    "sessions changed by this batch",
+                    "SELECT * EXCLUDE (__changed) FROM __sessions WHERE __changed",
+                    Fetch.VIEW,
+                    view="__touched",
+                )
             )
         return steps
 
@@ -311,6 +441,7 @@ class Compiler:
         return sql
 
     def output_steps(self) -> list[Step]:
+        """Emission after a MERGE (or a session rewrite): by output mode."""
         plan = self.plan
         if plan.emit is Emit.SNAPSHOT:
             sql = self.finalize(self.state)
@@ -320,32 +451,42 @@ class Compiler:
                 sql += f" LIMIT {sql_of(plan.limit)}"
             return [Step("emit the whole result", sql, Fetch.EMIT)]
         closed = f"window_end <= {self._to_timestamp('$watermark::BIGINT')}"
-        evict = Step(
-            "evict windows the watermark passed",
-            f"DELETE FROM {self.state} WHERE {closed}",
-            when_watermark_advances=True,
-        )
         if plan.emit is Emit.CHANGES:
-            steps = [
-                Step("emit groups updated by this batch", self.finalize("__touched"), Fetch.EMIT)
-            ]
-            return [*steps, evict] if plan.watermark_bounds_state else steps
-        # Emitted and evicted with the same predicate in the same transaction: each window
-        # leaves the state exactly when it is emitted.
+            emit = Step(
+                "emit groups updated by this batch", self.finalize("__touched"), Fetch.EMIT
+            )
+            if not plan.watermark_bounds_state:
+                return [emit]
+            evict = Step(
+                "evict windows the watermark passed",
+                f"DELETE FROM {self.state} WHERE {closed}",
+                effect=Effect.REMOVES,
+                closes=True,
+            )
+            return [emit, evict]
+        # Sessions: each leaves the state in the batch that emits it, and only then.
         return [
             Step(
-                "emit windows the watermark passed",
-                self.finalize(f"(SELECT * FROM {self.state} WHERE {closed}) AS __closed"),
-                Fetch.EMIT,
-                when_watermark_advances=True,
+                "close sessions the watermark passed",
+                f"DELETE FROM {self.state} WHERE {closed} RETURNING *",
+                Fetch.VIEW,
+                view="__closed",
+                effect=Effect.REMOVES,
+                closes=True,
             ),
-            evict,
+            Step(
+                "emit closed sessions",
+                self.finalize("__closed"),
+                Fetch.EMIT,
+                closes=True,
+                unless_empty="__closed",
+            ),
         ]
 
     def stateless_output(self) -> str:
         plan = self.plan
         projection = ", ".join(sql_of(e) for e in plan.projection)
-        return f"SELECT {projection} FROM ({self.rows()}) AS {ident(plan.alias)}{self._where()}"
+        return f"SELECT {projection} FROM {self.rows()} AS {ident(plan.alias)}{self._where()}"
 
 
 def compile_plan(plan: StreamingPlan, state_table: str) -> BatchProgram:

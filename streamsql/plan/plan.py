@@ -39,6 +39,19 @@ class WindowSpec:
     def windows_per_row(self) -> int:
         return -(-self.size_us // self.slide_us) if self.slide_us else 1
 
+    def first_end(self, time_us: int) -> int:
+        """End of the earliest window (or of the session) that a row at `time_us` is in."""
+        if self.kind == "SESSION":
+            return time_us + self.gap_us
+        return (time_us - self.size_us) // self.slide_us * self.slide_us + self.slide_us + self.size_us
+
+    def late_cutoff(self, late_us: int) -> int:
+        """Rows with an event time below this are late: every window they fall in (the
+        session they would start) ends at or before the late threshold L."""
+        if self.kind == "SESSION":
+            return late_us - self.gap_us + 1
+        return (late_us - self.size_us) // self.slide_us * self.slide_us + self.slide_us
+
 
 @dataclass
 class StreamingPlan:

@@ -18,14 +18,19 @@ from typing import Any
 
 import duckdb
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from streamsql.checkpoint.log import SCHEMA, Checkpoint, CommitRecord, PlannedBatch
 from streamsql.errors import DataError, ProgrammingError
-from streamsql.incremental.compiler import INPUT_VIEW, BatchProgram, Fetch, Step
+from streamsql.incremental.compiler import INPUT_VIEW, BatchProgram, Effect, Fetch, Step
 from streamsql.plan.plan import StreamingPlan
 from streamsql.runtime.progress import QueryProgress, timestamp_of
 from streamsql.sinks.base import OutputSchema, Sink
 from streamsql.sources.base import Offset, Source, SourceBatch
+
+# Appended partials are combined once they outnumber the rows of the last compaction and
+# this many: the state stays within twice its compacted size, at a constant cost per row.
+COMPACTION_MIN_ROWS = 50_000
 
 
 @dataclass
@@ -34,6 +39,7 @@ class BatchStats:
     null_event_times: int = 0
     late_rows: int = 0
     max_event_us: int | None = None
+    min_time_us: int | None = None  # earliest accepted window time
 
 
 class MicroBatchExecution:
@@ -62,6 +68,11 @@ class MicroBatchExecution:
         self.max_event_us: int | None = None
         self.output: OutputSchema | None = None
         self.empty_output: pa.Table = pa.table({})
+        self.state_rows = 0
+        self.compacted_rows = 0
+        # No window in state ends before this (None: no windows): closing steps run only
+        # when it is at or below the watermark.
+        self.earliest_end: int | None = None
 
     # -- start and recovery ------------------------------------------------------------------
 
@@ -83,9 +94,16 @@ class MicroBatchExecution:
             self.watermark = last.next_watermark_us
             self.late_threshold = done.watermark_us
             self.max_event_us = last.max_event_us
+        if self.program.state_table:
+            self.state_rows = self.compacted_rows = self._scalar(self.program.state_rows_sql)
+            if self.plan.window:
+                self.earliest_end = self._scalar(self.program.earliest_end_sql)
         self.source.recover(self.checkpoint.planned_ends())
         self.output = self._describe_output()
         self.sink.open(self.cursor, self.output)
+
+    def _scalar(self, sql: str) -> Any:
+        return self.cursor.execute(sql).fetchall()[0][0]
 
     def _describe_output(self) -> OutputSchema:
         """Dry-run the batch over no rows, in a transaction rolled back, to type the output."""
@@ -150,6 +168,7 @@ class MicroBatchExecution:
         data = self.source.empty() if no_data else self.source.read(batch.start, batch.end)
         timings["read"] = _ms_since(began)
         mark = time.perf_counter()
+        state_rows, earliest_end = self.state_rows, self.earliest_end
         self.cursor.execute("BEGIN TRANSACTION").fetchall()
         try:
             stats, emitted = self._execute_steps(batch, data.rows)
@@ -166,7 +185,6 @@ class MicroBatchExecution:
             self.sink.write(self.cursor, batch.batch_id, emitted)
             timings["sink"] = _ms_since(mark)
             mark = time.perf_counter()
-            state_rows = self._state_rows()
             self.checkpoint.record_commit(
                 CommitRecord(
                     batch.batch_id, next_watermark, max_event, stats.input_rows, emitted.num_rows
@@ -175,6 +193,7 @@ class MicroBatchExecution:
             self.cursor.execute("COMMIT").fetchall()
         except BaseException:
             self.cursor.execute("ROLLBACK").fetchall()
+            self.state_rows, self.earliest_end = state_rows, earliest_end
             raise
         finally:
             for view in self._views():
@@ -200,7 +219,7 @@ class MicroBatchExecution:
             watermark=timestamp_of(batch.watermark_us),
             late_threshold=timestamp_of(batch.late_threshold_us),
             next_watermark=timestamp_of(next_watermark),
-            state_rows=state_rows,
+            state_rows=self.state_rows,
             duration_ms=timings,
             input_rows_per_second=stats.input_rows / seconds,
             processed_rows_per_second=stats.input_rows / seconds,
@@ -216,34 +235,81 @@ class MicroBatchExecution:
 
     def _execute_steps(self, batch: PlannedBatch, rows: pa.Table) -> tuple[BatchStats, pa.Table]:
         self.cursor.register(INPUT_VIEW, rows)
-        values = {"late": batch.late_threshold_us, "watermark": batch.watermark_us}
-        advanced = (
-            batch.watermark_us is not None
-            and batch.late_threshold_us is not None
-            and batch.watermark_us > batch.late_threshold_us
+        window = self.plan.window
+        late = batch.late_threshold_us
+        values = {
+            "late": late,
+            "watermark": batch.watermark_us,
+            "late_cutoff": window.late_cutoff(late) if window and late is not None else None,
+        }
+        stats = self._statistics(rows, values)
+        if window and stats.min_time_us is not None:
+            opened = window.first_end(stats.min_time_us)
+            self.earliest_end = opened if self.earliest_end is None else min(self.earliest_end, opened)
+        closes = (
+            self.earliest_end is not None
+            and batch.watermark_us is not None
+            and self.earliest_end <= batch.watermark_us
         )
-        stats = BatchStats()
+        sizes: dict[str, int] = {}
         emitted: pa.Table | None = None
         for step in self.program.steps:
-            if step.when_watermark_advances and not advanced:
+            if (step.closes and not closes) or (step.unless_empty and not sizes.get(step.unless_empty)):
                 continue
-            params = {name: values[name] for name in step.parameters} or None
-            result = self._run_step(step, params)
-            if step.fetch is Fetch.STATS:
-                stats = BatchStats(*result)
-            elif step.fetch is Fetch.EMIT:
+            result = self._apply(step, values)
+            if step.view:
+                sizes[step.view] = result.num_rows
+            if step.fetch is Fetch.EMIT:
                 emitted = result
+        if closes:
+            self.earliest_end = self._scalar(self.program.earliest_end_sql)
+        if self.program.compaction and self.state_rows - self.compacted_rows > max(
+            COMPACTION_MIN_ROWS, self.compacted_rows
+        ):
+            for step in self.program.compaction:
+                self._apply(step, values)
+            self.compacted_rows = self.state_rows
         return stats, self.empty_output if emitted is None else emitted
 
-    def _run_step(self, step: Step, params: dict[str, int] | None) -> Any:
-        """Run one step; a VIEW result is registered under its name for the next steps."""
+    def _apply(self, step: Step, values: dict[str, int | None]) -> Any:
+        """Run a step and account for the state rows it adds or removes."""
+        result = self._run_step(step, {name: values[name] for name in step.parameters} or None)
+        if step.effect is Effect.MERGES:
+            self.state_rows += pc.sum(pc.equal(result["__action"], "INSERT")).as_py() or 0
+        elif step.effect is not Effect.NONE:
+            count = result.num_rows if isinstance(result, pa.Table) else result[0][0]
+            self.state_rows += count if step.effect is Effect.ADDS else -count
+        return result
+
+    def _statistics(self, rows: pa.Table, values: dict[str, int | None]) -> BatchStats:
+        statistics = self.program.statistics
+        cutoff = values["late_cutoff"] if statistics.late else None
+        if statistics.sql is not None:
+            step = statistics.sql
+            return BatchStats(*self._run_step(step, {p: values[p] for p in step.parameters}))
+        # Plain microsecond timestamp columns: measured on the Arrow batch directly.
+        names = {name.lower(): name for name in rows.column_names}
+        stats = BatchStats(input_rows=rows.num_rows)
+        if statistics.window_time:
+            times = rows[names[statistics.window_time.lower()]].cast(pa.int64())
+            stats.null_event_times = times.null_count
+            if cutoff is not None:
+                stats.late_rows = pc.sum(pc.less(times, cutoff)).as_py() or 0
+                times = pc.filter(times, pc.greater_equal(times, cutoff))
+            stats.min_time_us = pc.min(times).as_py()
+        if statistics.event_time:
+            events = rows[names[statistics.event_time.lower()]].cast(pa.int64())
+            stats.max_event_us = pc.max(events).as_py()
+        return stats
+
+    def _run_step(self, step: Step, params: dict[str, int | None] | None) -> Any:
+        """Run one statement; a VIEW result is registered under its name for later steps."""
         if step.fetch in (Fetch.VIEW, Fetch.EMIT):
             rows = self.cursor.sql(step.sql, params=params).to_arrow_table()
             if step.view:
                 self.cursor.register(step.view, rows)
             return rows
-        result = self.cursor.execute(step.sql, params)
-        rows = result.fetchall()
+        rows = self.cursor.execute(step.sql, params).fetchall()
         return rows[0] if step.fetch is Fetch.STATS else rows
 
     def _dead_letters(self, batch: PlannedBatch, data: SourceBatch) -> int:
@@ -269,11 +335,6 @@ class MicroBatchExecution:
             finally:
                 self.cursor.unregister("__dead")
         return dead.num_rows
-
-    def _state_rows(self) -> int:
-        if not self.program.state_table:
-            return 0
-        return self.cursor.execute(f"SELECT count(*) FROM {self.program.state_table}").fetchall()[0][0]
 
     def close(self) -> None:
         self.sink.close()

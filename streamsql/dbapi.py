@@ -25,6 +25,7 @@ from streamsql.errors import (
     ProgrammingError,
     Warning,
 )
+from streamsql.runtime.push import PushStream
 from streamsql.runtime.query import StreamingQuery
 from streamsql.sql import Statement, parse
 
@@ -129,6 +130,9 @@ class Cursor:
         self.description: list[tuple[Any, ...]] | None = None
         self.rowcount = -1
         self._closed = False
+        self._stream: PushStream | None = None
+        # How long fetchone/fetchmany wait for a push query's next row (None: until it comes).
+        self.stream_timeout: float | None = None
 
     def _check(self) -> None:
         if self._closed:
@@ -155,6 +159,7 @@ class Cursor:
         return self
 
     def _run(self, statement: Statement, parameters: Sequence[Any] | None) -> None:
+        self._end_stream()
         handler = self.connection.engine.handler(statement)
         self._position = 0
         if handler is None:
@@ -170,6 +175,7 @@ class Cursor:
         self._from_duckdb = False
         result = handler(statement, parameters, self._duck)
         self._result = result
+        self._stream = result.stream
         self.rowcount = result.rowcount if result.rowcount >= 0 else len(result.rows)
         self.description = (
             [(name, None, None, None, None, None, None) for name in result.columns]
@@ -189,6 +195,8 @@ class Cursor:
                 return self._duck.fetchmany(size)
             except duckdb.Error as error:
                 raise _translate(error) from None
+        if self._stream is not None:
+            return self._stream.fetch(size, self.stream_timeout)
         if self._result is None:
             raise ProgrammingError("No statement has been executed")
         rows = self._result.rows[self._position : self._position + size]
@@ -202,6 +210,8 @@ class Cursor:
                 return self._duck.fetchall()
             except duckdb.Error as error:
                 raise _translate(error) from None
+        if self._stream is not None:
+            return self._stream.fetch(None, None)
         if self._result is None:
             raise ProgrammingError("No statement has been executed")
         rows = self._result.rows[self._position :]
@@ -211,6 +221,11 @@ class Cursor:
     def __iter__(self) -> Iterator[tuple[Any, ...]]:
         while (row := self.fetchone()) is not None:
             yield row
+
+    @property
+    def streaming(self) -> bool:
+        """True while the last statement is a push query with rows still to come."""
+        return self._stream is not None and not self._stream.finished
 
     def register(self, name: str, data: Any) -> Cursor:
         """Make a pyarrow table (or pandas/polars frame) queryable under `name`, as in duckdb."""
@@ -224,9 +239,16 @@ class Cursor:
     def setoutputsize(self, size: Any, column: Any = None) -> None:
         """Accepted and ignored, as PEP 249 allows."""
 
+    def _end_stream(self) -> None:
+        if self._stream is not None:
+            self._stream.close()
+            self._stream = None
+
     def close(self) -> None:
+        """Close the cursor; a push query running on it stops."""
         if not self._closed:
             self._closed = True
+            self._end_stream()
             self._duck.close()
 
     def __enter__(self) -> Cursor:

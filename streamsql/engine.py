@@ -7,6 +7,7 @@ DuckDB verbatim, in its own text, so DuckDB behaves exactly as DuckDB.
 from __future__ import annotations
 
 import threading
+import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -16,22 +17,24 @@ import pyarrow as pa
 from sqlglot import exp
 
 from streamsql.checkpoint.log import SCHEMA, Checkpoint
-from streamsql.errors import OperationalError, PlanningError, ProgrammingError
+from streamsql.errors import ProgrammingError
 from streamsql.incremental.aggregates import MACROS
 from streamsql.incremental.compiler import BatchProgram, compile_plan
 from streamsql.plan.catalog import SinkDef, SourceDef, sink_def, source_def
 from streamsql.plan.plan import StreamingPlan
 from streamsql.plan.planner import Planner
 from streamsql.runtime.microbatch import MicroBatchExecution
+from streamsql.runtime.push import PushStream
 from streamsql.runtime.query import StreamingQuery
 from streamsql.runtime.triggers import Trigger
 from streamsql.sinks.base import Sink
+from streamsql.sinks.collect import CollectSink
 from streamsql.sinks.console import ConsoleSink
 from streamsql.sinks.duckdb import DuckDBSink
 from streamsql.sources.base import Source
 from streamsql.sources.files import FileSource
 from streamsql.sources.memory import MemorySource
-from streamsql.sql import DIALECT, Statement, nodes
+from streamsql.sql import DIALECT, Statement, nodes, parse_one
 
 SOURCE_CONNECTORS: dict[str, type[Source]] = {
     "memory": MemorySource,
@@ -59,6 +62,7 @@ class Result:
     columns: list[str] = field(default_factory=list)
     rows: list[tuple[Any, ...]] = field(default_factory=list)
     rowcount: int = -1
+    stream: PushStream | None = None  # a push query's rows, fetched as they are emitted
 
 
 def quote(name: str) -> str:
@@ -84,8 +88,6 @@ class Engine:
     # -- catalog ---------------------------------------------------------------------------------
 
     def _load_catalog(self) -> None:
-        from streamsql.sql import parse_one
-
         rows = self.db.execute(
             f"SELECT kind, sql, running FROM {SCHEMA}.catalog ORDER BY kind DESC, name"
         ).fetchall()
@@ -215,10 +217,9 @@ class Engine:
             if name.lower() in self.sinks:
                 self._drop_sink(name)
             definition = sink_def(create, statement.text)
-            query = self._start(definition)
+            self._start(definition)
             self.sinks[name.lower()] = definition
             self._remember("SINK", name, statement.text)
-        del query
         return Result()
 
     def plan(self, select: exp.Select) -> StreamingPlan:
@@ -405,10 +406,23 @@ class Engine:
             ) from None
 
     def push_query(self, statement: Statement, params: Sequence[Any] | None, cursor: DuckCursor) -> Result:
-        raise OperationalError(
-            "A streaming SELECT runs as a named query: CREATE SINK name WITH (connector = "
-            "'duckdb') AS SELECT ...; then read the table"
+        """Run a streaming SELECT for the caller: its rows arrive as batches emit them."""
+        name = f"__push_{uuid.uuid4().hex[:12]}"
+        plan = self.plan(statement.expression)
+        program = compile_plan(plan, quote(f"state_{name}"), temporary=True)
+        sink = CollectSink(name, {})
+        trigger = self.trigger_override or Trigger.parse(None)
+        execution = MicroBatchExecution(
+            name, self.db, plan, program, self.source(plan.source.name), sink
         )
+        query = StreamingQuery(execution, trigger).start()
+        self.queries[name] = query
+
+        def forget() -> None:
+            self.queries.pop(name, None)
+            Checkpoint(self.db.cursor(), name).forget()
+
+        return Result(columns=plan.output_names, stream=PushStream(query, sink, forget))
 
     def close(self) -> None:
         for query in list(self.queries.values()):
@@ -418,12 +432,8 @@ class Engine:
 
 
 def _canonical(sql: str) -> str:
-    from streamsql.sql import parse_one
-
     node = parse_one(sql).expression.copy()
     node.set("exists", False)
     node.set("replace", False)
     return node.sql(DIALECT)
 
-
-__all__ = ["Engine", "PlanningError", "Result"]

@@ -136,8 +136,8 @@ class Checkpoint:
         ).fetchall()
 
     def forget(self) -> None:
-        """Drop the query's logs (DROP SINK)."""
-        for table in ("offsets", "commits", "dead_letters"):
+        """Drop the query's logs (DROP SINK). Its dead letters stay: bad input is never lost."""
+        for table in ("offsets", "commits"):
             self.cursor.execute(
                 f"DELETE FROM {SCHEMA}.{table} WHERE query = ?", [self.query]
             ).fetchall()

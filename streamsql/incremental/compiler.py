@@ -22,6 +22,7 @@ Three ways to keep state, chosen by what the query emits:
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -64,7 +65,7 @@ class Step:
 
     @property
     def parameters(self) -> tuple[str, ...]:
-        return tuple(name for name in PARAMETERS if f"${name}" in self.sql)
+        return tuple(name for name in PARAMETERS if re.search(rf"\${name}\b", self.sql))
 
 
 @dataclass(frozen=True)
@@ -132,11 +133,16 @@ def floor_to(value: str, step: int) -> str:
 
 
 class Compiler:
-    """Generates the BatchProgram of one plan; `state_table` is a qualified table name."""
+    """Generates the BatchProgram of one plan.
 
-    def __init__(self, plan: StreamingPlan, state_table: str) -> None:
+    `state_table` is a qualified table name, or a bare name for a temporary table (the
+    state of a push query lives and dies with the query's cursor).
+    """
+
+    def __init__(self, plan: StreamingPlan, state_table: str, temporary: bool = False) -> None:
         self.plan = plan
         self.state = state_table
+        self.temporary = temporary
         row_counter = StateColumn(
             "__rows", "count(*)", "__state.__rows + __batch.__rows", "sum(__rows)::BIGINT"
         )
@@ -161,7 +167,7 @@ class Compiler:
         else:
             steps = self.merge_steps() + self.output_steps()
         setup = (
-            f"CREATE TABLE IF NOT EXISTS {self.state} AS "
+            f"CREATE {'TEMP ' if self.temporary else ''}TABLE IF NOT EXISTS {self.state} AS "
             f"SELECT * FROM ({self.state_shape()}) LIMIT 0",
         )
         return BatchProgram(setup, statistics, tuple(steps), self.state, compaction)
@@ -489,5 +495,5 @@ class Compiler:
         return f"SELECT {projection} FROM {self.rows()} AS {ident(plan.alias)}{self._where()}"
 
 
-def compile_plan(plan: StreamingPlan, state_table: str) -> BatchProgram:
-    return Compiler(plan, state_table).compile()
+def compile_plan(plan: StreamingPlan, state_table: str, temporary: bool = False) -> BatchProgram:
+    return Compiler(plan, state_table, temporary).compile()

@@ -1,0 +1,69 @@
+"""A push query: a streaming SELECT whose rows come back to the caller as batches emit them."""
+
+from __future__ import annotations
+
+import queue
+import time
+from collections.abc import Callable
+from typing import Any
+
+from streamsql.runtime.query import StreamingQuery
+from streamsql.sinks.collect import CollectSink
+
+POLL_SECONDS = 0.05
+
+
+class PushStream:
+    def __init__(
+        self, query: StreamingQuery, sink: CollectSink, on_close: Callable[[], None]
+    ) -> None:
+        self.query = query
+        self.sink = sink
+        self._pending: list[tuple[Any, ...]] = []
+        self._on_close = on_close
+        self._closed = False
+
+    @property
+    def finished(self) -> bool:
+        """The query stopped and every row it emitted has been fetched."""
+        return not self.query.is_active and self.sink.batches.empty() and not self._pending
+
+    def _drain(self) -> None:
+        while True:
+            try:
+                batch = self.sink.batches.get_nowait()
+            except queue.Empty:
+                return
+            self._pending.extend(tuple(row.values()) for row in batch.to_pylist())
+
+    def fetch(self, size: int | None, timeout: float | None) -> list[tuple[Any, ...]]:
+        """Up to `size` rows (all with None); waits for the first one at most `timeout` s.
+
+        Returns [] once the query has stopped and everything was fetched, or on timeout.
+        With size None it waits for the query to stop (trigger available_now or once).
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            self._drain()
+            stopped = not self.query.is_active
+            if stopped:
+                self._drain()
+                self.query.await_termination(0)  # raises the query's error, if any
+            if self._pending and (size is not None or stopped):
+                break
+            if stopped or (deadline is not None and time.monotonic() >= deadline):
+                break
+            try:
+                batch = self.sink.batches.get(timeout=POLL_SECONDS)
+            except queue.Empty:
+                continue
+            self._pending.extend(tuple(row.values()) for row in batch.to_pylist())
+        count = len(self._pending) if size is None else size
+        rows, self._pending = self._pending[:count], self._pending[count:]
+        return rows
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self.query.stop()
+            self._on_close()

@@ -1,0 +1,26 @@
+"""Hand each batch's rows to the caller of a push query (a streaming SELECT on a cursor)."""
+
+from __future__ import annotations
+
+import queue
+
+import duckdb
+import pyarrow as pa
+
+from streamsql.sinks.base import OutputSchema, Sink
+
+
+class CollectSink(Sink):
+    """Batches go into a queue the cursor reads; rows reach the caller at least once."""
+
+    def __init__(self, name: str, options: dict[str, str]) -> None:
+        super().__init__(name, options)
+        self.batches: queue.Queue[pa.Table] = queue.Queue()
+        self.schema: OutputSchema | None = None
+
+    def open(self, cursor: duckdb.DuckDBPyConnection, schema: OutputSchema) -> None:
+        self.schema = schema
+
+    def write(self, cursor: duckdb.DuckDBPyConnection, batch_id: int, rows: pa.Table) -> None:
+        if rows.num_rows:
+            self.batches.put(rows)

@@ -29,7 +29,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     run.add_argument("--db", default=":memory:", help="engine database file (default: in memory)")
     run.add_argument(
         "--trigger",
-        help="trigger for every query: '<n> seconds', 'available_now' (run to completion) or 'once'",
+        help="trigger of every query: '<n> seconds', 'available_now' (to completion), 'once'",
     )
     explain = commands.add_parser("explain", help="print each query's plan and per-batch SQL")
     explain.add_argument("file", type=Path)

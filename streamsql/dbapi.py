@@ -24,6 +24,7 @@ from streamsql.errors import (
     OperationalError,
     ProgrammingError,
     Warning,
+    from_duckdb,
 )
 from streamsql.runtime.push import PushStream
 from streamsql.runtime.query import StreamingQuery
@@ -33,32 +34,19 @@ apilevel = "2.0"
 threadsafety = 1  # threads may share the module; each thread should use its own connection
 paramstyle = "qmark"
 
-# DuckDB's exceptions, mapped onto the PEP 249 classes users catch.
-_DUCKDB_ERRORS: tuple[tuple[type[Exception], type[Error]], ...] = (
-    (duckdb.ParserException, ProgrammingError),
-    (duckdb.BinderException, ProgrammingError),
-    (duckdb.CatalogException, ProgrammingError),
-    (duckdb.ConstraintException, IntegrityError),
-    (duckdb.ConversionException, DataError),
-    (duckdb.OutOfRangeException, DataError),
-    (duckdb.InvalidInputException, DataError),
-    (duckdb.NotImplementedException, NotSupportedError),
-    (duckdb.IOException, OperationalError),
-    (duckdb.InternalException, InternalError),
-    (duckdb.Error, DatabaseError),
-)
 
+def connect(
+    database: str = ":memory:",
+    *,
+    trigger: str | None = None,
+    config: dict[str, Any] | None = None,
+) -> Connection:
+    """Open (or create) an engine database; sinks recorded in it resume running.
 
-def _translate(error: duckdb.Error) -> Error:
-    for duck, ours in _DUCKDB_ERRORS:
-        if isinstance(error, duck):
-            return ours(str(error))
-    return DatabaseError(str(error))
-
-
-def connect(database: str = ":memory:", *, trigger: str | None = None) -> Connection:
-    """Open (or create) an engine database; sinks recorded in it resume running."""
-    return Connection(Engine(database, trigger=trigger))
+    `trigger` overrides the trigger of every query (e.g. 'available_now'); `config` is
+    passed to duckdb.connect (e.g. {'threads': 1, 'memory_limit': '2GB'}).
+    """
+    return Connection(Engine(database, trigger=trigger, config=config))
 
 
 class Connection:
@@ -166,7 +154,7 @@ class Cursor:
             try:
                 self._duck.execute(statement.text, parameters)
             except duckdb.Error as error:
-                raise _translate(error) from None
+                raise from_duckdb(error) from None
             self._from_duckdb = True
             self._result = None
             self.description = self._duck.description
@@ -194,7 +182,7 @@ class Cursor:
             try:
                 return self._duck.fetchmany(size)
             except duckdb.Error as error:
-                raise _translate(error) from None
+                raise from_duckdb(error) from None
         if self._stream is not None:
             return self._stream.fetch(size, self.stream_timeout)
         if self._result is None:
@@ -209,7 +197,7 @@ class Cursor:
             try:
                 return self._duck.fetchall()
             except duckdb.Error as error:
-                raise _translate(error) from None
+                raise from_duckdb(error) from None
         if self._stream is not None:
             return self._stream.fetch(None, None)
         if self._result is None:

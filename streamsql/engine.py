@@ -17,7 +17,7 @@ import pyarrow as pa
 from sqlglot import exp
 
 from streamsql.checkpoint.log import SCHEMA, Checkpoint
-from streamsql.errors import ProgrammingError
+from streamsql.errors import ProgrammingError, from_duckdb
 from streamsql.incremental.aggregates import MACROS
 from streamsql.incremental.compiler import BatchProgram, compile_plan
 from streamsql.plan.catalog import SinkDef, SourceDef, sink_def, source_def
@@ -70,10 +70,15 @@ def quote(name: str) -> str:
 
 
 class Engine:
-    def __init__(self, database: str = ":memory:", trigger: str | None = None) -> None:
+    def __init__(
+        self,
+        database: str = ":memory:",
+        trigger: str | None = None,
+        config: dict[str, Any] | None = None,
+    ) -> None:
         self.database = database
         self.trigger_override = Trigger.parse(trigger) if trigger else None
-        self.db = duckdb.connect(database)
+        self.db = duckdb.connect(database, config=config or {})
         self.db.execute("SET TimeZone = 'UTC'").fetchall()
         Checkpoint.create_tables(self.db)
         for statement in (*MACROS, CATALOG):
@@ -127,10 +132,14 @@ class Engine:
                 f"{', '.join(SOURCE_CONNECTORS)}"
             )
         self.sources[definition.name.lower()] = definition
-        self._instances[definition.name.lower()] = connector(definition, self._arrow_schema(definition))
+        self._instances[definition.name.lower()] = connector(
+            definition, self._arrow_schema(definition)
+        )
 
     def _arrow_schema(self, definition: SourceDef) -> pa.Schema:
-        columns = ", ".join(f"CAST(NULL AS {c.type}) AS {quote(c.name)}" for c in definition.columns)
+        columns = ", ".join(
+            f"CAST(NULL AS {c.type}) AS {quote(c.name)}" for c in definition.columns
+        )
         try:
             return self.db.sql(f"SELECT {columns} LIMIT 0").to_arrow_table().schema
         except duckdb.Error as error:
@@ -176,7 +185,9 @@ class Engine:
             return self._instances[target.name.lower()]
         return None
 
-    def create_source(self, statement: Statement, params: Sequence[Any] | None, cursor: DuckCursor) -> Result:
+    def create_source(
+        self, statement: Statement, params: Sequence[Any] | None, cursor: DuckCursor
+    ) -> Result:
         create = statement.expression
         name = create.this.this.name if isinstance(create.this, exp.Schema) else create.this.name
         with self._lock:
@@ -208,7 +219,9 @@ class Engine:
     def _reads(self, sink: SinkDef, source: str) -> bool:
         return any(t.name.lower() == source.lower() for t in sink.query.find_all(exp.Table))
 
-    def create_sink(self, statement: Statement, params: Sequence[Any] | None, cursor: DuckCursor) -> Result:
+    def create_sink(
+        self, statement: Statement, params: Sequence[Any] | None, cursor: DuckCursor
+    ) -> Result:
         create = statement.expression
         name = create.this.name
         with self._lock:
@@ -252,7 +265,9 @@ class Engine:
         except KeyError:
             raise ProgrammingError(f"No running query named {name!r}") from None
 
-    def drop(self, statement: Statement, params: Sequence[Any] | None, cursor: DuckCursor) -> Result:
+    def drop(
+        self, statement: Statement, params: Sequence[Any] | None, cursor: DuckCursor
+    ) -> Result:
         node = statement.expression
         name = node.this.name
         with self._lock:
@@ -284,7 +299,9 @@ class Engine:
         Checkpoint(self.db, name).forget()
         self.db.execute(f"DROP TABLE IF EXISTS {SCHEMA}.{quote('state_' + name)}").fetchall()
 
-    def explain(self, statement: Statement, params: Sequence[Any] | None, cursor: DuckCursor) -> Result:
+    def explain(
+        self, statement: Statement, params: Sequence[Any] | None, cursor: DuckCursor
+    ) -> Result:
         target = statement.expression.this
         select = target.expression if isinstance(target, exp.Create) else target
         name = target.this.name if isinstance(target, exp.Create) else "query"
@@ -294,13 +311,13 @@ class Engine:
             f"-- {plan.kind.value} over source {plan.source.name}, EMIT {plan.emit.value}",
         ]
         if plan.has_watermark:
-            header.append(
-                f"-- watermark: max({plan.event_time}) - {plan.watermark_delay_us} us"
-            )
+            header.append(f"-- watermark: max({plan.event_time}) - {plan.watermark_delay_us} us")
         text = "\n".join(header) + "\n" + program.explain()
         return Result(["explain"], [(line,) for line in text.splitlines()])
 
-    def show(self, statement: Statement, params: Sequence[Any] | None, cursor: DuckCursor) -> Result:
+    def show(
+        self, statement: Statement, params: Sequence[Any] | None, cursor: DuckCursor
+    ) -> Result:
         what = statement.expression.name.upper()
         if what == "SOURCES":
             return Result(
@@ -338,7 +355,9 @@ class Engine:
             progress.state_rows if progress else None,
         )
 
-    def describe_query(self, statement: Statement, params: Sequence[Any] | None, cursor: DuckCursor) -> Result:
+    def describe_query(
+        self, statement: Statement, params: Sequence[Any] | None, cursor: DuckCursor
+    ) -> Result:
         query = self.query(statement.expression.this.name)
         progress = query.last_progress
         rows = [("status", str(query.status))]
@@ -346,12 +365,15 @@ class Engine:
             rows += [(key, str(value)) for key, value in progress.to_dict().items()]
         return Result(["property", "value"], rows)
 
-    def stop_query(self, statement: Statement, params: Sequence[Any] | None, cursor: DuckCursor) -> Result:
+    def stop_query(
+        self, statement: Statement, params: Sequence[Any] | None, cursor: DuckCursor
+    ) -> Result:
         name = statement.expression.this.name
         query = self.query(name)
         query.stop()
         self.db.execute(
-            f"UPDATE {SCHEMA}.catalog SET running = false WHERE kind = 'SINK' AND lower(name) = lower(?)",
+            f"UPDATE {SCHEMA}.catalog SET running = false "
+            "WHERE kind = 'SINK' AND lower(name) = lower(?)",
             [name],
         ).fetchall()
         return Result()
@@ -401,11 +423,11 @@ class Engine:
             # The caller's cursor: its registered views and parameters are in scope.
             return cursor.sql(sql, params=list(params) if params else None).to_arrow_table()
         except duckdb.Error as error:
-            raise ProgrammingError(
-                f"INSERT INTO {source.name}: {str(error).splitlines()[0]}"
-            ) from None
+            raise from_duckdb(error, f"INSERT INTO {source.name}") from None
 
-    def push_query(self, statement: Statement, params: Sequence[Any] | None, cursor: DuckCursor) -> Result:
+    def push_query(
+        self, statement: Statement, params: Sequence[Any] | None, cursor: DuckCursor
+    ) -> Result:
         """Run a streaming SELECT for the caller: its rows arrive as batches emit them."""
         name = f"__push_{uuid.uuid4().hex[:12]}"
         plan = self.plan(statement.expression)
@@ -436,4 +458,3 @@ def _canonical(sql: str) -> str:
     node.set("exists", False)
     node.set("replace", False)
     return node.sql(DIALECT)
-

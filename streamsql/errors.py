@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import duckdb
+
 
 class Warning(Exception):
     """Important warnings, e.g. data truncation."""
@@ -53,12 +55,50 @@ class SQLSyntaxError(ProgrammingError):
 
 
 class PlanningError(ProgrammingError):
-    """A query that parses but that the engine refuses to run, naming the rule it breaks."""
+    """A query that parses but that the engine refuses to run, naming the rule it breaks.
 
-    def __init__(self, message: str, rule: str | None = None) -> None:
-        super().__init__(f"{message} [{rule}]" if rule else message)
+    `position` is the (line, column) of the part of the query at fault, when known.
+    """
+
+    def __init__(
+        self, message: str, rule: str | None = None, position: tuple[int, int] | None = None
+    ) -> None:
+        where = f" (line {position[0]}, column {position[1]})" if position else ""
+        super().__init__(f"{message}{where} [{rule}]" if rule else f"{message}{where}")
+        self.message = message
         self.rule = rule
+        self.line, self.col = position or (None, None)
+
+    def at(self, position: tuple[int, int] | None) -> PlanningError:
+        """This error, pointing at `position` unless it already points somewhere."""
+        if self.line is not None or position is None:
+            return self
+        return PlanningError(self.message, self.rule, position)
 
 
 class StreamingQueryError(OperationalError):
     """A streaming query that stopped with an error; raised by await_termination()."""
+
+
+# DuckDB's exceptions, mapped onto the PEP 249 classes users catch.
+_DUCKDB_ERRORS: tuple[tuple[type[Exception], type[Error]], ...] = (
+    (duckdb.ParserException, ProgrammingError),
+    (duckdb.BinderException, ProgrammingError),
+    (duckdb.CatalogException, ProgrammingError),
+    (duckdb.ConstraintException, IntegrityError),
+    (duckdb.ConversionException, DataError),
+    (duckdb.OutOfRangeException, DataError),
+    (duckdb.InvalidInputException, DataError),
+    (duckdb.NotImplementedException, NotSupportedError),
+    (duckdb.IOException, OperationalError),
+    (duckdb.InternalException, InternalError),
+)
+
+
+def from_duckdb(error: duckdb.Error, context: str = "") -> Error:
+    """The PEP 249 error for a DuckDB error, its message prefixed by `context`."""
+    message = f"{context}: {error}" if context else str(error)
+    for duck, ours in _DUCKDB_ERRORS:
+        if isinstance(error, duck):
+            return ours(message)
+    return DatabaseError(message)

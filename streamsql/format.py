@@ -25,9 +25,7 @@ def render_value(value: Any) -> str:
 def format_table(names: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     """A boxed table; numbers right-aligned, everything else left-aligned."""
     cells = [[render_value(v) for v in row] for row in rows]
-    widths = [
-        max([len(name)] + [len(row[i]) for row in cells]) for i, name in enumerate(names)
-    ]
+    widths = [max([len(name)] + [len(row[i]) for row in cells]) for i, name in enumerate(names)]
     numeric = [
         all(isinstance(row[i], (int, float)) or row[i] is None for row in rows) and bool(rows)
         for i in range(len(names))

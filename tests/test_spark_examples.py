@@ -100,9 +100,7 @@ def test_emits_what_spark_emitted(tmp_path: Path, case: str, query: str) -> None
         stream = con.query("out")
         assert stream.await_termination(60)
         columns = expected["columns"]
-        emitted = con.execute(
-            f"SELECT _batch_id, {', '.join(columns)} FROM out"
-        ).fetchall()
+        emitted = con.execute(f"SELECT _batch_id, {', '.join(columns)} FROM out").fetchall()
         progress = list(stream.recent_progress)
     finally:
         con.close()
@@ -114,5 +112,9 @@ def test_emits_what_spark_emitted(tmp_path: Path, case: str, query: str) -> None
         if has_watermark:
             assert progress_timestamp(record.watermark) == batch["watermark"]
             assert progress_timestamp(record.late_threshold) == batch["late_event_watermark"]
-        rows = [dict(zip(columns, row[1:], strict=True)) for row in emitted if row[0] == batch["batch_id"]]
+        rows = [
+            dict(zip(columns, row[1:], strict=True))
+            for row in emitted
+            if row[0] == batch["batch_id"]
+        ]
         assert normalized(rows) == normalized(batch["rows"]), f"batch {batch['batch_id']}"

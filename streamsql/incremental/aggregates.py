@@ -66,9 +66,7 @@ COUNT = Aggregate((_additive("count", "count({0}){filter}"),), "{s[count]}")
 COUNT_IF = Aggregate((_additive("count", "count_if({0}){filter}"),), "{s[count]}")
 SUM = Aggregate((_nullable("sum", "sum({0}){filter}", "{a} + {b}", "sum"),), "{s[sum]}")
 MIN = Aggregate((_nullable("min", "min({0}){filter}", "least({a}, {b})", "min"),), "{s[min]}")
-MAX = Aggregate(
-    (_nullable("max", "max({0}){filter}", "greatest({a}, {b})", "max"),), "{s[max]}"
-)
+MAX = Aggregate((_nullable("max", "max({0}){filter}", "greatest({a}, {b})", "max"),), "{s[max]}")
 AVG = Aggregate(
     (
         _nullable("sum", "sum({0}){filter}", "{a} + {b}", "sum"),
@@ -125,7 +123,8 @@ WELFORD_PARTS = (
     ),
 )
 WELFORD_GROUP = {
-    "mean": "coalesce(sum({p[n]} * {p[mean]}) OVER __group / nullif(sum({p[n]}) OVER __group, 0), 0)"
+    "mean": "coalesce(sum({p[n]} * {p[mean]}) OVER __group "
+    "/ nullif(sum({p[n]}) OVER __group, 0), 0)"
 }
 _VAR_POP = "CASE WHEN {s[n]} > 0 THEN {s[m2]} / {s[n]} END"
 _VAR_SAMP = "CASE WHEN {s[n]} > 1 THEN {s[m2]} / ({s[n]} - 1) END"
@@ -168,9 +167,11 @@ MACROS = (
         (h & 4503599627370495::UBIGINT) | 4503599627370496::UBIGINT""",
     """CREATE OR REPLACE MACRO _streamsql.hll_entry(x) AS
         ((hash(x) >> 52) << 8)
-        | bit_count(xor(_streamsql.hll_rank_bits(hash(x)), _streamsql.hll_rank_bits(hash(x)) - 1))""",
+        | bit_count(xor(_streamsql.hll_rank_bits(hash(x)),
+                        _streamsql.hll_rank_bits(hash(x)) - 1))""",
     """CREATE OR REPLACE MACRO _streamsql.hll_compact(l) AS
-        (SELECT list(m ORDER BY m) FROM (SELECT max(e) AS m FROM unnest(l) AS t(e) GROUP BY e >> 8))""",
+        (SELECT list(m ORDER BY m)
+         FROM (SELECT max(e) AS m FROM unnest(l) AS t(e) GROUP BY e >> 8))""",
     """CREATE OR REPLACE MACRO _streamsql.hll_estimate(l) AS (
         SELECT CASE WHEN est <= 2.5 * 4096 AND used < 4096
                     THEN round(4096 * ln(4096.0 / (4096 - used))) ELSE round(est) END::BIGINT
@@ -227,9 +228,13 @@ class AggregateCall:
 
 def decompose(node: exp.Expr, index: int, render: Callable[[exp.Expr], str]) -> AggregateCall:
     """Split an aggregate call into state columns; `render` turns an argument into SQL."""
-    call, condition = (node.this, node.expression.this) if isinstance(node, exp.Filter) else (
-        node,
-        None,
+    call, condition = (
+        (node.this, node.expression.this)
+        if isinstance(node, exp.Filter)
+        else (
+            node,
+            None,
+        )
     )
     aggregate, arguments = _lookup(call)
     args = [render(argument) for argument in arguments]

@@ -407,7 +407,8 @@ class Compiler:
             f"__parts AS (SELECT {state_columns}, FALSE AS __changed FROM {self.state} AS __state "
             f"SEMI JOIN ({touched}) AS __touched ON {self._match('__state', '__touched', keys)} "
             f"UNION ALL BY NAME SELECT *, TRUE AS __changed FROM __new) "
-            f"SELECT * EXCLUDE (__island) FROM ({self.combine(islands, [*keys, '__island'], bounds)})"
+            f"SELECT * EXCLUDE (__island) "
+            f"FROM ({self.combine(islands, [*keys, '__island'], bounds)})"
         )
         replace = (
             f"DELETE FROM {self.state} AS __state USING "
@@ -458,9 +459,7 @@ class Compiler:
             return [Step("emit the whole result", sql, Fetch.EMIT)]
         closed = f"window_end <= {self._to_timestamp('$watermark::BIGINT')}"
         if plan.emit is Emit.CHANGES:
-            emit = Step(
-                "emit groups updated by this batch", self.finalize("__touched"), Fetch.EMIT
-            )
+            emit = Step("emit groups updated by this batch", self.finalize("__touched"), Fetch.EMIT)
             if not plan.watermark_bounds_state:
                 return [emit]
             evict = Step(

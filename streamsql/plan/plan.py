@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from enum import Enum
+from enum import StrEnum
 
 from sqlglot import exp
 
@@ -11,7 +11,7 @@ from streamsql.incremental.aggregates import AggregateCall
 from streamsql.plan.catalog import SourceDef
 
 
-class Emit(str, Enum):
+class Emit(StrEnum):
     """Output modes, named as in the SQL; Spark's names in the comments."""
 
     CHANGES = "CHANGES"  # update
@@ -19,7 +19,7 @@ class Emit(str, Enum):
     SNAPSHOT = "SNAPSHOT"  # complete
 
 
-class QueryKind(str, Enum):
+class QueryKind(StrEnum):
     STATELESS = "stateless projection/filter"
     WINDOWED = "windowed aggregation"
     SESSION = "session window aggregation"
@@ -43,7 +43,9 @@ class WindowSpec:
         """End of the earliest window (or of the session) that a row at `time_us` is in."""
         if self.kind == "SESSION":
             return time_us + self.gap_us
-        return (time_us - self.size_us) // self.slide_us * self.slide_us + self.slide_us + self.size_us
+        return (
+            (time_us - self.size_us) // self.slide_us * self.slide_us + self.slide_us + self.size_us
+        )
 
     def late_cutoff(self, late_us: int) -> int:
         """Rows with an event time below this are late: every window they fall in (the
@@ -83,7 +85,9 @@ class StreamingPlan:
     @property
     def watermark_bounds_state(self) -> bool:
         """True when the watermark closes windows: the window runs on the watermarked column."""
-        return bool(self.has_watermark and self.window and self.window.time_column == self.event_time)
+        return bool(
+            self.has_watermark and self.window and self.window.time_column == self.event_time
+        )
 
     @property
     def stateful(self) -> bool:

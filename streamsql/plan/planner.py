@@ -6,6 +6,7 @@ modes: a user who reads the message knows what to change.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 
 import duckdb
@@ -15,11 +16,17 @@ from streamsql.errors import PlanningError
 from streamsql.incremental.aggregates import decompose
 from streamsql.plan.catalog import SourceDef
 from streamsql.plan.plan import Emit, QueryKind, StreamingPlan, WindowSpec
-from streamsql.sql import nodes, parse_expression
+from streamsql.sql import nodes, parse_expression, position_of
 
 WINDOW_COLUMNS = ("window_start", "window_end")
-TIME_TYPES = ("TIMESTAMP", "TIMESTAMP WITH TIME ZONE", "TIMESTAMP_MS", "TIMESTAMP_NS",
-              "TIMESTAMP_S", "DATE")
+TIME_TYPES = (
+    "TIMESTAMP",
+    "TIMESTAMP WITH TIME ZONE",
+    "TIMESTAMP_MS",
+    "TIMESTAMP_NS",
+    "TIMESTAMP_S",
+    "DATE",
+)
 
 
 def sql_of(node: exp.Expr) -> str:
@@ -45,7 +52,6 @@ class Planner:
         event_time, delay = self._watermark(table, source, derived)
         types = self._relation_types(source, derived)
         window = self._window(select, types)
-        emit_node = select.args.get("emit")
         self._refuse_unsupported(select)
 
         aggregates = self._aggregate_calls(select)
@@ -56,13 +62,14 @@ class Planner:
                     f"WINDOW {window.kind} needs an aggregation: GROUP BY window_start, "
                     "window_end, ... with aggregate functions",
                     rule="window-needs-aggregation",
+                    position=position_of(select.args.get("stream_window")),
                 )
             kind = QueryKind.STATELESS
         else:
             kind = {None: QueryKind.GLOBAL, "SESSION": QueryKind.SESSION}.get(
                 window and window.kind, QueryKind.WINDOWED
             )
-        emit = self._emit(emit_node, kind, window, event_time)
+        emit = self._emit(select, kind, window, event_time)
         plan = StreamingPlan(
             select=query,
             source=source,
@@ -95,21 +102,28 @@ class Planner:
                 "WITH (common table expressions) over a stream is not supported; "
                 "write the expressions in the SELECT",
                 rule="single-source",
+                position=position_of(select.args["with_"]),
             )
         if select.args.get("joins"):
             raise PlanningError(
                 "Joins are not supported in streaming queries yet: a query reads one source",
                 rule="single-source",
+                position=position_of(select.args["joins"][0]),
             )
         from_ = select.args.get("from_")
         table = from_.this if from_ else None
         if not isinstance(table, exp.Table) or not table.name:
             raise PlanningError(
-                "A streaming query reads FROM one source by name", rule="single-source"
+                "A streaming query reads FROM one source by name",
+                rule="single-source",
+                position=position_of(table or select),
             )
         source = self.sources.get(table.name.lower())
         if source is None:
-            raise PlanningError(f"Unknown source {table.name!r}: create it with CREATE SOURCE")
+            raise PlanningError(
+                f"Unknown source {table.name!r}: create it with CREATE SOURCE",
+                position=position_of(table),
+            )
         return table, source
 
     @staticmethod
@@ -139,11 +153,20 @@ class Planner:
                 f"WATERMARK {sql_of(expression)} needs a name: WATERMARK <expr> AS <name> "
                 "DELAY OF ...",
                 rule="watermark-needs-name",
+                position=position_of(expression),
             )
         return column, self.interval_us(clause.args["delay"], "WATERMARK delay")
 
-    def interval_us(self, node: exp.Expr, what: str, positive: bool = False) -> int:
+    def interval_us(
+        self, node: exp.Expr, what: str, positive: bool = False, at: exp.Expr | None = None
+    ) -> int:
         """A fixed-length interval in microseconds, evaluated by DuckDB."""
+        try:
+            return self._interval_us(node, what, positive)
+        except PlanningError as error:
+            raise error.at(position_of(node) or position_of(at)) from None
+
+    def _interval_us(self, node: exp.Expr, what: str, positive: bool) -> int:
         text = sql_of(node)
         try:
             micros, months = self.con.execute(
@@ -214,6 +237,7 @@ class Planner:
                 f"WINDOW {node.kind} needs a time column of the source as its first argument, "
                 f"got {sql_of(column)}",
                 rule="window-time-column",
+                position=position_of(column),
             )
         name = column.name
         time_type = types[name.lower()]
@@ -223,19 +247,21 @@ class Planner:
                 f"WINDOW {node.kind} ({name}, ...): {name} is {types[name.lower()]}, "
                 "not a TIMESTAMP",
                 rule="window-time-column",
+                position=position_of(column),
             )
         if isinstance(node, nodes.SessionWindow):
-            gap = self.interval_us(node.args["gap"], "Session gap", positive=True)
+            gap = self.interval_us(node.args["gap"], "Session gap", positive=True, at=node)
             return WindowSpec("SESSION", name, gap_us=gap, bound_type=bound_type)
-        size = self.interval_us(node.args["size"], "Window size", positive=True)
+        size = self.interval_us(node.args["size"], "Window size", positive=True, at=node)
         slide = size
         if isinstance(node, nodes.HoppingWindow):
-            slide = self.interval_us(node.args["slide"], "Window slide", positive=True)
+            slide = self.interval_us(node.args["slide"], "Window slide", positive=True, at=node)
             if slide > size:
                 raise PlanningError(
                     "HOPPING window slide is larger than its size: rows between windows "
                     "would belong to none",
                     rule="bad-interval",
+                    position=position_of(node.args["slide"]) or position_of(node),
                 )
         return WindowSpec(node.kind, name, size_us=size, slide_us=slide, bound_type=bound_type)
 
@@ -245,15 +271,16 @@ class Planner:
     def _refuse_unsupported(select: exp.Select) -> None:
         if select.args.get("distinct"):
             raise PlanningError(
-                "SELECT DISTINCT over a stream (deduplication) is not supported yet; "
-                "use GROUP BY",
+                "SELECT DISTINCT over a stream (deduplication) is not supported yet; use GROUP BY",
                 rule="deduplication",
+                position=position_of(select.expressions[0]),
             )
-        if select.find(exp.Window):
+        if window := select.find(exp.Window):
             raise PlanningError(
                 "Window functions (OVER) are not supported in streaming queries; use WINDOW "
                 "TUMBLING/HOPPING/SESSION for event-time windows",
                 rule="window-function",
+                position=position_of(window),
             )
         if select.find(exp.Subquery, exp.Exists) or any(
             isinstance(node, exp.Select) and node is not select for node in select.walk()
@@ -289,7 +316,8 @@ class Planner:
                     for child in inner.iter_expressions():
                         if any(self._is_aggregate(n) for n in child.walk()):
                             raise PlanningError(
-                                f"Aggregate calls cannot be nested: {sql_of(node)}"
+                                f"Aggregate calls cannot be nested: {sql_of(node)}",
+                                position=position_of(node),
                             )
                     calls.setdefault(sql_of(node), node)
         return list(calls.values())
@@ -308,6 +336,7 @@ class Planner:
             raise PlanningError(
                 "GROUPING SETS, CUBE and ROLLUP are not supported in streaming queries",
                 rule="grouping-sets",
+                position=position_of(group),
             )
         aliases = {e.alias.lower(): e.unalias() for e in select.expressions if e.alias}
         if group.args.get("all"):
@@ -321,7 +350,10 @@ class Planner:
             if isinstance(item, exp.Literal) and item.is_int:
                 position = int(item.name)
                 if not 1 <= position <= len(select.expressions):
-                    raise PlanningError(f"GROUP BY {position}: no such column in the SELECT list")
+                    raise PlanningError(
+                        f"GROUP BY {position}: no such column in the SELECT list",
+                        position=position_of(item),
+                    )
                 items.append(select.expressions[position - 1].unalias())
             elif isinstance(item, exp.Column) and not item.table and item.name.lower() in aliases:
                 items.append(aliases[item.name.lower()])
@@ -331,8 +363,10 @@ class Planner:
 
     @staticmethod
     def _emit(
-        node: nodes.Emit | None, kind: QueryKind, window: WindowSpec | None, event_time: str | None
+        select: exp.Select, kind: QueryKind, window: WindowSpec | None, event_time: str | None
     ) -> Emit:
+        node = select.args.get("emit")
+        at = position_of(node or select.args.get("stream_window") or select)
         watermarked = bool(window and event_time and window.time_column == event_time)
         if node is None:
             if kind is QueryKind.GLOBAL:
@@ -343,6 +377,7 @@ class Planner:
                     "close a window, and its state would grow without bound: declare a "
                     "WATERMARK, or ask for EMIT CHANGES or EMIT SNAPSHOT explicitly",
                     rule="windowed-final-needs-watermark",
+                    position=at,
                 )
             return Emit.FINAL
         emit = Emit(node.mode)
@@ -351,6 +386,7 @@ class Planner:
                 "EMIT FINAL needs windows that close: a global aggregation's groups never "
                 "close. Use EMIT CHANGES (update) or EMIT SNAPSHOT (complete)",
                 rule="final-needs-window",
+                position=at,
             )
         if emit is Emit.FINAL and kind is not QueryKind.STATELESS and not watermarked:
             raise PlanningError(
@@ -359,12 +395,14 @@ class Planner:
                 "without bound. Add WATERMARK FOR ... to the source or WATERMARK ... DELAY OF "
                 "... in FROM, or use EMIT CHANGES",
                 rule="windowed-final-needs-watermark",
+                position=at,
             )
         if emit is Emit.SNAPSHOT and kind is QueryKind.STATELESS:
             raise PlanningError(
                 "EMIT SNAPSHOT (complete mode) needs an aggregation: the whole result of a "
                 "stateless query is the whole stream",
                 rule="snapshot-needs-aggregation",
+                position=at,
             )
         return emit
 
@@ -375,13 +413,18 @@ class Planner:
                 "ORDER BY and LIMIT apply to a whole result, and an unbounded stream has none: "
                 "use them with EMIT SNAPSHOT, or sort when you read the sink",
                 rule="order-limit-needs-snapshot",
+                position=position_of(plan.order or plan.limit),
             )
-        if plan.window and plan.window.kind == "SESSION" and plan.where is not None and any(
-            c.name.lower() in WINDOW_COLUMNS for c in plan.where.find_all(exp.Column)
+        if (
+            plan.window
+            and plan.window.kind == "SESSION"
+            and plan.where is not None
+            and any(c.name.lower() in WINDOW_COLUMNS for c in plan.where.find_all(exp.Column))
         ):
             raise PlanningError(
                 "Session bounds are known only after sessions merge: filter them in HAVING",
                 rule="session-bounds-in-where",
+                position=position_of(plan.where),
             )
 
     # -- validation against DuckDB -----------------------------------------------------------
@@ -403,7 +446,9 @@ class Planner:
         try:
             description = self.con.execute(f"SELECT * FROM ({sql}) LIMIT 0").description
         except duckdb.Error as error:
-            raise PlanningError(f"Invalid query: {_first_line(error)}") from None
+            raise PlanningError(
+                f"Invalid query: {_first_line(error)}", position=_culprit(select, error)
+            ) from None
         names = [column[0] for column in description]
         if len({n.lower() for n in names}) != len(names):
             raise PlanningError(
@@ -432,6 +477,7 @@ class Planner:
                 f"A WINDOW {plan.window.kind} query must GROUP BY window_start and/or "
                 "window_end; otherwise rows of different windows would be added together",
                 rule="window-group-by",
+                position=position_of(select.args.get("group") or select.args.get("stream_window")),
             )
         if not plan.window and any(
             c.name.lower() in WINDOW_COLUMNS for g in group_items for c in g.find_all(exp.Column)
@@ -441,9 +487,12 @@ class Planner:
                 "SESSION clause",
                 rule="window-group-by",
             )
-        plan.aggregates = [
-            decompose(call, index, sql_of) for index, call in enumerate(calls, start=0)
-        ]
+        plan.aggregates = []
+        for index, call in enumerate(calls):
+            try:
+                plan.aggregates.append(decompose(call, index, sql_of))
+            except PlanningError as error:
+                raise error.at(position_of(call)) from None
         replacements: dict[str, exp.Expr] = {
             sql_of(call.node): _parenthesize(call.final) for call in plan.aggregates
         }
@@ -493,6 +542,14 @@ def _parenthesize(sql: str) -> exp.Expr:
     return exp.paren(parse_expression(sql), copy=False)
 
 
+def _culprit(select: exp.Select, error: Exception) -> tuple[int, int] | None:
+    """Where a DuckDB binder error points: the first column it names in quotes."""
+    names = {name.lower() for name in re.findall(r'"([^"]+)"', str(error))}
+    for column in select.find_all(exp.Column):
+        if column.name.lower() in names:
+            return position_of(column)
+    return None
+
+
 def _first_line(error: Exception) -> str:
     return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-

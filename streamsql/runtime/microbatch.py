@@ -73,6 +73,8 @@ class MicroBatchExecution:
         # No window in state ends before this (None: no windows): closing steps run only
         # when it is at or below the watermark.
         self.earliest_end: int | None = None
+        self.recovered = False  # a planned, uncommitted batch can only exist at start
+        self._registered: set[str] = set()
 
     # -- start and recovery ------------------------------------------------------------------
 
@@ -147,9 +149,11 @@ class MicroBatchExecution:
 
     def next_batch(self, bound: Offset | None) -> PlannedBatch | None:
         """The batch to run next: a logged, uncommitted one, a new one, or None (idle)."""
-        logged = self.checkpoint.planned(self.batch_id)
-        if logged is not None:
-            return logged
+        if not self.recovered:
+            self.recovered = True
+            logged = self.checkpoint.planned(self.batch_id)
+            if logged is not None:
+                return logged
         end = self.source.plan_batch(self.committed_end, bound)
         if end is None:
             if not self.needs_no_data_batch:
@@ -196,8 +200,9 @@ class MicroBatchExecution:
             self.state_rows, self.earliest_end = state_rows, earliest_end
             raise
         finally:
-            for view in self._views():
+            for view in self._registered:
                 self.cursor.unregister(view)
+            self._registered.clear()
         timings["commit"] = _ms_since(mark)
         timings["total"] = _ms_since(began)
         self.batch_id = batch.batch_id + 1
@@ -230,11 +235,8 @@ class MicroBatchExecution:
             sink={"name": self.sink.name, "connector": type(self.sink).__name__},
         )
 
-    def _views(self) -> list[str]:
-        return [INPUT_VIEW] + [s.view for s in self.program.steps if s.view]
-
     def _execute_steps(self, batch: PlannedBatch, rows: pa.Table) -> tuple[BatchStats, pa.Table]:
-        self.cursor.register(INPUT_VIEW, rows)
+        self._register(INPUT_VIEW, rows)
         window = self.plan.window
         late = batch.late_threshold_us
         values = {
@@ -245,7 +247,9 @@ class MicroBatchExecution:
         stats = self._statistics(rows, values)
         if window and stats.min_time_us is not None:
             opened = window.first_end(stats.min_time_us)
-            self.earliest_end = opened if self.earliest_end is None else min(self.earliest_end, opened)
+            self.earliest_end = (
+                opened if self.earliest_end is None else min(self.earliest_end, opened)
+            )
         closes = (
             self.earliest_end is not None
             and batch.watermark_us is not None
@@ -254,7 +258,9 @@ class MicroBatchExecution:
         sizes: dict[str, int] = {}
         emitted: pa.Table | None = None
         for step in self.program.steps:
-            if (step.closes and not closes) or (step.unless_empty and not sizes.get(step.unless_empty)):
+            if (step.closes and not closes) or (
+                step.unless_empty and not sizes.get(step.unless_empty)
+            ):
                 continue
             result = self._apply(step, values)
             if step.view:
@@ -307,10 +313,14 @@ class MicroBatchExecution:
         if step.fetch in (Fetch.VIEW, Fetch.EMIT):
             rows = self.cursor.sql(step.sql, params=params).to_arrow_table()
             if step.view:
-                self.cursor.register(step.view, rows)
+                self._register(step.view, rows)
             return rows
         rows = self.cursor.execute(step.sql, params).fetchall()
         return rows[0] if step.fetch is Fetch.STATS else rows
+
+    def _register(self, view: str, rows: pa.Table) -> None:
+        self.cursor.register(view, rows)
+        self._registered.add(view)
 
     def _dead_letters(self, batch: PlannedBatch, data: SourceBatch) -> int:
         dead = data.dead_letters
@@ -327,8 +337,8 @@ class MicroBatchExecution:
             self.cursor.register("__dead", dead)
             try:
                 self.cursor.execute(
-                    f"INSERT INTO {SCHEMA}.dead_letters (query, batch_id, source, \"partition\", "
-                    f"\"offset\", raw, error) SELECT ?, ?, ?, \"partition\", \"offset\", raw, error "
+                    f'INSERT INTO {SCHEMA}.dead_letters (query, batch_id, source, "partition", '
+                    f'"offset", raw, error) SELECT ?, ?, ?, "partition", "offset", raw, error '
                     f"FROM __dead",
                     [self.name, batch.batch_id, self.source.name],
                 ).fetchall()

@@ -38,10 +38,10 @@ class DuckDBSink(Sink):
         columns = [f"{ident(n)} {t}" for n, t in zip(schema.names, schema.types, strict=True)]
         if self.changelog:
             columns.append("_batch_id BIGINT")
-        cursor.execute(f"CREATE TABLE IF NOT EXISTS {self.qualified} ({', '.join(columns)})").fetchall()
-        existing = [
-            row[0] for row in cursor.execute(f"DESCRIBE {self.qualified}").fetchall()
-        ]
+        cursor.execute(
+            f"CREATE TABLE IF NOT EXISTS {self.qualified} ({', '.join(columns)})"
+        ).fetchall()
+        existing = [row[0] for row in cursor.execute(f"DESCRIBE {self.qualified}").fetchall()]
         expected = list(schema.names) + (["_batch_id"] if self.changelog else [])
         if [c.lower() for c in existing] != [c.lower() for c in expected]:
             raise ProgrammingError(
@@ -69,9 +69,12 @@ class DuckDBSink(Sink):
                     "window_end); or set changelog = true to append every change",
                     rule="changes-sink-needs-keys",
                 )
-            on = " AND ".join(
-                f"__sink.{ident(k)} IS NOT DISTINCT FROM __new.{ident(k)}" for k in schema.keys
-            ) or "TRUE"
+            on = (
+                " AND ".join(
+                    f"__sink.{ident(k)} IS NOT DISTINCT FROM __new.{ident(k)}" for k in schema.keys
+                )
+                or "TRUE"
+            )
             updates = ", ".join(f"{ident(n)} = __new.{ident(n)}" for n in schema.names)
             return [
                 f"MERGE INTO {self.qualified} AS __sink USING {EMITTED_VIEW} AS __new ON {on} "

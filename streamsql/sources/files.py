@@ -102,7 +102,10 @@ class FileSource(Source):
         keep = pc.not_equal(pc.utf8_trim_whitespace(lines), "")
         lines = pc.utf8_rtrim(pc.filter(lines, keep), "\r")
         raw = pa.table(
-            {**self._positions(path.name, pc.filter(numbers, keep)), "value": lines.cast(pa.string())}
+            {
+                **self._positions(path.name, pc.filter(numbers, keep)),
+                "value": lines.cast(pa.string()),
+            }
         )
         return self.decoder.decode_json(raw)
 
@@ -111,7 +114,11 @@ class FileSource(Source):
 
         def invalid_row(row: pacsv.InvalidRow) -> str:
             bad.append(
-                (row.number, row.text, f"expected {row.expected_columns} fields, got {row.actual_columns}")
+                (
+                    row.number,
+                    row.text,
+                    f"expected {row.expected_columns} fields, got {row.actual_columns}",
+                )
             )
             return "skip"
 
@@ -119,7 +126,9 @@ class FileSource(Source):
         table = pacsv.read_csv(
             path,
             read_options=pacsv.ReadOptions(column_names=None if self.header else names),
-            parse_options=pacsv.ParseOptions(delimiter=self.delimiter, invalid_row_handler=invalid_row),
+            parse_options=pacsv.ParseOptions(
+                delimiter=self.delimiter, invalid_row_handler=invalid_row
+            ),
             convert_options=pacsv.ConvertOptions(
                 column_types={name: pa.string() for name in names},
                 include_columns=names,

@@ -70,12 +70,12 @@ class Decoder:
             else "NULL"
         )
         parsed = (
-            f"SELECT partition, \"offset\", value, CASE WHEN {valid} AND {is_object} "
+            f'SELECT partition, "offset", value, CASE WHEN {valid} AND {is_object} '
             f"THEN json_transform(value, {literal(structure)}) END AS __v FROM __raw"
         )
         sql = (
             f"SELECT * EXCLUDE (__v), __v.* FROM ("
-            f"SELECT partition, \"offset\", value, {error} AS __error, __v FROM ({parsed}))"
+            f'SELECT partition, "offset", value, {error} AS __error, __v FROM ({parsed}))'
         )
         return self._split(raw, sql, "value")
 
@@ -83,14 +83,15 @@ class Decoder:
         """Cast per-column fields (strings from CSV, typed columns from Parquet)."""
         casts = [f"try_cast({ident(c.name)} AS {c.type}) AS {ident(c.name)}" for c in self.columns]
         checks = [
-            f"CASE WHEN {ident(c.name)} IS NOT NULL AND try_cast({ident(c.name)} AS {c.type}) IS NULL "
+            f"CASE WHEN {ident(c.name)} IS NOT NULL "
+            f"AND try_cast({ident(c.name)} AS {c.type}) IS NULL "
             f"THEN {literal(f'column {c.name}: cannot read ')} || {ident(c.name)}::VARCHAR || "
             f"{literal(f' as {c.type}')} END"
             for c in self.columns
         ]
         row = ", ".join(f"{literal(c.name)}: {ident(c.name)}::VARCHAR" for c in self.columns)
         sql = (
-            f"SELECT partition, \"offset\", to_json({{{row}}})::VARCHAR AS value, "
+            f'SELECT partition, "offset", to_json({{{row}}})::VARCHAR AS value, '
             f"coalesce({', '.join(checks)}) AS __error, {', '.join(casts)} FROM __raw"
         )
         return self._split(raw, sql, "value")
@@ -106,7 +107,7 @@ class Decoder:
                 f"SELECT {names} FROM __decoded WHERE __error IS NULL"
             ).to_arrow_table()
             dead = cursor.sql(
-                f"SELECT partition, \"offset\", CAST({raw_column} AS BLOB) AS raw, __error AS error "
+                f'SELECT partition, "offset", CAST({raw_column} AS BLOB) AS raw, __error AS error '
                 f"FROM __decoded WHERE __error IS NOT NULL"
             ).to_arrow_table()
         finally:

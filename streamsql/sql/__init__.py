@@ -1,4 +1,4 @@
-"""SQL text -> statements: split a script, parse each statement, report errors by line and column."""
+"""SQL text -> statements: split a script, parse each one, report errors by line and column."""
 
 from __future__ import annotations
 
@@ -87,12 +87,9 @@ def _syntax_error(sql: str, error: ParseError) -> SQLSyntaxError:
 
 
 def _token_error(sql: str, error: TokenError) -> SQLSyntaxError:
-    # sqlglot reports the text it could not tokenize; its start is where the trouble begins.
-    match = re.search(r"Error tokenizing '(.*)'", str(error), re.S)
-    context = match.group(1) if match else ""
-    offset = sql.find(context) + len(context) if context and context in sql else len(sql)
+    offset = _unterminated(sql)
     line = sql.count("\n", 0, offset) + 1
-    col = offset - (sql.rfind("\n", 0, offset) + 1)
+    col = offset - (sql.rfind("\n", 0, offset) + 1) + 1
     return SQLSyntaxError(
         f"Syntax error at line {line}, column {col}: unterminated string, identifier or comment"
         f"\n{_pointer(sql, line, col)}",
@@ -101,8 +98,26 @@ def _token_error(sql: str, error: TokenError) -> SQLSyntaxError:
     )
 
 
+def _unterminated(sql: str) -> int:
+    """Offset of the quote or comment that is never closed (the tokenizer only says that)."""
+    closers = {"'": "'", '"': '"', "/*": "*/", "--": "\n"}
+    position = 0
+    while position < len(sql):
+        opener = next((o for o in closers if sql.startswith(o, position)), None)
+        if opener is None:
+            position += 1
+            continue
+        end = sql.find(closers[opener], position + len(opener))
+        if end < 0:
+            return position if opener != "--" else len(sql)
+        position = end + len(closers[opener])
+    return len(sql)
+
+
 def _readable(description: str) -> str:
-    description = re.sub(r"<Token token_type: [\w.]+, text: (.*?), line: .*?>", r"'\1'", description)
+    description = re.sub(
+        r"<Token token_type: [\w.]+, text: (.*?), line: .*?>", r"'\1'", description
+    )
     description = re.sub(r"<class 'sqlglot\.[\w.]+\.(\w+)'>", r"\1", description)
     return description.replace("Invalid expression / Unexpected token", "unexpected token")
 
@@ -112,3 +127,13 @@ def _pointer(sql: str, line: int, col: int) -> str:
     lines = sql.splitlines() or [""]
     text = lines[min(line, len(lines)) - 1]
     return f"  {text}\n  {' ' * max(col - 1, 0)}^"
+
+
+def position_of(node: exp.Expr | None) -> tuple[int, int] | None:
+    """(line, column) where `node` starts in the text it was parsed from, if known."""
+    for candidate in node.walk() if node is not None else ():
+        meta = candidate.meta
+        if "line" in meta and "col" in meta:
+            width = meta.get("end", 0) - meta.get("start", 0)
+            return meta["line"], max(meta["col"] - width, 1)
+    return None

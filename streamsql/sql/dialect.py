@@ -13,7 +13,7 @@ from sqlglot import exp
 from sqlglot.dialects.duckdb import DuckDB
 from sqlglot.generators.duckdb import DuckDBGenerator
 from sqlglot.parsers.duckdb import DuckDBParser
-from sqlglot.tokens import TokenType
+from sqlglot.tokens import Token, TokenType
 from sqlglot.trie import new_trie
 
 from streamsql.sql import nodes
@@ -118,18 +118,19 @@ class StreamSQLParser(DuckDBParser):
         kind = self._next.text.upper() if self._next else ""
         after = self._tokens[self._index + 2] if self._index + 2 < len(self._tokens) else None
         if kind in self.STREAM_WINDOW_PARSERS and after and after.token_type == TokenType.L_PAREN:
+            token = self._curr
             self._advance(2)
-            return "stream_window", self._parse_stream_window(kind)
+            return "stream_window", self._parse_stream_window(kind, token)
         return "windows", self._parse_window_clause()
 
-    def _parse_stream_window(self, kind: str) -> nodes.StreamWindow:
+    def _parse_stream_window(self, kind: str, token: Token) -> nodes.StreamWindow:
         self._match_l_paren()
         this = self._parse_disjunction()
         if this is None:
             self.raise_error(f"Expected the event-time column of WINDOW {kind}")
         window = self.STREAM_WINDOW_PARSERS[kind](self, this)
         self._match_r_paren()
-        return self.expression(window)
+        return self.expression(window, token)
 
     def _parse_window_argument(self, name: str) -> exp.Expr | None:
         if not self._match(TokenType.COMMA):
@@ -148,9 +149,10 @@ class StreamSQLParser(DuckDBParser):
         return this
 
     def _parse_emit(self) -> nodes.Emit | None:
+        token = self._prev
         for words, mode in EMIT_MODES.items():
             if self._match_text_seq(*words):
-                return self.expression(nodes.Emit(this=exp.var(mode)))
+                return self.expression(nodes.Emit(this=exp.var(mode)), token)
         self.raise_error("Expected CHANGES, FINAL, ON WINDOW CLOSE or SNAPSHOT after EMIT")
         return None
 
@@ -201,8 +203,7 @@ class StreamSQLGenerator(DuckDBGenerator):
             f"WINDOW TUMBLING ({self.sql(e, 'this')}, {self.sql(e, 'size')})"
         ),
         nodes.HoppingWindow: lambda self, e: (
-            f"WINDOW HOPPING ({self.sql(e, 'this')}, {self.sql(e, 'size')}, "
-            f"{self.sql(e, 'slide')})"
+            f"WINDOW HOPPING ({self.sql(e, 'this')}, {self.sql(e, 'size')}, {self.sql(e, 'slide')})"
         ),
         nodes.SessionWindow: lambda self, e: (
             f"WINDOW SESSION ({self.sql(e, 'this')}, {self.sql(e, 'gap')})"
@@ -224,9 +225,9 @@ class StreamSQLGenerator(DuckDBGenerator):
 
     AFTER_HAVING_MODIFIER_TRANSFORMS: t.ClassVar = {
         **DuckDBGenerator.AFTER_HAVING_MODIFIER_TRANSFORMS,
-        "stream_window": lambda self, e: self.seg(self.sql(e, "stream_window"))
-        if e.args.get("stream_window")
-        else "",
+        "stream_window": lambda self, e: (
+            self.seg(self.sql(e, "stream_window")) if e.args.get("stream_window") else ""
+        ),
     }
 
     # Connector options: `WITH (key = value, ...)` right after the name, as in Flink and RisingWave.
@@ -238,7 +239,10 @@ class StreamSQLGenerator(DuckDBGenerator):
 
     def after_limit_modifiers(self, expression: exp.Expr) -> list[str]:
         emit = expression.args.get("emit")
-        return [*super().after_limit_modifiers(expression), self.seg(self.sql(emit)) if emit else ""]
+        return [
+            *super().after_limit_modifiers(expression),
+            self.seg(self.sql(emit)) if emit else "",
+        ]
 
     def table_sql(self, expression: exp.Table, sep: str = " AS ") -> str:
         watermark = expression.args.get("watermark")

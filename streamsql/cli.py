@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import signal
 import sys
 import threading
@@ -54,19 +55,26 @@ def run_file(sql: str, db: str, trigger: str | None, out: TextIO, err: TextIO) -
     previous = signal.signal(signal.SIGINT, lambda *_: interrupted.set())
     con = streamsql.connect(db, trigger=trigger)
     try:
-        cursor = con.cursor()
-        for statement in parse(sql):
-            cursor.execute(statement.text)
-            if cursor.description:
-                _print_rows(cursor, interrupted, out)
-        _wait(con.engine, interrupted, err)
-        failed = [q for q in con.engine.queries.values() if q.exception is not None]
-        for query in failed:
-            print(f"Error: query {query.name} failed: {query.exception}", file=err)
-        return 1 if failed else 0
+        with contextlib.redirect_stdout(out):  # console sinks print where the caller reads
+            return _run_statements(con, sql, interrupted, out, err)
     finally:
         con.close()
         signal.signal(signal.SIGINT, previous)
+
+
+def _run_statements(
+    con: streamsql.Connection, sql: str, interrupted: threading.Event, out: TextIO, err: TextIO
+) -> int:
+    cursor = con.cursor()
+    for statement in parse(sql):
+        cursor.execute(statement.text)
+        if cursor.description:
+            _print_rows(cursor, interrupted, out)
+    _wait(con.engine, interrupted, err)
+    failed = [q for q in con.engine.queries.values() if q.exception is not None]
+    for query in failed:
+        print(f"Error: query {query.name} failed: {query.exception}", file=err)
+    return 1 if failed else 0
 
 
 def _print_rows(cursor: streamsql.Cursor, interrupted: threading.Event, out: TextIO) -> None:

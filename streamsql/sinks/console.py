@@ -15,7 +15,7 @@ from streamsql.sinks.base import OutputSchema, Sink
 class ConsoleSink(Sink):
     def __init__(self, name: str, options: dict[str, str], stream: TextIO | None = None) -> None:
         super().__init__(name, options)
-        self.stream = stream or sys.stdout
+        self.stream = stream  # None: whatever sys.stdout is when a batch is printed
         self.names: tuple[str, ...] = ()
         self.print_empty = options.get("print_empty", "false").lower() == "true"
 
@@ -27,6 +27,7 @@ class ConsoleSink(Sink):
             return
         records = [tuple(row.values()) for row in rows.to_pylist()]
         banner = "-" * 43
-        self.stream.write(f"{banner}\n{self.name} batch: {batch_id}\n{banner}\n")
-        self.stream.write(format_table(self.names, records) + "\n")
-        self.stream.flush()
+        stream = self.stream or sys.stdout
+        stream.write(f"{banner}\n{self.name} batch: {batch_id}\n{banner}\n")
+        stream.write(format_table(self.names, records) + "\n")
+        stream.flush()

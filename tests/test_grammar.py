@@ -122,14 +122,14 @@ def test_example_parses(sql: str) -> None:
 # Near-misses of the grammar: (statement, line, column of the token the error points at).
 INVALID = [
     ("SELECT count(1)\nFROM events\nEMIT NEVER", 3, 6),
-    ("SELECT * FROM events EMIT ON WINDOW", 1, 32),
+    ("SELECT * FROM events EMIT ON WINDOW", 1, 27),
     ("SELECT window_start, count(1)\nFROM events\nWINDOW TUMBLING (ts)\nGROUP BY 1", 3, 20),
     ("SELECT * FROM events WINDOW HOPPING (ts, INTERVAL '5 minutes')", 1, 62),
-    ("SELECT * FROM events WINDOW SESSION (ts, INTERVAL '1 minute', INTERVAL '1 minute')", 1, 62),
+    ("SELECT * FROM events WINDOW SESSION (ts, INTERVAL '1 minute', INTERVAL '1 minute')", 1, 61),
     ("SELECT *\nFROM events WATERMARK ts DELAY INTERVAL '1 minute'", 2, 26),
     ("SELECT * FROM events WATERMARK ts", 1, 32),
     ("CREATE SOURCE s (ts TIMESTAMP,\n  WATERMARK ts AS ts) WITH (connector = 'memory')", 2, 13),
-    ("CREATE SOURCE s (ts TIMESTAMP) WITH (connector 'memory')", 1, 48),
+    ("CREATE SOURCE s (ts TIMESTAMP) WITH (connector = 'a' topic = 'b')", 1, 54),
     ("DROP SOURCE a, b", 1, 14),
     ("STOP my_query", 1, 6),
 ]

@@ -269,7 +269,10 @@ class Engine:
         self, statement: Statement, params: Sequence[Any] | None, cursor: DuckCursor
     ) -> Result:
         node = statement.expression
-        name = node.this.name
+        tables = node.args.get("tables") or [node.this]
+        if len(tables) != 1:
+            raise ProgrammingError(f"DROP {node.kind} takes one name")
+        name = tables[0].name
         with self._lock:
             registry = self.sources if node.kind == "SOURCE" else self.sinks
             if name.lower() not in registry:

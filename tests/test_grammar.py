@@ -76,7 +76,7 @@ def load(path: Path = GRAMMAR) -> Grammar:
                 assert template in grammar.templates, f"unknown template in {line!r}"
                 sql = grammar.templates[template].replace("{}", sql)
             grammar.examples[current].append(sql)
-    assert grammar.examples.keys() == grammar.rules.keys(), "a production not in column 1"
+    assert grammar.examples.keys() == grammar.rules.keys(), "a production not in column 1?"
     assert all(t.count("{}") == 1 for t in grammar.templates.values())
 
     declared = [c for c in comments if c.strip().startswith("DUCKDB'S GRAMMAR")]

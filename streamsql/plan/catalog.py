@@ -68,7 +68,8 @@ def options_of(create: exp.Create) -> dict[str, str]:
         if isinstance(prop, exp.FileFormatProperty):  # sqlglot's node for `format = ...`
             key, value = "format", prop.this
         elif isinstance(prop, exp.Property):
-            key, value = prop.name, prop.args.get("value")
+            # Dotted keys (kafka.security.protocol) arrive as Dot nodes: keep them whole.
+            key, value = prop.this.sql("duckdb").replace('"', ""), prop.args.get("value")
         else:
             raise PlanningError(f"Unsupported option {prop.sql(DIALECT)!r} in {create.kind}")
         options[key.lower()] = _option_value(key, value)
@@ -92,8 +93,14 @@ def source_def(create: exp.Create, sql: str) -> SourceDef:
     columns: list[Column] = []
     computed: list[ComputedColumn] = []
     watermark: WatermarkSpec | None = None
+    if create.expression is not None:
+        raise PlanningError(
+            f"CREATE SOURCE {schema.this.name} takes columns and WITH (...) options, not AS <query>"
+        )
     for item in schema.expressions:
         if isinstance(item, exp.WatermarkColumnConstraint):
+            if watermark is not None:
+                raise PlanningError(f"CREATE SOURCE {schema.this.name} declares two watermarks")
             watermark = _watermark_of(item)
         elif isinstance(item, exp.ColumnDef) and (expression := _computed_expression(item)):
             computed.append(ComputedColumn(item.name, expression))

@@ -79,18 +79,23 @@ class StreamSQLParser(DuckDBParser):
 
     CONSTRAINT_PARSERS: t.ClassVar = {
         **DuckDBParser.CONSTRAINT_PARSERS,
-        "WATERMARK": lambda self: self.expression(
-            exp.WatermarkColumnConstraint(
-                this=self._match(TokenType.FOR) and self._parse_column(),
-                expression=self._match(TokenType.ALIAS) and self._parse_disjunction(),
-            )
-        ),
+        "WATERMARK": lambda self: self._parse_watermark_constraint(),
     }
 
     SCHEMA_UNNAMED_CONSTRAINTS: t.ClassVar = {
         *DuckDBParser.SCHEMA_UNNAMED_CONSTRAINTS,
         "WATERMARK",
     }
+
+    def _parse_watermark_constraint(self) -> exp.WatermarkColumnConstraint:
+        if not self._match(TokenType.FOR):
+            self.raise_error("Expected FOR <column> after WATERMARK")
+        column = self._parse_column()
+        if not self._match(TokenType.ALIAS):
+            self.raise_error(f"Expected AS {column.sql() if column else '<column>'} - INTERVAL ...")
+        return self.expression(
+            exp.WatermarkColumnConstraint(this=column, expression=self._parse_disjunction())
+        )
 
     def _parse_statement(self) -> exp.Expr | None:
         word = self._curr.text.upper() if self._curr else ""
@@ -144,6 +149,8 @@ class StreamSQLParser(DuckDBParser):
     def _parse_query_modifiers(self, this):  # type: ignore[no-untyped-def]
         this = super()._parse_query_modifiers(this)
         if isinstance(this, exp.Select) and self._match_text_seq("EMIT"):
+            if this.args.get("emit"):
+                self.raise_error("Found multiple 'EMIT' clauses", token=self._prev)
             this.set("emit", self._parse_emit())
             this = super()._parse_query_modifiers(this)
         return this

@@ -47,6 +47,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Error as error:
         print(f"Error: {error}", file=sys.stderr)
         return 1
+    except BrokenPipeError:  # output piped into `head` and the like
+        sys.stderr.close()
+        return 0
 
 
 def run_file(sql: str, db: str, trigger: str | None, out: TextIO, err: TextIO) -> int:

@@ -6,8 +6,10 @@ DuckDB verbatim, in its own text, so DuckDB behaves exactly as DuckDB.
 
 from __future__ import annotations
 
+import atexit
 import threading
 import uuid
+import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -18,6 +20,7 @@ from sqlglot import exp
 
 from streamsql.checkpoint.log import SCHEMA, Checkpoint
 from streamsql.errors import ProgrammingError, from_duckdb
+from streamsql.format import format_duration
 from streamsql.incremental.aggregates import MACROS
 from streamsql.incremental.compiler import BatchProgram, compile_plan
 from streamsql.plan.catalog import SinkDef, SourceDef, sink_def, source_def
@@ -55,6 +58,17 @@ CATALOG = f"""CREATE TABLE IF NOT EXISTS {SCHEMA}.catalog (
     PRIMARY KEY (kind, name))"""
 
 
+# Engines left open when the interpreter exits are closed, so that their queries stop
+# between batches rather than being killed in the middle of one.
+_OPEN_ENGINES: weakref.WeakSet[Engine] = weakref.WeakSet()
+
+
+@atexit.register
+def _close_open_engines() -> None:
+    for engine in list(_OPEN_ENGINES):
+        engine.close()
+
+
 @dataclass
 class Result:
     """Rows our own statements return (DuckDB statements return DuckDB's result)."""
@@ -88,6 +102,8 @@ class Engine:
         self.queries: dict[str, StreamingQuery] = {}
         self._instances: dict[str, Source] = {}
         self._lock = threading.RLock()
+        self.closed = False
+        _OPEN_ENGINES.add(self)
         self._load_catalog()
 
     # -- catalog ---------------------------------------------------------------------------------
@@ -314,7 +330,17 @@ class Engine:
             f"-- {plan.kind.value} over source {plan.source.name}, EMIT {plan.emit.value}",
         ]
         if plan.has_watermark:
-            header.append(f"-- watermark: max({plan.event_time}) - {plan.watermark_delay_us} us")
+            delay = format_duration(plan.watermark_delay_us)
+            header.append(f"-- watermark: max({plan.event_time}) - {delay}")
+        if plan.window:
+            window = plan.window
+            sizes = (
+                f"gap {format_duration(window.gap_us)}"
+                if window.kind == "SESSION"
+                else f"size {format_duration(window.size_us)}, "
+                f"slide {format_duration(window.slide_us)}"
+            )
+            header.append(f"-- window: {window.kind} on {window.time_column}, {sizes}")
         text = "\n".join(header) + "\n" + program.explain()
         return Result(["explain"], [(line,) for line in text.splitlines()])
 
@@ -450,10 +476,15 @@ class Engine:
         return Result(columns=plan.output_names, stream=PushStream(query, sink, forget))
 
     def close(self) -> None:
+        """Stop every query (each after its batch in flight commits) and close the database."""
+        if self.closed:
+            return
+        self.closed = True
         for query in list(self.queries.values()):
             query.stop()
         self.queries.clear()
         self.db.close()
+        _OPEN_ENGINES.discard(self)
 
 
 def _canonical(sql: str) -> str:

@@ -44,3 +44,20 @@ def format_table(names: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     out.append(line("└", "┴", "┘"))
     out.append(f"{len(rows)} row{'s' if len(rows) != 1 else ''}")
     return "\n".join(out)
+
+
+DURATION_UNITS = (
+    (86_400_000_000, "day"),
+    (3_600_000_000, "hour"),
+    (60_000_000, "minute"),
+    (1_000_000, "second"),
+    (1_000, "millisecond"),
+    (1, "microsecond"),
+)
+
+
+def format_duration(micros: int) -> str:
+    """A duration in the largest unit that states it exactly: 600000000 -> '10 minutes'."""
+    size, unit = next((s, u) for s, u in DURATION_UNITS if micros % s == 0)
+    count = micros // size
+    return f"{count} {unit}{'' if count == 1 else 's'}"

@@ -26,6 +26,7 @@ import re
 from dataclasses import dataclass
 from enum import StrEnum
 
+import sqlglot
 from sqlglot import exp
 
 from streamsql.incremental.aggregates import StateColumn
@@ -104,7 +105,7 @@ class BatchProgram:
     def explain(self) -> str:
         lines: list[str] = []
         for statement in self.setup:
-            lines += ["-- once, when the query starts", f"{statement};", ""]
+            lines += ["-- once, when the query starts", f"{pretty(statement)};", ""]
         steps = [self.statistics.sql] if self.statistics.sql else []
         for title, group in (("per batch", [*steps, *self.steps]), ("compaction", self.compaction)):
             for step in group:
@@ -115,8 +116,16 @@ class BatchProgram:
                     notes.append(f"when {step.unless_empty} has rows")
                 note = f" ({'; '.join(notes)})" if notes else ""
                 kept = f" -> {step.view}" if step.view else ""
-                lines += [f"-- {title}: {step.name}{kept}{note}", f"{step.sql};", ""]
+                lines += [f"-- {title}: {step.name}{kept}{note}", f"{pretty(step.sql)};", ""]
         return "\n".join(lines).rstrip() + "\n"
+
+
+def pretty(sql: str) -> str:
+    """Indented SQL for people to read; what runs is the generated text itself."""
+    try:
+        return sqlglot.transpile(sql, read="duckdb", write="duckdb", pretty=True)[0]
+    except sqlglot.errors.SqlglotError:
+        return sql
 
 
 def ident(name: str) -> str:

@@ -139,6 +139,15 @@ class Cursor:
     def executemany(self, sql: str, seq_of_parameters: Sequence[Sequence[Any]]) -> Cursor:
         self._check()
         statement = _single(parse(sql))
+        if self.connection.engine.handler(statement) is None:
+            self._end_stream()
+            try:  # DuckDB's own executemany: one prepared statement, many parameter sets
+                self._duck.executemany(statement.text, seq_of_parameters)
+            except duckdb.Error as error:
+                raise from_duckdb(error) from None
+            self._from_duckdb, self._result, self.rowcount = True, None, -1
+            self.description = self._duck.description
+            return self
         total = 0
         for parameters in seq_of_parameters:
             self._run(statement, parameters)
@@ -164,7 +173,10 @@ class Cursor:
         result = handler(statement, parameters, self._duck)
         self._result = result
         self._stream = result.stream
-        self.rowcount = result.rowcount if result.rowcount >= 0 else len(result.rows)
+        if result.rowcount >= 0:
+            self.rowcount = result.rowcount
+        else:
+            self.rowcount = len(result.rows) if result.columns else -1
         self.description = (
             [(name, None, None, None, None, None, None) for name in result.columns]
             if result.columns

@@ -147,10 +147,9 @@ class Engine:
                 f"Unknown source connector {definition.connector!r}; available: "
                 f"{', '.join(SOURCE_CONNECTORS)}"
             )
+        instance = connector(definition, self._arrow_schema(definition))
         self.sources[definition.name.lower()] = definition
-        self._instances[definition.name.lower()] = connector(
-            definition, self._arrow_schema(definition)
-        )
+        self._instances[definition.name.lower()] = instance
 
     def _arrow_schema(self, definition: SourceDef) -> pa.Schema:
         columns = ", ".join(
@@ -251,8 +250,8 @@ class Engine:
             self._remember("SINK", name, statement.text)
         return Result()
 
-    def plan(self, select: exp.Select) -> StreamingPlan:
-        return Planner(self.db.cursor(), self.sources).plan(select)
+    def plan(self, select: exp.Select, parameters: Sequence[Any] | None = None) -> StreamingPlan:
+        return Planner(self.db.cursor(), self.sources).plan(select, parameters)
 
     def program(self, name: str, plan: StreamingPlan) -> BatchProgram:
         return compile_plan(plan, f"{SCHEMA}.{quote('state_' + name)}")
@@ -269,7 +268,7 @@ class Engine:
         sink = connector(definition.name, definition.options)
         trigger = self.trigger_override or Trigger.parse(definition.options.get("trigger"))
         execution = MicroBatchExecution(
-            definition.name, self.db, plan, program, self.source(plan.source.name), sink
+            definition.name, self.db, plan, program, self.source(plan.source.name).for_query(), sink
         )
         query = StreamingQuery(execution, trigger).start()
         self.queries[definition.name.lower()] = query
@@ -459,12 +458,12 @@ class Engine:
     ) -> Result:
         """Run a streaming SELECT for the caller: its rows arrive as batches emit them."""
         name = f"__push_{uuid.uuid4().hex[:12]}"
-        plan = self.plan(statement.expression)
+        plan = self.plan(statement.expression, params)
         program = compile_plan(plan, quote(f"state_{name}"), temporary=True)
         sink = CollectSink(name, {})
         trigger = self.trigger_override or Trigger.parse(None)
         execution = MicroBatchExecution(
-            name, self.db, plan, program, self.source(plan.source.name), sink
+            name, self.db, plan, program, self.source(plan.source.name).for_query(), sink
         )
         query = StreamingQuery(execution, trigger).start()
         self.queries[name] = query

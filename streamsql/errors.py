@@ -98,6 +98,8 @@ _DUCKDB_ERRORS: tuple[tuple[type[Exception], type[Error]], ...] = (
 def from_duckdb(error: duckdb.Error, context: str = "") -> Error:
     """The PEP 249 error for a DuckDB error, its message prefixed by `context`."""
     message = f"{context}: {error}" if context else str(error)
+    if isinstance(error, duckdb.InvalidInputException) and "parameter" in str(error).lower():
+        return ProgrammingError(message)  # PEP 249: a wrong number of parameters
     for duck, ours in _DUCKDB_ERRORS:
         if isinstance(error, duck):
             return ours(message)

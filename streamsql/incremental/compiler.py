@@ -66,7 +66,11 @@ class Step:
 
     @property
     def parameters(self) -> tuple[str, ...]:
-        return tuple(name for name in PARAMETERS if re.search(rf"\${name}\b", self.sql))
+        """Named parameters the statement takes: the runtime's, and the query's $p<n>."""
+        named = re.findall(r"\$(p\d+)\b", self.sql)
+        return tuple(n for n in PARAMETERS if re.search(rf"\${n}\b", self.sql)) + tuple(
+            dict.fromkeys(named)
+        )
 
 
 @dataclass(frozen=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import Any
 
 from sqlglot import exp
 
@@ -74,6 +75,7 @@ class StreamingPlan:
     output_names: list[str] = field(default_factory=list)
     key_names: list[str] = field(default_factory=list)  # upsert key of EMIT CHANGES sinks
     keys_complete: bool = False  # every group key and the window are among the outputs
+    parameters: dict[str, Any] = field(default_factory=dict)  # $p1, $p2, ... of `?` values
     having: exp.Expr | None = None
     order: exp.Order | None = None
     limit: exp.Expr | None = None

@@ -7,7 +7,8 @@ modes: a user who reads the message knows what to change.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import duckdb
 from sqlglot import exp
@@ -43,8 +44,10 @@ class Planner:
 
     # -- entry point -------------------------------------------------------------------------
 
-    def plan(self, query: exp.Select) -> StreamingPlan:
+    def plan(self, query: exp.Select, parameters: Sequence[Any] | None = None) -> StreamingPlan:
+        """`parameters` bind the query's `?` placeholders, in the order they appear."""
         select = query.copy()
+        bound = self._bind_parameters(select, parameters)
         table, source = self._bind_source(select)
         alias = table.alias_or_name
         self._unqualify(select, {alias.lower(), source.name.lower()})
@@ -86,7 +89,8 @@ class Planner:
             limit=select.args["limit"].expression if select.args.get("limit") else None,
         )
         self._check_modifiers(plan)
-        names = self._validate(select, source, derived, window)
+        plan.parameters = bound
+        names = self._validate(select, source, derived, window, bound)
         if kind is QueryKind.STATELESS:
             plan.projection = [e.copy() for e in select.expressions]
             plan.output_names = names
@@ -95,6 +99,25 @@ class Planner:
         return plan
 
     # -- binding -----------------------------------------------------------------------------
+
+    @staticmethod
+    def _bind_parameters(select: exp.Select, parameters: Sequence[Any] | None) -> dict[str, Any]:
+        """Name the `?` placeholders $p1, $p2, ... in text order; DuckDB binds them per batch."""
+        placeholders = sorted(
+            (p for p in select.find_all(exp.Placeholder) if p.this is None),
+            key=lambda p: p.meta.get("start", 0),
+        )
+        values = list(parameters or [])
+        if len(values) != len(placeholders):
+            raise PlanningError(
+                f"The query has {len(placeholders)} parameter(s) and {len(values)} value(s) "
+                "were given"
+            )
+        bound = {}
+        for index, (placeholder, value) in enumerate(zip(placeholders, values, strict=True), 1):
+            placeholder.set("this", f"p{index}")
+            bound[f"p{index}"] = value
+        return bound
 
     def _bind_source(self, select: exp.Select) -> tuple[exp.Table, SourceDef]:
         if select.args.get("with_"):
@@ -435,6 +458,7 @@ class Planner:
         source: SourceDef,
         derived: list[tuple[str, exp.Expr]],
         window: WindowSpec | None,
+        parameters: dict[str, Any],
     ) -> list[str]:
         """Run the query as a plain batch query over no rows: DuckDB names and checks it."""
         batch = select.copy()
@@ -444,7 +468,9 @@ class Planner:
         relation = self._empty_relation(source, derived, window.bound_type if window else None)
         sql = f"WITH {exp.to_identifier(source.name).sql('duckdb')} AS ({relation}) {sql_of(batch)}"
         try:
-            description = self.con.execute(f"SELECT * FROM ({sql}) LIMIT 0").description
+            description = self.con.execute(
+                f"SELECT * FROM ({sql}) LIMIT 0", parameters or None
+            ).description
         except duckdb.Error as error:
             raise PlanningError(
                 f"Invalid query: {_first_line(error)}", position=_culprit(select, error)

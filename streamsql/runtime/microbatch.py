@@ -81,8 +81,9 @@ class MicroBatchExecution:
     def start(self) -> None:
         """Create state, resume from the last commit, and open the sink."""
         self.cursor.register(INPUT_VIEW, self.source.schema.empty_table())
+        values = {"late": 0, "watermark": 0, **self.plan.parameters}
         for statement in self.program.setup:
-            params = {name: 0 for name in ("late", "watermark") if f"${name}" in statement}
+            params = {name: values[name] for name in Step("setup", statement).parameters}
             self.cursor.execute(statement, params or None).fetchall()
         last = self.checkpoint.last_commit()
         if self.plan.has_watermark:
@@ -113,8 +114,9 @@ class MicroBatchExecution:
         types: list[str] = []
         self.cursor.execute("BEGIN TRANSACTION").fetchall()
         try:
+            values = {"late": 0, "watermark": 0, "late_cutoff": 0, **self.plan.parameters}
             for step in self.program.steps:
-                params = {p: 0 for p in step.parameters} or None
+                params = {p: values[p] for p in step.parameters} or None
                 if step.fetch is Fetch.EMIT:
                     described = self.cursor.execute(f"DESCRIBE {step.sql}", params).fetchall()
                     types = [row[1] for row in described]
@@ -240,6 +242,7 @@ class MicroBatchExecution:
         window = self.plan.window
         late = batch.late_threshold_us
         values = {
+            **self.plan.parameters,
             "late": late,
             "watermark": batch.watermark_us,
             "late_cutoff": window.late_cutoff(late) if window and late is not None else None,

@@ -48,8 +48,12 @@ class StreamingQuery:
         return self.execution.id
 
     def start(self) -> StreamingQuery:
+        try:
+            self.execution.start()
+        except BaseException:
+            self.execution.close()
+            raise
         self.execution.source.subscribe(self._wake.set)
-        self.execution.start()
         self._thread.start()
         return self
 

@@ -35,6 +35,7 @@ class DuckDBSink(Sink):
         return ".".join(ident(part) for part in self.table.split("."))
 
     def open(self, cursor: duckdb.DuckDBPyConnection, schema: OutputSchema) -> None:
+        self._write_sql = self._statements(schema)  # refuses before creating anything
         columns = [f"{ident(n)} {t}" for n, t in zip(schema.names, schema.types, strict=True)]
         if self.changelog:
             columns.append("_batch_id BIGINT")
@@ -49,7 +50,6 @@ class DuckDBSink(Sink):
                 f"query emits ({', '.join(expected)}); drop the table or name another one "
                 "with table = '...'"
             )
-        self._write_sql = self._statements(schema)
         self._replaces = schema.emit is Emit.SNAPSHOT and not self.changelog
 
     def _statements(self, schema: OutputSchema) -> list[str]:

@@ -70,6 +70,11 @@ class Source(ABC):
     def read(self, start: Offset, end: Offset) -> SourceBatch:
         """Exactly the records in (start, end]; the same records every time it is asked."""
 
+    def for_query(self) -> Source:
+        """The instance a new query reads through: this one, unless the source keeps
+        per-query progress of its own (the files a query has read)."""
+        return self
+
     def snapshot(self) -> Offset:
         """A bound covering everything available now (trigger available_now)."""
         return None

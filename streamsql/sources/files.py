@@ -15,7 +15,7 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
-from streamsql.errors import ProgrammingError
+from streamsql.errors import DataError, ProgrammingError
 from streamsql.sources.base import DEAD_LETTER_SCHEMA, Offset, Source, SourceBatch
 from streamsql.sources.formats import FORMATS, Decoder
 
@@ -48,6 +48,10 @@ class FileSource(Source):
             and not entry.name.startswith((".", "_"))
             and fnmatch.fnmatch(entry.name, self.pattern)
         )
+
+    def for_query(self) -> FileSource:
+        """Each query keeps its own record of the files it has read."""
+        return FileSource(self.definition, self.schema)
 
     def recover(self, planned_ends: list[Offset]) -> None:
         self._seen = {name for end in planned_ends if end for name in end["files"]}
@@ -90,44 +94,66 @@ class FileSource(Source):
         reader = {"json": self._read_json, "csv": self._read_csv, "parquet": self._read_parquet}
         return reader[self.format](path)
 
-    def _positions(self, name: str, offsets: pa.Array) -> dict[str, pa.Array]:
-        return {"partition": pa.repeat(name, len(offsets)), "offset": offsets}
+    @staticmethod
+    def _lines(text: str) -> tuple[pa.Array, pa.Array]:
+        """The file's lines (without line ends) and their 1-based numbers, vectorized."""
+        lines = pc.list_flatten(pc.split_pattern(pa.array([text], pa.large_string()), "\n"))
+        if len(lines) and lines[-1].as_py() == "":
+            lines = lines.slice(0, len(lines) - 1)  # the final newline ends a line
+        numbers = pc.cumulative_sum(pa.repeat(pa.scalar(1, pa.int64()), len(lines)))
+        return pc.utf8_rtrim(lines, "\r").cast(pa.string()), numbers
+
+    @staticmethod
+    def _blank(lines: pa.Array) -> pa.Array:
+        return pc.equal(pc.utf8_trim_whitespace(lines), "")
 
     def _read_json(self, path: Path) -> SourceBatch:
-        text = path.read_bytes().decode("utf-8", errors="replace")
-        if not text:
-            return self.empty()
-        lines = pc.list_flatten(pc.split_pattern(pa.array([text], pa.large_string()), "\n"))
-        numbers = pc.cumulative_sum(pa.repeat(pa.scalar(1, pa.int64()), len(lines)))
-        keep = pc.not_equal(pc.utf8_trim_whitespace(lines), "")
-        lines = pc.utf8_rtrim(pc.filter(lines, keep), "\r")
+        lines, numbers = self._lines(path.read_bytes().decode("utf-8", errors="replace"))
+        keep = pc.invert(self._blank(lines))
+        lines, numbers = pc.filter(lines, keep), pc.filter(numbers, keep)
         raw = pa.table(
             {
-                **self._positions(path.name, pc.filter(numbers, keep)),
-                "value": lines.cast(pa.string()),
+                "partition": pa.repeat(path.name, len(lines)),
+                "offset": numbers,
+                "raw": lines,
+                "value": lines,
             }
         )
         return self.decoder.decode_json(raw)
 
+    def _record_starts(self, lines: pa.Array, numbers: pa.Array) -> pa.Array:
+        """Indices of the lines where CSV records start: non-blank lines outside quotes.
+
+        A quoted field may span lines; a line with an odd number of quote characters
+        enters or leaves one (a doubled "" is an escaped quote and changes nothing).
+        """
+        odd = pc.bit_wise_and(pc.count_substring(lines, '"'), 1).cast(pa.int64())
+        inside_after = pc.bit_wise_and(pc.cumulative_sum(odd), 1)
+        inside_before = pc.bit_wise_xor(inside_after, odd)
+        starts = pc.and_(pc.equal(inside_before, 0), pc.invert(self._blank(lines)))
+        return pc.subtract(pc.filter(numbers, starts), 1)
+
     def _read_csv(self, path: Path) -> SourceBatch:
-        bad: list[tuple[int, str, str]] = []
+        """A record's offset is the number of the line it starts on."""
+        data = path.read_bytes()
+        lines, numbers = self._lines(data.decode("utf-8", errors="replace"))
+        starts = self._record_starts(lines, numbers)
+        invalid: list[tuple[int, str]] = []  # (record index, header included; error)
 
         def invalid_row(row: pacsv.InvalidRow) -> str:
-            bad.append(
-                (
-                    row.number,
-                    row.text,
-                    f"expected {row.expected_columns} fields, got {row.actual_columns}",
-                )
-            )
+            error = f"expected {row.expected_columns} fields, got {row.actual_columns}"
+            invalid.append((row.number - 1, error))
             return "skip"
 
         names = [c.name for c in self.definition.columns]
         table = pacsv.read_csv(
-            path,
-            read_options=pacsv.ReadOptions(column_names=None if self.header else names),
+            pa.py_buffer(data),
+            # one thread: the parser then numbers the rows it rejects
+            read_options=pacsv.ReadOptions(
+                column_names=None if self.header else names, use_threads=False
+            ),
             parse_options=pacsv.ParseOptions(
-                delimiter=self.delimiter, invalid_row_handler=invalid_row
+                delimiter=self.delimiter, newlines_in_values=True, invalid_row_handler=invalid_row
             ),
             convert_options=pacsv.ConvertOptions(
                 column_types={name: pa.string() for name in names},
@@ -136,38 +162,47 @@ class FileSource(Source):
                 strings_can_be_null=True,
             ),
         )
-        first_line = 2 if self.header else 1
-        numbers = pc.add(
-            pc.cumulative_sum(pa.repeat(pa.scalar(1, pa.int64()), table.num_rows)), first_line - 1
+        first = 1 if self.header else 0
+        if len(starts) != table.num_rows + len(invalid) + first:
+            raise DataError(
+                f"Source {self.name}: cannot delimit the records of {path.name} "
+                f"({len(starts) - first} found, {table.num_rows + len(invalid)} parsed)"
+            )
+        records = pc.add(
+            pc.cumulative_sum(pa.repeat(pa.scalar(1, pa.int64()), table.num_rows + len(invalid))),
+            first - 1,
         )
-        raw = table.append_column("partition", pa.repeat(path.name, table.num_rows)).append_column(
-            "offset", numbers
+        rejected = pa.array([index for index, _ in invalid], pa.int64())
+        accepted = pc.take(starts, pc.filter(records, pc.invert(pc.is_in(records, rejected))))
+        raw = (
+            table.append_column("partition", pa.repeat(path.name, table.num_rows))
+            .append_column("offset", pc.add(accepted, 1))
+            .append_column("raw", pc.take(lines, accepted))
         )
         batch = self.decoder.decode_fields(raw)
-        if not bad:
+        if not invalid:
             return batch
+        rejected_lines = pc.take(starts, rejected)
         malformed = pa.table(
             {
-                "partition": [path.name] * len(bad),
-                "offset": [number for number, _, _ in bad],
-                "raw": [text.encode() for _, text, _ in bad],
-                "error": [error for _, _, error in bad],
+                "partition": pa.repeat(path.name, len(invalid)),
+                "offset": pc.add(rejected_lines, 1),
+                "raw": pc.take(lines, rejected_lines).cast(pa.binary()),
+                "error": [error for _, error in invalid],
             },
             schema=DEAD_LETTER_SCHEMA,
         )
         return SourceBatch(batch.rows, pa.concat_tables([batch.dead_letters, malformed]))
 
     def _read_parquet(self, path: Path) -> SourceBatch:
+        """A Parquet record's offset is its row number (1-based) in the file."""
         table = pq.read_table(path)
-        columns = {}
-        for column in self.definition.columns:
-            if column.name in table.column_names:
-                columns[column.name] = table[column.name]
-            else:
-                columns[column.name] = pa.nulls(table.num_rows)
-        raw = pa.table(columns)
+        columns = {
+            c.name: table[c.name] if c.name in table.column_names else pa.nulls(table.num_rows)
+            for c in self.definition.columns
+        }
         numbers = pc.cumulative_sum(pa.repeat(pa.scalar(1, pa.int64()), table.num_rows))
-        raw = raw.append_column("partition", pa.repeat(path.name, table.num_rows)).append_column(
-            "offset", numbers
+        raw = pa.table(
+            {**columns, "partition": pa.repeat(path.name, table.num_rows), "offset": numbers}
         )
         return self.decoder.decode_fields(raw)

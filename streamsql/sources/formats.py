@@ -2,7 +2,8 @@
 
 Decoding is set-based, in a private in-memory DuckDB: JSON is parsed by json_transform,
 fields are cast with try_cast, and every record that does not fit gets an error message
-naming the column, so it can be routed to the dead-letter table instead of being lost.
+naming the column, so it goes to the dead-letter table instead of being lost. As in
+Spark, a fractional number is not an integer: it is a bad record, not a rounded value.
 """
 
 from __future__ import annotations
@@ -17,6 +18,10 @@ from streamsql.plan.catalog import Column
 from streamsql.sources.base import DEAD_LETTER_SCHEMA, SourceBatch
 
 FORMATS = ("json", "csv", "parquet")
+INTEGER_TYPES = {
+    "TINYINT", "SMALLINT", "INTEGER", "INT", "BIGINT", "HUGEINT",
+    "UTINYINT", "USMALLINT", "UINTEGER", "UBIGINT", "UHUGEINT",
+}  # fmt: skip
 
 
 def ident(name: str) -> str:
@@ -30,9 +35,9 @@ def literal(text: str) -> str:
 class Decoder:
     """Turns a table of raw records into a SourceBatch of typed rows and dead letters.
 
-    The raw table carries `partition` (string) and `offset` (int64) columns that say where
-    each record came from, and either a `value` column (JSON) or one string column per
-    declared column (CSV and Parquet).
+    The raw table carries `partition` (string), `offset` (int64) and `raw` (the record as
+    written, kept for dead letters), and either a `value` column (JSON) or one column per
+    declared column (CSV strings, Parquet values).
     """
 
     def __init__(self, columns: tuple[Column, ...], schema: pa.Schema) -> None:
@@ -53,14 +58,16 @@ class Decoder:
         structure = json.dumps({c.name: c.type for c in self.columns})
         valid = "json_valid(value)"
         is_object = f"CASE WHEN {valid} THEN json_type(value) = 'OBJECT' END"
-        checks = [
-            f"CASE WHEN __v.{ident(c.name)} IS NULL "
-            f"AND coalesce(json_type(value, {literal(_json_path(c.name))}), 'NULL') <> 'NULL' "
-            f"THEN {literal(f'column {c.name}: cannot read ')} || "
-            f"json_extract(value, {literal(_json_path(c.name))})::VARCHAR || "
-            f"{literal(f' as {c.type}')} END"
-            for c in self.columns
-        ]
+        checks = []
+        for c in self.columns:
+            path = literal(_json_path(c.name))
+            given = f"json_extract(value, {path})::VARCHAR"
+            fractional = f"json_type(value, {path}) = 'DOUBLE'" if _is_integer(c.type) else "FALSE"
+            checks.append(
+                f"CASE WHEN (__v.{ident(c.name)} IS NULL "
+                f"AND coalesce(json_type(value, {path}), 'NULL') <> 'NULL') OR {fractional} "
+                f"THEN {_cannot_read(c, given)} END"
+            )
         error = (
             f"CASE WHEN value IS NULL THEN 'empty message' "
             f"WHEN NOT {valid} THEN 'malformed JSON' "
@@ -70,33 +77,37 @@ class Decoder:
             else "NULL"
         )
         parsed = (
-            f'SELECT partition, "offset", value, CASE WHEN {valid} AND {is_object} '
+            f'SELECT partition, "offset", raw, value, CASE WHEN {valid} AND {is_object} '
             f"THEN json_transform(value, {literal(structure)}) END AS __v FROM __raw"
         )
         sql = (
-            f"SELECT * EXCLUDE (__v), __v.* FROM ("
-            f'SELECT partition, "offset", value, {error} AS __error, __v FROM ({parsed}))'
+            f"SELECT * EXCLUDE (__v, value), __v.* FROM ("
+            f'SELECT partition, "offset", raw, value, {error} AS __error, __v FROM ({parsed}))'
         )
-        return self._split(raw, sql, "value")
+        return self._split(raw, sql)
 
     def decode_fields(self, raw: pa.Table) -> SourceBatch:
-        """Cast per-column fields (strings from CSV, typed columns from Parquet)."""
+        """Cast per-column fields (strings from CSV, typed values from Parquet)."""
         casts = [f"try_cast({ident(c.name)} AS {c.type}) AS {ident(c.name)}" for c in self.columns]
-        checks = [
-            f"CASE WHEN {ident(c.name)} IS NOT NULL "
-            f"AND try_cast({ident(c.name)} AS {c.type}) IS NULL "
-            f"THEN {literal(f'column {c.name}: cannot read ')} || {ident(c.name)}::VARCHAR || "
-            f"{literal(f' as {c.type}')} END"
-            for c in self.columns
-        ]
-        row = ", ".join(f"{literal(c.name)}: {ident(c.name)}::VARCHAR" for c in self.columns)
+        checks = []
+        for c in self.columns:
+            field, cast = ident(c.name), f"try_cast({ident(c.name)} AS {c.type})"
+            fractional = (
+                f"try_cast({field} AS DOUBLE) <> {cast}" if _is_integer(c.type) else "FALSE"
+            )
+            checks.append(
+                f"CASE WHEN {field} IS NOT NULL AND ({cast} IS NULL OR {fractional}) "
+                f"THEN {_cannot_read(c, f'{field}::VARCHAR')} END"
+            )
+        record = ", ".join(f"{literal(c.name)}: {ident(c.name)}" for c in self.columns)
+        written = "raw" if "raw" in raw.column_names else f"to_json({{{record}}})::VARCHAR"
         sql = (
-            f'SELECT partition, "offset", to_json({{{row}}})::VARCHAR AS value, '
+            f'SELECT partition, "offset", {written} AS raw, '
             f"coalesce({', '.join(checks)}) AS __error, {', '.join(casts)} FROM __raw"
         )
-        return self._split(raw, sql, "value")
+        return self._split(raw, sql)
 
-    def _split(self, raw: pa.Table, sql: str, raw_column: str) -> SourceBatch:
+    def _split(self, raw: pa.Table, sql: str) -> SourceBatch:
         cursor = self._cursor
         cursor.register("__raw", raw)
         try:
@@ -107,12 +118,24 @@ class Decoder:
                 f"SELECT {names} FROM __decoded WHERE __error IS NULL"
             ).to_arrow_table()
             dead = cursor.sql(
-                f'SELECT partition, "offset", CAST({raw_column} AS BLOB) AS raw, __error AS error '
-                f"FROM __decoded WHERE __error IS NOT NULL"
+                'SELECT partition, "offset", CAST(raw AS BLOB) AS raw, __error AS error '
+                "FROM __decoded WHERE __error IS NOT NULL"
             ).to_arrow_table()
         finally:
             cursor.unregister("__raw")
         return SourceBatch(rows.cast(self.schema), dead.cast(DEAD_LETTER_SCHEMA))
+
+
+def _is_integer(type_: str) -> bool:
+    return type_.upper() in INTEGER_TYPES
+
+
+def _cannot_read(column: Column, given: str) -> str:
+    """SQL for the message `column c: cannot read <value> as <type>`."""
+    return (
+        f"{literal(f'column {column.name}: cannot read ')} || {given} || "
+        f"{literal(f' as {column.type}')}"
+    )
 
 
 def _json_path(name: str) -> str:

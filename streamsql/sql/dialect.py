@@ -53,6 +53,12 @@ class StreamSQLParser(DuckDBParser):
         TokenType.WINDOW: lambda self: self._parse_window_modifier(),
     }
 
+    # `?` keeps its position, so a streaming query can number its parameters in text order.
+    PLACEHOLDER_PARSERS: t.ClassVar = {
+        **DuckDBParser.PLACEHOLDER_PARSERS,
+        TokenType.PLACEHOLDER: lambda self: self.expression(exp.Placeholder(), self._prev),
+    }
+
     STATEMENT_PARSERS: t.ClassVar = {
         **DuckDBParser.STATEMENT_PARSERS,
         TokenType.DESCRIBE: lambda self: (

@@ -165,10 +165,10 @@ MACROS = (
     "CREATE SCHEMA IF NOT EXISTS _streamsql",
     """CREATE OR REPLACE MACRO _streamsql.hll_rank_bits(h) AS
         (h & 4503599627370495::UBIGINT) | 4503599627370496::UBIGINT""",
-    """CREATE OR REPLACE MACRO _streamsql.hll_entry(x) AS
+    """CREATE OR REPLACE MACRO _streamsql.hll_entry(x) AS CAST(
         ((hash(x) >> 52) << 8)
         | bit_count(xor(_streamsql.hll_rank_bits(hash(x)),
-                        _streamsql.hll_rank_bits(hash(x)) - 1))""",
+                        _streamsql.hll_rank_bits(hash(x)) - 1)) AS UBIGINT)""",
     """CREATE OR REPLACE MACRO _streamsql.hll_compact(l) AS
         (SELECT list(m ORDER BY m)
          FROM (SELECT max(e) AS m FROM unnest(l) AS t(e) GROUP BY e >> 8))""",

@@ -1,45 +1,9 @@
 """streamsql: an embedded SQL streaming engine with Spark Structured Streaming semantics."""
 
-from streamsql.dbapi import (
-    Connection,
-    Cursor,
-    DatabaseError,
-    DataError,
-    Error,
-    IntegrityError,
-    InterfaceError,
-    InternalError,
-    NotSupportedError,
-    OperationalError,
-    ProgrammingError,
-    Warning,
-    apilevel,
-    connect,
-    paramstyle,
-    threadsafety,
-)
+from streamsql import dbapi
+from streamsql.dbapi import *  # noqa: F403 - the PEP 249 module surface
 from streamsql.errors import PlanningError, SQLSyntaxError, StreamingQueryError
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "Connection",
-    "Cursor",
-    "DataError",
-    "DatabaseError",
-    "Error",
-    "IntegrityError",
-    "InterfaceError",
-    "InternalError",
-    "NotSupportedError",
-    "OperationalError",
-    "PlanningError",
-    "ProgrammingError",
-    "SQLSyntaxError",
-    "StreamingQueryError",
-    "Warning",
-    "apilevel",
-    "connect",
-    "paramstyle",
-    "threadsafety",
-]
+__all__ = [*dbapi.__all__, "PlanningError", "SQLSyntaxError", "StreamingQueryError"]

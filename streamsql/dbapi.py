@@ -11,7 +11,6 @@ from typing import Any
 
 import duckdb
 
-from streamsql import errors
 from streamsql.engine import Engine, Result
 from streamsql.errors import (
     DatabaseError,
@@ -279,7 +278,6 @@ __all__ = [
     "Warning",
     "apilevel",
     "connect",
-    "errors",
     "paramstyle",
     "threadsafety",
 ]

@@ -207,6 +207,11 @@ class Compiler:
             return f"CAST({timestamp} AS TIMESTAMPTZ)"
         return timestamp
 
+    @property
+    def _passed(self) -> str:
+        """A state row's window ended at or before the watermark."""
+        return f"window_end <= {self._to_timestamp('$watermark::BIGINT')}"
+
     def statistics(self) -> Statistics:
         plan = self.plan
         window_time = plan.window.time_column if plan.window else None
@@ -308,16 +313,20 @@ class Compiler:
     def append_steps(self) -> list[Step]:
         """EMIT FINAL: append partials; combine a window's partials when it closes."""
         groups = self.window_columns + self.key_columns
-        closed = f"window_end <= {self._to_timestamp('$watermark::BIGINT')}"
+        append = Step(
+            "append batch partials to state",
+            f"INSERT INTO {self.state} BY NAME {self.partial()}",
+            effect=Effect.ADDS,
+        )
+        return [append, *self.closing_steps(f"({self.combine('__closed', groups)}) AS __windows")]
+
+    def closing_steps(self, closed: str) -> list[Step]:
+        """Take the windows the watermark passed out of state and emit `closed` (over them):
+        each window leaves the state in the batch that emits it, and only then."""
         return [
             Step(
-                "append batch partials to state",
-                f"INSERT INTO {self.state} BY NAME {self.partial()}",
-                effect=Effect.ADDS,
-            ),
-            Step(
                 "close windows the watermark passed",
-                f"DELETE FROM {self.state} WHERE {closed} RETURNING *",
+                f"DELETE FROM {self.state} WHERE {self._passed} RETURNING *",
                 Fetch.VIEW,
                 view="__closed",
                 effect=Effect.REMOVES,
@@ -325,7 +334,7 @@ class Compiler:
             ),
             Step(
                 "emit closed windows",
-                self.finalize(f"({self.combine('__closed', groups)}) AS __windows"),
+                self.finalize(closed),
                 Fetch.EMIT,
                 closes=True,
                 unless_empty="__closed",
@@ -470,36 +479,18 @@ class Compiler:
             if plan.limit is not None:
                 sql += f" LIMIT {sql_of(plan.limit)}"
             return [Step("emit the whole result", sql, Fetch.EMIT)]
-        closed = f"window_end <= {self._to_timestamp('$watermark::BIGINT')}"
         if plan.emit is Emit.CHANGES:
             emit = Step("emit groups updated by this batch", self.finalize("__touched"), Fetch.EMIT)
             if not plan.watermark_bounds_state:
                 return [emit]
             evict = Step(
                 "evict windows the watermark passed",
-                f"DELETE FROM {self.state} WHERE {closed}",
+                f"DELETE FROM {self.state} WHERE {self._passed}",
                 effect=Effect.REMOVES,
                 closes=True,
             )
             return [emit, evict]
-        # Sessions: each leaves the state in the batch that emits it, and only then.
-        return [
-            Step(
-                "close sessions the watermark passed",
-                f"DELETE FROM {self.state} WHERE {closed} RETURNING *",
-                Fetch.VIEW,
-                view="__closed",
-                effect=Effect.REMOVES,
-                closes=True,
-            ),
-            Step(
-                "emit closed sessions",
-                self.finalize("__closed"),
-                Fetch.EMIT,
-                closes=True,
-                unless_empty="__closed",
-            ),
-        ]
+        return self.closing_steps("__closed")  # sessions: one state row each already
 
     def stateless_output(self) -> str:
         plan = self.plan

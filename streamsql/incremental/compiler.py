@@ -39,7 +39,9 @@ PARAMETERS = ("late", "late_cutoff", "watermark")
 class Fetch(StrEnum):
     NONE = "none"  # run for its effect; the result is a row count
     STATS = "stats"  # one row: input_rows, null_event_times, late_rows, max_event_us, min_time_us
-    VIEW = "view"  # rows kept as a view for later steps (DML ... RETURNING cannot nest)
+    # State rows kept as a view for later steps (DML ... RETURNING cannot nest): the rows go
+    # through Arrow as `<view>_rows`, and the view casts them back to the state's types.
+    VIEW = "view"
     EMIT = "emit"  # the rows this batch emits
 
 
@@ -448,15 +450,6 @@ class Compiler:
                 effect=Effect.ADDS,
             ),
         ]
-        if self.plan.emit is Emit.CHANGES:
-            steps.append(
-                Step(
-                    "sessions changed by this batch",
-                    "SELECT * EXCLUDE (__changed) FROM __sessions WHERE __changed",
-                    Fetch.VIEW,
-                    view="__touched",
-                )
-            )
         return steps
 
     # -- output --------------------------------------------------------------------------------
@@ -480,7 +473,12 @@ class Compiler:
                 sql += f" LIMIT {sql_of(plan.limit)}"
             return [Step("emit the whole result", sql, Fetch.EMIT)]
         if plan.emit is Emit.CHANGES:
-            emit = Step("emit groups updated by this batch", self.finalize("__touched"), Fetch.EMIT)
+            touched = (
+                "(SELECT * FROM __sessions WHERE __changed) AS __touched"
+                if plan.kind is QueryKind.SESSION
+                else "__touched"
+            )
+            emit = Step("emit groups updated by this batch", self.finalize(touched), Fetch.EMIT)
             if not plan.watermark_bounds_state:
                 return [emit]
             evict = Step(

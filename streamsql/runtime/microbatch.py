@@ -101,9 +101,36 @@ class MicroBatchExecution:
             self.state_rows = self.compacted_rows = self._scalar(self.program.state_rows_sql)
             if self.plan.window:
                 self.earliest_end = self._scalar(self.program.earliest_end_sql)
+            self._create_state_views()
         self.source.recover(self.checkpoint.planned_ends())
         self.output = self._describe_output()
         self.sink.open(self.cursor, self.output)
+
+    def _create_state_views(self) -> None:
+        """Views over the Arrow results of DML ... RETURNING that restore the state's types.
+
+        Arrow has no HUGEINT (it comes back a DECIMAL) and no ENUM; read through these views,
+        the returned rows have exactly the types of the state table again.
+        """
+        state = self.program.state_table
+        columns = self.cursor.execute(f"DESCRIBE {state}").fetchall()
+        for step in self.program.steps:
+            if step.fetch is not Fetch.VIEW:
+                continue
+            action = "NULL::VARCHAR AS __action, " if step.effect is Effect.MERGES else ""
+            self.cursor.register(
+                f"{step.view}_rows",
+                self.cursor.sql(f"SELECT {action}* FROM {state} LIMIT 0").to_arrow_table(),
+            )
+            casts = [
+                f"CAST({_ident(name)} AS {type_}) AS {_ident(name)}" for name, type_, *_ in columns
+            ]
+            if action:
+                casts.insert(0, "__action")
+            self.cursor.execute(
+                f"CREATE OR REPLACE TEMP VIEW {step.view} AS "
+                f"SELECT {', '.join(casts)} FROM {step.view}_rows"
+            ).fetchall()
 
     def _scalar(self, sql: str) -> Any:
         return self.cursor.execute(sql).fetchall()[0][0]
@@ -322,7 +349,7 @@ class MicroBatchExecution:
         if step.fetch in (Fetch.VIEW, Fetch.EMIT):
             rows = self.cursor.sql(step.sql, params=params).to_arrow_table()
             if step.view:
-                self._register(step.view, rows)
+                self._register(f"{step.view}_rows", rows)
             return rows
         rows = self.cursor.execute(step.sql, params).fetchall()
         return rows[0] if step.fetch is Fetch.STATS else rows
@@ -358,6 +385,10 @@ class MicroBatchExecution:
     def close(self) -> None:
         self.sink.close()
         self.cursor.close()
+
+
+def _ident(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
 
 
 def _ms_since(start: float) -> float:

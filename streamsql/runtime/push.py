@@ -7,6 +7,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import pyarrow as pa
+
 from streamsql.runtime.query import StreamingQuery
 from streamsql.sinks.collect import CollectSink
 
@@ -31,10 +33,20 @@ class PushStream:
     def _drain(self) -> None:
         while True:
             try:
-                batch = self.sink.batches.get_nowait()
+                self._take(self.sink.batches.get_nowait())
             except queue.Empty:
                 return
-            self._pending.extend(tuple(row.values()) for row in batch.to_pylist())
+
+    def _take(self, batch: pa.Table) -> None:
+        """Rows as DuckDB's own fetchall gives them: Arrow carries a HUGEINT as a DECIMAL."""
+        types = self.sink.schema.types if self.sink.schema else ()
+        integral = [i for i, type_ in enumerate(types) if type_ in ("HUGEINT", "UHUGEINT")]
+        for row in batch.to_pylist():
+            values = list(row.values())
+            for i in integral:
+                if values[i] is not None:
+                    values[i] = int(values[i])
+            self._pending.append(tuple(values))
 
     def fetch(self, size: int | None, timeout: float | None) -> list[tuple[Any, ...]]:
         """Up to `size` rows (all with None); waits for the first one at most `timeout` s.
@@ -54,10 +66,9 @@ class PushStream:
             if stopped or (deadline is not None and time.monotonic() >= deadline):
                 break
             try:
-                batch = self.sink.batches.get(timeout=POLL_SECONDS)
+                self._take(self.sink.batches.get(timeout=POLL_SECONDS))
             except queue.Empty:
                 continue
-            self._pending.extend(tuple(row.values()) for row in batch.to_pylist())
         count = len(self._pending) if size is None else size
         rows, self._pending = self._pending[:count], self._pending[count:]
         return rows

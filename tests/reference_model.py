@@ -1,0 +1,281 @@
+"""An independent reference model of DESIGN.md section 3 (windowed aggregation).
+
+Written from the design text alone, in plain Python over integer microseconds, so the
+property tests can say, for any input split into micro-batches, which rows a streaming
+query must accept, which (window, key) groups it must emit in which batch, and which
+groups it must still hold in state when the run stops. The aggregate *values* are left to
+a single batch DuckDB query over the accepted rows (see the tests).
+
+Rules modelled (DESIGN.md section 3):
+
+- W_0 = 0 (no watermark, 1970-01-01). After batch N, M_N = max event time over all rows
+  of batches 0..N (late rows and NULL keys included, empty batches add nothing),
+  truncated to milliseconds; W_{N+1} = max(W_N, M_N - D).
+- Batch N emits and evicts with W_N and drops late rows with L_N = W_{N-1} (L_0 = 0).
+- Tumbling/hopping: a row is late for a window iff window_end <= L_N, per window.
+  Session: a row is late iff ts + gap <= L_N, on its own one-event session.
+- Rows with a NULL event time are dropped.
+- FINAL: a group is emitted once, in the first batch with window_end <= W_N, then evicted.
+  Sessions merge when they overlap or touch; emitted once end <= W_N, then forgotten.
+- CHANGES: every group that received an accepted row in batch N is emitted in batch N
+  with its cumulative value; groups whose end <= W_N are evicted silently.
+- available_now: after the last input batch, one no-data batch runs iff the watermark
+  computed after it is strictly greater than the one in force during it. The query then
+  stops; restarted on its checkpoint with new input, it goes on from there.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Hashable, Sequence
+from dataclasses import dataclass, field
+
+MICROS_PER_MILLI = 1_000
+NO_WATERMARK = 0  # 1970-01-01T00:00:00, in microseconds since the Unix epoch
+
+
+@dataclass(frozen=True)
+class Tumbling:
+    size: int  # microseconds
+
+
+@dataclass(frozen=True)
+class Hopping:
+    size: int  # microseconds
+    slide: int  # microseconds
+
+
+@dataclass(frozen=True)
+class Session:
+    gap: int  # microseconds
+
+
+Window = Tumbling | Hopping | Session
+
+
+@dataclass(frozen=True)
+class Event:
+    """One input row: its position in the input, its event time and its grouping key."""
+
+    row_id: int
+    ts: int | None  # microseconds since the epoch; None is a NULL event time
+    key: Hashable  # a tuple of grouping key values (None is a NULL key)
+
+
+# A group is (window_start, window_end, key), window bounds in microseconds.
+Group = tuple[int, int, Hashable]
+
+
+@dataclass(frozen=True)
+class BatchInfo:
+    batch_id: int
+    watermark: int  # W_N: emission and eviction
+    late_threshold: int  # L_N = W_{N-1}: late-row dropping
+    no_data: bool  # the extra batch of available_now
+    num_input_rows: int
+    num_null_event_times: int
+    num_late_rows: int  # rows dropped as late (hopping: rows dropped from all their windows)
+    num_late_windows: int  # (row, window) pairs dropped as late: differs for hopping only
+
+
+@dataclass
+class Outcome:
+    """What a query over the input must do, batch by batch."""
+
+    batches: list[BatchInfo] = field(default_factory=list)
+    # Rows accepted into at least one window, with the batch they arrived in.
+    accepted: dict[int, int] = field(default_factory=dict)
+    # (batch_id, group) emitted, and the accepted rows (row ids) it aggregates.
+    emitted: list[tuple[int, Group, frozenset[int]]] = field(default_factory=list)
+    # Groups in state after the last batch, with the rows they hold.
+    open_groups: dict[Group, frozenset[int]] = field(default_factory=dict)
+
+
+def truncate_to_millis(ts: int) -> int:
+    return ts // MICROS_PER_MILLI * MICROS_PER_MILLI  # floor, also before the epoch
+
+
+@dataclass(frozen=True)
+class Step:
+    """One micro-batch that runs: the input batch it reads (None: a no-data batch)."""
+
+    batch: int | None
+    watermark: int  # W_N
+    late_threshold: int  # L_N = W_{N-1}
+
+
+def schedule(
+    batches: Sequence[Sequence[Event]], delay: int, stops: Collection[int] = ()
+) -> list[Step]:
+    """Every micro-batch that runs, with its watermark and late-row threshold.
+
+    The query runs with trigger available_now and stops after the last batch and after
+    each batch index in stops (then restarts from its checkpoint for the next batches).
+    Each time it stops, one no-data batch runs first iff the watermark computed after
+    the last batch is strictly greater than the one in force during it.
+    """
+    steps: list[Step] = []
+    current = NO_WATERMARK  # W_N
+    previous = NO_WATERMARK  # W_{N-1}; L_0 = no watermark
+    max_seen: int | None = None
+    for index, batch in enumerate(batches):
+        steps.append(Step(index, current, previous))
+        times = [event.ts for event in batch if event.ts is not None]
+        if times:
+            max_seen = max(times) if max_seen is None else max(max_seen, *times)
+        following = current
+        if max_seen is not None:
+            following = max(current, truncate_to_millis(max_seen) - delay)
+        previous, current = current, following
+        if (index in stops or index == len(batches) - 1) and current > previous:
+            steps.append(Step(None, current, previous))
+            previous = current  # a no-data batch adds no event time
+    return steps
+
+
+def window_starts(window: Tumbling | Hopping, ts: int) -> list[int]:
+    """Starts of every window containing ts, windows aligned to the Unix epoch."""
+    if isinstance(window, Tumbling):
+        return [ts // window.size * window.size]
+    last = ts // window.slide * window.slide  # the latest start <= ts
+    starts = []
+    start = last
+    while start + window.size > ts:  # start <= ts < start + size
+        starts.append(start)
+        start -= window.slide
+    return sorted(starts)
+
+
+def run(
+    batches: Sequence[Sequence[Event]],
+    window: Window,
+    delay: int,
+    emit: str,
+    stops: Collection[int] = (),
+) -> Outcome:
+    """The model: emit is 'final' or 'changes'; stops as in schedule()."""
+    assert emit in ("final", "changes")
+    steps = schedule(batches, delay, stops)
+    if isinstance(window, Session):
+        return _run_sessions(batches, steps, window, emit)
+    return _run_fixed(batches, steps, window, emit)
+
+
+def _batch_info(
+    batch_id: int, step: Step, batch: Sequence[Event], late: int, late_windows: int
+) -> BatchInfo:
+    return BatchInfo(
+        batch_id=batch_id,
+        watermark=step.watermark,
+        late_threshold=step.late_threshold,
+        no_data=step.batch is None,
+        num_input_rows=len(batch),
+        num_null_event_times=sum(event.ts is None for event in batch),
+        num_late_rows=late,
+        num_late_windows=late_windows,
+    )
+
+
+def _run_fixed(
+    batches: Sequence[Sequence[Event]], steps: Sequence[Step], window: Tumbling | Hopping, emit: str
+) -> Outcome:
+    outcome = Outcome()
+    size = window.size
+    state: dict[Group, set[int]] = {}  # open groups and their rows
+    for batch_id, step in enumerate(steps):
+        watermark, late_threshold = step.watermark, step.late_threshold
+        batch = batches[step.batch] if step.batch is not None else []
+        late = late_windows = 0
+        touched: dict[Group, None] = {}  # in order of first touch
+        for event in batch:
+            if event.ts is None:
+                continue
+            starts = window_starts(window, event.ts)
+            if all(start + size <= late_threshold for start in starts):
+                late += 1
+            for start in starts:
+                end = start + size
+                if end <= late_threshold:
+                    late_windows += 1
+                    continue
+                group = (start, end, event.key)
+                outcome.accepted[event.row_id] = batch_id
+                state.setdefault(group, set()).add(event.row_id)
+                touched[group] = None
+        outcome.batches.append(_batch_info(batch_id, step, batch, late, late_windows))
+        closing = [group for group in state if group[1] <= watermark]
+        if emit == "final":
+            for group in closing:
+                outcome.emitted.append((batch_id, group, frozenset(state[group])))
+        else:
+            for group in touched:
+                outcome.emitted.append((batch_id, group, frozenset(state[group])))
+        for group in closing:
+            del state[group]
+    outcome.open_groups = {group: frozenset(rows) for group, rows in state.items()}
+    return outcome
+
+
+@dataclass
+class _Session:
+    start: int
+    end: int
+    rows: set[int]
+    touched: bool  # received an accepted row in the current batch
+
+
+def _merge(sessions: list[_Session]) -> list[_Session]:
+    """Merge sessions of one key that overlap or touch (next.start <= current.end)."""
+    merged: list[_Session] = []
+    for session in sorted(sessions, key=lambda s: (s.start, s.end)):
+        if merged and session.start <= merged[-1].end:
+            last = merged[-1]
+            last.end = max(last.end, session.end)
+            last.rows |= session.rows
+            last.touched = last.touched or session.touched
+        else:
+            merged.append(_Session(session.start, session.end, set(session.rows), session.touched))
+    return merged
+
+
+def _run_sessions(
+    batches: Sequence[Sequence[Event]], steps: Sequence[Step], window: Session, emit: str
+) -> Outcome:
+    outcome = Outcome()
+    gap = window.gap
+    state: dict[Hashable, list[_Session]] = {}  # open sessions per key
+    for batch_id, step in enumerate(steps):
+        watermark, late_threshold = step.watermark, step.late_threshold
+        batch = batches[step.batch] if step.batch is not None else []
+        late = 0
+        new: dict[Hashable, list[_Session]] = {}
+        for event in batch:
+            if event.ts is None:
+                continue
+            if event.ts + gap <= late_threshold:
+                late += 1
+                continue
+            outcome.accepted[event.row_id] = batch_id
+            new.setdefault(event.key, []).append(
+                _Session(event.ts, event.ts + gap, {event.row_id}, True)
+            )
+        outcome.batches.append(_batch_info(batch_id, step, batch, late, late))
+        for key, sessions in new.items():
+            state[key] = _merge(state.get(key, []) + sessions)
+        for key in list(state):
+            keep = []
+            for session in state[key]:
+                group = (session.start, session.end, key)
+                closing = session.end <= watermark
+                if (emit == "final" and closing) or (emit == "changes" and session.touched):
+                    outcome.emitted.append((batch_id, group, frozenset(session.rows)))
+                session.touched = False
+                if not closing:
+                    keep.append(session)
+            if keep:
+                state[key] = keep
+            else:
+                del state[key]
+    for key, sessions in state.items():
+        for session in sessions:
+            outcome.open_groups[(session.start, session.end, key)] = frozenset(session.rows)
+    return outcome

@@ -109,8 +109,7 @@ class Cursor:
 
     def __init__(self, connection: Connection) -> None:
         self.connection = connection
-        self._duck = connection.engine.db.cursor()
-        self._duck.execute("SET TimeZone = 'UTC'").fetchall()
+        self._duck = connection.engine.cursor()
         self._result: Result | None = None  # our statements' rows
         self._position = 0
         self._from_duckdb = False

@@ -7,6 +7,7 @@ DuckDB verbatim, in its own text, so DuckDB behaves exactly as DuckDB.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import threading
 import uuid
 import weakref
@@ -102,6 +103,7 @@ class Engine:
         self.queries: dict[str, StreamingQuery] = {}
         self._instances: dict[str, Source] = {}
         self._lock = threading.RLock()
+        self._cursors: weakref.WeakSet[DuckCursor] = weakref.WeakSet()
         self.closed = False
         _OPEN_ENGINES.add(self)
         self._load_catalog()
@@ -251,7 +253,15 @@ class Engine:
         return Result()
 
     def plan(self, select: exp.Select, parameters: Sequence[Any] | None = None) -> StreamingPlan:
-        return Planner(self.db.cursor(), self.sources).plan(select, parameters)
+        with contextlib.closing(self.cursor()) as cursor:
+            return Planner(cursor, self.sources).plan(select, parameters)
+
+    def cursor(self) -> DuckCursor:
+        """A DuckDB cursor on the engine database, in UTC, closed with the engine."""
+        cursor = self.db.cursor()
+        cursor.execute("SET TimeZone = 'UTC'").fetchall()
+        self._cursors.add(cursor)
+        return cursor
 
     def program(self, name: str, plan: StreamingPlan) -> BatchProgram:
         return compile_plan(plan, f"{SCHEMA}.{quote('state_' + name)}")
@@ -470,7 +480,8 @@ class Engine:
 
         def forget() -> None:
             self.queries.pop(name, None)
-            Checkpoint(self.db.cursor(), name).forget()
+            with contextlib.closing(self.cursor()) as cursor:
+                Checkpoint(cursor, name).forget()
 
         return Result(columns=plan.output_names, stream=PushStream(query, sink, forget))
 
@@ -482,6 +493,8 @@ class Engine:
         for query in list(self.queries.values()):
             query.stop()
         self.queries.clear()
+        for cursor in list(self._cursors):
+            cursor.close()
         self.db.close()
         _OPEN_ENGINES.discard(self)
 

@@ -10,6 +10,7 @@ import atexit
 import contextlib
 import threading
 import uuid
+import warnings
 import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -20,7 +21,7 @@ import pyarrow as pa
 from sqlglot import exp
 
 from streamsql.checkpoint.log import SCHEMA, Checkpoint
-from streamsql.errors import ProgrammingError, from_duckdb
+from streamsql.errors import Error, ProgrammingError, from_duckdb
 from streamsql.format import format_duration
 from streamsql.incremental.aggregates import MACROS
 from streamsql.incremental.compiler import BatchProgram, compile_plan
@@ -40,12 +41,12 @@ from streamsql.sources.files import FileSource
 from streamsql.sources.memory import MemorySource
 from streamsql.sql import DIALECT, Statement, nodes, parse_one
 
+DuckCursor = duckdb.DuckDBPyConnection
+
 SOURCE_CONNECTORS: dict[str, type[Source]] = {
     "memory": MemorySource,
     "files": FileSource,
 }
-DuckCursor = duckdb.DuckDBPyConnection
-
 SINK_CONNECTORS: dict[str, type[Sink]] = {
     "duckdb": DuckDBSink,
     "console": ConsoleSink,
@@ -122,7 +123,12 @@ class Engine:
                 definition = sink_def(create, sql)
                 self.sinks[definition.name.lower()] = definition
                 if running:
-                    self._start(definition)
+                    try:
+                        self._start(definition)
+                    except Error as error:  # the database opens; this sink waits to be fixed
+                        warnings.warn(
+                            f"Sink {definition.name} did not resume: {error}", stacklevel=4
+                        )
 
     def _remember(self, kind: str, name: str, sql: str) -> None:
         self.db.execute(
@@ -276,12 +282,16 @@ class Engine:
                 f"{', '.join(SINK_CONNECTORS)}"
             )
         sink = connector(definition.name, definition.options)
-        trigger = self.trigger_override or Trigger.parse(definition.options.get("trigger"))
-        execution = MicroBatchExecution(
-            definition.name, self.db, plan, program, self.source(plan.source.name).for_query(), sink
-        )
-        query = StreamingQuery(execution, trigger).start()
-        self.queries[definition.name.lower()] = query
+        trigger = Trigger.parse(definition.options.get("trigger"))
+        return self._launch(definition.name, plan, program, sink, trigger)
+
+    def _launch(
+        self, name: str, plan: StreamingPlan, program: BatchProgram, sink: Sink, trigger: Trigger
+    ) -> StreamingQuery:
+        source = self.source(plan.source.name).for_query()
+        execution = MicroBatchExecution(name, self.db, plan, program, source, sink)
+        query = StreamingQuery(execution, self.trigger_override or trigger).start()
+        self.queries[name.lower()] = query
         return query
 
     def query(self, name: str) -> StreamingQuery:
@@ -471,12 +481,7 @@ class Engine:
         plan = self.plan(statement.expression, params)
         program = compile_plan(plan, quote(f"state_{name}"), temporary=True)
         sink = CollectSink(name, {})
-        trigger = self.trigger_override or Trigger.parse(None)
-        execution = MicroBatchExecution(
-            name, self.db, plan, program, self.source(plan.source.name).for_query(), sink
-        )
-        query = StreamingQuery(execution, trigger).start()
-        self.queries[name] = query
+        query = self._launch(name, plan, program, sink, Trigger.parse(None))
 
         def forget() -> None:
             self.queries.pop(name, None)

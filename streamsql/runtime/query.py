@@ -127,12 +127,17 @@ class StreamingQuery:
                         self._served.notify_all()
                     if self.trigger.stops:
                         break
-                    self._wake.wait(IDLE_POLL_SECONDS)
-                    continue
-                self._state = "processing"
-                self.recent_progress.append(self.execution.run(batch))
-                if self.trigger.kind is TriggerKind.ONCE:
-                    break
+                    if not self.trigger.interval:
+                        # As fast as possible: wake on new data (or re-check soon).
+                        self._wake.wait(IDLE_POLL_SECONDS)
+                        continue
+                else:
+                    self._state = "processing"
+                    self.recent_progress.append(self.execution.run(batch))
+                    if self.trigger.kind is TriggerKind.ONCE:
+                        break
+                # A fixed interval: the next batch starts on the next tick, or at once when
+                # this one overran it (as in Spark).
                 remaining = self.trigger.interval - (time.monotonic() - started)
                 if remaining > 0:
                     self._stopping.wait(remaining)

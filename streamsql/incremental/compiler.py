@@ -441,7 +441,7 @@ class Compiler:
             if keys
             else f"DELETE FROM {self.state} WHERE EXISTS (SELECT 1 FROM __sessions)"
         )
-        steps = [
+        return [
             Step("merge batch sessions with the open sessions they touch", sessions),
             Step("drop the sessions that were merged", replace, effect=Effect.REMOVES),
             Step(
@@ -450,7 +450,6 @@ class Compiler:
                 effect=Effect.ADDS,
             ),
         ]
-        return steps
 
     # -- output --------------------------------------------------------------------------------
 

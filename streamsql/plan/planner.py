@@ -87,15 +87,15 @@ class Planner:
             having=select.args["having"].this if select.args.get("having") else None,
             order=select.args.get("order"),
             limit=select.args["limit"].expression if select.args.get("limit") else None,
+            parameters=bound,
         )
         self._check_modifiers(plan)
-        plan.parameters = bound
         names = self._validate(select, source, derived, window, bound)
         if kind is QueryKind.STATELESS:
             plan.projection = [e.copy() for e in select.expressions]
             plan.output_names = names
         else:
-            self._plan_aggregation(plan, select, group_items, aggregates, names, types)
+            self._plan_aggregation(plan, select, group_items, aggregates, names)
         return plan
 
     # -- binding -----------------------------------------------------------------------------
@@ -492,7 +492,6 @@ class Planner:
         group_items: list[exp.Expr],
         calls: list[exp.Expr],
         names: list[str],
-        types: dict[str, str],
     ) -> None:
         window_keys = [
             g for g in group_items if isinstance(g, exp.Column) and g.name.lower() in WINDOW_COLUMNS

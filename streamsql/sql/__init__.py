@@ -33,8 +33,8 @@ def parse(sql: str) -> list[Statement]:
     """Split a script on semicolons and parse every statement; positions are script-relative."""
     try:
         tokens = DIALECT.tokenize(sql)
-    except TokenError as error:
-        raise _token_error(sql, error) from None
+    except TokenError:
+        raise _token_error(sql) from None
     return [_parse_chunk(sql, chunk) for chunk in _split(tokens)]
 
 
@@ -86,7 +86,7 @@ def _syntax_error(sql: str, error: ParseError) -> SQLSyntaxError:
     )
 
 
-def _token_error(sql: str, error: TokenError) -> SQLSyntaxError:
+def _token_error(sql: str) -> SQLSyntaxError:
     offset = _unterminated(sql)
     line = sql.count("\n", 0, offset) + 1
     col = offset - (sql.rfind("\n", 0, offset) + 1) + 1

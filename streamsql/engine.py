@@ -39,7 +39,7 @@ from streamsql.sinks.duckdb import DuckDBSink
 from streamsql.sources.base import Source
 from streamsql.sources.files import FileSource
 from streamsql.sources.memory import MemorySource
-from streamsql.sql import DIALECT, Statement, nodes, parse_one
+from streamsql.sql import DIALECT, Statement, nodes, parse_one, quote
 
 DuckCursor = duckdb.DuckDBPyConnection
 
@@ -79,10 +79,6 @@ class Result:
     rows: list[tuple[Any, ...]] = field(default_factory=list)
     rowcount: int = -1
     stream: PushStream | None = None  # a push query's rows, fetched as they are emitted
-
-
-def quote(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
 
 
 class Engine:
@@ -160,11 +156,8 @@ class Engine:
         self._instances[definition.name.lower()] = instance
 
     def _arrow_schema(self, definition: SourceDef) -> pa.Schema:
-        columns = ", ".join(
-            f"CAST(NULL AS {c.type}) AS {quote(c.name)}" for c in definition.columns
-        )
         try:
-            return self.db.sql(f"SELECT {columns} LIMIT 0").to_arrow_table().schema
+            return self.db.sql(Planner.empty_relation(definition, [])).to_arrow_table().schema
         except duckdb.Error as error:
             raise ProgrammingError(
                 f"Source {definition.name}: {str(error).splitlines()[0]}"
@@ -289,7 +282,7 @@ class Engine:
         self, name: str, plan: StreamingPlan, program: BatchProgram, sink: Sink, trigger: Trigger
     ) -> StreamingQuery:
         source = self.source(plan.source.name).for_query()
-        execution = MicroBatchExecution(name, self.db, plan, program, source, sink)
+        execution = MicroBatchExecution(name, self.cursor(), plan, program, source, sink)
         query = StreamingQuery(execution, self.trigger_override or trigger).start()
         self.queries[name.lower()] = query
         return query

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -22,13 +21,6 @@ ROWS = (
     "INSERT INTO ev VALUES ('a', TIMESTAMP '2024-01-01 00:00:00', 1.0), "
     "('b', TIMESTAMP '2024-01-01 00:00:10', 2.0), ('a', TIMESTAMP '2024-01-01 00:00:20', 3.0)"
 )
-
-
-@pytest.fixture
-def con(tmp_path: Path) -> Iterator[streamsql.Connection]:
-    connection = streamsql.connect(str(tmp_path / "engine.db"))
-    yield connection
-    connection.close()
 
 
 @pytest.fixture

@@ -217,7 +217,7 @@ class Planner:
     def _relation_types(
         self, source: SourceDef, derived: list[tuple[str, exp.Expr]]
     ) -> dict[str, str]:
-        sql = f"DESCRIBE {self._empty_relation(source, derived)}"
+        sql = f"DESCRIBE {self.empty_relation(source, derived)}"
         try:
             rows = self.con.execute(sql).fetchall()
         except duckdb.Error as error:
@@ -227,7 +227,7 @@ class Planner:
         return {name.lower(): type_ for name, type_, *_ in rows}
 
     @staticmethod
-    def _empty_relation(
+    def empty_relation(
         source: SourceDef,
         derived: list[tuple[str, exp.Expr]],
         window_type: str | None = None,
@@ -465,7 +465,7 @@ class Planner:
         for key in ("stream_window", "emit"):
             batch.set(key, None)
         batch.args["from_"].this.set("watermark", None)
-        relation = self._empty_relation(source, derived, window.bound_type if window else None)
+        relation = self.empty_relation(source, derived, window.bound_type if window else None)
         sql = f"WITH {exp.to_identifier(source.name).sql('duckdb')} AS ({relation}) {sql_of(batch)}"
         try:
             description = self.con.execute(

@@ -27,6 +27,7 @@ from streamsql.plan.plan import StreamingPlan
 from streamsql.runtime.progress import QueryProgress, timestamp_of
 from streamsql.sinks.base import OutputSchema, Sink
 from streamsql.sources.base import Offset, Source, SourceBatch
+from streamsql.sql import quote
 
 # Appended partials are combined once they outnumber the rows of the last compaction and
 # this many: the state stays within twice its compacted size, at a constant cost per row.
@@ -46,7 +47,7 @@ class MicroBatchExecution:
     def __init__(
         self,
         name: str,
-        db: duckdb.DuckDBPyConnection,
+        cursor: duckdb.DuckDBPyConnection,
         plan: StreamingPlan,
         program: BatchProgram,
         source: Source,
@@ -58,8 +59,7 @@ class MicroBatchExecution:
         self.program = program
         self.source = source
         self.sink = sink
-        self.cursor = db.cursor()
-        self.cursor.execute("SET TimeZone = 'UTC'").fetchall()
+        self.cursor = cursor  # this query's own connection to the engine database, in UTC
         self.checkpoint = Checkpoint(self.cursor, name)
         self.batch_id = 0
         self.committed_end: Offset = None
@@ -81,7 +81,7 @@ class MicroBatchExecution:
     def start(self) -> None:
         """Create state, resume from the last commit, and open the sink."""
         self.cursor.register(INPUT_VIEW, self.source.schema.empty_table())
-        values = {"late": 0, "watermark": 0, **self.plan.parameters}
+        values = self._dry_run_values()
         for statement in self.program.setup:
             params = {name: values[name] for name in Step("setup", statement).parameters}
             self.cursor.execute(statement, params or None).fetchall()
@@ -123,7 +123,7 @@ class MicroBatchExecution:
                 self.cursor.sql(f"SELECT {action}* FROM {state} LIMIT 0").to_arrow_table(),
             )
             casts = [
-                f"CAST({_ident(name)} AS {type_}) AS {_ident(name)}" for name, type_, *_ in columns
+                f"CAST({quote(name)} AS {type_}) AS {quote(name)}" for name, type_, *_ in columns
             ]
             if action:
                 casts.insert(0, "__action")
@@ -131,6 +131,10 @@ class MicroBatchExecution:
                 f"CREATE OR REPLACE TEMP VIEW {step.view} AS "
                 f"SELECT {', '.join(casts)} FROM {step.view}_rows"
             ).fetchall()
+
+    def _dry_run_values(self) -> dict[str, Any]:
+        """Parameters for statements run before any batch: thresholds at the epoch."""
+        return {"late": 0, "watermark": 0, "late_cutoff": 0, **self.plan.parameters}
 
     def _scalar(self, sql: str) -> Any:
         return self.cursor.execute(sql).fetchall()[0][0]
@@ -141,7 +145,7 @@ class MicroBatchExecution:
         types: list[str] = []
         self.cursor.execute("BEGIN TRANSACTION").fetchall()
         try:
-            values = {"late": 0, "watermark": 0, "late_cutoff": 0, **self.plan.parameters}
+            values = self._dry_run_values()
             for step in self.program.steps:
                 params = {p: values[p] for p in step.parameters} or None
                 if step.fetch is Fetch.EMIT:
@@ -385,10 +389,6 @@ class MicroBatchExecution:
     def close(self) -> None:
         self.sink.close()
         self.cursor.close()
-
-
-def _ident(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
 
 
 def _ms_since(start: float) -> float:

@@ -14,12 +14,9 @@ import pyarrow as pa
 from streamsql.errors import PlanningError, ProgrammingError
 from streamsql.plan.plan import Emit
 from streamsql.sinks.base import OutputSchema, Sink
+from streamsql.sql import quote
 
 EMITTED_VIEW = "__emitted"
-
-
-def ident(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
 
 
 class DuckDBSink(Sink):
@@ -32,11 +29,11 @@ class DuckDBSink(Sink):
 
     @property
     def qualified(self) -> str:
-        return ".".join(ident(part) for part in self.table.split("."))
+        return ".".join(quote(part) for part in self.table.split("."))
 
     def open(self, cursor: duckdb.DuckDBPyConnection, schema: OutputSchema) -> None:
         self._write_sql = self._statements(schema)  # refuses before creating anything
-        columns = [f"{ident(n)} {t}" for n, t in zip(schema.names, schema.types, strict=True)]
+        columns = [f"{quote(n)} {t}" for n, t in zip(schema.names, schema.types, strict=True)]
         if self.changelog:
             columns.append("_batch_id BIGINT")
         cursor.execute(
@@ -71,11 +68,11 @@ class DuckDBSink(Sink):
                 )
             on = (
                 " AND ".join(
-                    f"__sink.{ident(k)} IS NOT DISTINCT FROM __new.{ident(k)}" for k in schema.keys
+                    f"__sink.{quote(k)} IS NOT DISTINCT FROM __new.{quote(k)}" for k in schema.keys
                 )
                 or "TRUE"
             )
-            updates = ", ".join(f"{ident(n)} = __new.{ident(n)}" for n in schema.names)
+            updates = ", ".join(f"{quote(n)} = __new.{quote(n)}" for n in schema.names)
             return [
                 f"MERGE INTO {self.qualified} AS __sink USING {EMITTED_VIEW} AS __new ON {on} "
                 f"WHEN MATCHED THEN UPDATE SET {updates} "

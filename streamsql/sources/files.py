@@ -7,7 +7,9 @@ read once: the offset of a batch is the list of files it read.
 
 from __future__ import annotations
 
+import copy
 import fnmatch
+import threading
 from pathlib import Path
 
 import pyarrow as pa
@@ -50,8 +52,12 @@ class FileSource(Source):
         )
 
     def for_query(self) -> FileSource:
-        """Each query keeps its own record of the files it has read."""
-        return FileSource(self.definition, self.schema)
+        """Each query keeps its own record of the files it has read; options and the
+        decoder (thread-safe: a cursor per thread) are shared."""
+        reader = copy.copy(self)
+        reader._seen = set()
+        reader._listeners, reader._listeners_lock = [], threading.Lock()
+        return reader
 
     def recover(self, planned_ends: list[Offset]) -> None:
         self._seen = {name for end in planned_ends if end for name in end["files"]}

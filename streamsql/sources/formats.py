@@ -16,16 +16,13 @@ import pyarrow as pa
 
 from streamsql.plan.catalog import Column
 from streamsql.sources.base import DEAD_LETTER_SCHEMA, SourceBatch
+from streamsql.sql import quote
 
 FORMATS = ("json", "csv", "parquet")
 INTEGER_TYPES = {
     "TINYINT", "SMALLINT", "INTEGER", "INT", "BIGINT", "HUGEINT",
     "UTINYINT", "USMALLINT", "UINTEGER", "UBIGINT", "UHUGEINT",
 }  # fmt: skip
-
-
-def ident(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
 
 
 def literal(text: str) -> str:
@@ -64,7 +61,7 @@ class Decoder:
             given = f"json_extract(value, {path})::VARCHAR"
             fractional = f"json_type(value, {path}) = 'DOUBLE'" if _is_integer(c.type) else "FALSE"
             checks.append(
-                f"CASE WHEN (__v.{ident(c.name)} IS NULL "
+                f"CASE WHEN (__v.{quote(c.name)} IS NULL "
                 f"AND coalesce(json_type(value, {path}), 'NULL') <> 'NULL') OR {fractional} "
                 f"THEN {_cannot_read(c, given)} END"
             )
@@ -88,10 +85,10 @@ class Decoder:
 
     def decode_fields(self, raw: pa.Table) -> SourceBatch:
         """Cast per-column fields (strings from CSV, typed values from Parquet)."""
-        casts = [f"try_cast({ident(c.name)} AS {c.type}) AS {ident(c.name)}" for c in self.columns]
+        casts = [f"try_cast({quote(c.name)} AS {c.type}) AS {quote(c.name)}" for c in self.columns]
         checks = []
         for c in self.columns:
-            field, cast = ident(c.name), f"try_cast({ident(c.name)} AS {c.type})"
+            field, cast = quote(c.name), f"try_cast({quote(c.name)} AS {c.type})"
             fractional = (
                 f"try_cast({field} AS DOUBLE) <> {cast}" if _is_integer(c.type) else "FALSE"
             )
@@ -99,7 +96,7 @@ class Decoder:
                 f"CASE WHEN {field} IS NOT NULL AND ({cast} IS NULL OR {fractional}) "
                 f"THEN {_cannot_read(c, f'{field}::VARCHAR')} END"
             )
-        record = ", ".join(f"{literal(c.name)}: {ident(c.name)}" for c in self.columns)
+        record = ", ".join(f"{literal(c.name)}: {quote(c.name)}" for c in self.columns)
         written = "raw" if "raw" in raw.column_names else f"to_json({{{record}}})::VARCHAR"
         sql = (
             f'SELECT partition, "offset", {written} AS raw, '
@@ -113,7 +110,7 @@ class Decoder:
         try:
             # DuckDB keeps insertion order, so rows stay in the order they arrived.
             cursor.execute(f"CREATE OR REPLACE TEMP TABLE __decoded AS {sql}").fetchall()
-            names = ", ".join(ident(c.name) for c in self.columns)
+            names = ", ".join(quote(c.name) for c in self.columns)
             rows = cursor.sql(
                 f"SELECT {names} FROM __decoded WHERE __error IS NULL"
             ).to_arrow_table()

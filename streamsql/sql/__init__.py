@@ -29,6 +29,11 @@ class Statement:
     line: int
 
 
+def quote(name: str) -> str:
+    """A DuckDB identifier, always quoted: safe for any name a user or a file gives."""
+    return '"' + name.replace('"', '""') + '"'
+
+
 def parse(sql: str) -> list[Statement]:
     """Split a script on semicolons and parse every statement; positions are script-relative."""
     try:

@@ -20,12 +20,13 @@ import duckdb
 import pyarrow as pa
 from sqlglot import exp
 
+from streamsql.checkpoint.fingerprint import fingerprint
 from streamsql.checkpoint.log import SCHEMA, Checkpoint
 from streamsql.errors import Error, ProgrammingError, from_duckdb
 from streamsql.format import format_duration
 from streamsql.incremental.aggregates import MACROS
 from streamsql.incremental.compiler import BatchProgram, compile_plan
-from streamsql.plan.catalog import SinkDef, SourceDef, sink_def, source_def
+from streamsql.plan.catalog import SinkDef, SourceDef, differences, sink_def, source_def
 from streamsql.plan.plan import StreamingPlan
 from streamsql.plan.planner import Planner
 from streamsql.runtime.microbatch import MicroBatchExecution
@@ -207,30 +208,33 @@ class Engine:
         create = statement.expression
         name = create.this.this.name if isinstance(create.this, exp.Schema) else create.this.name
         with self._lock:
-            if self._exists("SOURCE", name, create, statement.text):
+            existing = self.sources.get(name.lower())
+            if existing is not None and self._unchanged(existing, create, statement.text):
                 return Result()
-            if name.lower() in self.sources:
+            definition = source_def(create, statement.text)
+            if existing is not None and not create.args.get("replace"):
+                raise ProgrammingError(
+                    f"Source {name} already exists with a different definition "
+                    f"({'; '.join(differences(existing, definition))}); use CREATE OR REPLACE "
+                    f"SOURCE or DROP SOURCE {name} first"
+                )
+            if existing is not None:
                 users = [s.name for s in self.sinks.values() if self._reads(s, name)]
                 if users:
                     raise ProgrammingError(
                         f"Cannot replace source {name}: sinks {', '.join(users)} read it"
                     )
-            definition = source_def(create, statement.text)
             self._register_source(definition)
             self._remember("SOURCE", definition.name, statement.text)
         return Result()
 
-    def _exists(self, kind: str, name: str, create: exp.Create, text: str) -> bool:
-        """CREATE of something that exists: IF NOT EXISTS and identical re-runs are no-ops."""
-        existing = (self.sources if kind == "SOURCE" else self.sinks).get(name.lower())
-        if existing is None or create.args.get("replace"):
+    @staticmethod
+    def _unchanged(existing: SourceDef | SinkDef, create: exp.Create, text: str) -> bool:
+        """CREATE of something that exists: IF NOT EXISTS and identical re-runs are no-ops
+        (as re-submitting a Spark job with the same checkpoint is)."""
+        if create.args.get("replace"):
             return False
-        if create.args.get("exists") or _canonical(existing.sql) == _canonical(text):
-            return True
-        raise ProgrammingError(
-            f"{kind.title()} {name} already exists with a different definition; use "
-            f"CREATE OR REPLACE {kind} or DROP {kind} {name} first"
-        )
+        return bool(create.args.get("exists")) or _canonical(existing.sql) == _canonical(text)
 
     def _reads(self, sink: SinkDef, source: str) -> bool:
         return any(t.name.lower() == source.lower() for t in sink.query.find_all(exp.Table))
@@ -241,15 +245,44 @@ class Engine:
         create = statement.expression
         name = create.this.name
         with self._lock:
-            if self._exists("SINK", name, create, statement.text):
+            existing = self.sinks.get(name.lower())
+            if existing is not None and self._unchanged(existing, create, statement.text):
+                running = self.queries.get(name.lower())
+                if not create.args.get("exists") and not (running and running.is_active):
+                    self._start(existing)  # a stopped or failed sink, submitted again
+                    self._set_running(name, True)
                 return Result()
-            if name.lower() in self.sinks:
-                self._drop_sink(name)
             definition = sink_def(create, statement.text)
-            self._start(definition)
+            if existing is not None and not create.args.get("replace"):
+                self._restart_changed(existing, definition)
+            else:
+                if existing is not None:
+                    self._drop_sink(name)
+                self._start(definition)
             self.sinks[name.lower()] = definition
             self._remember("SINK", name, statement.text)
         return Result()
+
+    def _restart_changed(self, existing: SinkDef, definition: SinkDef) -> None:
+        """Resume a sink's checkpoint under a new definition, if its state is unaffected
+        (sink options, the trigger, projections and filters may change; Spark's rules)."""
+        name = definition.name
+        changed = Checkpoint(self.db, name).mismatch(fingerprint(self.plan(definition.query)))
+        if changed:
+            raise ProgrammingError(
+                f"Sink {name} already exists, and its checkpoint holds the state of a "
+                f"different query ({'; '.join(changed)}). CREATE OR REPLACE SINK {name} or "
+                f"DROP SINK {name} first to start over without that state"
+            )
+        previous = self.queries.pop(name.lower(), None)
+        if previous is not None:
+            previous.stop()
+        try:
+            self._start(definition)
+        except Error:
+            if previous is not None:
+                self._start(existing)
+            raise
 
     def plan(self, select: exp.Select, parameters: Sequence[Any] | None = None) -> StreamingPlan:
         with contextlib.closing(self.cursor()) as cursor:
@@ -410,14 +443,16 @@ class Engine:
         self, statement: Statement, params: Sequence[Any] | None, cursor: DuckCursor
     ) -> Result:
         name = statement.expression.this.name
-        query = self.query(name)
-        query.stop()
-        self.db.execute(
-            f"UPDATE {SCHEMA}.catalog SET running = false "
-            "WHERE kind = 'SINK' AND lower(name) = lower(?)",
-            [name],
-        ).fetchall()
+        self.query(name).stop()
+        self._set_running(name, False)
         return Result()
+
+    def _set_running(self, name: str, running: bool) -> None:
+        """Whether the sink resumes when the database is opened again."""
+        self.db.execute(
+            f"UPDATE {SCHEMA}.catalog SET running = ? WHERE kind = 'SINK' AND lower(name) = lower(?)",
+            [running, name],
+        ).fetchall()
 
     def insert_into_source(
         self, statement: Statement, params: Sequence[Any] | None, cursor: DuckCursor

@@ -1,9 +1,11 @@
-"""Offset log and commit log, in the engine's DuckDB database (Spark's offsets/ and commits/).
+"""A query's checkpoint in the engine's DuckDB database (Spark's offsets/, commits/, metadata).
 
 Batch N's input range is written to the offset log, in its own transaction, before the
 batch reads anything. The commit record of batch N is written in the same transaction as
-batch N's state and sink rows. On restart a batch that is in the offset log but not in the
-commit log is run again over exactly its logged range, with its logged thresholds.
+batch N's state, its sink's rows (or file records) and the windows it emitted. On restart a
+batch that is in the offset log but not in the commit log is run again over exactly its
+logged range, with its logged thresholds. The plan fingerprint says which query the state
+belongs to: another query is refused rather than resumed on it.
 """
 
 from __future__ import annotations
@@ -14,7 +16,11 @@ from typing import Any
 
 import duckdb
 
+from streamsql.checkpoint.fingerprint import Fingerprint, changes
+from streamsql.errors import PlanningError
+
 SCHEMA = "_streamsql"
+EMITTED_WINDOWS = f"{SCHEMA}.emitted_windows"
 
 TABLES = (
     f"CREATE SCHEMA IF NOT EXISTS {SCHEMA}",
@@ -36,6 +42,17 @@ TABLES = (
         output_rows BIGINT,
         committed_at TIMESTAMPTZ DEFAULT current_timestamp,
         PRIMARY KEY (query, batch_id))""",
+    f"""CREATE TABLE IF NOT EXISTS {SCHEMA}.fingerprints (
+        query VARCHAR PRIMARY KEY,
+        fingerprint JSON NOT NULL,  -- what the query's state is shaped by (fingerprint.PARTS)
+        recorded_at TIMESTAMPTZ DEFAULT current_timestamp)""",
+    f"""CREATE TABLE IF NOT EXISTS {SCHEMA}.emitted_windows (
+        query VARCHAR NOT NULL,
+        window_start VARCHAR NOT NULL,
+        window_end VARCHAR NOT NULL,
+        batch_id BIGINT NOT NULL,   -- the batch that closed and emitted the window
+        groups BIGINT NOT NULL,     -- state groups of the window at close
+        PRIMARY KEY (query, window_start, window_end))""",
     f"""CREATE TABLE IF NOT EXISTS {SCHEMA}.dead_letters (
         query VARCHAR,
         batch_id BIGINT,
@@ -135,9 +152,37 @@ class Checkpoint:
             ],
         ).fetchall()
 
+    def fingerprint(self) -> Fingerprint | None:
+        row = self.cursor.execute(
+            f"SELECT fingerprint FROM {SCHEMA}.fingerprints WHERE query = ?", [self.query]
+        ).fetchall()
+        return _load(row[0][0]) if row else None
+
+    def mismatch(self, current: Fingerprint) -> list[str]:
+        """How `current` differs from the query whose state this checkpoint holds."""
+        stored = self.fingerprint()
+        return [] if stored is None else changes(stored, current)
+
+    def claim(self, current: Fingerprint) -> None:
+        """Bind the checkpoint to the query about to resume it, refusing a different one."""
+        changed = self.mismatch(current)
+        if changed:
+            raise PlanningError(
+                f"Query {self.query} cannot resume its checkpoint: the checkpoint holds state "
+                f"of a different query ({'; '.join(changed)}). Restore the old query, or "
+                f"DROP SINK {self.query} (or CREATE OR REPLACE SINK) to start over without "
+                "its state",
+                rule="checkpoint-mismatch",
+            )
+        self.cursor.execute(
+            f"INSERT OR REPLACE INTO {SCHEMA}.fingerprints (query, fingerprint) VALUES (?, ?)",
+            [self.query, json.dumps(current)],
+        ).fetchall()
+
     def forget(self) -> None:
-        """Drop the query's logs (DROP SINK). Its dead letters stay: bad input is never lost."""
-        for table in ("offsets", "commits"):
+        """Drop the query's checkpoint (DROP SINK). Its dead letters stay: bad input is never
+        lost."""
+        for table in ("offsets", "commits", "fingerprints", "emitted_windows"):
             self.cursor.execute(
                 f"DELETE FROM {SCHEMA}.{table} WHERE query = ?", [self.query]
             ).fetchall()

@@ -29,11 +29,12 @@ from enum import StrEnum
 import sqlglot
 from sqlglot import exp
 
+from streamsql.checkpoint.log import EMITTED_WINDOWS
 from streamsql.incremental.aggregates import StateColumn
 from streamsql.plan.plan import Emit, QueryKind, StreamingPlan
 
 INPUT_VIEW = "__input"
-PARAMETERS = ("late", "late_cutoff", "watermark")
+PARAMETERS = ("late", "late_cutoff", "watermark", "query", "batch_id")
 
 
 class Fetch(StrEnum):
@@ -320,7 +321,16 @@ class Compiler:
             f"INSERT INTO {self.state} BY NAME {self.partial()}",
             effect=Effect.ADDS,
         )
-        return [append, *self.closing_steps(f"({self.combine('__closed', groups)}) AS __windows")]
+        closing = self.closing_steps(f"({self.combine('__closed', groups)}) AS __windows")
+        log = Step(
+            "log the emitted windows",
+            f"INSERT INTO {EMITTED_WINDOWS} SELECT $query, window_start::VARCHAR, "
+            f"window_end::VARCHAR, $batch_id, count(DISTINCT ({', '.join(groups)})) "
+            f"FROM __closed GROUP BY window_start, window_end",
+            closes=True,
+            unless_empty="__closed",
+        )
+        return [append, *closing, log]
 
     def closing_steps(self, closed: str) -> list[Step]:
         """Take the windows the watermark passed out of state and emit `closed` (over them):

@@ -150,3 +150,34 @@ def sink_def(create: exp.Create, sql: str) -> SinkDef:
     if not isinstance(query, exp.Select):
         raise PlanningError(f"CREATE SINK {create.this.name} needs AS SELECT ...")
     return SinkDef(create.this.name, options_of(create), query, sql)
+
+
+def differences(old: SourceDef | SinkDef, new: SourceDef | SinkDef) -> list[str]:
+    """What a new definition changes, one phrase each: "option topic: 'a' -> 'b'"."""
+    changed = [
+        f"option {key}: {_shown(old.options.get(key))} -> {_shown(new.options.get(key))}"
+        for key in dict.fromkeys([*old.options, *new.options])
+        if old.options.get(key) != new.options.get(key)
+    ]
+    if isinstance(old, SinkDef) and isinstance(new, SinkDef):
+        if old.query.sql(DIALECT) != new.query.sql(DIALECT):
+            changed.insert(0, "query")
+        return changed
+    parts = {
+        "columns": lambda d: ", ".join(f"{c.name} {c.type}" for c in d.columns),
+        "computed columns": lambda d: ", ".join(
+            f"{c.name} AS {c.expression.sql(DIALECT)}" for c in d.computed
+        ),
+        "watermark": lambda d: (
+            f"{d.watermark.column} - {d.watermark.delay.sql(DIALECT)}" if d.watermark else "none"
+        ),
+    }
+    return [
+        f"{part}: ({describe(old)}) -> ({describe(new)})"
+        for part, describe in parts.items()
+        if describe(old) != describe(new)
+    ] + changed
+
+
+def _shown(value: str | None) -> str:
+    return "unset" if value is None else repr(value)

@@ -20,6 +20,7 @@ import duckdb
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from streamsql.checkpoint.fingerprint import fingerprint
 from streamsql.checkpoint.log import SCHEMA, Checkpoint, CommitRecord, PlannedBatch
 from streamsql.errors import DataError, ProgrammingError
 from streamsql.incremental.compiler import INPUT_VIEW, BatchProgram, Effect, Fetch, Step
@@ -79,7 +80,8 @@ class MicroBatchExecution:
     # -- start and recovery ------------------------------------------------------------------
 
     def start(self) -> None:
-        """Create state, resume from the last commit, and open the sink."""
+        """Claim the checkpoint, create state, resume from the last commit, open the sink."""
+        self.checkpoint.claim(fingerprint(self.plan))
         self.cursor.register(INPUT_VIEW, self.source.schema.empty_table())
         values = self._dry_run_values()
         for statement in self.program.setup:
@@ -134,7 +136,14 @@ class MicroBatchExecution:
 
     def _dry_run_values(self) -> dict[str, Any]:
         """Parameters for statements run before any batch: thresholds at the epoch."""
-        return {"late": 0, "watermark": 0, "late_cutoff": 0, **self.plan.parameters}
+        return {
+            "late": 0,
+            "watermark": 0,
+            "late_cutoff": 0,
+            "query": self.name,
+            "batch_id": self.batch_id,
+            **self.plan.parameters,
+        }
 
     def _scalar(self, sql: str) -> Any:
         return self.cursor.execute(sql).fetchall()[0][0]
@@ -277,6 +286,8 @@ class MicroBatchExecution:
             "late": late,
             "watermark": batch.watermark_us,
             "late_cutoff": window.late_cutoff(late) if window and late is not None else None,
+            "query": self.name,
+            "batch_id": batch.batch_id,
         }
         stats = self._statistics(rows, values)
         if window and stats.min_time_us is not None:

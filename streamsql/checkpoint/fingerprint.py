@@ -1,0 +1,72 @@
+"""The parts of a query its state depends on: a checkpoint resumes only under the same parts.
+
+Restarting a different query on an existing checkpoint (Spark's classic shared-checkpoint
+mistake) would merge new partial aggregates into state shaped for the old ones. Projections,
+filters, sink options and triggers do not shape state and may change between runs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from streamsql.format import format_duration
+from streamsql.plan.plan import StreamingPlan
+from streamsql.sql import DIALECT
+
+Fingerprint = dict[str, str]
+
+
+def _source(plan: StreamingPlan) -> str:
+    return f"{plan.source.name} ({plan.source.connector})"
+
+
+def _keys(plan: StreamingPlan) -> str:
+    return "(" + ", ".join(key.sql(DIALECT) for key in plan.keys) + ")"
+
+
+def _aggregates(plan: StreamingPlan) -> str:
+    return "(" + ", ".join(call.node.sql(DIALECT) for call in plan.aggregates) + ")"
+
+
+def _window(plan: StreamingPlan) -> str:
+    window = plan.window
+    if window is None:
+        return "none"
+    if window.kind == "SESSION":
+        return f"SESSION ({window.time_column}, {format_duration(window.gap_us)})"
+    sizes = [format_duration(window.size_us)]
+    if window.kind == "HOPPING":
+        sizes.append(format_duration(window.slide_us))
+    return f"{window.kind} ({window.time_column}, {', '.join(sizes)})"
+
+
+def _watermark(plan: StreamingPlan) -> str:
+    if not plan.has_watermark:
+        return "none"
+    return f"{plan.event_time} - {format_duration(plan.watermark_delay_us)}"
+
+
+# What a checkpoint's state is shaped by, in the order a change is reported.
+PARTS: dict[str, Callable[[StreamingPlan], str]] = {
+    "source": _source,
+    "grouping keys": _keys,
+    "aggregates": _aggregates,
+    "window": _window,
+    "watermark": _watermark,
+    "emit mode": lambda plan: plan.emit.value,
+}
+
+
+def fingerprint(plan: StreamingPlan) -> Fingerprint:
+    if not plan.stateful:  # no state: only where the rows come from and how they are emitted
+        return {"source": _source(plan), "emit mode": plan.emit.value}
+    return {part: describe(plan) for part, describe in PARTS.items()}
+
+
+def changes(stored: Fingerprint, current: Fingerprint) -> list[str]:
+    """What differs, one phrase per part: 'grouping keys: (a) -> (a, b)'."""
+    return [
+        f"{part}: {stored.get(part, 'none')} -> {current.get(part, 'none')}"
+        for part in PARTS
+        if stored.get(part, "none") != current.get(part, "none")
+    ]

@@ -6,10 +6,11 @@ Parameters use the qmark style and are bound by DuckDB, never formatted into SQL
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import duckdb
+import pyarrow as pa
 
 from streamsql.engine import Engine, Result
 from streamsql.errors import (
@@ -79,6 +80,12 @@ class Connection:
     def register(self, name: str, data: Any) -> Cursor:
         """Make a pyarrow table queryable as `name` on the connection's own cursor."""
         return self._default_cursor().register(name, data)
+
+    def register_callback(self, name: str, function: Callable[[int, pa.Table], Any]) -> None:
+        """Name a function that callback sinks call with each batch's `(batch_id, rows)`:
+        `CREATE SINK s WITH (connector = 'callback', callback = 'name') AS ...`."""
+        self._check()
+        self.engine.register_callback(name, function)
 
     def query(self, name: str) -> StreamingQuery:
         """The running query of sink `name`."""

@@ -34,9 +34,11 @@ from streamsql.runtime.push import PushStream
 from streamsql.runtime.query import StreamingQuery
 from streamsql.runtime.triggers import Trigger
 from streamsql.sinks.base import Sink
+from streamsql.sinks.callback import BatchCallback, CallbackSink
 from streamsql.sinks.collect import CollectSink
 from streamsql.sinks.console import ConsoleSink
 from streamsql.sinks.duckdb import DuckDBSink
+from streamsql.sinks.files import CSVSink, JSONSink, ParquetSink
 from streamsql.sources.base import Source
 from streamsql.sources.files import FileSource
 from streamsql.sources.memory import MemorySource
@@ -50,6 +52,10 @@ SOURCE_CONNECTORS: dict[str, type[Source]] = {
 }
 SINK_CONNECTORS: dict[str, type[Sink]] = {
     "duckdb": DuckDBSink,
+    "parquet": ParquetSink,
+    "csv": CSVSink,
+    "json": JSONSink,
+    "callback": CallbackSink,
     "console": ConsoleSink,
 }
 
@@ -100,6 +106,7 @@ class Engine:
         self.sinks: dict[str, SinkDef] = {}
         self.queries: dict[str, StreamingQuery] = {}
         self._instances: dict[str, Source] = {}
+        self.callbacks: dict[str, BatchCallback] = {}  # functions callback sinks name
         self._lock = threading.RLock()
         self._cursors: weakref.WeakSet[DuckCursor] = weakref.WeakSet()
         self.closed = False
@@ -181,6 +188,8 @@ class Engine:
             return self.describe_query
         if isinstance(node, nodes.StopQuery):
             return self.stop_query
+        if isinstance(node, nodes.CompactSink):
+            return self.compact_sink
         if isinstance(node, exp.Insert) and self._insert_target(node) is not None:
             return self.insert_into_source
         if isinstance(node, exp.Select) and self._is_streaming(node):
@@ -299,26 +308,35 @@ class Engine:
         return compile_plan(plan, f"{SCHEMA}.{quote('state_' + name)}")
 
     def _start(self, definition: SinkDef) -> StreamingQuery:
+        execution = self._execution(definition)
+        trigger = Trigger.parse(definition.options.get("trigger"))
+        query = StreamingQuery(execution, self.trigger_override or trigger).start()
+        self.queries[definition.name.lower()] = query
+        return query
+
+    def _execution(self, definition: SinkDef) -> MicroBatchExecution:
         plan = self.plan(definition.query)
-        program = self.program(definition.name, plan)
         connector = SINK_CONNECTORS.get(definition.connector.lower())
         if connector is None:
             raise ProgrammingError(
                 f"Unknown sink connector {definition.connector!r}; available: "
                 f"{', '.join(SINK_CONNECTORS)}"
             )
-        sink = connector(definition.name, definition.options)
-        trigger = Trigger.parse(definition.options.get("trigger"))
-        return self._launch(definition.name, plan, program, sink, trigger)
+        if connector is CallbackSink:
+            sink = CallbackSink(definition.name, definition.options, self.callbacks)
+        else:
+            sink = connector(definition.name, definition.options)
+        return self._prepare(definition.name, plan, self.program(definition.name, plan), sink)
 
-    def _launch(
-        self, name: str, plan: StreamingPlan, program: BatchProgram, sink: Sink, trigger: Trigger
-    ) -> StreamingQuery:
+    def _prepare(
+        self, name: str, plan: StreamingPlan, program: BatchProgram, sink: Sink
+    ) -> MicroBatchExecution:
         source = self.source(plan.source.name).for_query()
-        execution = MicroBatchExecution(name, self.cursor(), plan, program, source, sink)
-        query = StreamingQuery(execution, self.trigger_override or trigger).start()
-        self.queries[name.lower()] = query
-        return query
+        return MicroBatchExecution(name, self.cursor(), plan, program, source, sink)
+
+    def register_callback(self, name: str, function: BatchCallback) -> None:
+        """Name a function for callback sinks: `WITH (connector = 'callback', callback = name)`."""
+        self.callbacks[name] = function
 
     def query(self, name: str) -> StreamingQuery:
         try:
@@ -447,10 +465,32 @@ class Engine:
         self._set_running(name, False)
         return Result()
 
+    def compact_sink(
+        self, statement: Statement, params: Sequence[Any] | None, cursor: DuckCursor
+    ) -> Result:
+        """Compact in the sink's own query, between two batches; a stopped sink's query is
+        opened (recovered) for it, without running batches."""
+        name = statement.expression.this.name
+        definition = self.sinks.get(name.lower())
+        if definition is None:
+            raise ProgrammingError(f"Sink {name!r} does not exist")
+        query = self.queries.get(name.lower())
+        if query is not None and query.is_active:
+            replaced, written = query.between_batches(lambda e: e.sink.compact(e.cursor))
+        else:
+            execution = self._execution(definition)
+            try:
+                execution.start()
+                replaced, written = execution.sink.compact(execution.cursor)
+            finally:
+                execution.close()
+        return Result(["files_replaced", "files_written"], [(replaced, written)])
+
     def _set_running(self, name: str, running: bool) -> None:
         """Whether the sink resumes when the database is opened again."""
         self.db.execute(
-            f"UPDATE {SCHEMA}.catalog SET running = ? WHERE kind = 'SINK' AND lower(name) = lower(?)",
+            f"UPDATE {SCHEMA}.catalog SET running = ? "
+            "WHERE kind = 'SINK' AND lower(name) = lower(?)",
             [running, name],
         ).fetchall()
 
@@ -509,7 +549,9 @@ class Engine:
         plan = self.plan(statement.expression, params)
         program = compile_plan(plan, quote(f"state_{name}"), temporary=True)
         sink = CollectSink(name, {})
-        query = self._launch(name, plan, program, sink, Trigger.parse(None))
+        trigger = self.trigger_override or Trigger.parse(None)
+        query = StreamingQuery(self._prepare(name, plan, program, sink), trigger)
+        self.queries[name] = query.start()
 
         def forget() -> None:
             self.queries.pop(name, None)

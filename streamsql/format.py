@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -61,3 +62,37 @@ def format_duration(micros: int) -> str:
     size, unit = next((s, u) for s, u in DURATION_UNITS if micros % s == 0)
     count = micros // size
     return f"{count} {unit}{'' if count == 1 else 's'}"
+
+
+SECONDS = {
+    **dict.fromkeys(("ms", "millisecond", "milliseconds"), 0.001),
+    **dict.fromkeys(("s", "sec", "secs", "second", "seconds"), 1.0),
+    **dict.fromkeys(("min", "mins", "minute", "minutes"), 60.0),
+    **dict.fromkeys(("h", "hour", "hours"), 3600.0),
+}
+BYTES = {
+    "b": 1,
+    **dict.fromkeys(("kb", "kib"), 1 << 10),
+    **dict.fromkeys(("mb", "mib"), 1 << 20),
+    **dict.fromkeys(("gb", "gib"), 1 << 30),
+}
+
+
+def _quantity(text: str, units: dict[str, float]) -> float | None:
+    match = re.fullmatch(
+        r"(?:interval\s+)?(\d+(?:\.\d+)?)\s*([a-z]+)", text.strip().lower().strip("'")
+    )
+    if not match or match.group(2) not in units:
+        return None
+    return float(match.group(1)) * units[match.group(2)]
+
+
+def parse_seconds(text: str) -> float | None:
+    """'30 seconds', '500 ms', 'interval 1 minute' -> seconds; None if it is not a duration."""
+    return _quantity(text, SECONDS)
+
+
+def parse_bytes(text: str) -> int | None:
+    """'128MB', '64 KiB', '1000 b' -> bytes; None if it is not a size."""
+    size = _quantity(text, BYTES)
+    return None if size is None else int(size)

@@ -11,6 +11,7 @@ belongs to: another query is refused rather than resumed on it.
 from __future__ import annotations
 
 import json
+import uuid
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,6 +22,7 @@ from streamsql.errors import PlanningError
 
 SCHEMA = "_streamsql"
 EMITTED_WINDOWS = f"{SCHEMA}.emitted_windows"
+SINK_FILES = f"{SCHEMA}.sink_files"  # what file sinks published, recorded in each commit
 
 TABLES = (
     f"CREATE SCHEMA IF NOT EXISTS {SCHEMA}",
@@ -42,10 +44,11 @@ TABLES = (
         output_rows BIGINT,
         committed_at TIMESTAMPTZ DEFAULT current_timestamp,
         PRIMARY KEY (query, batch_id))""",
-    f"""CREATE TABLE IF NOT EXISTS {SCHEMA}.fingerprints (
+    f"""CREATE TABLE IF NOT EXISTS {SCHEMA}.metadata (
         query VARCHAR PRIMARY KEY,
+        id VARCHAR NOT NULL,        -- the query's id, kept across restarts (Spark's metadata)
         fingerprint JSON NOT NULL,  -- what the query's state is shaped by (fingerprint.PARTS)
-        recorded_at TIMESTAMPTZ DEFAULT current_timestamp)""",
+        created_at TIMESTAMPTZ DEFAULT current_timestamp)""",
     f"""CREATE TABLE IF NOT EXISTS {SCHEMA}.emitted_windows (
         query VARCHAR NOT NULL,
         window_start VARCHAR NOT NULL,
@@ -53,6 +56,15 @@ TABLES = (
         batch_id BIGINT NOT NULL,   -- the batch that closed and emitted the window
         groups BIGINT NOT NULL,     -- state groups of the window at close
         PRIMARY KEY (query, window_start, window_end))""",
+    f"""CREATE TABLE IF NOT EXISTS {SINK_FILES} (
+        query VARCHAR NOT NULL,
+        file VARCHAR NOT NULL,      -- name in the sink's directory
+        first_batch BIGINT NOT NULL,
+        last_batch BIGINT NOT NULL, -- the file holds the rows of batches first..last
+        rows BIGINT NOT NULL,
+        bytes BIGINT NOT NULL,
+        retired_at TIMESTAMPTZ,     -- replaced (compaction, a newer snapshot); deleted later
+        PRIMARY KEY (query, file))""",
     f"""CREATE TABLE IF NOT EXISTS {SCHEMA}.dead_letters (
         query VARCHAR,
         batch_id BIGINT,
@@ -152,19 +164,20 @@ class Checkpoint:
             ],
         ).fetchall()
 
-    def fingerprint(self) -> Fingerprint | None:
+    def _metadata(self) -> tuple[str, Fingerprint] | None:
         row = self.cursor.execute(
-            f"SELECT fingerprint FROM {SCHEMA}.fingerprints WHERE query = ?", [self.query]
+            f"SELECT id, fingerprint FROM {SCHEMA}.metadata WHERE query = ?", [self.query]
         ).fetchall()
-        return _load(row[0][0]) if row else None
+        return (row[0][0], _load(row[0][1])) if row else None
 
     def mismatch(self, current: Fingerprint) -> list[str]:
         """How `current` differs from the query whose state this checkpoint holds."""
-        stored = self.fingerprint()
-        return [] if stored is None else changes(stored, current)
+        stored = self._metadata()
+        return [] if stored is None else changes(stored[1], current)
 
-    def claim(self, current: Fingerprint) -> None:
-        """Bind the checkpoint to the query about to resume it, refusing a different one."""
+    def claim(self, current: Fingerprint) -> str:
+        """Bind the checkpoint to the query about to resume it, refusing a different one;
+        returns the query's id, the same on every restart."""
         changed = self.mismatch(current)
         if changed:
             raise PlanningError(
@@ -174,15 +187,18 @@ class Checkpoint:
                 "its state",
                 rule="checkpoint-mismatch",
             )
+        stored = self._metadata()
+        query_id = stored[0] if stored else str(uuid.uuid4())
         self.cursor.execute(
-            f"INSERT OR REPLACE INTO {SCHEMA}.fingerprints (query, fingerprint) VALUES (?, ?)",
-            [self.query, json.dumps(current)],
+            f"INSERT OR REPLACE INTO {SCHEMA}.metadata (query, id, fingerprint) VALUES (?, ?, ?)",
+            [self.query, query_id, json.dumps(current)],
         ).fetchall()
+        return query_id
 
     def forget(self) -> None:
         """Drop the query's checkpoint (DROP SINK). Its dead letters stay: bad input is never
         lost."""
-        for table in ("offsets", "commits", "fingerprints", "emitted_windows"):
+        for table in ("offsets", "commits", "metadata", "emitted_windows", "sink_files"):
             self.cursor.execute(
                 f"DELETE FROM {SCHEMA}.{table} WHERE query = ?", [self.query]
             ).fetchall()

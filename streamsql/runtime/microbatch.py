@@ -55,7 +55,8 @@ class MicroBatchExecution:
         sink: Sink,
     ) -> None:
         self.name = name
-        self.id = str(uuid.uuid4())
+        self.id = ""  # the query's id, read from the checkpoint at start
+        self.run_id = str(uuid.uuid4())  # this run's
         self.plan = plan
         self.program = program
         self.source = source
@@ -81,7 +82,7 @@ class MicroBatchExecution:
 
     def start(self) -> None:
         """Claim the checkpoint, create state, resume from the last commit, open the sink."""
-        self.checkpoint.claim(fingerprint(self.plan))
+        self.id = self.checkpoint.claim(fingerprint(self.plan))
         self.cursor.register(INPUT_VIEW, self.source.schema.empty_table())
         values = self._dry_run_values()
         for statement in self.program.setup:
@@ -106,7 +107,7 @@ class MicroBatchExecution:
             self._create_state_views()
         self.source.recover(self.checkpoint.planned_ends())
         self.output = self._describe_output()
-        self.sink.open(self.cursor, self.output)
+        self.sink.open(self.cursor, self.output, self.id)
 
     def _create_state_views(self) -> None:
         """Views over the Arrow results of DML ... RETURNING that restore the state's types.
@@ -245,6 +246,7 @@ class MicroBatchExecution:
             for view in self._registered:
                 self.cursor.unregister(view)
             self._registered.clear()
+        self.sink.committed(self.cursor, batch.batch_id)
         timings["commit"] = _ms_since(mark)
         timings["total"] = _ms_since(began)
         self.batch_id = batch.batch_id + 1
@@ -255,6 +257,7 @@ class MicroBatchExecution:
         seconds = max(timings["total"] / 1000, 1e-9)
         return QueryProgress(
             id=self.id,
+            run_id=self.run_id,
             name=self.name,
             batch_id=batch.batch_id,
             timestamp=dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds"),

@@ -17,7 +17,8 @@ def timestamp_of(micros: int | None) -> str | None:
 
 @dataclass(frozen=True)
 class QueryProgress:
-    id: str
+    id: str  # the query's, kept across restarts
+    run_id: str  # this run's
     name: str
     batch_id: int
     timestamp: str

@@ -7,14 +7,20 @@ recent_progress, stop(), await_termination(timeout), process_all_available().
 from __future__ import annotations
 
 import collections
+import contextlib
+import queue
 import threading
 import time
-from typing import Any
+from collections.abc import Callable
+from concurrent.futures import Future
+from typing import Any, TypeVar
 
 from streamsql.errors import StreamingQueryError
 from streamsql.runtime.microbatch import MicroBatchExecution
 from streamsql.runtime.progress import QueryProgress
 from streamsql.runtime.triggers import Trigger, TriggerKind
+
+T = TypeVar("T")
 
 IDLE_POLL_SECONDS = 0.1  # how often an idle query re-checks sources that cannot notify
 RECENT_PROGRESS = 100
@@ -35,6 +41,9 @@ class StreamingQuery:
         self._served = threading.Condition()
         self._requested = 0  # process_all_available() calls made
         self._served_upto = 0  # calls answered by a planning pass that found nothing to do
+        self._errands: queue.SimpleQueue[tuple[Callable[[MicroBatchExecution], Any], Future]] = (
+            queue.SimpleQueue()
+        )
         self._thread = threading.Thread(
             target=self._run, name=f"streamsql-{execution.name}", daemon=True
         )
@@ -45,7 +54,12 @@ class StreamingQuery:
 
     @property
     def id(self) -> str:
+        """The query's id: the same across restarts from its checkpoint."""
         return self.execution.id
+
+    @property
+    def run_id(self) -> str:
+        return self.execution.run_id
 
     def start(self) -> StreamingQuery:
         try:
@@ -109,6 +123,27 @@ class StreamingQuery:
         if not done:
             raise TimeoutError(f"Query {self.name} did not catch up within {timeout} seconds")
 
+    def between_batches(self, errand: Callable[[MicroBatchExecution], T]) -> T:
+        """Run `errand` on the query's own thread and cursor, between two batches (the one
+        writer of its state and sink), and return its result."""
+        future: Future[T] = Future()
+        self._errands.put((errand, future))
+        self._wake.set()
+        while not future.done():
+            if not self.is_active:
+                raise StreamingQueryError(f"Query {self.name} stopped before it could do that")
+            with contextlib.suppress(TimeoutError):
+                return future.result(IDLE_POLL_SECONDS)
+        return future.result()
+
+    def _run_errands(self) -> None:
+        while not self._errands.empty():
+            errand, future = self._errands.get()
+            try:
+                future.set_result(errand(self.execution))
+            except Exception as error:  # the caller gets it; the query goes on
+                future.set_exception(error)
+
     # -- the loop ------------------------------------------------------------------------------
 
     def _run(self) -> None:
@@ -119,6 +154,7 @@ class StreamingQuery:
                 with self._served:
                     ticket = self._requested
                 self._wake.clear()
+                self._run_errands()
                 batch = self.execution.next_batch(bound)
                 if batch is None:
                     self._state = "waiting for data"
@@ -138,9 +174,11 @@ class StreamingQuery:
                         break
                 # A fixed interval: the next batch starts on the next tick, or at once when
                 # this one overran it (as in Spark).
-                remaining = self.trigger.interval - (time.monotonic() - started)
-                if remaining > 0:
-                    self._stopping.wait(remaining)
+                deadline = started + self.trigger.interval
+                while not self._stopping.is_set() and time.monotonic() < deadline:
+                    self._wake.wait(deadline - time.monotonic())  # errands are run meanwhile
+                    self._wake.clear()
+                    self._run_errands()
         except BaseException as error:  # reported through status and await_termination
             self.exception = error
             self._state = "failed"

@@ -2,29 +2,11 @@
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from enum import StrEnum
 
 from streamsql.errors import ProgrammingError
-
-UNITS = {
-    "ms": 0.001,
-    "millisecond": 0.001,
-    "milliseconds": 0.001,
-    "s": 1.0,
-    "sec": 1.0,
-    "secs": 1.0,
-    "second": 1.0,
-    "seconds": 1.0,
-    "min": 60.0,
-    "mins": 60.0,
-    "minute": 60.0,
-    "minutes": 60.0,
-    "h": 3600.0,
-    "hour": 3600.0,
-    "hours": 3600.0,
-}
+from streamsql.format import parse_seconds
 
 
 class TriggerKind(StrEnum):
@@ -51,13 +33,13 @@ class Trigger:
             return cls(TriggerKind.AVAILABLE_NOW)
         if normalized == "once":
             return cls(TriggerKind.ONCE)
-        match = re.fullmatch(r"(?:interval\s+)?(\d+(?:\.\d+)?)\s*([a-z]+)", normalized)
-        if not match or match.group(2) not in UNITS:
+        seconds = parse_seconds(normalized)
+        if seconds is None:
             raise ProgrammingError(
                 f"Invalid trigger {text!r}: use '<n> seconds' (or ms, minutes, hours), "
                 "'available_now' or 'once'"
             )
-        return cls(TriggerKind.PROCESSING_TIME, float(match.group(1)) * UNITS[match.group(2)])
+        return cls(TriggerKind.PROCESSING_TIME, seconds)
 
     def __str__(self) -> str:
         if self.kind is TriggerKind.PROCESSING_TIME:

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import duckdb
 import pyarrow as pa
 
+from streamsql.errors import ProgrammingError
 from streamsql.plan.plan import Emit
 
 
@@ -29,12 +30,20 @@ class Sink(ABC):
         self.options = options
 
     @abstractmethod
-    def open(self, cursor: duckdb.DuckDBPyConnection, schema: OutputSchema) -> None:
-        """Prepare for writing (create tables, files); called before the first batch runs."""
+    def open(self, cursor: duckdb.DuckDBPyConnection, schema: OutputSchema, query_id: str) -> None:
+        """Prepare for writing (create tables, recover files) before the first batch runs.
+        `query_id` stays the same across restarts from the query's checkpoint."""
 
     @abstractmethod
     def write(self, cursor: duckdb.DuckDBPyConnection, batch_id: int, rows: pa.Table) -> None:
         """Apply one batch's rows. `cursor` is inside the batch's open transaction."""
+
+    def committed(self, cursor: duckdb.DuckDBPyConnection, batch_id: int) -> None:  # noqa: B027
+        """Called after the batch's transaction commits (optional hook)."""
+
+    def compact(self, cursor: duckdb.DuckDBPyConnection) -> tuple[int, int]:
+        """Rewrite small output files into fewer; returns (files replaced, files written)."""
+        raise ProgrammingError(f"Sink {self.name}: only file sinks can be compacted")
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release resources when the query stops."""

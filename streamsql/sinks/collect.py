@@ -18,7 +18,7 @@ class CollectSink(Sink):
         self.batches: queue.Queue[pa.Table] = queue.Queue()
         self.schema: OutputSchema | None = None
 
-    def open(self, cursor: duckdb.DuckDBPyConnection, schema: OutputSchema) -> None:
+    def open(self, cursor: duckdb.DuckDBPyConnection, schema: OutputSchema, query_id: str) -> None:
         self.schema = schema
 
     def write(self, cursor: duckdb.DuckDBPyConnection, batch_id: int, rows: pa.Table) -> None:

@@ -19,7 +19,7 @@ class ConsoleSink(Sink):
         self.names: tuple[str, ...] = ()
         self.print_empty = options.get("print_empty", "false").lower() == "true"
 
-    def open(self, cursor: duckdb.DuckDBPyConnection, schema: OutputSchema) -> None:
+    def open(self, cursor: duckdb.DuckDBPyConnection, schema: OutputSchema, query_id: str) -> None:
         self.names = schema.names
 
     def write(self, cursor: duckdb.DuckDBPyConnection, batch_id: int, rows: pa.Table) -> None:

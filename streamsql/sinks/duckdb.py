@@ -31,7 +31,7 @@ class DuckDBSink(Sink):
     def qualified(self) -> str:
         return ".".join(quote(part) for part in self.table.split("."))
 
-    def open(self, cursor: duckdb.DuckDBPyConnection, schema: OutputSchema) -> None:
+    def open(self, cursor: duckdb.DuckDBPyConnection, schema: OutputSchema, query_id: str) -> None:
         self._write_sql = self._statements(schema)  # refuses before creating anything
         columns = [f"{quote(n)} {t}" for n, t in zip(schema.names, schema.types, strict=True)]
         if self.changelog:

@@ -72,6 +72,7 @@ class StreamSQLParser(DuckDBParser):
     WORD_STATEMENT_PARSERS: t.ClassVar = {
         "EXPLAIN": lambda self: self._parse_explain(),
         "STOP": lambda self: self._parse_stop_query(),
+        "COMPACT": lambda self: self._parse_compact_sink(),
     }
 
     SHOW_PARSERS: t.ClassVar = {
@@ -120,6 +121,11 @@ class StreamSQLParser(DuckDBParser):
         if not self._match_text_seq("QUERY"):
             self.raise_error("Expected QUERY after STOP")
         return self.expression(nodes.StopQuery(this=self._parse_id_var()))
+
+    def _parse_compact_sink(self) -> nodes.CompactSink:
+        if not self._match(TokenType.SINK):
+            self.raise_error("Expected SINK after COMPACT")
+        return self.expression(nodes.CompactSink(this=self._parse_id_var()))
 
     def _parse_describe_query(self) -> nodes.DescribeQuery:
         self._match_text_seq("QUERY")
@@ -231,6 +237,7 @@ class StreamSQLGenerator(DuckDBGenerator):
         nodes.ShowStreams: lambda self, e: f"SHOW {e.name}",
         nodes.DescribeQuery: lambda self, e: f"DESCRIBE QUERY {self.sql(e, 'this')}",
         nodes.StopQuery: lambda self, e: f"STOP QUERY {self.sql(e, 'this')}",
+        nodes.CompactSink: lambda self, e: f"COMPACT SINK {self.sql(e, 'this')}",
         exp.WatermarkColumnConstraint: lambda self, e: (
             f"WATERMARK FOR {self.sql(e, 'this')} AS {self.sql(e, 'expression')}"
         ),

@@ -68,3 +68,9 @@ class StopQuery(exp.Expression):
     """`STOP QUERY name`: stop a running sink query, keeping its checkpoint."""
 
     arg_types = {"this": True}
+
+
+class CompactSink(exp.Expression):
+    """`COMPACT SINK name`: rewrite a file sink's small files into fewer, now."""
+
+    arg_types = {"this": True}

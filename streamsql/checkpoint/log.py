@@ -10,8 +10,10 @@ belongs to: another query is refused rather than resumed on it.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -75,6 +77,20 @@ TABLES = (
         error VARCHAR,
         recorded_at TIMESTAMPTZ DEFAULT current_timestamp)""",
 )
+
+
+@contextlib.contextmanager
+def transaction(cursor: duckdb.DuckDBPyConnection) -> Iterator[None]:
+    """BEGIN ... COMMIT, rolled back on any error. A COMMIT that fails (a full disk) has
+    rolled back already; its error is the one raised."""
+    cursor.execute("BEGIN TRANSACTION").fetchall()
+    try:
+        yield
+        cursor.execute("COMMIT").fetchall()
+    except BaseException:
+        with contextlib.suppress(duckdb.Error):
+            cursor.execute("ROLLBACK").fetchall()
+        raise
 
 
 @dataclass(frozen=True)

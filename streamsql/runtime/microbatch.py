@@ -21,7 +21,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from streamsql.checkpoint.fingerprint import fingerprint
-from streamsql.checkpoint.log import SCHEMA, Checkpoint, CommitRecord, PlannedBatch
+from streamsql.checkpoint.log import SCHEMA, Checkpoint, CommitRecord, PlannedBatch, transaction
 from streamsql.errors import DataError, ProgrammingError
 from streamsql.incremental.compiler import INPUT_VIEW, BatchProgram, Effect, Fetch, Step
 from streamsql.plan.plan import StreamingPlan
@@ -216,30 +216,32 @@ class MicroBatchExecution:
         timings["read"] = _ms_since(began)
         mark = time.perf_counter()
         state_rows, earliest_end = self.state_rows, self.earliest_end
-        self.cursor.execute("BEGIN TRANSACTION").fetchall()
         try:
-            stats, emitted = self._execute_steps(batch, data.rows)
-            timings["execute"] = _ms_since(mark)
-            mark = time.perf_counter()
-            dead = self._dead_letters(batch, data)
-            max_event = self.max_event_us
-            if stats.max_event_us is not None:
-                truncated = stats.max_event_us // 1000 * 1000  # Spark keeps the watermark in ms
-                max_event = truncated if max_event is None else max(max_event, truncated)
-            next_watermark = batch.watermark_us
-            if max_event is not None and next_watermark is not None:
-                next_watermark = max(next_watermark, max_event - self.plan.watermark_delay_us)
-            self.sink.write(self.cursor, batch.batch_id, emitted)
-            timings["sink"] = _ms_since(mark)
-            mark = time.perf_counter()
-            self.checkpoint.record_commit(
-                CommitRecord(
-                    batch.batch_id, next_watermark, max_event, stats.input_rows, emitted.num_rows
+            with transaction(self.cursor):
+                stats, emitted = self._execute_steps(batch, data.rows)
+                timings["execute"] = _ms_since(mark)
+                mark = time.perf_counter()
+                dead = self._dead_letters(batch, data)
+                max_event = self.max_event_us
+                if stats.max_event_us is not None:
+                    truncated = stats.max_event_us // 1000 * 1000  # Spark keeps ms
+                    max_event = truncated if max_event is None else max(max_event, truncated)
+                next_watermark = batch.watermark_us
+                if max_event is not None and next_watermark is not None:
+                    next_watermark = max(next_watermark, max_event - self.plan.watermark_delay_us)
+                self.sink.write(self.cursor, batch.batch_id, emitted)
+                timings["sink"] = _ms_since(mark)
+                mark = time.perf_counter()
+                self.checkpoint.record_commit(
+                    CommitRecord(
+                        batch.batch_id,
+                        next_watermark,
+                        max_event,
+                        stats.input_rows,
+                        emitted.num_rows,
+                    )
                 )
-            )
-            self.cursor.execute("COMMIT").fetchall()
         except BaseException:
-            self.cursor.execute("ROLLBACK").fetchall()
             self.state_rows, self.earliest_end = state_rows, earliest_end
             raise
         finally:

@@ -26,7 +26,7 @@ from typing import Any
 import duckdb
 import pyarrow as pa
 
-from streamsql.checkpoint.log import SINK_FILES
+from streamsql.checkpoint.log import SINK_FILES, transaction
 from streamsql.errors import OperationalError, PlanningError, ProgrammingError
 from streamsql.format import parse_bytes, parse_seconds
 from streamsql.plan.plan import Emit
@@ -314,8 +314,7 @@ class FileSink(Sink):
         set to the rewritten files in one transaction."""
         runs = self._runs(cursor)
         if runs:
-            cursor.execute("BEGIN TRANSACTION").fetchall()
-            try:
+            with transaction(cursor):
                 for run in runs:
                     first, last = _batches(run[0])[0], _batches(run[-1])[1]
                     select = self._write_select(f"({self.relation(run)})", "_batch_id")
@@ -326,10 +325,6 @@ class FileSink(Sink):
                         [self.name, run],
                     ).fetchall()
                 self._publish_view(cursor)
-                cursor.execute("COMMIT").fetchall()
-            except BaseException:
-                cursor.execute("ROLLBACK").fetchall()
-                raise
             self._write_manifest(cursor)
         self._delete_retired(cursor)
         return sum(len(run) for run in runs), len(runs)

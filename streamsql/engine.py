@@ -30,6 +30,7 @@ from streamsql.plan.catalog import SinkDef, SourceDef, differences, sink_def, so
 from streamsql.plan.plan import StreamingPlan
 from streamsql.plan.planner import Planner
 from streamsql.runtime.microbatch import MicroBatchExecution
+from streamsql.runtime.progress import timestamp_of
 from streamsql.runtime.push import PushStream
 from streamsql.runtime.query import StreamingQuery
 from streamsql.runtime.triggers import Trigger
@@ -437,14 +438,15 @@ class Engine:
         )
 
     def _query_row(self, query: StreamingQuery) -> tuple[Any, ...]:
-        progress = query.last_progress
+        """Where the query stands: from its checkpoint, so also right after a restart."""
+        execution = query.execution
         return (
             query.name,
             query.status["message"],
             str(query.trigger),
-            progress.batch_id if progress else None,
-            progress.next_watermark if progress else None,
-            progress.state_rows if progress else None,
+            execution.last_committed,
+            timestamp_of(execution.watermark),
+            execution.state_rows,
         )
 
     def describe_query(
@@ -452,7 +454,13 @@ class Engine:
     ) -> Result:
         query = self.query(statement.expression.this.name)
         progress = query.last_progress
-        rows = [("status", str(query.status))]
+        rows = [
+            ("status", str(query.status)),
+            ("id", query.id),
+            ("run_id", query.run_id),
+            ("last_committed_batch", str(query.execution.last_committed)),
+            ("watermark", str(timestamp_of(query.execution.watermark))),
+        ]
         if progress is not None:
             rows += [(key, str(value)) for key, value in progress.to_dict().items()]
         return Result(["property", "value"], rows)

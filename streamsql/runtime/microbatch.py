@@ -179,6 +179,11 @@ class MicroBatchExecution:
             plan.keys_complete,
         )
 
+    @property
+    def last_committed(self) -> int | None:
+        """The last batch in the commit log (restored from the checkpoint at start)."""
+        return self.batch_id - 1 if self.batch_id else None
+
     # -- one batch -------------------------------------------------------------------------
 
     @property

@@ -117,6 +117,7 @@ class FileSink(Sink):
         self.changelog = options.get("changelog", "").lower() == "true"
         self.schema: OutputSchema | None = None
         self.query_id = ""
+        self._changed = False  # the batch in flight changed the live files
 
     def _option(
         self, key: str, parse: Callable[[str], float | None], expected: str, default: str
@@ -171,7 +172,7 @@ class FileSink(Sink):
         commit recorded (their batch runs again and writes them anew)."""
         for leftover in (self.directory / STAGING).iterdir():
             leftover.unlink()
-        recorded = {file for file, _ in self._files(cursor, live=None)}
+        recorded = {file for file, _ in self._files(cursor, retired_too=True)}
         for entry in self.directory.iterdir():
             if self._ours(entry.name) and entry.name not in recorded:
                 entry.unlink()
@@ -185,13 +186,12 @@ class FileSink(Sink):
         self._delete_retired(cursor)
 
     def _files(
-        self, cursor: duckdb.DuckDBPyConnection, live: bool | None = True
+        self, cursor: duckdb.DuckDBPyConnection, retired_too: bool = False
     ) -> list[tuple[str, int]]:
-        """(file, bytes) of the live files (live=True), retired ones (False) or all (None)."""
-        where = {True: " AND retired_at IS NULL", False: " AND retired_at IS NOT NULL"}
+        """(file, bytes) of the live files, in batch order (and of those awaiting deletion)."""
+        live = "" if retired_too else " AND retired_at IS NULL"
         return cursor.execute(
-            f"SELECT file, bytes FROM {SINK_FILES} WHERE query = ?{where.get(live, '')} "
-            "ORDER BY first_batch",
+            f"SELECT file, bytes FROM {SINK_FILES} WHERE query = ?{live} ORDER BY first_batch",
             [self.name],
         ).fetchall()
 
@@ -213,7 +213,8 @@ class FileSink(Sink):
                 self._publish(cursor, select, batch_id, batch_id, params)
             finally:
                 cursor.unregister(ROWS_VIEW)
-        if rows.num_rows or replaces:
+        self._changed = bool(rows.num_rows or replaces)
+        if self._changed:
             self._publish_view(cursor)
 
     def _write_select(self, relation: str, batch_id: str) -> str:
@@ -257,7 +258,8 @@ class FileSink(Sink):
         return name
 
     def committed(self, cursor: duckdb.DuckDBPyConnection, batch_id: int) -> None:
-        self._write_manifest(cursor, batch_id)
+        if self._changed:
+            self._write_manifest(cursor, batch_id)
         if self.compact_every and (batch_id + 1) % self.compact_every == 0:
             self.compact(cursor)
         else:

@@ -259,7 +259,7 @@ class FileSink(Sink):
 
     def committed(self, cursor: duckdb.DuckDBPyConnection, batch_id: int) -> None:
         if self._changed:
-            self._write_manifest(cursor, batch_id)
+            self._write_manifest(cursor)
         if self.compact_every and (batch_id + 1) % self.compact_every == 0:
             self.compact(cursor)
         else:
@@ -295,15 +295,14 @@ class FileSink(Sink):
             )
         cursor.execute(f"CREATE OR REPLACE VIEW {quote(self.view)} AS {select}").fetchall()
 
-    def _write_manifest(
-        self, cursor: duckdb.DuckDBPyConnection, batch_id: int | None = None
-    ) -> None:
+    def _write_manifest(self, cursor: duckdb.DuckDBPyConnection) -> None:
         """The live files, for readers outside the engine (written after each commit)."""
+        files = [file for file, _ in self._files(cursor)]
         manifest = {
             "sink": self.name,
             "format": self.format.extension,
-            "batch_id": batch_id,
-            "files": [file for file, _ in self._files(cursor)],
+            "last_batch": max((_batches(file)[1] for file in files), default=None),
+            "files": files,
         }
         staged = self.directory / STAGING / MANIFEST
         staged.write_text(json.dumps(manifest, indent=1))

@@ -14,6 +14,7 @@ import warnings
 import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import duckdb
@@ -263,6 +264,7 @@ class Engine:
                     self._set_running(name, True)
                 return Result()
             definition = sink_def(create, statement.text)
+            self._check_path(definition)
             if existing is not None and not create.args.get("replace"):
                 self._restart_changed(existing, definition)
             else:
@@ -272,6 +274,22 @@ class Engine:
             self.sinks[name.lower()] = definition
             self._remember("SINK", name, statement.text)
         return Result()
+
+    def _check_path(self, definition: SinkDef) -> None:
+        """Each sink writes to a directory of its own."""
+        path = definition.options.get("path")
+        for other in self.sinks.values():
+            theirs = other.options.get("path")
+            if (
+                path
+                and theirs
+                and other.name.lower() != definition.name.lower()
+                and Path(theirs).resolve() == Path(path).resolve()
+            ):
+                raise ProgrammingError(
+                    f"Sink {definition.name}: path {path!r} is where sink {other.name} writes; "
+                    "each sink needs a directory of its own"
+                )
 
     def _restart_changed(self, existing: SinkDef, definition: SinkDef) -> None:
         """Resume a sink's checkpoint under a new definition, if its state is unaffected
@@ -289,7 +307,7 @@ class Engine:
             previous.stop()
         try:
             self._start(definition)
-        except Error:
+        except Exception:
             if previous is not None:
                 self._start(existing)
             raise

@@ -116,7 +116,15 @@ class Checkpoint:
 
     def __init__(self, cursor: duckdb.DuckDBPyConnection, query: str) -> None:
         self.cursor = cursor
-        self.query = query
+        self.query = query.lower()  # names are case-insensitive, as in DuckDB
+
+    def is_new(self) -> bool:
+        """Nothing of this query is recorded yet."""
+        return not self.cursor.execute(
+            f"SELECT 1 FROM {SCHEMA}.metadata WHERE query = ? UNION ALL "
+            f"SELECT 1 FROM {SCHEMA}.offsets WHERE query = ? LIMIT 1",
+            [self.query, self.query],
+        ).fetchall()
 
     @staticmethod
     def create_tables(con: duckdb.DuckDBPyConnection) -> None:

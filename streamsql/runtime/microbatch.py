@@ -22,7 +22,7 @@ import pyarrow.compute as pc
 
 from streamsql.checkpoint.fingerprint import fingerprint
 from streamsql.checkpoint.log import SCHEMA, Checkpoint, CommitRecord, PlannedBatch, transaction
-from streamsql.errors import DataError, ProgrammingError
+from streamsql.errors import DataError, ProgrammingError, from_duckdb
 from streamsql.incremental.compiler import INPUT_VIEW, BatchProgram, Effect, Fetch, Step
 from streamsql.plan.plan import StreamingPlan
 from streamsql.runtime.progress import QueryProgress, timestamp_of
@@ -81,8 +81,27 @@ class MicroBatchExecution:
     # -- start and recovery ------------------------------------------------------------------
 
     def start(self) -> None:
-        """Claim the checkpoint, create state, resume from the last commit, open the sink."""
+        """Claim the checkpoint, create state, resume from the last commit, open the sink.
+        A query that fails to start on a new checkpoint leaves nothing behind."""
+        fresh = self.checkpoint.is_new()
         self.id = self.checkpoint.claim(fingerprint(self.plan))
+        try:
+            self._resume()
+            self.sink.open(self.cursor, self.output, self.id)
+        except duckdb.Error as error:
+            self._discard(fresh)
+            raise from_duckdb(error, f"Sink {self.sink.name}") from None
+        except BaseException:
+            self._discard(fresh)
+            raise
+
+    def _discard(self, fresh: bool) -> None:
+        if fresh:
+            self.checkpoint.forget()
+            if self.program.state_table:
+                self.cursor.execute(f"DROP TABLE IF EXISTS {self.program.state_table}").fetchall()
+
+    def _resume(self) -> None:
         self.cursor.register(INPUT_VIEW, self.source.schema.empty_table())
         values = self._dry_run_values()
         for statement in self.program.setup:
@@ -107,7 +126,6 @@ class MicroBatchExecution:
             self._create_state_views()
         self.source.recover(self.checkpoint.planned_ends())
         self.output = self._describe_output()
-        self.sink.open(self.cursor, self.output, self.id)
 
     def _create_state_views(self) -> None:
         """Views over the Arrow results of DML ... RETURNING that restore the state's types.
@@ -141,7 +159,7 @@ class MicroBatchExecution:
             "late": 0,
             "watermark": 0,
             "late_cutoff": 0,
-            "query": self.name,
+            "query": self.checkpoint.query,
             "batch_id": self.batch_id,
             **self.plan.parameters,
         }
@@ -296,7 +314,7 @@ class MicroBatchExecution:
             "late": late,
             "watermark": batch.watermark_us,
             "late_cutoff": window.late_cutoff(late) if window and late is not None else None,
-            "query": self.name,
+            "query": self.checkpoint.query,
             "batch_id": batch.batch_id,
         }
         stats = self._statistics(rows, values)

@@ -51,6 +51,9 @@ class FileFormat:
         raise NotImplementedError
 
     def read_options(self, columns: list[tuple[str, str]]) -> str:
+        """Reader options; with `columns`, the names and types to read (else detected)."""
+        if not columns:
+            return ""
         typed = ", ".join(f"{quote_string(n)}: {quote_string(t)}" for n, t in columns)
         return f", columns = {{{typed}}}"
 
@@ -84,7 +87,9 @@ class CSV(FileFormat):
 
     def read_options(self, columns: list[tuple[str, str]]) -> str:
         delimiter = quote_string(self.delimiter)
-        return f", header = true, delim = {delimiter}" + super().read_options(columns)
+        # A NULL is written as an empty field, '' as "": read them back apart.
+        options = f", header = true, delim = {delimiter}, allow_quoted_nulls = false"
+        return options + super().read_options(columns)
 
 
 class JSONLines(FileFormat):
@@ -109,6 +114,7 @@ class FileSink(Sink):
             raise ProgrammingError(f"Sink {name}: the {self.format_name} connector needs path")
         self.directory = Path(options["path"])
         self.format = FILE_FORMATS[self.format_name](options)
+        self.key = name.lower()  # the query's key in the checkpoint tables
         self.view = options.get("view", name)
         self.compact_every = self._option("compact_every", int, "a number of batches", 10)
         self.target_size = self._option("target_file_size", parse_bytes, "a size", "128MB")
@@ -155,6 +161,7 @@ class FileSink(Sink):
             )
         (self.directory / STAGING).mkdir(parents=True, exist_ok=True)
         self._recover(cursor)
+        self._check_columns(cursor)
         self._publish_view(cursor)
         self._write_manifest(cursor)
 
@@ -185,6 +192,27 @@ class FileSink(Sink):
             )
         self._delete_retired(cursor)
 
+    def _check_columns(self, cursor: duckdb.DuckDBPyConnection) -> None:
+        """The files written so far must have the columns the query emits now."""
+        files = self._files(cursor)
+        if not files:
+            return
+        last = quote_string(str(self.directory / files[-1][0]))
+        found = [
+            row[0]
+            for row in cursor.execute(
+                f"DESCRIBE SELECT * FROM {self.format.reader}({last}{self.format.read_options([])})"
+            ).fetchall()
+        ]
+        expected = [name for name, _ in self.columns]
+        if [n.lower() for n in found] != [n.lower() for n in expected]:
+            raise ProgrammingError(
+                f"Sink {self.name}: its files in {self.directory} have columns "
+                f"({', '.join(found)}) but the query emits ({', '.join(expected)}); "
+                f"CREATE OR REPLACE SINK {self.name} to start over (the files written so far "
+                "stay where they are and leave the view), or write to another path"
+            )
+
     def _files(
         self, cursor: duckdb.DuckDBPyConnection, retired_too: bool = False
     ) -> list[tuple[str, int]]:
@@ -192,7 +220,7 @@ class FileSink(Sink):
         live = "" if retired_too else " AND retired_at IS NULL"
         return cursor.execute(
             f"SELECT file, bytes FROM {SINK_FILES} WHERE query = ?{live} ORDER BY first_batch",
-            [self.name],
+            [self.key],
         ).fetchall()
 
     # -- one batch ---------------------------------------------------------------------------
@@ -203,7 +231,7 @@ class FileSink(Sink):
             cursor.execute(
                 f"UPDATE {SINK_FILES} SET retired_at = current_timestamp "
                 "WHERE query = ? AND retired_at IS NULL",
-                [self.name],
+                [self.key],
             ).fetchall()
         if rows.num_rows:
             cursor.register(ROWS_VIEW, rows)
@@ -253,7 +281,7 @@ class FileSink(Sink):
         cursor.execute(
             f"INSERT OR REPLACE INTO {SINK_FILES} (query, file, first_batch, last_batch, rows, "
             "bytes) VALUES (?, ?, ?, ?, ?, ?)",
-            [self.name, name, first, last, rows, (self.directory / name).stat().st_size],
+            [self.key, name, first, last, rows, (self.directory / name).stat().st_size],
         ).fetchall()
         return name
 
@@ -323,7 +351,7 @@ class FileSink(Sink):
                     cursor.execute(
                         f"UPDATE {SINK_FILES} SET retired_at = current_timestamp "
                         f"WHERE query = ? AND list_contains(?, file)",
-                        [self.name, run],
+                        [self.key, run],
                     ).fetchall()
                 self._publish_view(cursor)
             self._write_manifest(cursor)
@@ -349,7 +377,7 @@ class FileSink(Sink):
         expired = cursor.execute(
             f"SELECT file FROM {SINK_FILES} WHERE query = ? AND retired_at IS NOT NULL AND "
             "retired_at <= current_timestamp - to_microseconds(?::BIGINT)",
-            [self.name, int(self.retention * 1_000_000)],
+            [self.key, int(self.retention * 1_000_000)],
         ).fetchall()
         for (file,) in expired:
             with contextlib.suppress(FileNotFoundError):
@@ -357,7 +385,7 @@ class FileSink(Sink):
         if expired:
             cursor.execute(
                 f"DELETE FROM {SINK_FILES} WHERE query = ? AND list_contains(?, file)",
-                [self.name, [file for (file,) in expired]],
+                [self.key, [file for (file,) in expired]],
             ).fetchall()
 
 

@@ -258,9 +258,8 @@ class Engine:
         with self._lock:
             existing = self.sinks.get(name.lower())
             if existing is not None and self._unchanged(existing, create, statement.text):
-                running = self.queries.get(name.lower())
-                if not create.args.get("exists") and not (running and running.is_active):
-                    self._start(existing)  # a stopped or failed sink, submitted again
+                if not create.args.get("exists") and self._resubmittable(name):
+                    self._start(existing)
                     self._set_running(name, True)
                 return Result()
             definition = sink_def(create, statement.text)
@@ -274,6 +273,18 @@ class Engine:
             self.sinks[name.lower()] = definition
             self._remember("SINK", name, statement.text)
         return Result()
+
+    def _resubmittable(self, name: str) -> bool:
+        """A sink submitted again starts again if it was stopped or failed (one that ran to
+        its end, as `available_now` does, or that still runs is left as it is)."""
+        query = self.queries.get(name.lower())
+        if query is None or query.exception is not None:
+            return True
+        (running,) = self.db.execute(
+            f"SELECT running FROM {SCHEMA}.catalog WHERE kind = 'SINK' AND lower(name) = ?",
+            [name.lower()],
+        ).fetchall()[0]
+        return not query.is_active and not running
 
     def _check_path(self, definition: SinkDef) -> None:
         """Each sink writes to a directory of its own."""

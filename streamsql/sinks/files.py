@@ -31,7 +31,7 @@ from streamsql.errors import OperationalError, PlanningError, ProgrammingError
 from streamsql.format import parse_bytes, parse_seconds
 from streamsql.plan.plan import Emit
 from streamsql.sinks.base import OutputSchema, Sink
-from streamsql.sql import quote
+from streamsql.sql import literal, quote
 
 ROWS_VIEW = "__file_rows"
 STAGING = ".staging"
@@ -54,7 +54,7 @@ class FileFormat:
         """Reader options; with `columns`, the names and types to read (else detected)."""
         if not columns:
             return ""
-        typed = ", ".join(f"{quote_string(n)}: {quote_string(t)}" for n, t in columns)
+        typed = ", ".join(f"{literal(n)}: {literal(t)}" for n, t in columns)
         return f", columns = {{{typed}}}"
 
     def write_type(self, type_: str) -> str:
@@ -79,14 +79,14 @@ class CSV(FileFormat):
     extension, reader = "csv", "read_csv"
 
     def copy_options(self) -> str:
-        return f"FORMAT csv, HEADER true, DELIMITER {quote_string(self.delimiter)}"
+        return f"FORMAT csv, HEADER true, DELIMITER {literal(self.delimiter)}"
 
     @property
     def delimiter(self) -> str:
         return self.options.get("delimiter", ",")
 
     def read_options(self, columns: list[tuple[str, str]]) -> str:
-        delimiter = quote_string(self.delimiter)
+        delimiter = literal(self.delimiter)
         # A NULL is written as an empty field, '' as "": read them back apart.
         options = f", header = true, delim = {delimiter}, allow_quoted_nulls = false"
         return options + super().read_options(columns)
@@ -197,7 +197,7 @@ class FileSink(Sink):
         files = self._files(cursor)
         if not files:
             return
-        last = quote_string(str(self.directory / files[-1][0]))
+        last = literal(str(self.directory / files[-1][0]))
         found = [
             row[0]
             for row in cursor.execute(
@@ -264,13 +264,13 @@ class FileSink(Sink):
         first: int,
         last: int,
         params: dict[str, int] | None = None,
-    ) -> str:
+    ) -> None:
         """Write `select` to a staging file, sync it, rename it into place, and record it
         (in the caller's transaction)."""
         name = self._file_name(first, last)
         staged = self.directory / STAGING / name
         rows = cursor.execute(
-            f"COPY ({select}) TO {quote_string(str(staged))} ({self.format.copy_options()})",
+            f"COPY ({select}) TO {literal(str(staged))} ({self.format.copy_options()})",
             params,
         ).fetchall()[0][0]
         if self.fsync:
@@ -283,7 +283,6 @@ class FileSink(Sink):
             "bytes) VALUES (?, ?, ?, ?, ?, ?)",
             [self.key, name, first, last, rows, (self.directory / name).stat().st_size],
         ).fetchall()
-        return name
 
     def committed(self, cursor: duckdb.DuckDBPyConnection, batch_id: int) -> None:
         if self._changed:
@@ -307,7 +306,7 @@ class FileSink(Sink):
             nulls = ", ".join(f"CAST(NULL AS {t}) AS {quote(n)}" for n, t in self.columns)
             return f"SELECT {nulls} WHERE false"
         casts = ", ".join(f"CAST({quote(n)} AS {t}) AS {quote(n)}" for n, t in self.columns)
-        paths = ", ".join(quote_string(str(self.directory.resolve() / f)) for f in files)
+        paths = ", ".join(literal(str(self.directory.resolve() / f)) for f in files)
         options = self.format.read_options(self.columns)
         return f"SELECT {casts} FROM {self.format.reader}([{paths}]{options})"
 
@@ -399,10 +398,6 @@ class CSVSink(FileSink):
 
 class JSONSink(FileSink):
     format_name = "json"
-
-
-def quote_string(text: str) -> str:
-    return "'" + text.replace("'", "''") + "'"
 
 
 def _batches(file: str) -> tuple[int, int]:

@@ -16,17 +16,13 @@ import pyarrow as pa
 
 from streamsql.plan.catalog import Column
 from streamsql.sources.base import DEAD_LETTER_SCHEMA, SourceBatch
-from streamsql.sql import quote
+from streamsql.sql import literal, quote
 
 FORMATS = ("json", "csv", "parquet")
 INTEGER_TYPES = {
     "TINYINT", "SMALLINT", "INTEGER", "INT", "BIGINT", "HUGEINT",
     "UTINYINT", "USMALLINT", "UINTEGER", "UBIGINT", "UHUGEINT",
 }  # fmt: skip
-
-
-def literal(text: str) -> str:
-    return "'" + text.replace("'", "''") + "'"
 
 
 class Decoder:

@@ -34,6 +34,12 @@ def quote(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
+def literal(text: str) -> str:
+    """A DuckDB string literal, for the few places (file paths in COPY and readers) where a
+    statement cannot take a parameter."""
+    return "'" + text.replace("'", "''") + "'"
+
+
 def parse(sql: str) -> list[Statement]:
     """Split a script on semicolons and parse every statement; positions are script-relative."""
     try:

@@ -71,6 +71,9 @@ class MicroBatchExecution:
         self.output: OutputSchema | None = None
         self.empty_output: pa.Table = pa.table({})
         self.state_rows = 0
+        self.state_updated = self.state_removed = 0  # by the batch in flight
+        self.planning_ms = 0.0  # the batch in flight's planning and offset-log write
+        self.last_started: float | None = None  # when the previous batch started
         self.compacted_rows = 0
         # No window in state ends before this (None: no windows): closing steps run only
         # when it is at or below the watermark.
@@ -220,6 +223,7 @@ class MicroBatchExecution:
             logged = self.checkpoint.planned(self.batch_id)
             if logged is not None:
                 return logged
+        began = time.perf_counter()
         end = self.source.plan_batch(self.committed_end, bound)
         if end is None:
             if not self.needs_no_data_batch:
@@ -229,11 +233,14 @@ class MicroBatchExecution:
             self.batch_id, self.committed_end, end, self.watermark, self.late_threshold
         )
         self.checkpoint.log_offsets(batch)
+        self.planning_ms = _ms_since(began)
         return batch
 
     def run(self, batch: PlannedBatch) -> QueryProgress:
-        timings: dict[str, float] = {}
+        timings: dict[str, float] = {"plan": self.planning_ms}
+        self.planning_ms = 0.0
         began = time.perf_counter()
+        self.state_updated = self.state_removed = 0
         no_data = batch.end == batch.start
         data = self.source.empty() if no_data else self.source.read(batch.start, batch.end)
         timings["read"] = _ms_since(began)
@@ -273,13 +280,15 @@ class MicroBatchExecution:
             self._registered.clear()
         self.sink.committed(self.cursor, batch.batch_id)
         timings["commit"] = _ms_since(mark)
-        timings["total"] = _ms_since(began)
+        timings["total"] = round(timings["plan"] + _ms_since(began), 3)
         self.batch_id = batch.batch_id + 1
         self.committed_end = batch.end
         self.late_threshold = batch.watermark_us
         self.watermark = next_watermark
         self.max_event_us = max_event
         seconds = max(timings["total"] / 1000, 1e-9)
+        since_last = began - self.last_started if self.last_started is not None else seconds
+        self.last_started = began
         return QueryProgress(
             id=self.id,
             run_id=self.run_id,
@@ -296,14 +305,39 @@ class MicroBatchExecution:
             next_watermark=timestamp_of(next_watermark),
             state_rows=self.state_rows,
             duration_ms=timings,
-            input_rows_per_second=stats.input_rows / seconds,
+            input_rows_per_second=stats.input_rows / max(since_last, 1e-9),
             processed_rows_per_second=stats.input_rows / seconds,
             no_data_batch=no_data,
+            state_operators=self._state_operators(),
             sources=[
-                {"source": self.source.name, "start_offset": batch.start, "end_offset": batch.end}
+                {
+                    "source": self.source.name,
+                    "connector": self.source.definition.connector,
+                    "start_offset": batch.start,
+                    "end_offset": batch.end,
+                    "num_input_rows": stats.input_rows,
+                    "lag": self.source.backlog(batch.end),
+                }
             ],
-            sink={"name": self.sink.name, "connector": type(self.sink).__name__},
+            sink={
+                "name": self.sink.name,
+                "connector": type(self.sink).__name__,
+                "num_output_rows": emitted.num_rows,
+            },
         )
+
+    def _state_operators(self) -> list[dict[str, Any]]:
+        """Spark's stateOperators: the state store of the query's one stateful operator."""
+        if not self.program.state_table:
+            return []
+        return [
+            {
+                "operator": self.plan.kind.value,
+                "num_rows_total": self.state_rows,
+                "num_rows_updated": self.state_updated,
+                "num_rows_removed": self.state_removed,
+            }
+        ]
 
     def _execute_steps(self, batch: PlannedBatch, rows: pa.Table) -> tuple[BatchStats, pa.Table]:
         self._register(INPUT_VIEW, rows)
@@ -346,18 +380,26 @@ class MicroBatchExecution:
             COMPACTION_MIN_ROWS, self.compacted_rows
         ):
             for step in self.program.compaction:
-                self._apply(step, values)
+                self._apply(step, values, churn=False)
             self.compacted_rows = self.state_rows
         return stats, self.empty_output if emitted is None else emitted
 
-    def _apply(self, step: Step, values: dict[str, int | None]) -> Any:
-        """Run a step and account for the state rows it adds or removes."""
+    def _apply(self, step: Step, values: dict[str, int | None], churn: bool = True) -> Any:
+        """Run a step and account for the state rows it adds, updates or removes (`churn`:
+        count them as the batch's updated and removed rows; compaction's are not)."""
         result = self._run_step(step, {name: values[name] for name in step.parameters} or None)
+        added = removed = updated = 0
         if step.effect is Effect.MERGES:
-            self.state_rows += pc.sum(pc.equal(result["__action"], "INSERT")).as_py() or 0
+            added = pc.sum(pc.equal(result["__action"], "INSERT")).as_py() or 0
+            updated = result.num_rows
         elif step.effect is not Effect.NONE:
             count = result.num_rows if isinstance(result, pa.Table) else result[0][0]
-            self.state_rows += count if step.effect is Effect.ADDS else -count
+            added, removed = (count, 0) if step.effect is Effect.ADDS else (0, count)
+            updated = added
+        self.state_rows += added - removed
+        if churn:
+            self.state_updated += updated
+            self.state_removed += removed
         return result
 
     def _statistics(self, rows: pa.Table, values: dict[str, int | None]) -> BatchStats:

@@ -32,9 +32,10 @@ class QueryProgress:
     next_watermark: str | None  # W_(N+1)
     state_rows: int
     duration_ms: dict[str, float]
-    input_rows_per_second: float
-    processed_rows_per_second: float
+    input_rows_per_second: float  # rows of this batch / time since the previous one started
+    processed_rows_per_second: float  # rows of this batch / its duration
     no_data_batch: bool
+    state_operators: list[dict[str, Any]] = field(default_factory=list)
     sources: list[dict[str, Any]] = field(default_factory=list)
     sink: dict[str, Any] = field(default_factory=dict)
 

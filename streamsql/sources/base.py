@@ -79,6 +79,11 @@ class Source(ABC):
         """A bound covering everything available now (trigger available_now)."""
         return None
 
+    def backlog(self, end: Offset) -> int | None:
+        """How much is available beyond `end` (records, files), as far as the source knows
+        without asking anyone: the lag a progress record reports. None if unknown."""
+        return None
+
     def recover(self, planned_ends: list[Offset]) -> None:  # noqa: B027 - optional hook
         """Called when a query resumes, with every end offset it ever planned."""
 

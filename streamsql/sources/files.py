@@ -39,6 +39,7 @@ class FileSource(Source):
         self.delimiter = self.options.get("delimiter", ",")
         self.decoder = Decoder(self.definition.columns, self.schema)
         self._seen: set[str] = set()
+        self._unread: int | None = None  # files left for later batches at the last planning
 
     def _listing(self) -> list[str]:
         if not self.directory.is_dir():
@@ -76,10 +77,16 @@ class FileSource(Source):
             if name not in self._seen and (allowed is None or name in allowed)
         ]
         if not new:
+            self._unread = 0
             return None
         chosen = new[: self.max_files] if self.max_files else new
         self._seen.update(chosen)
+        self._unread = len(new) - len(chosen)
         return {"files": chosen}
+
+    def backlog(self, end: Offset) -> int | None:
+        """Files listed but not read yet, as of the last planning."""
+        return self._unread
 
     def read(self, start: Offset, end: Offset) -> SourceBatch:
         batches = [self._read_file(name) for name in end["files"]]

@@ -57,6 +57,9 @@ class MemorySource(Source):
             end = min(end, first + self.max_rows)
         return {"rows": end} if end > first else None
 
+    def backlog(self, end: Offset) -> int | None:
+        return max(self.total - end["rows"], 0)
+
     def read(self, start: Offset, end: Offset) -> SourceBatch:
         first, last = start["rows"], end["rows"]
         if last > self.total:

@@ -1,9 +1,11 @@
-"""The `streamsql` command: run a .sql file, or explain the per-batch SQL of its queries."""
+"""The `streamsql` command: run a .sql file, explain its per-batch SQL, show where a
+database's sinks stand, or open the interactive shell."""
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import signal
 import sys
 import threading
@@ -18,8 +20,10 @@ from streamsql.errors import Error
 from streamsql.format import format_table
 from streamsql.runtime.query import StreamingQuery
 from streamsql.sql import parse
+from streamsql.status import COLUMNS, database_status
 
-PROGRESS_SECONDS = 2.0
+PROGRESS_SECONDS = 2.0  # between progress lines when not on a terminal
+LIVE_SECONDS = 0.5  # between redraws of the live lines on a terminal
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -34,7 +38,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     explain = commands.add_parser("explain", help="print each query's plan and per-batch SQL")
     explain.add_argument("file", type=Path)
+    status = commands.add_parser("status", help="where each sink of a database stands")
+    status.add_argument("db")
     args = parser.parse_args(argv)
+    if args.command == "status":
+        try:
+            return print_status(args.db, sys.stdout)
+        except Error as error:
+            print(f"Error: {error}", file=sys.stderr)
+            return 1
     try:
         sql = args.file.read_text()
     except OSError as error:
@@ -94,30 +106,63 @@ def _print_rows(cursor: streamsql.Cursor, interrupted: threading.Event, out: Tex
 
 
 def _wait(engine: Engine, interrupted: threading.Event, err: TextIO) -> None:
+    """Until the queries end or Ctrl-C: a live line per query on a terminal, redrawn in
+    place; elsewhere (a log, a pipe) plain lines every few seconds."""
     queries = [q for q in engine.queries.values() if q.is_active]
+    live = err.isatty()
+    every = LIVE_SECONDS if live else PROGRESS_SECONDS
+    shown = 0
     last_report = time.monotonic()
     while any(q.is_active for q in queries) and not interrupted.is_set():
         time.sleep(0.05)
-        if time.monotonic() - last_report >= PROGRESS_SECONDS:
+        if time.monotonic() - last_report >= every:
             last_report = time.monotonic()
-            for query in queries:
-                print(_progress_line(query), file=err, flush=True)
+            shown = _report(queries, err, shown if live else 0)
+    if interrupted.is_set():
+        print("Interrupted: stopping after the batches in flight commit", file=err, flush=True)
+        shown = 0
     for query in queries:
         query.stop()  # after the batch in flight commits
+    _report(queries, err, shown)
+
+
+def _report(queries: list[StreamingQuery], err: TextIO, shown: int) -> int:
+    """Print a line per query, over the `shown` lines printed last time."""
+    if shown:
+        err.write(f"\x1b[{shown}F")  # back to the first of them
     for query in queries:
-        print(_progress_line(query), file=err, flush=True)
+        err.write(("\x1b[2K" if shown else "") + _progress_line(query) + "\n")
+    err.flush()
+    return len(queries)
 
 
 def _progress_line(query: StreamingQuery) -> str:
     progress = query.last_progress
     if progress is None:
         return f"{query.name}: {query.status['message']}, no batch yet"
+    lag = progress.sources[0]["lag"] if progress.sources else None
     return (
         f"{query.name}: {query.status['message']}, batch {progress.batch_id}, "
         f"{progress.num_input_rows} rows in, {progress.num_output_rows} out, "
+        f"{progress.processed_rows_per_second:,.0f} rows/s, "
         f"{progress.duration_ms['total']:.1f} ms, watermark {progress.next_watermark or '-'}, "
-        f"state rows {progress.state_rows}"
+        f"lag {'-' if lag is None else lag}, state rows {progress.state_rows}"
     )
+
+
+def print_status(database: str, out: TextIO) -> int:
+    """Per sink: last batch, committed offsets, lag, watermark, state rows, dead letters."""
+    origin, sinks = database_status(database)
+    out.write(f"{database} ({origin})\n")
+    rows = [
+        tuple(
+            json.dumps(sink[column]) if isinstance(sink[column], dict | list) else sink[column]
+            for column in COLUMNS
+        )
+        for sink in sinks
+    ]
+    out.write(format_table(list(COLUMNS), rows) + "\n")
+    return 0
 
 
 def explain_file(sql: str, out: TextIO) -> int:

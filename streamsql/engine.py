@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import json
+import os
 import threading
+import time
 import uuid
 import warnings
 import weakref
@@ -61,6 +64,8 @@ SINK_CONNECTORS: dict[str, type[Sink]] = {
     "console": ConsoleSink,
 }
 
+STATUS_SECONDS = 1.0  # how often a running process publishes its status, at most
+
 CATALOG = f"""CREATE TABLE IF NOT EXISTS {SCHEMA}.catalog (
     kind VARCHAR NOT NULL,          -- SOURCE | SINK
     name VARCHAR NOT NULL,
@@ -90,6 +95,26 @@ class Result:
     stream: PushStream | None = None  # a push query's rows, fetched as they are emitted
 
 
+def source_instance(con: DuckCursor, definition: SourceDef) -> Source:
+    """The connector's reader of a source, its declared columns typed by DuckDB."""
+    connector = SOURCE_CONNECTORS.get(definition.connector.lower())
+    if connector is None:
+        raise ProgrammingError(
+            f"Unknown source connector {definition.connector!r}; available: "
+            f"{', '.join(SOURCE_CONNECTORS)}"
+        )
+    try:
+        schema = con.sql(Planner.empty_relation(definition, [])).to_arrow_table().schema
+    except duckdb.Error as error:
+        raise ProgrammingError(f"Source {definition.name}: {str(error).splitlines()[0]}") from None
+    return connector(definition, schema)
+
+
+def status_file(database: str) -> Path:
+    """Where a process running an engine database publishes where its queries stand."""
+    return Path(f"{database}.status.json")
+
+
 class Engine:
     def __init__(
         self,
@@ -111,6 +136,8 @@ class Engine:
         self.callbacks: dict[str, BatchCallback] = {}  # functions callback sinks name
         self._lock = threading.RLock()
         self._cursors: weakref.WeakSet[DuckCursor] = weakref.WeakSet()
+        self._status_lock = threading.Lock()
+        self._status_published = float("-inf")
         self.closed = False
         _OPEN_ENGINES.add(self)
         self._load_catalog()
@@ -155,23 +182,8 @@ class Engine:
             raise ProgrammingError(f"Unknown source {name!r}") from None
 
     def _register_source(self, definition: SourceDef) -> None:
-        connector = SOURCE_CONNECTORS.get(definition.connector.lower())
-        if connector is None:
-            raise ProgrammingError(
-                f"Unknown source connector {definition.connector!r}; available: "
-                f"{', '.join(SOURCE_CONNECTORS)}"
-            )
-        instance = connector(definition, self._arrow_schema(definition))
+        self._instances[definition.name.lower()] = source_instance(self.db, definition)
         self.sources[definition.name.lower()] = definition
-        self._instances[definition.name.lower()] = instance
-
-    def _arrow_schema(self, definition: SourceDef) -> pa.Schema:
-        try:
-            return self.db.sql(Planner.empty_relation(definition, [])).to_arrow_table().schema
-        except duckdb.Error as error:
-            raise ProgrammingError(
-                f"Source {definition.name}: {str(error).splitlines()[0]}"
-            ) from None
 
     # -- statements ------------------------------------------------------------------------------
 
@@ -340,8 +352,8 @@ class Engine:
     def _start(self, definition: SinkDef) -> StreamingQuery:
         execution = self._execution(definition)
         trigger = Trigger.parse(definition.options.get("trigger"))
-        query = StreamingQuery(execution, self.trigger_override or trigger).start()
-        self.queries[definition.name.lower()] = query
+        query = StreamingQuery(execution, self.trigger_override or trigger, self._publish_status)
+        self.queries[definition.name.lower()] = query.start()
         return query
 
     def _execution(self, definition: SinkDef) -> MicroBatchExecution:
@@ -363,6 +375,29 @@ class Engine:
     ) -> MicroBatchExecution:
         source = self.source(plan.source.name).for_query()
         return MicroBatchExecution(name, self.cursor(), plan, program, source, sink)
+
+    def _publish_status(self, query: StreamingQuery) -> None:
+        """Publish where the sinks stand for `streamsql status`, which cannot open the
+        database while this process holds it: after a batch (at most once a second) and
+        whenever a query terminates."""
+        if self.database == ":memory:" or self.closed:
+            return
+        with self._status_lock:
+            now = time.monotonic()
+            if query.is_active and now - self._status_published < STATUS_SECONDS:
+                return
+            self._status_published = now
+            sinks = [
+                {**q.execution.position(), "running": q.is_active}
+                for name, q in sorted(list(self.queries.items()))
+                if name in self.sinks
+            ]
+            target = status_file(self.database)
+            staged = target.with_name(f".{target.name}.tmp")
+            snapshot = {"pid": os.getpid(), "written_at": time.time(), "sinks": sinks}
+            with contextlib.suppress(OSError):  # a status not written never stops a query
+                staged.write_text(json.dumps(snapshot, default=str))
+                os.replace(staged, target)
 
     def register_callback(self, name: str, function: BatchCallback) -> None:
         """Name a function for callback sinks: `WITH (connector = 'callback', callback = name)`."""
@@ -608,6 +643,8 @@ class Engine:
         for cursor in list(self._cursors):
             cursor.close()
         self.db.close()
+        if self.database != ":memory:":
+            status_file(self.database).unlink(missing_ok=True)  # the database says it now
         _OPEN_ENGINES.discard(self)
 
 

@@ -158,6 +158,11 @@ class Checkpoint:
         ).fetchall()
         return [_load(end) for (end,) in rows]
 
+    def dead_letters(self) -> int:
+        return self.cursor.execute(
+            f"SELECT count(*) FROM {SCHEMA}.dead_letters WHERE lower(query) = ?", [self.query]
+        ).fetchall()[0][0]
+
     def log_offsets(self, batch: PlannedBatch) -> None:
         """Write-ahead: durable before the batch reads its input."""
         self.cursor.execute(

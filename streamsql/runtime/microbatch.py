@@ -72,6 +72,7 @@ class MicroBatchExecution:
         self.empty_output: pa.Table = pa.table({})
         self.state_rows = 0
         self.state_updated = self.state_removed = 0  # by the batch in flight
+        self.dead_letters = 0  # kept in the dead-letter table, over all batches
         self.planning_ms = 0.0  # the batch in flight's planning and offset-log write
         self.last_started: float | None = None  # when the previous batch started
         self.compacted_rows = 0
@@ -128,6 +129,7 @@ class MicroBatchExecution:
                 self.earliest_end = self._scalar(self.program.earliest_end_sql)
             self._create_state_views()
         self.source.recover(self.checkpoint.planned_ends())
+        self.dead_letters = self.checkpoint.dead_letters()
         self.output = self._describe_output()
 
     def _create_state_views(self) -> None:
@@ -204,6 +206,18 @@ class MicroBatchExecution:
     def last_committed(self) -> int | None:
         """The last batch in the commit log (restored from the checkpoint at start)."""
         return self.batch_id - 1 if self.batch_id else None
+
+    def position(self) -> dict[str, Any]:
+        """Where the query stands, as `streamsql status` shows it."""
+        return {
+            "sink": self.name,
+            "last_batch": self.last_committed,
+            "committed_offsets": self.committed_end,
+            "lag": self.source.backlog(self.committed_end),
+            "watermark": timestamp_of(self.watermark),
+            "state_rows": self.state_rows if self.program.state_table else None,
+            "dead_letters": self.dead_letters,
+        }
 
     # -- one batch -------------------------------------------------------------------------
 
@@ -286,6 +300,7 @@ class MicroBatchExecution:
         self.late_threshold = batch.watermark_us
         self.watermark = next_watermark
         self.max_event_us = max_event
+        self.dead_letters += dead if self.source.on_error == "dead_letter" else 0
         seconds = max(timings["total"] / 1000, 1e-9)
         since_last = began - self.last_started if self.last_started is not None else seconds
         self.last_started = began

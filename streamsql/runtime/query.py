@@ -27,9 +27,15 @@ RECENT_PROGRESS = 100
 
 
 class StreamingQuery:
-    def __init__(self, execution: MicroBatchExecution, trigger: Trigger) -> None:
+    def __init__(
+        self,
+        execution: MicroBatchExecution,
+        trigger: Trigger,
+        on_progress: Callable[[StreamingQuery], None] | None = None,
+    ) -> None:
         self.execution = execution
         self.trigger = trigger
+        self.on_progress = on_progress  # after each batch, and when the query terminates
         self.exception: BaseException | None = None
         self.recent_progress: collections.deque[QueryProgress] = collections.deque(
             maxlen=RECENT_PROGRESS
@@ -170,6 +176,8 @@ class StreamingQuery:
                 else:
                     self._state = "processing"
                     self.recent_progress.append(self.execution.run(batch))
+                    if self.on_progress:
+                        self.on_progress(self)
                     if self.trigger.kind is TriggerKind.ONCE:
                         break
                 # A fixed interval: the next batch starts on the next tick, or at once when
@@ -188,5 +196,7 @@ class StreamingQuery:
             self.execution.source.unsubscribe(self._wake.set)
             self.execution.close()
             self._terminated.set()
+            if self.on_progress:
+                self.on_progress(self)
             with self._served:
                 self._served.notify_all()

@@ -85,8 +85,8 @@ class FileSource(Source):
         return {"files": chosen}
 
     def backlog(self, end: Offset) -> int | None:
-        """Files listed but not read yet, as of the last planning."""
-        return self._unread
+        """Files not read yet: as of the last planning, or listed now if none was made."""
+        return self._unread if self._unread is not None else len(self.snapshot()["files"])
 
     def read(self, start: Offset, end: Offset) -> SourceBatch:
         batches = [self._read_file(name) for name in end["files"]]

@@ -58,7 +58,8 @@ class MemorySource(Source):
         return {"rows": end} if end > first else None
 
     def backlog(self, end: Offset) -> int | None:
-        return max(self.total - end["rows"], 0)
+        """Rows not read yet (unknown when the rows were lost with another process)."""
+        return self.total - end["rows"] if self.total >= end["rows"] else None
 
     def read(self, start: Offset, end: Offset) -> SourceBatch:
         first, last = start["rows"], end["rows"]

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import io
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import duckdb
+
+from streamsql import cli
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -78,3 +83,94 @@ def test_missing_file_is_reported() -> None:
     result = streamsql("run", "no/such/file.sql")
     assert result.returncode == 2
     assert "cannot read no/such/file.sql" in result.stderr
+
+
+def _status_rows(text: str) -> dict[str, list[str]]:
+    """The status table's rows by sink name, cells stripped."""
+    rows = {}
+    for line in text.splitlines():
+        cells = [cell.strip() for cell in line.split("│")[1:-1]]
+        if cells and cells[0] not in ("", "sink"):
+            rows[cells[0]] = cells
+    return rows
+
+
+def test_status_reads_a_database_no_process_has_open(tmp_path: Path) -> None:
+    db = tmp_path / "app.db"
+    done = streamsql(
+        "run", "queries/tumbling_windows.sql", "--db", str(db), "--trigger", "available_now"
+    )
+    assert done.returncode == 0, done.stderr
+    result = streamsql("status", str(db))
+    assert result.returncode == 0, result.stderr
+    assert "(from the checkpoint)" in result.stdout
+    con = duckdb.connect(str(db), read_only=True)
+    (state_rows,) = con.execute(
+        'SELECT count(*) FROM _streamsql."state_clicks_per_window"'
+    ).fetchall()[0]
+    (last_batch, watermark) = con.execute(
+        "SELECT batch_id, next_watermark_us FROM _streamsql.commits ORDER BY batch_id DESC LIMIT 1"
+    ).fetchall()[0]
+    con.close()
+    files = sorted(p.name for p in (ROOT / "queries/data/events").iterdir())
+    cells = _status_rows(result.stdout)["clicks_per_window"]
+    assert cells[1:3] == ["True", str(last_batch)]
+    assert files[-1] in cells[3]  # the committed offsets: the last file read
+    assert cells[4] == "0"  # lag: no file left to read
+    assert cells[6:] == [str(state_rows), "0"]
+    assert cells[5].startswith("2024-01-01T") and watermark > 0
+
+
+def test_status_of_a_running_process_and_ctrl_c_stops_it_with_the_checkpoint_committed(
+    tmp_path: Path,
+) -> None:
+    db = tmp_path / "app.db"
+    command = ["run", "queries/tumbling_windows.sql", "--db", str(db), "--trigger", "1 seconds"]
+    running = subprocess.Popen(
+        [sys.executable, "-m", "streamsql.cli", *command],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        published = tmp_path / "app.db.status.json"
+        deadline = time.monotonic() + 60
+        while not published.exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        live = streamsql("status", str(db))
+        assert live.returncode == 0, live.stderr
+        assert f"published by process {running.pid}" in live.stdout
+        cells = _status_rows(live.stdout)["clicks_per_window"]
+        assert cells[1] == "True" and int(cells[2]) >= 0 and int(cells[4]) >= 0
+        running.send_signal(signal.SIGINT)
+        _, err = running.communicate(timeout=60)
+    finally:
+        running.kill()
+    assert running.returncode == 0, err
+    assert "Interrupted: stopping after the batches in flight commit" in err
+    last_line = err.strip().splitlines()[-1]
+    assert last_line.startswith("clicks_per_window: stopped, batch ")
+    stopped_at = int(last_line.split("batch ")[1].split(",")[0])
+    con = duckdb.connect(str(db), read_only=True)
+    committed = con.execute("SELECT max(batch_id) FROM _streamsql.commits").fetchall()[0][0]
+    planned = con.execute("SELECT max(batch_id) FROM _streamsql.offsets").fetchall()[0][0]
+    con.close()
+    assert committed == planned == stopped_at  # nothing half done
+    assert not (tmp_path / "app.db.status.json").exists()
+
+
+def test_progress_lines_are_redrawn_in_place_on_a_terminal() -> None:
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    class Query:
+        name, status, last_progress = "q", {"message": "waiting for data"}, None
+
+    terminal = Terminal()
+    shown = cli._report([Query(), Query()], terminal, 0)
+    cli._report([Query(), Query()], terminal, shown)
+    first, second = terminal.getvalue().split("\x1b[2F")
+    assert first == "q: waiting for data, no batch yet\n" * 2
+    assert second == "\x1b[2Kq: waiting for data, no batch yet\n" * 2

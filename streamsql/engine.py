@@ -123,7 +123,8 @@ class Engine:
         config: dict[str, Any] | None = None,
     ) -> None:
         self.database = database
-        self.trigger_override = Trigger.parse(trigger) if trigger else None
+        self.trigger_override = Trigger.parse(trigger) if trigger else None  # CLI --trigger
+        self.session_trigger = Trigger.parse(None)  # SET trigger = ...: sinks without one
         self.db = duckdb.connect(database, config=config or {})
         self.db.execute("SET TimeZone = 'UTC'").fetchall()
         Checkpoint.create_tables(self.db)
@@ -204,6 +205,8 @@ class Engine:
             return self.stop_query
         if isinstance(node, nodes.CompactSink):
             return self.compact_sink
+        if isinstance(node, exp.Set) and _setting(node) == "trigger":
+            return self.set_trigger
         if isinstance(node, exp.Insert) and self._insert_target(node) is not None:
             return self.insert_into_source
         if isinstance(node, exp.Select) and self._is_streaming(node):
@@ -351,8 +354,9 @@ class Engine:
 
     def _start(self, definition: SinkDef) -> StreamingQuery:
         execution = self._execution(definition)
-        trigger = Trigger.parse(definition.options.get("trigger"))
-        query = StreamingQuery(execution, self.trigger_override or trigger, self._publish_status)
+        given = definition.options.get("trigger")
+        trigger = self.trigger_override or (Trigger.parse(given) if given else self.session_trigger)
+        query = StreamingQuery(execution, trigger, self._publish_status)
         self.queries[definition.name.lower()] = query.start()
         return query
 
@@ -558,6 +562,14 @@ class Engine:
                 execution.close()
         return Result(["files_replaced", "files_written"], [(replaced, written)])
 
+    def set_trigger(
+        self, statement: Statement, params: Sequence[Any] | None, cursor: DuckCursor
+    ) -> Result:
+        """`SET trigger = '...'`: the trigger of queries this session starts without one."""
+        value = statement.expression.expressions[0].this.expression
+        self.session_trigger = Trigger.parse(value.name)
+        return Result()
+
     def _set_running(self, name: str, running: bool) -> None:
         """Whether the sink resumes when the database is opened again."""
         self.db.execute(
@@ -621,7 +633,7 @@ class Engine:
         plan = self.plan(statement.expression, params)
         program = compile_plan(plan, quote(f"state_{name}"), temporary=True)
         sink = CollectSink(name, {})
-        trigger = self.trigger_override or Trigger.parse(None)
+        trigger = self.trigger_override or self.session_trigger
         query = StreamingQuery(self._prepare(name, plan, program, sink), trigger)
         self.queries[name] = query.start()
 
@@ -646,6 +658,14 @@ class Engine:
         if self.database != ":memory:":
             status_file(self.database).unlink(missing_ok=True)  # the database says it now
         _OPEN_ENGINES.discard(self)
+
+
+def _setting(node: exp.Set) -> str | None:
+    """The name a one-item `SET name = value` sets."""
+    items = node.expressions
+    if len(items) == 1 and isinstance(items[0].this, exp.EQ):
+        return items[0].this.this.name.lower()
+    return None
 
 
 def _canonical(sql: str) -> str:

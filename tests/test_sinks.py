@@ -325,3 +325,17 @@ def test_console_prints_each_non_empty_batch_as_a_table(
     assert "│ NULL │ 3.0 │\n" in out
     assert out.endswith("1 row\n")
     assert table(con, "SELECT table_name FROM duckdb_tables() WHERE schema_name = 'main'") == []
+
+
+def test_set_trigger_is_the_trigger_of_sinks_without_one(con: streamsql.Connection) -> None:
+    con.execute("SET trigger = '2 seconds'")
+    con.execute("CREATE SINK plain WITH (connector = 'duckdb') AS SELECT k FROM ev")
+    con.execute("CREATE SINK own WITH (connector = 'duckdb', trigger = 'once') AS SELECT k FROM ev")
+    con.execute("SET trigger = available_now")
+    con.execute("CREATE SINK later WITH (connector = 'duckdb') AS SELECT k FROM ev")
+    triggers = {name: str(con.query(name).trigger) for name in ("plain", "own", "later")}
+    assert triggers == {"plain": "2 seconds", "own": "once", "later": "available_now"}
+    with pytest.raises(streamsql.ProgrammingError, match="Invalid trigger 'soon'"):
+        con.execute("SET trigger = 'soon'")
+    con.execute("SET threads = 1")  # other settings are DuckDB's
+    assert con.execute("SELECT current_setting('threads')").fetchall() == [(1,)]

@@ -6,11 +6,13 @@ Parameters use the qmark style and are bound by DuckDB, never formatted into SQL
 from __future__ import annotations
 
 import threading
+import weakref
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import duckdb
 import pyarrow as pa
+from sqlglot import exp
 
 from streamsql.engine import Engine, Result
 from streamsql.errors import (
@@ -50,10 +52,20 @@ def connect(
 
 
 class Connection:
+    # PEP 249's optional extension: the exception classes on the connection.
+    Warning, Error, InterfaceError, DatabaseError = Warning, Error, InterfaceError, DatabaseError
+    DataError, OperationalError, IntegrityError = DataError, OperationalError, IntegrityError
+    InternalError, ProgrammingError, NotSupportedError = (
+        InternalError,
+        ProgrammingError,
+        NotSupportedError,
+    )
+
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         self._closed = False
         self._default: Cursor | None = None
+        self._cursors: weakref.WeakSet[Cursor] = weakref.WeakSet()
         self._lock = threading.Lock()
 
     def _check(self) -> None:
@@ -92,12 +104,25 @@ class Connection:
         self._check()
         return self.engine.query(name)
 
+    @property
+    def autocommit(self) -> bool:
+        """Statements commit as they run, as DuckDB's do, unless a BEGIN opened a transaction
+        (sinks commit batch by batch whatever the connection does)."""
+        return True
+
     def commit(self) -> None:
-        """Statements commit as they run (DuckDB's auto-commit); nothing is pending here."""
-        self._check()
+        """Commit the transactions opened with BEGIN on this connection's cursors."""
+        self._end_transactions("COMMIT")
 
     def rollback(self) -> None:
+        """Roll back the transactions opened with BEGIN on this connection's cursors."""
+        self._end_transactions("ROLLBACK")
+
+    def _end_transactions(self, how: str) -> None:
         self._check()
+        for cursor in list(self._cursors):
+            if not cursor._closed:
+                cursor._end_transaction(how)
 
     def close(self) -> None:
         if not self._closed:
@@ -124,6 +149,7 @@ class Cursor:
         self.rowcount = -1
         self._closed = False
         self._stream: PushStream | None = None
+        connection._cursors.add(self)
         # How long fetchone/fetchmany wait for a push query's next row (None: until it comes).
         self.stream_timeout: float | None = None
 
@@ -131,6 +157,21 @@ class Cursor:
         if self._closed:
             raise InterfaceError("Cursor is closed")
         self.connection._check()
+
+    def _end_transaction(self, how: str) -> None:
+        self._release()
+        try:
+            self._duck.execute(how).fetchall()
+        except duckdb.TransactionException:
+            pass  # no transaction open on this cursor: nothing to end
+        except duckdb.Error as error:
+            raise from_duckdb(error) from None
+
+    def _release(self) -> None:
+        """Drop the unread rest of a DuckDB result, so the cursor can run something else."""
+        if self._from_duckdb:
+            self._duck.abort()
+            self._from_duckdb = False
 
     def execute(self, sql: str, parameters: Sequence[Any] | None = None) -> Cursor:
         self._check()
@@ -162,17 +203,23 @@ class Cursor:
 
     def _run(self, statement: Statement, parameters: Sequence[Any] | None) -> None:
         self._end_stream()
+        self._release()
         handler = self.connection.engine.handler(statement)
         self._position = 0
+        self._result = None
         if handler is None:
             try:
                 self._duck.execute(statement.text, parameters)
             except duckdb.Error as error:
                 raise from_duckdb(error) from None
             self._from_duckdb = True
-            self._result = None
             self.description = self._duck.description
             self.rowcount = -1
+            if not isinstance(statement.expression, exp.Query) and _counts(self.description):
+                # DML and DDL: DuckDB answers with the rows it wrote, not with a result set.
+                counted = self._duck.fetchall()
+                self._from_duckdb, self.description = False, None
+                self.rowcount = counted[0][0] if counted else -1
             return
         self._from_duckdb = False
         result = handler(statement, parameters, self._duck)
@@ -180,8 +227,8 @@ class Cursor:
         self._stream = result.stream
         if result.rowcount >= 0:
             self.rowcount = result.rowcount
-        else:
-            self.rowcount = len(result.rows) if result.columns else -1
+        else:  # a push query's rows are still to come: unknown
+            self.rowcount = len(result.rows) if result.columns and not result.stream else -1
         self.description = (
             [(name, None, None, None, None, None, None) for name in result.columns]
             if result.columns
@@ -202,9 +249,7 @@ class Cursor:
                 raise from_duckdb(error) from None
         if self._stream is not None:
             return self._stream.fetch(size, self.stream_timeout)
-        if self._result is None:
-            raise ProgrammingError("No statement has been executed")
-        rows = self._result.rows[self._position : self._position + size]
+        rows = self._rows()[self._position : self._position + size]
         self._position += len(rows)
         return rows
 
@@ -217,11 +262,15 @@ class Cursor:
                 raise from_duckdb(error) from None
         if self._stream is not None:
             return self._stream.fetch(None, None)
-        if self._result is None:
-            raise ProgrammingError("No statement has been executed")
-        rows = self._result.rows[self._position :]
-        self._position = len(self._result.rows)
+        rows = self._rows()[self._position :]
+        self._position += len(rows)
         return rows
+
+    def _rows(self) -> list[tuple[Any, ...]]:
+        """Our statement's rows; an error when it produced no result set (PEP 249)."""
+        if self.description is None or self._result is None:
+            raise ProgrammingError("The last statement produced no rows to fetch")
+        return self._result.rows
 
     def __iter__(self) -> Iterator[tuple[Any, ...]]:
         while (row := self.fetchone()) is not None:
@@ -261,6 +310,11 @@ class Cursor:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _counts(description: list[tuple[Any, ...]] | None) -> bool:
+    """DuckDB's answer to DML and DDL: one BIGINT column named Count."""
+    return bool(description) and len(description) == 1 and description[0][0] == "Count"
 
 
 def _single(statements: list[Statement]) -> Statement:

@@ -639,6 +639,8 @@ class Engine:
 
         def forget() -> None:
             self.queries.pop(name, None)
+            if self.closed:  # nothing left to forget in: its checkpoint went with the engine
+                return
             with contextlib.closing(self.cursor()) as cursor:
                 Checkpoint(cursor, name).forget()
 

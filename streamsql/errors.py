@@ -91,6 +91,7 @@ _DUCKDB_ERRORS: tuple[tuple[type[Exception], type[Error]], ...] = (
     (duckdb.InvalidInputException, DataError),
     (duckdb.NotImplementedException, NotSupportedError),
     (duckdb.IOException, OperationalError),
+    (duckdb.TransactionException, OperationalError),
     (duckdb.InternalException, InternalError),
 )
 

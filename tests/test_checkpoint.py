@@ -19,6 +19,7 @@ import pyarrow as pa
 import pytest
 
 import streamsql
+from streamsql.runtime import microbatch
 from streamsql.runtime.query import StreamingQuery
 
 T0 = dt.datetime(2024, 1, 1)
@@ -602,3 +603,32 @@ def test_drop_sink_in_another_case_removes_the_checkpoint(db_path: str, tmp_path
         query = caught_up(con, "Totals")
         assert [p.batch_id for p in query.recent_progress] == [0]
         assert table(con, "SELECT k, total FROM Totals") == [("a", 5)]
+
+
+def test_the_logs_keep_the_last_batches_and_files_stay_read_once(
+    db_path: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(microbatch, "RETAINED_BATCHES", 5)
+    for i in range(23):
+        put(tmp_path, f"{i:02d}.json", [event("a", i, v=i)])
+    with opened(db_path) as con:
+        con.execute(source_sql(tmp_path, options=", max_files_per_trigger = 1"))
+        con.execute(
+            "CREATE SINK out WITH (connector = 'duckdb') AS "
+            "SELECT k, count(*) AS n, sum(v) AS total FROM src GROUP BY k EMIT CHANGES"
+        )
+        caught_up(con)
+        logged = table(con, "SELECT batch_id FROM _streamsql.offsets ORDER BY batch_id")
+        committed = table(con, "SELECT batch_id FROM _streamsql.commits ORDER BY batch_id")
+        # truncated at batch 20 through batch 15: batches 16..22 stay, 0..15 merged into -1
+        assert [b for (b,) in logged] == [-1, *range(16, 23)]
+        assert [b for (b,) in committed] == list(range(16, 23))
+        (merged,) = table(con, "SELECT end_offset FROM _streamsql.offsets WHERE batch_id = -1")[0]
+        assert json.loads(merged) == {"files": [f"{i:02d}.json" for i in range(16)]}
+    put(tmp_path, "23.json", [event("a", 23, v=23)])
+    with opened(db_path) as con:  # no file is read twice after the logs were cut
+        query = caught_up(con)
+        assert [p.sources[0]["end_offset"] for p in query.recent_progress] == [
+            {"files": ["23.json"]}
+        ]
+        assert table(con, "SELECT k, n, total FROM out") == [("a", 24, sum(range(24)))]

@@ -13,7 +13,7 @@ from __future__ import annotations
 import contextlib
 import json
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -151,7 +151,8 @@ class Checkpoint:
         return PlannedBatch(batch, _load(start), _load(end), watermark, late)
 
     def planned_ends(self) -> list[Any]:
-        """Every end offset ever planned, in batch order: what a file source has seen."""
+        """Every end offset planned, in batch order (the batches truncated away merged into
+        one, first): what a file source has seen."""
         rows = self.cursor.execute(
             f"SELECT end_offset FROM {SCHEMA}.offsets WHERE query = ? ORDER BY batch_id",
             [self.query],
@@ -223,6 +224,26 @@ class Checkpoint:
             [self.query, query_id, json.dumps(current)],
         ).fetchall()
         return query_id
+
+    def truncate(self, through: int, merge: Callable[[list[Any]], Any]) -> None:
+        """Drop the log entries of batches up to `through` (Spark's minBatchesToRetain),
+        keeping what the source needs of their offsets merged into one entry, batch -1."""
+        with transaction(self.cursor):
+            rows = self.cursor.execute(
+                f"SELECT end_offset FROM {SCHEMA}.offsets WHERE query = ? AND batch_id <= ? "
+                "ORDER BY batch_id",
+                [self.query, through],
+            ).fetchall()
+            merged = merge([_load(end) for (end,) in rows])
+            for table in ("offsets", "commits"):
+                self.cursor.execute(
+                    f"DELETE FROM {SCHEMA}.{table} WHERE query = ? AND batch_id <= ?",
+                    [self.query, through],
+                ).fetchall()
+            self.cursor.execute(
+                f"INSERT INTO {SCHEMA}.offsets (query, batch_id, end_offset) VALUES (?, -1, ?)",
+                [self.query, json.dumps(merged)],
+            ).fetchall()
 
     def forget(self) -> None:
         """Drop the query's checkpoint (DROP SINK). Its dead letters stay: bad input is never

@@ -34,6 +34,9 @@ from streamsql.sql import quote
 # this many: the state stays within twice its compacted size, at a constant cost per row.
 COMPACTION_MIN_ROWS = 50_000
 
+# The offset and commit logs keep the last this many batches (Spark's minBatchesToRetain).
+RETAINED_BATCHES = 100
+
 
 @dataclass
 class BatchStats:
@@ -293,6 +296,8 @@ class MicroBatchExecution:
                 self.cursor.unregister(view)
             self._registered.clear()
         self.sink.committed(self.cursor, batch.batch_id)
+        if batch.batch_id >= RETAINED_BATCHES and batch.batch_id % RETAINED_BATCHES == 0:
+            self.checkpoint.truncate(batch.batch_id - RETAINED_BATCHES, self.source.merge_ends)
         timings["commit"] = _ms_since(mark)
         timings["total"] = round(timings["plan"] + _ms_since(began), 3)
         self.batch_id = batch.batch_id + 1

@@ -84,6 +84,11 @@ class Source(ABC):
         without asking anyone: the lag a progress record reports. None if unknown."""
         return None
 
+    def merge_ends(self, ends: list[Offset]) -> Offset:
+        """One end offset standing for `ends` when the offset log drops them: the last, for
+        offsets that grow (row counts, Kafka offsets)."""
+        return next((end for end in reversed(ends) if end is not None), None)
+
     def recover(self, planned_ends: list[Offset]) -> None:  # noqa: B027 - optional hook
         """Called when a query resumes, with every end offset it ever planned."""
 

@@ -60,6 +60,10 @@ class FileSource(Source):
         reader._listeners, reader._listeners_lock = [], threading.Lock()
         return reader
 
+    def merge_ends(self, ends: list[Offset]) -> Offset:
+        """Every file the batches read: a file is read once."""
+        return {"files": sorted({name for end in ends if end for name in end["files"]})}
+
     def recover(self, planned_ends: list[Offset]) -> None:
         self._seen = {name for end in planned_ends if end for name in end["files"]}
 

@@ -40,7 +40,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     explain.add_argument("file", type=Path)
     status = commands.add_parser("status", help="where each sink of a database stands")
     status.add_argument("db")
+    shell = commands.add_parser("shell", help="the interactive SQL shell")
+    shell.add_argument("db", nargs="?", help="engine database file (default: in memory)")
     args = parser.parse_args(argv)
+    if args.command == "shell":
+        from streamsql.shell import main as shell_main  # prompt-toolkit, only when asked
+
+        return shell_main(args.db)
     if args.command == "status":
         try:
             return print_status(args.db, sys.stdout)

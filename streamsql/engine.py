@@ -103,11 +103,22 @@ def source_instance(con: DuckCursor, definition: SourceDef) -> Source:
             f"Unknown source connector {definition.connector!r}; available: "
             f"{', '.join(SOURCE_CONNECTORS)}"
         )
+    _check_options(f"Source {definition.name}", definition.options, connector.OPTIONS)
     try:
         schema = con.sql(Planner.empty_relation(definition, [])).to_arrow_table().schema
     except duckdb.Error as error:
         raise ProgrammingError(f"Source {definition.name}: {str(error).splitlines()[0]}") from None
     return connector(definition, schema)
+
+
+def _check_options(what: str, given: dict[str, str], known: tuple[str, ...]) -> None:
+    """A misspelt option is an error, not a setting silently ignored."""
+    unknown = sorted(set(given) - set(known))
+    if unknown:
+        raise ProgrammingError(
+            f"{what}: unknown option {unknown[0]!r} for connector {given.get('connector')!r}; "
+            f"its options are {', '.join(known)}"
+        )
 
 
 def status_file(database: str) -> Path:
@@ -125,7 +136,10 @@ class Engine:
         self.database = database
         self.trigger_override = Trigger.parse(trigger) if trigger else None  # CLI --trigger
         self.session_trigger = Trigger.parse(None)  # SET trigger = ...: sinks without one
-        self.db = duckdb.connect(database, config=config or {})
+        try:
+            self.db = duckdb.connect(database, config=config or {})
+        except duckdb.Error as error:  # a directory, a file another process holds, ...
+            raise from_duckdb(error, f"Cannot open {database}") from None
         self.db.execute("SET TimeZone = 'UTC'").fetchall()
         Checkpoint.create_tables(self.db)
         for statement in (*MACROS, CATALOG):
@@ -368,6 +382,7 @@ class Engine:
                 f"Unknown sink connector {definition.connector!r}; available: "
                 f"{', '.join(SINK_CONNECTORS)}"
             )
+        _check_options(f"Sink {definition.name}", definition.options, connector.OPTIONS)
         if connector is CallbackSink:
             sink = CallbackSink(definition.name, definition.options, self.callbacks)
         else:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import os
 import signal
 import subprocess
 import sys
@@ -174,3 +175,18 @@ def test_progress_lines_are_redrawn_in_place_on_a_terminal() -> None:
     first, second = terminal.getvalue().split("\x1b[2F")
     assert first == "q: waiting for data, no batch yet\n" * 2
     assert second == "\x1b[2Kq: waiting for data, no batch yet\n" * 2
+
+
+def test_shell_opens_a_database_runs_statements_and_quits(tmp_path: Path) -> None:
+    db = tmp_path / "app.db"
+    result = subprocess.run(
+        [sys.executable, "-m", "streamsql.cli", "shell", str(db)],
+        input="CREATE TABLE t AS SELECT 42 AS answer;\nSELECT answer FROM t;\n.quit\n",
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "STREAMSQL_HISTORY": str(tmp_path / "history")},
+    )
+    assert result.returncode == 0, result.stderr
+    assert f"on {db}" in result.stdout and "42" in result.stdout
+    assert "SELECT answer FROM t;" in (tmp_path / "history").read_text()

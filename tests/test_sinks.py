@@ -339,3 +339,13 @@ def test_set_trigger_is_the_trigger_of_sinks_without_one(con: streamsql.Connecti
         con.execute("SET trigger = 'soon'")
     con.execute("SET threads = 1")  # other settings are DuckDB's
     assert con.execute("SELECT current_setting('threads')").fetchall() == [(1,)]
+
+
+def test_a_misspelt_option_is_an_error_naming_it(con: streamsql.Connection) -> None:
+    with pytest.raises(streamsql.ProgrammingError, match=r"unknown option 'tigger'.*trigger"):
+        con.execute(
+            "CREATE SINK s WITH (connector = 'duckdb', tigger = '1 second') AS SELECT k FROM ev"
+        )
+    with pytest.raises(streamsql.ProgrammingError, match="Source s2: unknown option 'paht'"):
+        con.execute("CREATE SOURCE s2 (a INT) WITH (connector = 'files', paht = 'x', path = 'y')")
+    assert con.execute("SHOW SINKS").fetchall() == []

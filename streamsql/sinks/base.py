@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
+from typing import ClassVar
 
 import duckdb
 import pyarrow as pa
@@ -25,6 +26,8 @@ class OutputSchema:
 
 
 class Sink(ABC):
+    OPTIONS: ClassVar[tuple[str, ...]] = ("connector", "trigger")  # WITH (...) keys it reads
+
     def __init__(self, name: str, options: dict[str, str]) -> None:
         self.name = name
         self.options = options

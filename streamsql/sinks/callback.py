@@ -26,6 +26,8 @@ BatchCallback = Callable[[int, pa.Table], Any]
 
 
 class CallbackSink(Sink):
+    OPTIONS = (*Sink.OPTIONS, "callback")
+
     def __init__(
         self, name: str, options: dict[str, str], callbacks: Mapping[str, BatchCallback]
     ) -> None:

@@ -13,6 +13,8 @@ from streamsql.sinks.base import OutputSchema, Sink
 
 
 class ConsoleSink(Sink):
+    OPTIONS = (*Sink.OPTIONS, "print_empty")
+
     def __init__(self, name: str, options: dict[str, str], stream: TextIO | None = None) -> None:
         super().__init__(name, options)
         self.stream = stream  # None: whatever sys.stdout is when a batch is printed

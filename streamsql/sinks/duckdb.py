@@ -20,6 +20,8 @@ EMITTED_VIEW = "__emitted"
 
 
 class DuckDBSink(Sink):
+    OPTIONS = (*Sink.OPTIONS, "table", "changelog")
+
     def __init__(self, name: str, options: dict[str, str]) -> None:
         super().__init__(name, options)
         self.table = options.get("table", name)

@@ -107,6 +107,16 @@ FILE_FORMATS: dict[str, type[FileFormat]] = {"parquet": Parquet, "csv": CSV, "js
 
 class FileSink(Sink):
     format_name = "parquet"
+    OPTIONS = (
+        *Sink.OPTIONS,
+        "path",
+        "compact_every",
+        "target_file_size",
+        "retention",
+        "fsync",
+        "changelog",
+        "view",
+    )
 
     def __init__(self, name: str, options: dict[str, str]) -> None:
         super().__init__(name, options)
@@ -390,10 +400,12 @@ class FileSink(Sink):
 
 class ParquetSink(FileSink):
     format_name = "parquet"
+    OPTIONS = (*FileSink.OPTIONS, "compression")
 
 
 class CSVSink(FileSink):
     format_name = "csv"
+    OPTIONS = (*FileSink.OPTIONS, "delimiter")
 
 
 class JSONSink(FileSink):

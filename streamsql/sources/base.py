@@ -10,7 +10,7 @@ import threading
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import pyarrow as pa
 
@@ -41,6 +41,8 @@ class SourceBatch:
 
 class Source(ABC):
     """One instance per source per engine, shared by the queries that read it."""
+
+    OPTIONS: ClassVar[tuple[str, ...]] = ("connector", "on_error")  # WITH (...) keys it reads
 
     def __init__(self, definition: SourceDef, schema: pa.Schema) -> None:
         self.definition = definition

@@ -23,6 +23,16 @@ from streamsql.sources.formats import FORMATS, Decoder
 
 
 class FileSource(Source):
+    OPTIONS = (
+        *Source.OPTIONS,
+        "path",
+        "format",
+        "pattern",
+        "max_files_per_trigger",
+        "header",
+        "delimiter",
+    )
+
     def __init__(self, *args: object, **kwargs: object) -> None:
         super().__init__(*args, **kwargs)
         if "path" not in self.options:

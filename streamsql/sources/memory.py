@@ -17,6 +17,8 @@ from streamsql.sources.base import Offset, Source, SourceBatch
 
 
 class MemorySource(Source):
+    OPTIONS = (*Source.OPTIONS, "max_rows_per_trigger", "starting_offsets")
+
     def __init__(self, *args: object, **kwargs: object) -> None:
         super().__init__(*args, **kwargs)
         self._chunks: list[pa.Table] = []

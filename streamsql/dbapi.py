@@ -36,6 +36,10 @@ apilevel = "2.0"
 threadsafety = 1  # threads may share the module; each thread should use its own connection
 paramstyle = "qmark"
 
+# The one column DuckDB answers statements without a result set with (DML and DDL; SET,
+# PRAGMA, BEGIN and the like).
+ACKNOWLEDGEMENTS = ("Count", "Success")
+
 
 def connect(
     database: str = ":memory:",
@@ -215,11 +219,13 @@ class Cursor:
             self._from_duckdb = True
             self.description = self._duck.description
             self.rowcount = -1
-            if not isinstance(statement.expression, exp.Query) and _counts(self.description):
-                # DML and DDL: DuckDB answers with the rows it wrote, not with a result set.
-                counted = self._duck.fetchall()
+            if not isinstance(statement.expression, exp.Query) and _acknowledges(self.description):
+                # DML, DDL, SET, ...: DuckDB answers with a count of rows written or a
+                # success flag, not with a result set.
+                answer = self._duck.fetchall()
+                counted = self.description[0][0] == "Count" and answer
                 self._from_duckdb, self.description = False, None
-                self.rowcount = counted[0][0] if counted else -1
+                self.rowcount = answer[0][0] if counted else -1
             return
         self._from_duckdb = False
         result = handler(statement, parameters, self._duck)
@@ -312,9 +318,9 @@ class Cursor:
         self.close()
 
 
-def _counts(description: list[tuple[Any, ...]] | None) -> bool:
-    """DuckDB's answer to DML and DDL: one BIGINT column named Count."""
-    return bool(description) and len(description) == 1 and description[0][0] == "Count"
+def _acknowledges(description: list[tuple[Any, ...]] | None) -> bool:
+    """DuckDB's answer to statements without a result: one column, Count or Success."""
+    return bool(description) and len(description) == 1 and description[0][0] in ACKNOWLEDGEMENTS
 
 
 def _single(statements: list[Statement]) -> Statement:

@@ -12,7 +12,6 @@ from prompt_toolkit.history import History
 from prompt_toolkit.input import Input
 from prompt_toolkit.lexers import PygmentsLexer
 from prompt_toolkit.output import Output
-from sqlglot import exp
 from sqlglot.errors import TokenError
 from sqlglot.tokens import TokenType
 
@@ -22,13 +21,12 @@ from streamsql.format import format_table
 from streamsql.shell.commands import CommandError, run_command
 from streamsql.shell.completion import SQLCompleter
 from streamsql.shell.highlight import StreamSQLLexer
-from streamsql.sql import DIALECT, Statement, parse
+from streamsql.sql import DIALECT, parse
 
 PROMPT = "streamsql> "
 CONTINUATION = "      ...> "
 PUSH_ROWS = 1000  # rows per printed table at most
 PLAN_COLUMNS = ("explain", "explain_value")  # plans are text: printed as they are
-STATUS_RESULTS = (["Count"], ["Success"])  # what DuckDB returns for statements without rows
 
 
 def is_complete(text: str) -> bool:
@@ -113,11 +111,11 @@ class Shell:
                 self._push(statement.text)
             else:
                 self.cursor.execute(statement.text)
-                self._show_result(statement)
+                self._show_result()
 
-    def _show_result(self, statement: Statement) -> None:
+    def _show_result(self) -> None:
         cursor = self.cursor
-        if cursor.description is None:  # ours without rows: CREATE SOURCE, INSERT INTO a source
+        if cursor.description is None:  # no result set: DDL, DML, SET, CREATE SOURCE, ...
             if cursor.rowcount >= 0:
                 self.write(f"{rows_text(cursor.rowcount)} affected")
             return
@@ -125,9 +123,6 @@ class Shell:
         rows = cursor.fetchall()
         if names[-1] in PLAN_COLUMNS:
             self.write("\n".join(str(row[-1]) for row in rows))
-        elif names in STATUS_RESULTS and not isinstance(statement.expression, exp.Query):
-            if names == ["Count"] and rows:
-                self.write(f"{rows_text(rows[0][0])} affected")
         else:
             self.write(format_table(names, rows))
 

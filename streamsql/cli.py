@@ -123,7 +123,8 @@ def _wait(engine: Engine, interrupted: threading.Event, err: TextIO) -> None:
         time.sleep(0.05)
         if time.monotonic() - last_report >= every:
             last_report = time.monotonic()
-            shown = _report(queries, err, shown if live else 0)
+            printed = _report(queries, err, shown)
+            shown = printed if live else 0  # only a terminal redraws lines in place
     if interrupted.is_set():
         print("Interrupted: stopping after the batches in flight commit", file=err, flush=True)
         shown = 0

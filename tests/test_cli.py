@@ -190,3 +190,26 @@ def test_shell_opens_a_database_runs_statements_and_quits(tmp_path: Path) -> Non
     assert result.returncode == 0, result.stderr
     assert f"on {db}" in result.stdout and "42" in result.stdout
     assert "SELECT answer FROM t;" in (tmp_path / "history").read_text()
+
+
+def test_progress_lines_on_a_pipe_are_plain(tmp_path: Path) -> None:
+    """No terminal control codes in a log: every line stands on its own, also the last
+    ones, printed when the queries end by themselves."""
+    data = tmp_path / "in"
+    data.mkdir()
+    for i in range(200):
+        (data / f"{i:03d}.json").write_text(f'{{"k": "k{i % 7}", "v": {i}}}\n')
+    job = tmp_path / "job.sql"
+    job.write_text(
+        f"CREATE SOURCE s (k VARCHAR, v BIGINT) WITH (connector = 'files', path = '{data}', "
+        "max_files_per_trigger = 1);\n"
+        "CREATE SINK totals AS SELECT k, sum(v) AS total FROM s GROUP BY k EMIT CHANGES;\n"
+        "CREATE SINK copies WITH (connector = 'parquet', path = 'out') AS SELECT * FROM s;\n"
+    )
+    db = tmp_path / "app.db"
+    result = streamsql("run", str(job), "--db", str(db), "--trigger", "available_now", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    lines = result.stderr.splitlines()
+    assert len(lines) >= 4, result.stderr  # a report (every two seconds) and the last lines
+    assert all(line.startswith(("totals: ", "copies: ")) for line in lines), result.stderr
+    assert "\x1b" not in result.stderr

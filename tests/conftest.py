@@ -1,4 +1,5 @@
-"""Shared fixtures: engines on real DuckDB files in a temporary directory."""
+"""Shared fixtures: engines on real DuckDB files in a temporary directory, and a real
+Kafka-protocol broker on a free loopback port."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from pathlib import Path
 import pytest
 
 import streamsql
+from streamsql.testing.broker import Broker
 
 
 @pytest.fixture
@@ -20,3 +22,10 @@ def con(db_path: str) -> Iterator[streamsql.Connection]:
     connection = streamsql.connect(db_path)
     yield connection
     connection.close()
+
+
+@pytest.fixture(scope="session")
+def broker() -> Iterator[Broker]:
+    """One Tansu broker for the session; tests use topics of their own."""
+    with Broker() as running:
+        yield running

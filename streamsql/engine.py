@@ -97,13 +97,7 @@ class Result:
 
 def source_instance(con: DuckCursor, definition: SourceDef) -> Source:
     """The connector's reader of a source, its declared columns typed by DuckDB."""
-    connector = SOURCE_CONNECTORS.get(definition.connector.lower())
-    if connector is None:
-        raise ProgrammingError(
-            f"Unknown source connector {definition.connector!r}; available: "
-            f"{', '.join(SOURCE_CONNECTORS)}"
-        )
-    _check_options(f"Source {definition.name}", definition.options, connector.OPTIONS)
+    connector = _connector("Source", definition, SOURCE_CONNECTORS)
     try:
         schema = con.sql(Planner.empty_relation(definition, [])).to_arrow_table().schema
     except duckdb.Error as error:
@@ -111,14 +105,22 @@ def source_instance(con: DuckCursor, definition: SourceDef) -> Source:
     return connector(definition, schema)
 
 
-def _check_options(what: str, given: dict[str, str], known: tuple[str, ...]) -> None:
-    """A misspelt option is an error, not a setting silently ignored."""
-    unknown = sorted(set(given) - set(known))
+def _connector(kind: str, definition: SourceDef | SinkDef, registry: dict[str, type]) -> Any:
+    """The class of a definition's connector, which must know every option it is given (a
+    misspelt option is an error, not a setting silently ignored)."""
+    connector = registry.get(definition.connector.lower())
+    if connector is None:
+        raise ProgrammingError(
+            f"Unknown {kind.lower()} connector {definition.connector!r}; available: "
+            f"{', '.join(registry)}"
+        )
+    unknown = sorted(set(definition.options) - set(connector.OPTIONS))
     if unknown:
         raise ProgrammingError(
-            f"{what}: unknown option {unknown[0]!r} for connector {given.get('connector')!r}; "
-            f"its options are {', '.join(known)}"
+            f"{kind} {definition.name}: unknown option {unknown[0]!r} for connector "
+            f"{definition.connector!r}; its options are {', '.join(connector.OPTIONS)}"
         )
+    return connector
 
 
 def status_file(database: str) -> Path:
@@ -376,13 +378,7 @@ class Engine:
 
     def _execution(self, definition: SinkDef) -> MicroBatchExecution:
         plan = self.plan(definition.query)
-        connector = SINK_CONNECTORS.get(definition.connector.lower())
-        if connector is None:
-            raise ProgrammingError(
-                f"Unknown sink connector {definition.connector!r}; available: "
-                f"{', '.join(SINK_CONNECTORS)}"
-            )
-        _check_options(f"Sink {definition.name}", definition.options, connector.OPTIONS)
+        connector = _connector("Sink", definition, SINK_CONNECTORS)
         if connector is CallbackSink:
             sink = CallbackSink(definition.name, definition.options, self.callbacks)
         else:

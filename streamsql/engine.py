@@ -25,7 +25,7 @@ import pyarrow as pa
 from sqlglot import exp
 
 from streamsql.checkpoint.fingerprint import fingerprint
-from streamsql.checkpoint.log import SCHEMA, Checkpoint
+from streamsql.checkpoint.log import SCHEMA, Checkpoint, state_table
 from streamsql.errors import Error, ProgrammingError, from_duckdb
 from streamsql.format import format_duration
 from streamsql.incremental.aggregates import MACROS
@@ -366,7 +366,7 @@ class Engine:
         return cursor
 
     def program(self, name: str, plan: StreamingPlan) -> BatchProgram:
-        return compile_plan(plan, f"{SCHEMA}.{quote('state_' + name)}")
+        return compile_plan(plan, state_table(name))
 
     def _start(self, definition: SinkDef) -> StreamingQuery:
         execution = self._execution(definition)
@@ -459,7 +459,7 @@ class Engine:
         self.sinks.pop(name.lower(), None)
         self._forget("SINK", name)
         Checkpoint(self.db, name).forget()
-        self.db.execute(f"DROP TABLE IF EXISTS {SCHEMA}.{quote('state_' + name)}").fetchall()
+        self.db.execute(f"DROP TABLE IF EXISTS {state_table(name)}").fetchall()
 
     def explain(
         self, statement: Statement, params: Sequence[Any] | None, cursor: DuckCursor

@@ -15,12 +15,12 @@ from typing import Any
 import duckdb
 from sqlglot import exp
 
-from streamsql.checkpoint.log import SCHEMA, Checkpoint
+from streamsql.checkpoint.log import SCHEMA, Checkpoint, state_table
 from streamsql.engine import source_instance, status_file
 from streamsql.errors import OperationalError
 from streamsql.plan.catalog import source_def
 from streamsql.runtime.progress import timestamp_of
-from streamsql.sql import parse_one, quote
+from streamsql.sql import parse_one
 
 COLUMNS = (
     "sink",
@@ -69,9 +69,7 @@ def _from_checkpoint(
         "SELECT 1 FROM duckdb_tables() WHERE schema_name = ? AND lower(table_name) = ?",
         [SCHEMA, f"state_{name.lower()}"],
     ).fetchall():
-        state_rows = con.execute(
-            f"SELECT count(*) FROM {SCHEMA}.{quote('state_' + name)}"
-        ).fetchall()[0][0]
+        state_rows = con.execute(f"SELECT count(*) FROM {state_table(name)}").fetchall()[0][0]
     return {
         "sink": name,
         "running": running,

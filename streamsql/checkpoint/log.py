@@ -21,6 +21,7 @@ import duckdb
 
 from streamsql.checkpoint.fingerprint import Fingerprint, changes
 from streamsql.errors import PlanningError
+from streamsql.sql import quote
 
 SCHEMA = "_streamsql"
 EMITTED_WINDOWS = f"{SCHEMA}.emitted_windows"
@@ -77,6 +78,11 @@ TABLES = (
         error VARCHAR,
         recorded_at TIMESTAMPTZ DEFAULT current_timestamp)""",
 )
+
+
+def state_table(query: str) -> str:
+    """Where a sink's query keeps its state."""
+    return f"{SCHEMA}.{quote('state_' + query)}"
 
 
 @contextlib.contextmanager
@@ -202,13 +208,13 @@ class Checkpoint:
 
     def mismatch(self, current: Fingerprint) -> list[str]:
         """How `current` differs from the query whose state this checkpoint holds."""
-        stored = self._metadata()
-        return [] if stored is None else changes(stored[1], current)
+        return _mismatch(self._metadata(), current)
 
     def claim(self, current: Fingerprint) -> str:
         """Bind the checkpoint to the query about to resume it, refusing a different one;
         returns the query's id, the same on every restart."""
-        changed = self.mismatch(current)
+        stored = self._metadata()
+        changed = _mismatch(stored, current)
         if changed:
             raise PlanningError(
                 f"Query {self.query} cannot resume its checkpoint: the checkpoint holds state "
@@ -217,7 +223,6 @@ class Checkpoint:
                 "its state",
                 rule="checkpoint-mismatch",
             )
-        stored = self._metadata()
         query_id = stored[0] if stored else str(uuid.uuid4())
         self.cursor.execute(
             f"INSERT OR REPLACE INTO {SCHEMA}.metadata (query, id, fingerprint) VALUES (?, ?, ?)",
@@ -252,6 +257,10 @@ class Checkpoint:
             self.cursor.execute(
                 f"DELETE FROM {SCHEMA}.{table} WHERE query = ?", [self.query]
             ).fetchall()
+
+
+def _mismatch(stored: tuple[str, Fingerprint] | None, current: Fingerprint) -> list[str]:
+    return [] if stored is None else changes(stored[1], current)
 
 
 def _load(value: str | None) -> Any:

@@ -9,7 +9,7 @@ from typing import ClassVar
 import duckdb
 import pyarrow as pa
 
-from streamsql.errors import ProgrammingError
+from streamsql.errors import PlanningError, ProgrammingError
 from streamsql.plan.plan import Emit
 
 
@@ -40,6 +40,16 @@ class Sink(ABC):
     @abstractmethod
     def write(self, cursor: duckdb.DuckDBPyConnection, batch_id: int, rows: pa.Table) -> None:
         """Apply one batch's rows. `cursor` is inside the batch's open transaction."""
+
+    def require_keys(self, schema: OutputSchema, how: str, otherwise: str) -> None:
+        """EMIT CHANGES applied per group (`how`) needs every group key among the outputs."""
+        if not schema.keys_complete:
+            raise PlanningError(
+                f"Sink {self.name}: EMIT CHANGES {how}, so the SELECT list must include every "
+                f"GROUP BY key (and window_start or window_end); or set changelog = true to "
+                f"{otherwise}",
+                rule="changes-sink-needs-keys",
+            )
 
     def committed(self, cursor: duckdb.DuckDBPyConnection, batch_id: int) -> None:  # noqa: B027
         """Called after the batch's transaction commits (optional hook)."""

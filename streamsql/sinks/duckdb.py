@@ -11,7 +11,7 @@ from __future__ import annotations
 import duckdb
 import pyarrow as pa
 
-from streamsql.errors import PlanningError, ProgrammingError
+from streamsql.errors import ProgrammingError
 from streamsql.plan.plan import Emit
 from streamsql.sinks.base import OutputSchema, Sink
 from streamsql.sql import quote
@@ -61,13 +61,9 @@ class DuckDBSink(Sink):
         if schema.emit is Emit.SNAPSHOT:
             return [f"DELETE FROM {self.qualified}", insert]
         if schema.emit is Emit.CHANGES and schema.stateful:
-            if not schema.keys_complete:
-                raise PlanningError(
-                    f"Sink {self.name}: EMIT CHANGES into a table upserts each group on its key, "
-                    "so the SELECT list must include every GROUP BY key (and window_start or "
-                    "window_end); or set changelog = true to append every change",
-                    rule="changes-sink-needs-keys",
-                )
+            self.require_keys(
+                schema, "into a table upserts each group on its key", "append every change"
+            )
             on = (
                 " AND ".join(
                     f"__sink.{quote(k)} IS NOT DISTINCT FROM __new.{quote(k)}" for k in schema.keys

@@ -27,7 +27,7 @@ import duckdb
 import pyarrow as pa
 
 from streamsql.checkpoint.log import SINK_FILES, transaction
-from streamsql.errors import OperationalError, PlanningError, ProgrammingError
+from streamsql.errors import OperationalError, ProgrammingError
 from streamsql.format import parse_bytes, parse_seconds
 from streamsql.plan.plan import Emit
 from streamsql.sinks.base import OutputSchema, Sink
@@ -161,13 +161,12 @@ class FileSink(Sink):
 
     def open(self, cursor: duckdb.DuckDBPyConnection, schema: OutputSchema, query_id: str) -> None:
         self.schema, self.query_id = schema, query_id
-        if self.upserts and not schema.keys_complete:
-            raise PlanningError(
-                f"Sink {self.name}: EMIT CHANGES into files appends every change with its "
-                "_batch_id, and the sink's view shows the latest row per group, so the "
-                "SELECT list must include every GROUP BY key (and window_start or "
-                "window_end); or set changelog = true to only append the changes",
-                rule="changes-sink-needs-keys",
+        if self.upserts:
+            self.require_keys(
+                schema,
+                "into files appends every change with its _batch_id, and the sink's view shows "
+                "the latest row per group",
+                "only append the changes",
             )
         (self.directory / STAGING).mkdir(parents=True, exist_ok=True)
         self._recover(cursor)

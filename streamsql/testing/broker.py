@@ -125,10 +125,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Run a Tansu broker on 127.0.0.1 until Ctrl-C.")
     parser.add_argument("--port", type=int, help="port to listen on (default: a free one)")
     args = parser.parse_args(argv)
-    with Broker(args.port) as broker:
+    with Broker(args.port) as broker, contextlib.suppress(KeyboardInterrupt):
+        # Ctrl-C may come as soon as the address is printed: it is handled from here on.
         print(f"bootstrap_servers = '{broker.bootstrap_servers}'  (Ctrl-C stops it)", flush=True)
-        with contextlib.suppress(KeyboardInterrupt):
-            broker.process.wait()
+        broker.process.wait()
     return 0
 
 

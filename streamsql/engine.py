@@ -44,8 +44,10 @@ from streamsql.sinks.collect import CollectSink
 from streamsql.sinks.console import ConsoleSink
 from streamsql.sinks.duckdb import DuckDBSink
 from streamsql.sinks.files import CSVSink, JSONSink, ParquetSink
+from streamsql.sinks.kafka import KafkaSink
 from streamsql.sources.base import Source
 from streamsql.sources.files import FileSource
+from streamsql.sources.kafka import KafkaSource
 from streamsql.sources.memory import MemorySource
 from streamsql.sql import DIALECT, Statement, nodes, parse_one, quote
 
@@ -54,12 +56,14 @@ DuckCursor = duckdb.DuckDBPyConnection
 SOURCE_CONNECTORS: dict[str, type[Source]] = {
     "memory": MemorySource,
     "files": FileSource,
+    "kafka": KafkaSource,
 }
 SINK_CONNECTORS: dict[str, type[Sink]] = {
     "duckdb": DuckDBSink,
     "parquet": ParquetSink,
     "csv": CSVSink,
     "json": JSONSink,
+    "kafka": KafkaSink,
     "callback": CallbackSink,
     "console": ConsoleSink,
 }
@@ -114,7 +118,11 @@ def _connector(kind: str, definition: SourceDef | SinkDef, registry: dict[str, t
             f"Unknown {kind.lower()} connector {definition.connector!r}; available: "
             f"{', '.join(registry)}"
         )
-    unknown = sorted(set(definition.options) - set(connector.OPTIONS))
+    unknown = sorted(
+        key
+        for key in set(definition.options) - set(connector.OPTIONS)
+        if not key.startswith(getattr(connector, "OPTION_PREFIXES", ()))
+    )
     if unknown:
         raise ProgrammingError(
             f"{kind} {definition.name}: unknown option {unknown[0]!r} for connector "

@@ -105,3 +105,8 @@ def from_duckdb(error: duckdb.Error, context: str = "") -> Error:
         if isinstance(error, duck):
             return ours(message)
     return DatabaseError(message)
+
+
+class SourceUnavailable(OperationalError):
+    """A source that cannot be reached right now (broker down, leader moving): a running
+    query waits and retries the same batch, with backoff, instead of failing."""

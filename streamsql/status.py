@@ -83,7 +83,8 @@ def _from_checkpoint(
 
 
 def _lag(con: duckdb.DuckDBPyConnection, checkpoint: Checkpoint, sink_sql: str, end: Any) -> Any:
-    """What the sink's source holds beyond the committed offsets, as the source tells."""
+    """What the sink's source holds beyond the committed offsets, as the source tells (per
+    partition for sources that have them, asking the broker)."""
     query = parse_one(sink_sql).expression.expression
     names = sorted({table.name.lower() for table in query.find_all(exp.Table)})
     rows = con.execute(
@@ -93,5 +94,11 @@ def _lag(con: duckdb.DuckDBPyConnection, checkpoint: Checkpoint, sink_sql: str, 
     if not rows:
         return None
     source = source_instance(con, source_def(parse_one(rows[0][0]).expression, rows[0][0]))
-    source.recover(checkpoint.planned_ends())
-    return source.backlog(end if end is not None else source.initial_offset())
+    try:
+        source.recover(checkpoint.planned_ends())
+        end = end if end is not None else source.initial_offset()
+        return source.lag_by_partition(end) or source.backlog(end)
+    except OperationalError:
+        return None  # the broker cannot be asked now
+    finally:
+        source.close()

@@ -210,8 +210,9 @@ def test_names_and_columns_complete_from_the_engine_and_duckdb(
 def test_connector_options_complete_inside_with(memory_con: streamsql.Connection) -> None:
     completer = SQLCompleter(memory_con.engine)
     create = "CREATE SINK s WITH ("
-    (connector,) = completions(completer, create + "conn").items()
-    assert connector[0] == "connector" and "files source" in connector[1]
+    offered = completions(completer, create + "conn")
+    assert "files source" in offered["connector"]
+    assert offered["connect_timeout"] == "kafka source"
     offered = completions(completer, create + "connector = 'parquet', ")
     assert {"path", "compact_every", "target_file_size", "retention", "trigger"} <= set(offered)
     assert offered["path"] == "files source, parquet sink, csv sink, json sink"

@@ -8,12 +8,14 @@ from sqlglot import exp
 
 from streamsql.errors import PlanningError
 from streamsql.sql import DIALECT
+from streamsql.sql.nodes import MetadataColumnConstraint
 
 
 @dataclass(frozen=True)
 class Column:
     name: str
     type: str  # a DuckDB type, as DuckDB spells it
+    metadata: str | None = None  # the connector's metadata key it is filled from (METADATA)
 
 
 @dataclass(frozen=True)
@@ -105,7 +107,7 @@ def source_def(create: exp.Create, sql: str) -> SourceDef:
         elif isinstance(item, exp.ColumnDef) and (expression := _computed_expression(item)):
             computed.append(ComputedColumn(item.name, expression))
         elif isinstance(item, exp.ColumnDef) and item.args.get("kind"):
-            columns.append(Column(item.name, item.args["kind"].sql("duckdb")))
+            columns.append(Column(item.name, item.args["kind"].sql("duckdb"), _metadata_key(item)))
         else:
             raise PlanningError(f"Cannot read column definition {item.sql(DIALECT)!r}")
     name = schema.this.name
@@ -126,6 +128,13 @@ def _computed_expression(column: exp.ColumnDef) -> exp.Expr | None:
     for constraint in column.args.get("constraints") or []:
         if isinstance(constraint.args.get("kind"), exp.ComputedColumnConstraint):
             return constraint.args["kind"].this
+    return None
+
+
+def _metadata_key(column: exp.ColumnDef) -> str | None:
+    for constraint in column.args.get("constraints") or []:
+        if isinstance(kind := constraint.args.get("kind"), MetadataColumnConstraint):
+            return kind.name.lower() if kind.this else column.name.lower()
     return None
 
 

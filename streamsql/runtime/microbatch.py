@@ -216,7 +216,8 @@ class MicroBatchExecution:
             "sink": self.name,
             "last_batch": self.last_committed,
             "committed_offsets": self.committed_end,
-            "lag": self.source.backlog(self.committed_end),
+            "lag": self.source.lag_by_partition(self.committed_end)
+            or self.source.backlog(self.committed_end),
             "watermark": timestamp_of(self.watermark),
             "state_rows": self.state_rows if self.program.state_table else None,
             "dead_letters": self.dead_letters,
@@ -296,6 +297,7 @@ class MicroBatchExecution:
                 self.cursor.unregister(view)
             self._registered.clear()
         self.sink.committed(self.cursor, batch.batch_id)
+        self.source.committed(batch.end)
         if batch.batch_id >= RETAINED_BATCHES and batch.batch_id % RETAINED_BATCHES == 0:
             self.checkpoint.truncate(batch.batch_id - RETAINED_BATCHES, self.source.merge_ends)
         timings["commit"] = _ms_since(mark)
@@ -337,6 +339,7 @@ class MicroBatchExecution:
                     "end_offset": batch.end,
                     "num_input_rows": stats.input_rows,
                     "lag": self.source.backlog(batch.end),
+                    "lag_by_partition": self.source.lag_by_partition(batch.end),
                 }
             ],
             sink={
@@ -488,8 +491,11 @@ class MicroBatchExecution:
         return dead.num_rows
 
     def close(self) -> None:
-        self.sink.close()
-        self.cursor.close()
+        try:
+            self.sink.close()
+        finally:
+            self.source.close()
+            self.cursor.close()
 
 
 def _ms_since(start: float) -> float:

@@ -15,14 +15,16 @@ from collections.abc import Callable
 from concurrent.futures import Future
 from typing import Any, TypeVar
 
-from streamsql.errors import StreamingQueryError
+from streamsql.errors import SourceUnavailable, StreamingQueryError
 from streamsql.runtime.microbatch import MicroBatchExecution
 from streamsql.runtime.progress import QueryProgress
 from streamsql.runtime.triggers import Trigger, TriggerKind
+from streamsql.sources.base import Offset
 
 T = TypeVar("T")
 
 IDLE_POLL_SECONDS = 0.1  # how often an idle query re-checks sources that cannot notify
+FIRST_RETRY_SECONDS, MAX_RETRY_SECONDS = 0.5, 15.0  # backoff while a source is unavailable
 RECENT_PROGRESS = 100
 
 
@@ -50,8 +52,10 @@ class StreamingQuery:
         self._errands: queue.SimpleQueue[tuple[Callable[[MicroBatchExecution], Any], Future]] = (
             queue.SimpleQueue()
         )
+        self.unavailable_since: float | None = None  # when the source stopped answering
+        self._retries = 0
         self._thread = threading.Thread(
-            target=self._run, name=f"streamsql-{execution.name}", daemon=True
+            target=self._loop, name=f"streamsql-{execution.name}", daemon=True
         )
 
     @property
@@ -89,6 +93,7 @@ class StreamingQuery:
             "message": self._state,
             "is_active": self.is_active,
             "is_data_available": self._state == "processing",
+            "source_available": self.unavailable_since is None,
             "trigger": str(self.trigger),
             "error": None if self.exception is None else str(self.exception),
         }
@@ -153,40 +158,75 @@ class StreamingQuery:
     # -- the loop ------------------------------------------------------------------------------
 
     def _run(self) -> None:
-        bound = self.execution.source.snapshot() if self.trigger.stops else None
-        try:
-            while not self._stopping.is_set():
-                started = time.monotonic()
+        bound: Offset | None = None
+        bounded = not self.trigger.stops  # available_now and once: bound taken at the start
+        pending = None  # a planned batch whose source could not be read yet
+        while not self._stopping.is_set():
+            started = time.monotonic()
+            with self._served:
+                ticket = self._requested
+            self._wake.clear()
+            self._run_errands()
+            try:
+                if not bounded:
+                    bound, bounded = self.execution.source.snapshot(), True
+                batch = pending or self.execution.next_batch(bound)
+                if batch is not None:
+                    pending = batch
+                    progress = self.execution.run(batch)
+                    pending = None
+            except SourceUnavailable as error:
+                self._wait_for_source(error)
+                continue
+            self.unavailable_since = None
+            self._retries = 0
+            if batch is None:
+                self._state = "waiting for data"
                 with self._served:
-                    ticket = self._requested
+                    self._served_upto = ticket
+                    self._served.notify_all()
+                if self.trigger.stops:
+                    break
+                if not self.trigger.interval:
+                    # As fast as possible: wake on new data (or re-check soon).
+                    self._wake.wait(IDLE_POLL_SECONDS)
+                    continue
+            else:
+                self._state = "processing"
+                self.recent_progress.append(progress)
+                if self.on_progress:
+                    self.on_progress(self)
+                if self.trigger.kind is TriggerKind.ONCE:
+                    break
+            # A fixed interval: the next batch starts on the next tick, or at once when
+            # this one overran it (as in Spark).
+            deadline = started + self.trigger.interval
+            while not self._stopping.is_set() and time.monotonic() < deadline:
+                self._wake.wait(deadline - time.monotonic())  # errands are run meanwhile
                 self._wake.clear()
                 self._run_errands()
-                batch = self.execution.next_batch(bound)
-                if batch is None:
-                    self._state = "waiting for data"
-                    with self._served:
-                        self._served_upto = ticket
-                        self._served.notify_all()
-                    if self.trigger.stops:
-                        break
-                    if not self.trigger.interval:
-                        # As fast as possible: wake on new data (or re-check soon).
-                        self._wake.wait(IDLE_POLL_SECONDS)
-                        continue
-                else:
-                    self._state = "processing"
-                    self.recent_progress.append(self.execution.run(batch))
-                    if self.on_progress:
-                        self.on_progress(self)
-                    if self.trigger.kind is TriggerKind.ONCE:
-                        break
-                # A fixed interval: the next batch starts on the next tick, or at once when
-                # this one overran it (as in Spark).
-                deadline = started + self.trigger.interval
-                while not self._stopping.is_set() and time.monotonic() < deadline:
-                    self._wake.wait(deadline - time.monotonic())  # errands are run meanwhile
-                    self._wake.clear()
-                    self._run_errands()
+
+    def _wait_for_source(self, error: SourceUnavailable) -> None:
+        """Back off before trying the same step again, reporting why in status."""
+        delay = min(MAX_RETRY_SECONDS, FIRST_RETRY_SECONDS * 2**self._retries)
+        self._retries += 1
+        if self.unavailable_since is None:
+            self.unavailable_since = time.time()
+        self._state = (
+            f"source {self.execution.source.name} unavailable: {error} "
+            f"(attempt {self._retries}, next in {delay:g} s)"
+        )
+        if self.on_progress:
+            self.on_progress(self)
+        deadline = time.monotonic() + delay
+        while not self._stopping.is_set() and time.monotonic() < deadline:
+            self._wake.wait(deadline - time.monotonic())
+            self._wake.clear()
+            self._run_errands()
+
+    def _loop(self) -> None:
+        try:
+            self._run()
         except BaseException as error:  # reported through status and await_termination
             self.exception = error
             self._state = "failed"

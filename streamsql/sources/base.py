@@ -15,6 +15,7 @@ from typing import Any, ClassVar
 import pyarrow as pa
 
 from streamsql.errors import ProgrammingError
+from streamsql.format import parse_seconds
 from streamsql.plan.catalog import SourceDef
 
 Offset = Any
@@ -43,6 +44,8 @@ class Source(ABC):
     """One instance per source per engine, shared by the queries that read it."""
 
     OPTIONS: ClassVar[tuple[str, ...]] = ("connector", "on_error")  # WITH (...) keys it reads
+    OPTION_PREFIXES: ClassVar[tuple[str, ...]] = ()  # and keys passed on to a client library
+    METADATA: ClassVar[dict[str, pa.DataType]] = {}  # what METADATA columns can be filled from
 
     def __init__(self, definition: SourceDef, schema: pa.Schema) -> None:
         self.definition = definition
@@ -53,6 +56,13 @@ class Source(ABC):
             raise ProgrammingError(
                 f"Source {definition.name}: on_error must be one of {', '.join(ON_ERROR)}"
             )
+        for column in definition.columns:
+            if column.metadata is not None and column.metadata not in self.METADATA:
+                offered = f"; it offers {', '.join(self.METADATA)}" if self.METADATA else ""
+                raise ProgrammingError(
+                    f"Source {definition.name}: column {column.name}: connector "
+                    f"{definition.connector!r} has no metadata {column.metadata!r}{offered}"
+                )
         self._listeners: list[Callable[[], None]] = []
         self._listeners_lock = threading.Lock()
 
@@ -91,8 +101,18 @@ class Source(ABC):
         offsets that grow (row counts, Kafka offsets)."""
         return next((end for end in reversed(ends) if end is not None), None)
 
+    def lag_by_partition(self, end: Offset) -> dict[str, int] | None:
+        """The backlog per partition, for sources that have partitions."""
+        return None
+
     def recover(self, planned_ends: list[Offset]) -> None:  # noqa: B027 - optional hook
         """Called when a query resumes, with every end offset it ever planned."""
+
+    def committed(self, end: Offset) -> None:  # noqa: B027 - optional hook
+        """Called after a batch reading up to `end` committed."""
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release connections when the query reading through this instance ends."""
 
     def subscribe(self, listener: Callable[[], None]) -> None:
         """Call `listener` when new data arrives (sources that can tell; others are polled)."""
@@ -112,6 +132,25 @@ class Source(ABC):
 
     def empty(self) -> SourceBatch:
         return SourceBatch(self.schema.empty_table(), DEAD_LETTER_SCHEMA.empty_table())
+
+    def option_bool(self, key: str, default: bool) -> bool:
+        value = self.options.get(key)
+        if value is None:
+            return default
+        if value.lower() not in ("true", "false"):
+            raise ProgrammingError(f"Source {self.name}: {key} must be true or false")
+        return value.lower() == "true"
+
+    def option_seconds(self, key: str, default: float) -> float:
+        value = self.options.get(key)
+        if value is None:
+            return default
+        seconds = parse_seconds(value)
+        if seconds is None or seconds <= 0:
+            raise ProgrammingError(
+                f"Source {self.name}: {key} must be a duration like '10 seconds', got {value!r}"
+            )
+        return seconds
 
     def option_int(self, key: str, default: int | None = None) -> int | None:
         value = self.options.get(key)

@@ -9,6 +9,7 @@ Spark, a fractional number is not an integer: it is a bad record, not a rounded 
 from __future__ import annotations
 
 import json
+import re
 import threading
 
 import duckdb
@@ -18,23 +19,27 @@ from streamsql.plan.catalog import Column
 from streamsql.sources.base import DEAD_LETTER_SCHEMA, SourceBatch
 from streamsql.sql import literal, quote
 
-FORMATS = ("json", "csv", "parquet")
+FORMATS = ("json", "csv", "parquet")  # of files; Kafka values are json, csv or raw
 INTEGER_TYPES = {
     "TINYINT", "SMALLINT", "INTEGER", "INT", "BIGINT", "HUGEINT",
     "UTINYINT", "USMALLINT", "UINTEGER", "UBIGINT", "UHUGEINT",
 }  # fmt: skip
+TEXT_TYPES = {"VARCHAR", "TEXT", "STRING"}
 
 
 class Decoder:
     """Turns a table of raw records into a SourceBatch of typed rows and dead letters.
 
     The raw table carries `partition` (string), `offset` (int64) and `raw` (the record as
-    written, kept for dead letters), and either a `value` column (JSON) or one column per
-    declared column (CSV strings, Parquet values).
+    written, kept for dead letters), and either a `value` column (JSON, CSV or raw bytes;
+    string or binary) or one column per declared column (CSV strings, Parquet values).
+    Columns declared METADATA are read from `__meta_<key>` columns the source adds.
     """
 
     def __init__(self, columns: tuple[Column, ...], schema: pa.Schema) -> None:
-        self.columns = columns
+        self.names = [c.name for c in columns]
+        self.columns = tuple(c for c in columns if c.metadata is None)  # from the value
+        self.metadata = tuple(c for c in columns if c.metadata is not None)
         self.schema = schema
         self._db = duckdb.connect()
         self._local = threading.local()
@@ -62,24 +67,60 @@ class Decoder:
                 f"THEN {_cannot_read(c, given)} END"
             )
         error = (
-            f"CASE WHEN value IS NULL THEN 'empty message' "
-            f"WHEN NOT {valid} THEN 'malformed JSON' "
+            f"CASE WHEN value IS NULL THEN {_EMPTY} WHEN NOT {valid} THEN 'malformed JSON' "
             f"WHEN NOT {is_object} THEN 'JSON value is not an object' "
-            f"ELSE coalesce({', '.join(checks)}) END"
-            if checks
-            else "NULL"
+            f"ELSE coalesce({', '.join(checks) or 'NULL'}) END"
         )
         parsed = (
-            f'SELECT partition, "offset", raw, value, CASE WHEN {valid} AND {is_object} '
-            f"THEN json_transform(value, {literal(structure)}) END AS __v FROM __raw"
+            f"SELECT *, CASE WHEN {valid} AND {is_object} "
+            f"THEN json_transform(value, {literal(structure)}) END AS __v FROM ({_text(raw)})"
         )
+        structured = "__v.*, " if self.columns else ""
         sql = (
-            f"SELECT * EXCLUDE (__v, value), __v.* FROM ("
-            f'SELECT partition, "offset", raw, value, {error} AS __error, __v FROM ({parsed}))'
+            f"SELECT * EXCLUDE (__v, value, __error), {structured}"
+            f"coalesce(__error, {error}) AS __error FROM ({parsed})"
         )
         return self._split(raw, sql)
 
-    def decode_fields(self, raw: pa.Table) -> SourceBatch:
+    def decode_csv(self, raw: pa.Table, delimiter: str) -> SourceBatch:
+        """One CSV record (no header) per value: fields split by a regular expression that
+        knows quoting, then cast as in decode_fields."""
+        d = re.escape(delimiter)
+        field = f'("(?:[^"]|"")*"|[^{d}"\\n]*)'
+        fields = f"regexp_extract_all(value, {literal(f'(?:^|{d}){field}')}, 1)"
+        # The fields, joined again, must give back the whole value: anything else (a stray
+        # quote, a broken quoted field) is not CSV.
+        whole = f"array_to_string(__f, {literal(delimiter)}) = value"
+        count = len(self.columns)
+        split = (
+            f"SELECT *, CASE WHEN value IS NULL THEN {_EMPTY} WHEN NOT {whole} THEN "
+            f"'malformed CSV record' WHEN len(__f) <> {count} THEN "
+            f"'expected {count} fields, got ' || len(__f) ELSE __error END AS __structure "
+            f"FROM (SELECT *, {fields} AS __f FROM ({_text(raw)}))"
+        )
+        unquoted = ", ".join(
+            f"CASE WHEN __f[{i}] LIKE '\"%' THEN replace(__f[{i}][2:-2], '\"\"', '\"') "
+            f"ELSE nullif(__f[{i}], '') END AS {quote(c.name)}"
+            for i, c in enumerate(self.columns, start=1)
+        )
+        fields_sql = (
+            f"SELECT * EXCLUDE (__f, value, __error), __structure AS __error"
+            f"{', ' if unquoted else ''}{unquoted} FROM ({split})"
+        )
+        return self.decode_fields(raw, fields_sql)
+
+    def decode_raw(self, raw: pa.Table) -> SourceBatch:
+        """The value itself is the one value column (BLOB, or VARCHAR when valid UTF-8)."""
+        (column,) = self.columns
+        sql = (
+            f"SELECT * EXCLUDE (value), value AS {quote(column.name)} FROM "
+            f"({_text(raw) if column.type.upper() in TEXT_TYPES else _bytes(raw)})"
+        )
+        return self._split(raw, sql)
+
+    def decode_fields(
+        self, raw: pa.Table, fields_sql: str = "SELECT *, NULL AS __error FROM __raw"
+    ) -> SourceBatch:
         """Cast per-column fields (strings from CSV, typed values from Parquet)."""
         casts = [f"try_cast({quote(c.name)} AS {c.type}) AS {quote(c.name)}" for c in self.columns]
         checks = []
@@ -94,19 +135,34 @@ class Decoder:
             )
         record = ", ".join(f"{literal(c.name)}: {quote(c.name)}" for c in self.columns)
         written = "raw" if "raw" in raw.column_names else f"to_json({{{record}}})::VARCHAR"
+        metadata = "".join(f", {quote(_meta(c))}" for c in self.metadata)
         sql = (
-            f'SELECT partition, "offset", {written} AS raw, '
-            f"coalesce({', '.join(checks)}) AS __error, {', '.join(casts)} FROM __raw"
+            f'SELECT partition, "offset", {written} AS raw{metadata}, '
+            f"coalesce(__error, {', '.join(checks) or 'NULL'}) AS __error"
+            f"{', ' if casts else ''}{', '.join(casts)} FROM ({fields_sql})"
         )
         return self._split(raw, sql)
 
     def _split(self, raw: pa.Table, sql: str) -> SourceBatch:
         cursor = self._cursor
         cursor.register("__raw", raw)
+        metadata = {c.name: _cast(raw, _meta(c), c.type) for c in self.metadata}
+        checks = [
+            f"CASE WHEN {quote(_meta(c))} IS NOT NULL AND {metadata[c.name]} IS NULL THEN "
+            f"{_cannot_read(c, f'{quote(_meta(c))}::VARCHAR', c.metadata)} END"
+            for c in self.metadata
+        ]
+        error = f"coalesce(__error, {', '.join(checks)})" if checks else "__error"
         try:
             # DuckDB keeps insertion order, so rows stay in the order they arrived.
-            cursor.execute(f"CREATE OR REPLACE TEMP TABLE __decoded AS {sql}").fetchall()
-            names = ", ".join(quote(c.name) for c in self.columns)
+            cursor.execute(
+                f"CREATE OR REPLACE TEMP TABLE __decoded AS SELECT * EXCLUDE (__error), "
+                f"{error} AS __error FROM ({sql})"
+            ).fetchall()
+            names = ", ".join(
+                f"{metadata[name]} AS {quote(name)}" if name in metadata else quote(name)
+                for name in self.names
+            )
             rows = cursor.sql(
                 f"SELECT {names} FROM __decoded WHERE __error IS NULL"
             ).to_arrow_table()
@@ -119,14 +175,44 @@ class Decoder:
         return SourceBatch(rows.cast(self.schema), dead.cast(DEAD_LETTER_SCHEMA))
 
 
+_EMPTY = "'empty message'"
+
+
+def _meta(column: Column) -> str:
+    return f"__meta_{column.metadata}"
+
+
+def _text(raw: pa.Table) -> str:
+    """The raw records with `value` as text and `__error` set where it is not UTF-8."""
+    if not pa.types.is_binary(raw.schema.field("value").type):
+        return "SELECT *, NULL::VARCHAR AS __error FROM __raw"
+    return (
+        "SELECT * EXCLUDE (value, __text), __text AS value, CASE WHEN value IS NOT NULL AND "
+        "__text IS NULL THEN 'value is not valid UTF-8' END AS __error "
+        "FROM (SELECT *, try(decode(value)) AS __text FROM __raw)"
+    )
+
+
+def _cast(raw: pa.Table, name: str, type_: str) -> str:
+    """A cast that reads bytes as UTF-8 text (DuckDB's BLOB -> VARCHAR cast escapes them)."""
+    if pa.types.is_binary(raw.schema.field(name).type) and type_.upper() in TEXT_TYPES:
+        return f"try(decode({quote(name)}))"
+    return f"try_cast({quote(name)} AS {type_})"
+
+
+def _bytes(raw: pa.Table) -> str:
+    return "SELECT *, NULL::VARCHAR AS __error FROM __raw"
+
+
 def _is_integer(type_: str) -> bool:
     return type_.upper() in INTEGER_TYPES
 
 
-def _cannot_read(column: Column, given: str) -> str:
+def _cannot_read(column: Column, given: str, metadata: str | None = None) -> str:
     """SQL for the message `column c: cannot read <value> as <type>`."""
+    source = f" (metadata {metadata})" if metadata else ""
     return (
-        f"{literal(f'column {column.name}: cannot read ')} || {given} || "
+        f"{literal(f'column {column.name}{source}: cannot read ')} || {given} || "
         f"{literal(f' as {column.type}')}"
     )
 

@@ -87,6 +87,12 @@ class StreamSQLParser(DuckDBParser):
     CONSTRAINT_PARSERS: t.ClassVar = {
         **DuckDBParser.CONSTRAINT_PARSERS,
         "WATERMARK": lambda self: self._parse_watermark_constraint(),
+        "METADATA": lambda self: self.expression(
+            nodes.MetadataColumnConstraint(
+                this=self._match(TokenType.FROM) and self._parse_string(),
+                virtual=self._match_text_seq("VIRTUAL"),
+            )
+        ),
     }
 
     SCHEMA_UNNAMED_CONSTRAINTS: t.ClassVar = {
@@ -238,6 +244,11 @@ class StreamSQLGenerator(DuckDBGenerator):
         nodes.DescribeQuery: lambda self, e: f"DESCRIBE QUERY {self.sql(e, 'this')}",
         nodes.StopQuery: lambda self, e: f"STOP QUERY {self.sql(e, 'this')}",
         nodes.CompactSink: lambda self, e: f"COMPACT SINK {self.sql(e, 'this')}",
+        nodes.MetadataColumnConstraint: lambda self, e: (
+            "METADATA"
+            + (f" FROM {self.sql(e, 'this')}" if e.args.get("this") else "")
+            + (" VIRTUAL" if e.args.get("virtual") else "")
+        ),
         exp.WatermarkColumnConstraint: lambda self, e: (
             f"WATERMARK FOR {self.sql(e, 'this')} AS {self.sql(e, 'expression')}"
         ),

@@ -36,6 +36,13 @@ class Watermark(exp.Expression):
     arg_types = {"this": True, "alias": False, "delay": True}
 
 
+class MetadataColumnConstraint(exp.Expression, exp.ColumnConstraintKind):
+    """`METADATA [FROM 'key'] [VIRTUAL]` (Flink's form): the column is filled from the
+    connector's metadata (a Kafka record's partition, offset, ...), not from the value."""
+
+    arg_types = {"this": False, "virtual": False}
+
+
 class Emit(exp.Expression):
     """`EMIT CHANGES | FINAL | SNAPSHOT`; `this` is the canonical mode name."""
 

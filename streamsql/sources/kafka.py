@@ -1,0 +1,377 @@
+"""Kafka topics as a source, with offsets kept in the query's checkpoint (as Spark does).
+
+An offset is Spark's JSON form, `{"topic": {"partition": next offset}}`; a batch reads each
+partition's [start, end). Partitions are assigned by the source, never through a consumer
+group (whose offsets are at most a copy for lag tools, with `group_id`). Partitions added
+while a query runs are read from their earliest offset, as in Spark.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import json
+import math
+import threading
+from typing import Any, ClassVar
+
+import kafka.errors as kafka_errors
+import pyarrow as pa
+import pyarrow.compute as pc
+from kafka import KafkaConsumer, TopicPartition
+
+from streamsql.errors import DataError, OperationalError, ProgrammingError
+from streamsql.kafka_settings import PREFIX, client_settings
+from streamsql.sources.base import Offset, Source, SourceBatch
+from streamsql.sources.formats import Decoder
+from streamsql.sources.kafka_client import KafkaPythonClient, PartitionError, Watermarks
+
+FORMATS = ("json", "csv", "raw")
+EARLIEST, LATEST = -2, -1  # in per-partition starting_offsets, as in Spark
+# kafka-python settings a `kafka.` option may not change.
+OWNED = {
+    "bootstrap_servers": "use the bootstrap_servers option",
+    "request_timeout_ms": "use the request_timeout option",
+    "group_id": "use the group_id option; offsets are kept in the checkpoint",
+    "enable_auto_commit": "offsets are kept in the checkpoint",
+}
+
+
+CLIENTS = ("kafka-python", "confluent")
+
+
+def _client_class(name: str) -> type:
+    if name == "confluent":
+        try:
+            from streamsql.sources.kafka_confluent import ConfluentClient
+        except ImportError:
+            raise ProgrammingError(
+                "client = 'confluent' needs the confluent-kafka package "
+                "(pip install 'streamsql[confluent]')"
+            ) from None
+        return ConfluentClient
+    return KafkaPythonClient
+
+
+class KafkaSource(Source):
+    OPTIONS = (
+        *Source.OPTIONS,
+        "bootstrap_servers",
+        "topic",
+        "topic_pattern",
+        "starting_offsets",
+        "max_offsets_per_trigger",
+        "format",
+        "delimiter",
+        "fail_on_data_loss",
+        "group_id",
+        "client",
+        "connect_timeout",
+        "request_timeout",
+    )
+    OPTION_PREFIXES = (PREFIX,)  # kafka.security_protocol = ... is passed to the client
+    METADATA: ClassVar[dict[str, pa.DataType]] = {
+        "key": pa.binary(),
+        "topic": pa.string(),
+        "partition": pa.int32(),
+        "offset": pa.int64(),
+        "timestamp": pa.timestamp("ms", "UTC"),
+        "timestamp_type": pa.int8(),
+        "headers": pa.list_(pa.struct([("key", pa.string()), ("value", pa.binary())])),
+    }
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        options = self.options
+        if "bootstrap_servers" not in options:
+            raise ProgrammingError(
+                f"Source {self.name}: the kafka connector needs bootstrap_servers"
+            )
+        if ("topic" in options) == ("topic_pattern" in options):
+            raise ProgrammingError(
+                f"Source {self.name}: the kafka connector needs either topic or topic_pattern"
+            )
+        self.topics = [t.strip() for t in options.get("topic", "").split(",") if t.strip()] or None
+        self.pattern = options.get("topic_pattern")
+        self.format = options.get("format", "json").lower()
+        if self.format not in FORMATS:
+            raise ProgrammingError(
+                f"Source {self.name}: format must be one of {', '.join(FORMATS)}"
+            )
+        values = [c for c in self.definition.columns if c.metadata is None]
+        if self.format == "raw" and len(values) != 1:
+            raise ProgrammingError(
+                f"Source {self.name}: format 'raw' puts the message value in one column "
+                f"(BLOB or VARCHAR); {len(values)} non-METADATA columns are declared"
+            )
+        self.delimiter = options.get("delimiter", ",")
+        self.max_offsets = self.option_int("max_offsets_per_trigger")
+        self.fail_on_data_loss = self.option_bool("fail_on_data_loss", True)
+        self.group_id = options.get("group_id")
+        self.starting = options.get("starting_offsets", "latest").strip()
+        if self.starting.lower() not in ("earliest", "latest"):
+            self._specific_offsets()  # refuse bad JSON now, not when a query starts
+        client = options.get("client", "kafka-python").lower()
+        if client not in CLIENTS:
+            raise ProgrammingError(
+                f"Source {self.name}: client must be one of {', '.join(CLIENTS)}"
+            )
+        self._client_class = _client_class(client)
+        self.keep_headers = any(c.metadata == "headers" for c in self.definition.columns)
+        self.decoder = Decoder(self.definition.columns, self.schema)
+        self.client = self._new_client()
+        self._marks: dict[TopicPartition, Watermarks] = {}  # as of the last planning
+
+    def _new_client(self) -> Any:
+        config = client_settings(
+            f"Source {self.name}", self.options, KafkaConsumer.DEFAULT_CONFIG, OWNED
+        )
+        request_timeout = self.option_seconds("request_timeout", 30.0)
+        config["request_timeout_ms"] = int(request_timeout * 1000)
+        return self._client_class(
+            self.options["bootstrap_servers"], config, self.option_seconds("connect_timeout", 30.0)
+        )
+
+    def for_query(self) -> KafkaSource:
+        """A query reads through its own connection, on its own thread."""
+        reader = copy.copy(self)
+        reader._listeners, reader._listeners_lock = [], threading.Lock()
+        reader.client, reader._marks = self._new_client(), {}
+        return reader
+
+    def close(self) -> None:
+        self.client.close()
+
+    # -- offsets ---------------------------------------------------------------------------
+
+    def _partitions(self) -> list[TopicPartition]:
+        try:
+            return self.client.partitions(self.topics, self.pattern)
+        except PartitionError as error:
+            raise DataError(
+                f"Source {self.name}: topic {error.partition.topic!r} does not exist"
+            ) from None
+
+    @staticmethod
+    def _positions(offset: Offset) -> dict[TopicPartition, int]:
+        return {
+            TopicPartition(topic, int(p)): position
+            for topic, partitions in (offset or {}).items()
+            for p, position in partitions.items()
+        }
+
+    @staticmethod
+    def _offset(positions: dict[TopicPartition, int]) -> Offset:
+        offset: dict[str, dict[str, int]] = {}
+        for tp in sorted(positions):
+            offset.setdefault(tp.topic, {})[str(tp.partition)] = positions[tp]
+        return offset
+
+    def _specific_offsets(self) -> dict[TopicPartition, int]:
+        try:
+            positions = self._positions(json.loads(self.starting))
+        except (ValueError, AttributeError, TypeError):
+            raise ProgrammingError(
+                f"Source {self.name}: starting_offsets must be earliest, latest or JSON like "
+                f'{{"topic": {{"0": 23, "1": -2}}}} (-2 earliest, -1 latest)'
+            ) from None
+        return positions
+
+    def initial_offset(self) -> Offset:
+        partitions = self._partitions()
+        marks = self.client.watermarks(dict.fromkeys(partitions, 0))
+        mode = self.starting.lower()
+        if mode in ("earliest", "latest"):
+            pick = EARLIEST if mode == "earliest" else LATEST
+            wanted = dict.fromkeys(partitions, pick)
+        else:
+            wanted = self._specific_offsets()
+            missing = sorted(set(partitions) - set(wanted))
+            if missing:
+                raise ProgrammingError(
+                    f"Source {self.name}: starting_offsets must give every partition; missing "
+                    + ", ".join(f"{tp.topic}-{tp.partition}" for tp in missing)
+                )
+        return self._offset(
+            {
+                tp: marks[tp].log_start if o == EARLIEST else marks[tp].high if o == LATEST else o
+                for tp, o in wanted.items()
+                if tp in marks
+            }
+        )
+
+    def snapshot(self) -> Offset:
+        partitions = self._partitions()
+        marks = self.client.watermarks(dict.fromkeys(partitions, 0))
+        return self._offset({tp: mark.high for tp, mark in marks.items()})
+
+    def plan_batch(self, start: Offset, bound: Offset | None) -> Offset | None:
+        positions = self._positions(start)
+        partitions = self._partitions()
+        gone = sorted(set(positions) - set(partitions))
+        if gone:
+            self._data_loss(f"partitions {', '.join(_name(tp) for tp in gone)} were deleted")
+        probe = {tp: positions.get(tp, 0) for tp in partitions}
+        marks = self._marks = self.client.watermarks(probe)
+        begin: dict[TopicPartition, int] = {}
+        for tp, mark in marks.items():
+            position = positions.get(tp, mark.log_start)  # a new partition: from its start
+            if position < mark.log_start:
+                self._data_loss(
+                    f"offsets {position} to {mark.log_start - 1} of {_name(tp)} were deleted "
+                    "before they were read (retention)"
+                )
+                position = mark.log_start
+            elif position > mark.high:
+                self._data_loss(
+                    f"{_name(tp)} ends at offset {mark.high}, before the checkpoint's "
+                    f"{position} (was the topic recreated?)"
+                )
+                position = mark.high
+            begin[tp] = position
+        limits = self._positions(bound) if bound is not None else None
+        until = {
+            tp: max(begin[tp], min(marks[tp].high, limits.get(tp, begin[tp])))
+            if limits is not None
+            else marks[tp].high
+            for tp in begin
+        }
+        if self.max_offsets:
+            until = self._rate_limit(begin, until)
+        if all(until[tp] == positions.get(tp) for tp in until):
+            return None
+        return self._offset({**{tp: p for tp, p in positions.items() if tp not in gone}, **until})
+
+    def _rate_limit(
+        self, begin: dict[TopicPartition, int], until: dict[TopicPartition, int]
+    ) -> dict[TopicPartition, int]:
+        """Spark's split of max_offsets_per_trigger: each partition gets a share in
+        proportion to its lag, so a backlog advances every partition together."""
+        lags = {tp: until[tp] - begin[tp] for tp in until}
+        total = sum(lags.values())
+        if total <= self.max_offsets:
+            return until
+        limited = {}
+        for tp, lag in lags.items():
+            share = self.max_offsets * lag / total
+            step = math.ceil(share) if share < 1 else math.floor(share)
+            limited[tp] = min(begin[tp] + step, until[tp])
+        return limited
+
+    def _data_loss(self, what: str) -> None:
+        if self.fail_on_data_loss:
+            raise DataError(
+                f"Source {self.name}: {what}; set fail_on_data_loss = false to go on from "
+                "the earliest offset still available"
+            )
+
+    def backlog(self, end: Offset) -> int | None:
+        lag = self.lag_by_partition(end)
+        return None if lag is None else sum(lag.values())
+
+    def lag_by_partition(self, end: Offset) -> dict[str, int] | None:
+        """The broker's end offset minus `end`, per partition (asked once if not known)."""
+        positions = self._positions(end)
+        if not self._marks:
+            try:
+                self._marks = self.client.watermarks(
+                    {tp: positions.get(tp, 0) for tp in self._partitions()}
+                )
+            except OperationalError:
+                return None
+        return {
+            _name(tp): max(0, mark.high - positions.get(tp, mark.log_start))
+            for tp, mark in sorted(self._marks.items())
+        }
+
+    def committed(self, end: Offset) -> None:
+        """Copy the committed offsets to the consumer group, for external lag tools."""
+        if self.group_id:
+            # A copy for dashboards: if it fails, the next batch's commit brings it up to date.
+            with contextlib.suppress(OperationalError):
+                self.client.commit(self.group_id, self._positions(end))
+
+    # -- reading ---------------------------------------------------------------------------
+
+    def read(self, start: Offset, end: Offset) -> SourceBatch:
+        begin, until = self._positions(start), self._positions(end)
+        new = [tp for tp in until if tp not in begin]
+        if new:  # partitions that appeared in this batch are read from their start
+            marks = self.client.watermarks(dict.fromkeys(new, 0))
+            begin.update({tp: marks[tp].log_start for tp in new if tp in marks})
+        ranges = {tp: (begin[tp], e) for tp, e in until.items() if e > begin.get(tp, e)}
+        if not ranges:
+            return self.empty()
+        while True:
+            try:
+                fetched = self.client.fetch(ranges, self.keep_headers)
+                break
+            except PartitionError as error:
+                ranges = self._after_partition_error(error, ranges)
+        tables = []
+        for tp in sorted(fetched):
+            table = fetched[tp].table()
+            tables.append(
+                table.append_column(
+                    "__topic", pa.repeat(pa.scalar(tp.topic), table.num_rows)
+                ).append_column(
+                    "__partition", pa.repeat(pa.scalar(tp.partition, pa.int32()), table.num_rows)
+                )
+            )
+        return self._decode(pa.concat_tables(tables))
+
+    def _after_partition_error(
+        self, error: PartitionError, ranges: dict[TopicPartition, tuple[int, int]]
+    ) -> dict[TopicPartition, tuple[int, int]]:
+        """The ranges to fetch again once data loss is accepted (fail_on_data_loss = false)."""
+        tp = error.partition
+        if error.error is kafka_errors.UnknownTopicOrPartitionError:
+            self._data_loss(f"{_name(tp)} was deleted")
+            return {p: r for p, r in ranges.items() if p != tp}
+        if error.error is kafka_errors.OffsetOutOfRangeError:
+            start, end = ranges[tp]
+            mark = self.client.watermarks({tp: start})[tp]
+            self._data_loss(
+                f"offsets {start} to {min(end, mark.log_start) - 1} of {_name(tp)} are no "
+                "longer on the broker (retention)"
+            )
+            rest = {p: r for p, r in ranges.items() if p != tp}
+            if mark.log_start < end:
+                rest[tp] = (max(start, mark.log_start), end)
+            return rest
+        raise OperationalError(f"Source {self.name}: Kafka refused to fetch {error}") from None
+
+    def _decode(self, records: pa.Table) -> SourceBatch:
+        """Records -> the raw table the decoder reads: dead letters name `topic-partition`."""
+        partition = pc.binary_join_element_wise(
+            records["__topic"], records["__partition"].cast(pa.string()), "-"
+        )
+        columns = {
+            "partition": partition,
+            "offset": records["offset"],
+            "raw": records["value"],
+            "value": records["value"],
+        }
+        for column in self.definition.columns:
+            if column.metadata is not None:
+                columns[f"__meta_{column.metadata}"] = self._metadata(records, column.metadata)
+        raw = pa.table(columns)
+        if self.format == "json":
+            return self.decoder.decode_json(raw)
+        if self.format == "csv":
+            return self.decoder.decode_csv(raw, self.delimiter)
+        return self.decoder.decode_raw(raw)
+
+    @staticmethod
+    def _metadata(records: pa.Table, key: str) -> pa.ChunkedArray:
+        if key == "topic":
+            return records["__topic"]
+        if key == "partition":
+            return records["__partition"]
+        if key == "timestamp":
+            return records["timestamp"].cast(pa.timestamp("ms", "UTC"))
+        return records[key]
+
+
+def _name(tp: TopicPartition) -> str:
+    return f"{tp.topic}-{tp.partition}"

@@ -1,0 +1,219 @@
+"""The few Kafka requests the source needs (metadata, fetch, offset commit), on kafka-python.
+
+The source assigns partitions itself and keeps offsets in its checkpoint, as Spark does, so
+it needs no consumer: it sends Fetch requests through kafka-python's connection manager and
+decodes the record sets with kafka_records, without a Python object per message.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import Any
+
+import kafka.errors as kafka_errors
+from kafka import KafkaConsumer, OffsetAndMetadata, TopicPartition
+from kafka.net.compat import KafkaNetClient
+from kafka.protocol.consumer import FetchRequest
+
+from streamsql.errors import OperationalError, SourceUnavailable
+from streamsql.sources.kafka_records import RecordColumns
+
+FETCH_VERSION = 12  # the last Fetch version that names topics (13+ use topic ids)
+FETCH_WAIT_MS = 1  # Tansu answers max_wait_ms = 0 with no partitions at all
+MAX_RESPONSE_BYTES = 64 << 20
+PARTITION_FETCH_BYTES = 16 << 20
+
+
+NETWORK_ERRORS = (
+    kafka_errors.KafkaConnectionError,
+    kafka_errors.KafkaTimeoutError,
+    kafka_errors.NodeNotReadyError,
+    kafka_errors.RequestTimedOutError,
+    ConnectionError,
+    TimeoutError,
+)
+
+
+@dataclass(frozen=True)
+class Watermarks:
+    log_start: int  # the earliest offset the broker still has
+    high: int  # the offset after the last record (the fetch response's high watermark)
+
+
+class PartitionError(Exception):
+    """The broker refused a partition's fetch (offset out of range, unknown topic)."""
+
+    def __init__(self, partition: TopicPartition, error: type[kafka_errors.KafkaError]) -> None:
+        super().__init__(f"{partition.topic}-{partition.partition}: {error.__name__}")
+        self.partition = partition
+        self.error = error
+
+
+class KafkaPythonClient:
+    def __init__(
+        self, bootstrap_servers: str, config: dict[str, Any], connect_timeout: float
+    ) -> None:
+        self.bootstrap_servers = bootstrap_servers
+        self.config = config
+        self.connect_timeout = connect_timeout
+        self.request_timeout_ms = int(config.get("request_timeout_ms", 30_000))
+        self._client: KafkaNetClient | None = None
+        self._committer: KafkaConsumer | None = None
+
+    @property
+    def _manager(self) -> Any:
+        if self._client is None:
+            client = KafkaNetClient(
+                bootstrap_servers=self.bootstrap_servers,
+                receive_message_max_bytes=MAX_RESPONSE_BYTES + (1 << 20),
+                allow_auto_create_topics=False,
+                **self.config,
+            )
+            client._manager._net.start()
+            try:
+                client._manager.bootstrap(int(self.connect_timeout * 1000))
+            except kafka_errors.KafkaError as error:
+                client.close()
+                raise OperationalError(
+                    f"cannot reach Kafka at {self.bootstrap_servers} within "
+                    f"{self.connect_timeout:g} s ({error})"
+                ) from None
+            client._manager.cluster.need_all_topic_metadata = True
+            self._client = client
+        return self._client._manager
+
+    def _run(self, coroutine: Any, *args: Any) -> Any:
+        """Run a request on the client's I/O thread; network trouble is SourceUnavailable."""
+        manager = self._manager
+        try:
+            return manager.run(coroutine, *args)
+        except NETWORK_ERRORS as error:
+            raise SourceUnavailable(f"Kafka at {self.bootstrap_servers}: {error}") from None
+
+    def partitions(self, topics: list[str] | None, pattern: str | None) -> list[TopicPartition]:
+        """The partitions of `topics` (or of every topic matching `pattern`), as of now."""
+        manager = self._manager
+        self._run(manager.cluster.refresh_metadata)
+        cluster = manager.cluster
+        names = (
+            [t for t in sorted(cluster.topics()) if re.fullmatch(pattern, t)]
+            if pattern is not None
+            else topics or []
+        )
+        found = []
+        for topic in names:
+            numbers = cluster.partitions_for_topic(topic)
+            if numbers is None:
+                raise PartitionError(
+                    TopicPartition(topic, -1), kafka_errors.UnknownTopicOrPartitionError
+                )
+            found.extend(TopicPartition(topic, p) for p in sorted(numbers))
+        return found
+
+    def watermarks(self, positions: dict[TopicPartition, int]) -> dict[TopicPartition, Watermarks]:
+        """Each partition's log start and high watermark, from a Fetch response: ListOffsets
+        (latest) under-reports on some brokers (Tansu), the fetch high watermark does not."""
+        answers = self._fetch({tp: offset for tp, offset in positions.items()}, max_bytes=1)
+        return {
+            tp: Watermarks(data.log_start_offset, data.high_watermark)
+            for tp, data in answers.items()
+        }
+
+    def fetch(
+        self, ranges: dict[TopicPartition, tuple[int, int]], keep_headers: bool
+    ) -> dict[TopicPartition, RecordColumns]:
+        """Every record in each partition's [start, end), in offset order."""
+        records = {tp: RecordColumns(start, end, start) for tp, (start, end) in ranges.items()}
+        while pending := {tp: r.next_offset for tp, r in records.items() if not r.done}:
+            progressed = False
+            for tp, data in self._fetch(pending, PARTITION_FETCH_BYTES).items():
+                if data.error_code:
+                    raise PartitionError(tp, kafka_errors.for_code(data.error_code))
+                before = records[tp].next_offset
+                records[tp].add(data.records or b"", keep_headers)
+                if records[tp].next_offset == before and data.high_watermark <= before:
+                    # Nothing at or after `before` any more: the log was truncated under us.
+                    raise PartitionError(tp, kafka_errors.OffsetOutOfRangeError)
+                progressed = progressed or records[tp].next_offset > before
+            if not progressed:
+                raise SourceUnavailable(
+                    f"Kafka at {self.bootstrap_servers}: fetch returned no records"
+                )
+        return records
+
+    def _fetch(
+        self, positions: dict[TopicPartition, int], max_bytes: int
+    ) -> dict[TopicPartition, Any]:
+        """One Fetch request per leader; the partition data of the answers."""
+        manager = self._manager
+        by_leader: dict[Any, dict[str, list]] = defaultdict(lambda: defaultdict(list))
+        for tp, offset in positions.items():
+            leader = manager.cluster.leader_for_partition(tp)
+            if leader is None or leader == -1:
+                self._run(manager.cluster.refresh_metadata)
+                leader = manager.cluster.leader_for_partition(tp)
+                if leader is None:
+                    raise PartitionError(tp, kafka_errors.UnknownTopicOrPartitionError)
+            by_leader[leader][tp.topic].append(
+                FetchRequest.FetchTopic.FetchPartition(
+                    partition=tp.partition,
+                    current_leader_epoch=-1,
+                    fetch_offset=offset,
+                    last_fetched_epoch=-1,
+                    log_start_offset=-1,
+                    partition_max_bytes=max_bytes,
+                )
+            )
+
+        async def send(node: Any, request: FetchRequest) -> Any:
+            return await manager.send(
+                request, node_id=node, request_timeout_ms=self.request_timeout_ms
+            )
+
+        answers: dict[TopicPartition, Any] = {}
+        for node, topics in by_leader.items():
+            request = FetchRequest(
+                max_wait_ms=FETCH_WAIT_MS,
+                min_bytes=1,
+                max_bytes=MAX_RESPONSE_BYTES,
+                isolation_level=0,
+                session_id=0,
+                session_epoch=-1,
+                topics=[FetchRequest.FetchTopic(topic=t, partitions=p) for t, p in topics.items()],
+                max_version=FETCH_VERSION,
+            )
+            response = self._run(send, node, request)
+            for topic in response.responses:
+                for data in topic.partitions:
+                    answers[TopicPartition(topic.topic, data.partition_index)] = data
+        if any(
+            data.error_code == kafka_errors.NotLeaderForPartitionError.errno
+            for data in answers.values()
+        ):
+            self._run(manager.cluster.refresh_metadata)
+            raise SourceUnavailable(f"Kafka at {self.bootstrap_servers}: partition leaders moved")
+        return answers
+
+    def commit(self, group_id: str, offsets: dict[TopicPartition, int]) -> None:
+        """Record `offsets` as the group's position, for lag tools; never read back."""
+        if self._committer is None:
+            self._committer = KafkaConsumer(
+                bootstrap_servers=self.bootstrap_servers,
+                group_id=group_id,
+                enable_auto_commit=False,
+                **self.config,
+            )
+        try:
+            self._committer.commit({tp: OffsetAndMetadata(o, "", -1) for tp, o in offsets.items()})
+        except kafka_errors.KafkaError as error:
+            raise SourceUnavailable(f"Kafka at {self.bootstrap_servers}: {error}") from None
+
+    def close(self) -> None:
+        if self._committer is not None:
+            self._committer.close()
+            self._committer = None
+        if self._client is not None:
+            self._client.close()
+            self._client = None

@@ -97,6 +97,7 @@ def _lag(con: duckdb.DuckDBPyConnection, checkpoint: Checkpoint, sink_sql: str, 
     try:
         source.recover(checkpoint.planned_ends())
         end = end if end is not None else source.initial_offset()
+        source.snapshot()  # what is there now (for Kafka: the broker's end offsets)
         return source.lag_by_partition(end) or source.backlog(end)
     except OperationalError:
         return None  # the broker cannot be asked now

@@ -6,6 +6,7 @@ import io
 import json
 import os
 import re
+import uuid
 from collections import Counter
 from pathlib import Path
 
@@ -14,6 +15,7 @@ import pytest
 
 from streamsql.cli import run_file
 from streamsql.sql import parse
+from streamsql.testing.broker import Broker
 
 ROOT = Path(__file__).resolve().parent.parent
 QUERIES = sorted((ROOT / "queries").glob("*.sql"))
@@ -30,9 +32,22 @@ def at_repository_root(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.chdir(tmp_path / "root")
 
 
-def run(path: Path, db: str) -> tuple[int, str, str]:
+@pytest.fixture
+def kafka_names(broker: Broker) -> dict[str, str]:
+    """The Kafka examples name a broker at localhost:9092: here the test broker, and a topic
+    of the test's own."""
+    return {
+        "localhost:9092": broker.bootstrap_servers,
+        "'user-events'": f"'user-events-{uuid.uuid4().hex[:8]}'",
+    }
+
+
+def run(path: Path, db: str, rename: dict[str, str] | None = None) -> tuple[int, str, str]:
+    text = path.read_text()
+    for name, value in (rename or {}).items():
+        text = text.replace(name, value)
     out, err = io.StringIO(), io.StringIO()
-    code = run_file(path.read_text(), db, "available_now", out, err)
+    code = run_file(text, db, "available_now", out, err)
     return code, out.getvalue(), err.getvalue()
 
 
@@ -62,9 +77,14 @@ def test_there_are_examples_for_every_seed_query() -> None:
 
 
 @pytest.mark.parametrize("path", QUERIES, ids=lambda p: p.stem)
-def test_every_example_parses_and_runs(path: Path, tmp_path: Path) -> None:
+def test_every_example_parses_and_runs(
+    path: Path, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
     assert parse(path.read_text())
-    code, _, err = run(path, str(tmp_path / "app.db"))
+    rename = request.getfixturevalue("kafka_names") if path.stem.startswith("kafka") else None
+    if path.stem == "kafka_windows":  # reads what kafka_load.sql writes
+        assert run(ROOT / "queries" / "kafka_load.sql", str(tmp_path / "load.db"), rename)[0] == 0
+    code, _, err = run(path, str(tmp_path / "app.db"), rename)
     assert code == 0, err
     assert "failed" not in err
 
@@ -149,6 +169,29 @@ def test_windows_to_parquet_writes_the_windows_of_the_duckdb_example(tmp_path: P
     finally:
         tables.close()
         files.close()
+
+
+def test_kafka_windows_equal_the_files_example(tmp_path: Path, kafka_names: dict[str, str]) -> None:
+    """Loaded into one partition in file order and read 40 offsets (one file) per batch, the
+    topic gives the batches, and so the windows, of tumbling_windows.sql."""
+    code, _, err = run(ROOT / "queries" / "kafka_load.sql", str(tmp_path / "load.db"), kafka_names)
+    assert code == 0, err
+    db = str(tmp_path / "app.db")
+    code, _, err = run(ROOT / "queries" / "kafka_windows.sql", db, kafka_names)
+    assert code == 0, err
+    code, _, err = run(ROOT / "queries" / "tumbling_windows.sql", str(tmp_path / "files.db"))
+    assert code == 0, err
+    select = "SELECT window_start, event_type, n FROM {} ORDER BY ALL"
+    with (
+        duckdb.connect(db, read_only=True) as kafka,
+        duckdb.connect(str(tmp_path / "files.db"), read_only=True) as files,
+    ):
+        expected = files.execute(select.format("clicks_per_window")).fetchall()
+        assert kafka.execute(select.format("kafka_clicks_per_window")).fetchall() == expected
+        # running it again reads nothing new and changes nothing
+    assert run(ROOT / "queries" / "kafka_windows.sql", db, kafka_names)[0] == 0
+    with duckdb.connect(db, read_only=True) as kafka:
+        assert kafka.execute(select.format("kafka_clicks_per_window")).fetchall() == expected
 
 
 def test_backfill_resumes_where_it_stopped(tmp_path: Path) -> None:

@@ -202,7 +202,7 @@ class KafkaSource(Source):
 
     def snapshot(self) -> Offset:
         partitions = self._partitions()
-        marks = self.client.watermarks(dict.fromkeys(partitions, 0))
+        marks = self._marks = self.client.watermarks(dict.fromkeys(partitions, 0))
         return self._offset({tp: mark.high for tp, mark in marks.items()})
 
     def plan_batch(self, start: Offset, bound: Offset | None) -> Offset | None:
@@ -270,15 +270,11 @@ class KafkaSource(Source):
         return None if lag is None else sum(lag.values())
 
     def lag_by_partition(self, end: Offset) -> dict[str, int] | None:
-        """The broker's end offset minus `end`, per partition (asked once if not known)."""
-        positions = self._positions(end)
+        """The broker's end offset minus `end`, per partition, as of the last planning or
+        snapshot (None before either: this never waits for the broker)."""
         if not self._marks:
-            try:
-                self._marks = self.client.watermarks(
-                    {tp: positions.get(tp, 0) for tp in self._partitions()}
-                )
-            except OperationalError:
-                return None
+            return None
+        positions = self._positions(end)
         return {
             _name(tp): max(0, mark.high - positions.get(tp, mark.log_start))
             for tp, mark in sorted(self._marks.items())

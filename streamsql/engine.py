@@ -548,6 +548,8 @@ class Engine:
             ("last_committed_batch", str(query.execution.last_committed)),
             ("watermark", str(timestamp_of(query.execution.watermark))),
         ]
+        position = query.execution.position()
+        rows += [(key, json.dumps(position[key])) for key in ("committed_offsets", "lag")]
         if progress is not None:
             rows += [(key, str(value)) for key, value in progress.to_dict().items()]
         return Result(["property", "value"], rows)

@@ -40,9 +40,12 @@ def database_status(database: str) -> tuple[str, list[dict[str, Any]]]:
         raise OperationalError(f"No engine database at {database}")
     try:
         con = duckdb.connect(database, read_only=True)
-    except duckdb.IOException as error:
+    except (duckdb.IOException, duckdb.ConnectionException) as error:
+        # Another process holds the database (a lock), or this one does (a connection).
         published = status_file(database)
-        if "lock" not in str(error).lower() or not published.exists():
+        if not published.exists() or not (
+            "lock" in str(error).lower() or isinstance(error, duckdb.ConnectionException)
+        ):
             raise OperationalError(f"Cannot read {database}: {error}") from None
         snapshot = json.loads(published.read_text())
         age = time.time() - snapshot["written_at"]

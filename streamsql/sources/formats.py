@@ -24,6 +24,7 @@ INTEGER_TYPES = {
     "TINYINT", "SMALLINT", "INTEGER", "INT", "BIGINT", "HUGEINT",
     "UTINYINT", "USMALLINT", "UINTEGER", "UBIGINT", "UHUGEINT",
 }  # fmt: skip
+NUMBER_TYPES = {"FLOAT", "REAL", "DOUBLE", "DECIMAL", "NUMERIC"}
 TEXT_TYPES = {"VARCHAR", "TEXT", "STRING"}
 
 
@@ -60,10 +61,10 @@ class Decoder:
         for c in self.columns:
             path = literal(_json_path(c.name))
             given = f"json_extract(value, {path})::VARCHAR"
-            fractional = f"json_type(value, {path}) = 'DOUBLE'" if _is_integer(c.type) else "FALSE"
+            wrong = _json_mismatch(c.type, f"json_type(value, {path})")
             checks.append(
                 f"CASE WHEN (__v.{quote(c.name)} IS NULL "
-                f"AND coalesce(json_type(value, {path}), 'NULL') <> 'NULL') OR {fractional} "
+                f"AND coalesce(json_type(value, {path}), 'NULL') <> 'NULL') OR {wrong} "
                 f"THEN {_cannot_read(c, given)} END"
             )
         error = (
@@ -202,6 +203,17 @@ def _cast(raw: pa.Table, name: str, type_: str) -> str:
 
 def _bytes(raw: pa.Table) -> str:
     return "SELECT *, NULL::VARCHAR AS __error FROM __raw"
+
+
+def _json_mismatch(type_: str, json_type: str) -> str:
+    """SQL that is true when a JSON value's type cannot be the column's, though DuckDB
+    would convert it: as in Spark, a number column takes only JSON numbers (not `"7"`,
+    not `true`) and an integer column only whole ones (not `1.5`, not `2.0`)."""
+    if _is_integer(type_):
+        return f"{json_type} NOT IN ('BIGINT', 'UBIGINT', 'NULL')"
+    if type_.upper().split("(")[0] in NUMBER_TYPES:
+        return f"{json_type} NOT IN ('BIGINT', 'UBIGINT', 'DOUBLE', 'NULL')"
+    return "FALSE"
 
 
 def _is_integer(type_: str) -> bool:

@@ -144,9 +144,9 @@ class KafkaSource(Source):
 
     # -- offsets ---------------------------------------------------------------------------
 
-    def _partitions(self) -> list[TopicPartition]:
+    def _partitions(self, missing_ok: bool = False) -> list[TopicPartition]:
         try:
-            return self.client.partitions(self.topics, self.pattern)
+            return self.client.partitions(self.topics, self.pattern, missing_ok)
         except PartitionError as error:
             raise DataError(
                 f"Source {self.name}: topic {error.partition.topic!r} does not exist"
@@ -170,6 +170,8 @@ class KafkaSource(Source):
     def _specific_offsets(self) -> dict[TopicPartition, int]:
         try:
             positions = self._positions(json.loads(self.starting))
+            if not all(type(o) is int and o >= EARLIEST for o in positions.values()):
+                raise ValueError
         except (ValueError, AttributeError, TypeError):
             raise ProgrammingError(
                 f"Source {self.name}: starting_offsets must be earliest, latest or JSON like "
@@ -190,7 +192,13 @@ class KafkaSource(Source):
             if missing:
                 raise ProgrammingError(
                     f"Source {self.name}: starting_offsets must give every partition; missing "
-                    + ", ".join(f"{tp.topic}-{tp.partition}" for tp in missing)
+                    + ", ".join(map(_name, missing))
+                )
+            unknown = sorted(set(wanted) - set(partitions))
+            if unknown:
+                raise ProgrammingError(
+                    f"Source {self.name}: starting_offsets names partitions the topics do not "
+                    "have: " + ", ".join(map(_name, unknown))
                 )
         return self._offset(
             {
@@ -207,7 +215,7 @@ class KafkaSource(Source):
 
     def plan_batch(self, start: Offset, bound: Offset | None) -> Offset | None:
         positions = self._positions(start)
-        partitions = self._partitions()
+        partitions = self._partitions(missing_ok=True)  # a deleted topic is data loss
         gone = sorted(set(positions) - set(partitions))
         if gone:
             self._data_loss(f"partitions {', '.join(_name(tp) for tp in gone)} were deleted")
@@ -253,7 +261,7 @@ class KafkaSource(Source):
             return until
         limited = {}
         for tp, lag in lags.items():
-            share = self.max_offsets * lag / total
+            share = self.max_offsets * (lag / total)  # as Spark rounds it
             step = math.ceil(share) if share < 1 else math.floor(share)
             limited[tp] = min(begin[tp] + step, until[tp])
         return limited
@@ -261,8 +269,8 @@ class KafkaSource(Source):
     def _data_loss(self, what: str) -> None:
         if self.fail_on_data_loss:
             raise DataError(
-                f"Source {self.name}: {what}; set fail_on_data_loss = false to go on from "
-                "the earliest offset still available"
+                f"Source {self.name}: {what}; set fail_on_data_loss = false to go on with "
+                "the offsets the broker has"
             )
 
     def backlog(self, end: Offset) -> int | None:

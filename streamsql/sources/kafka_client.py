@@ -15,13 +15,14 @@ from typing import Any
 import kafka.errors as kafka_errors
 from kafka import KafkaConsumer, OffsetAndMetadata, TopicPartition
 from kafka.net.compat import KafkaNetClient
-from kafka.protocol.consumer import FetchRequest
+from kafka.protocol.consumer import FetchRequest, ListOffsetsRequest
 
-from streamsql.errors import OperationalError, SourceUnavailable
+from streamsql.errors import SourceUnavailable
 from streamsql.sources.kafka_records import RecordColumns
 
 FETCH_VERSION = 12  # the last Fetch version that names topics (13+ use topic ids)
 FETCH_WAIT_MS = 1  # Tansu answers max_wait_ms = 0 with no partitions at all
+LATEST = -1  # ListOffsets' timestamp for "the end of the log"
 MAX_RESPONSE_BYTES = 64 << 20
 PARTITION_FETCH_BYTES = 16 << 20
 
@@ -76,7 +77,7 @@ class KafkaPythonClient:
                 client._manager.bootstrap(int(self.connect_timeout * 1000))
             except kafka_errors.KafkaError as error:
                 client.close()
-                raise OperationalError(
+                raise SourceUnavailable(
                     f"cannot reach Kafka at {self.bootstrap_servers} within "
                     f"{self.connect_timeout:g} s ({error})"
                 ) from None
@@ -92,8 +93,11 @@ class KafkaPythonClient:
         except NETWORK_ERRORS as error:
             raise SourceUnavailable(f"Kafka at {self.bootstrap_servers}: {error}") from None
 
-    def partitions(self, topics: list[str] | None, pattern: str | None) -> list[TopicPartition]:
-        """The partitions of `topics` (or of every topic matching `pattern`), as of now."""
+    def partitions(
+        self, topics: list[str] | None, pattern: str | None, missing_ok: bool = False
+    ) -> list[TopicPartition]:
+        """The partitions of `topics` (or of every topic matching `pattern`), as of now; a
+        named topic that does not exist is an error unless `missing_ok`."""
         manager = self._manager
         self._run(manager.cluster.refresh_metadata)
         cluster = manager.cluster
@@ -105,6 +109,8 @@ class KafkaPythonClient:
         found = []
         for topic in names:
             numbers = cluster.partitions_for_topic(topic)
+            if numbers is None and missing_ok:
+                continue
             if numbers is None:
                 raise PartitionError(
                     TopicPartition(topic, -1), kafka_errors.UnknownTopicOrPartitionError
@@ -114,12 +120,55 @@ class KafkaPythonClient:
 
     def watermarks(self, positions: dict[TopicPartition, int]) -> dict[TopicPartition, Watermarks]:
         """Each partition's log start and high watermark, from a Fetch response: ListOffsets
-        (latest) under-reports on some brokers (Tansu), the fetch high watermark does not."""
-        answers = self._fetch({tp: offset for tp, offset in positions.items()}, max_bytes=1)
+        (latest) under-reports on some brokers (Tansu: the last batch's base offset + 1),
+        the fetch high watermark does not. The fetch asks from ListOffsets' answer on, so it
+        carries at most the last record batch (brokers send a whole batch, whatever the
+        size asked), not the backlog."""
+        latest = self._latest_offsets(list(positions))
+        probe = {tp: max(offset, latest.get(tp, 0)) for tp, offset in positions.items()}
+        answers = self._fetch(probe, max_bytes=1)
         return {
             tp: Watermarks(data.log_start_offset, data.high_watermark)
             for tp, data in answers.items()
         }
+
+    def _latest_offsets(self, partitions: list[TopicPartition]) -> dict[TopicPartition, int]:
+        manager = self._manager
+        by_leader: dict[Any, dict[str, list]] = defaultdict(lambda: defaultdict(list))
+        for tp in partitions:
+            by_leader[self._leader(tp)][tp.topic].append(
+                ListOffsetsRequest.ListOffsetsTopic.ListOffsetsPartition(
+                    partition_index=tp.partition, timestamp=LATEST, current_leader_epoch=-1
+                )
+            )
+        offsets: dict[TopicPartition, int] = {}
+        for node, topics in by_leader.items():
+            request = ListOffsetsRequest(
+                replica_id=-1,
+                isolation_level=0,
+                topics=[
+                    ListOffsetsRequest.ListOffsetsTopic(name=t, partitions=p)
+                    for t, p in topics.items()
+                ],
+            )
+            for topic in self._run(self._send, manager, node, request).topics:
+                for answer in topic.partitions:
+                    if not answer.error_code:
+                        offsets[TopicPartition(topic.name, answer.partition_index)] = answer.offset
+        return offsets
+
+    def _leader(self, tp: TopicPartition) -> Any:
+        manager = self._manager
+        leader = manager.cluster.leader_for_partition(tp)
+        if leader is None or leader == -1:
+            self._run(manager.cluster.refresh_metadata)
+            leader = manager.cluster.leader_for_partition(tp)
+            if leader is None:
+                raise PartitionError(tp, kafka_errors.UnknownTopicOrPartitionError)
+        return leader
+
+    async def _send(self, manager: Any, node: Any, request: Any) -> Any:
+        return await manager.send(request, node_id=node, request_timeout_ms=self.request_timeout_ms)
 
     def fetch(
         self, ranges: dict[TopicPartition, tuple[int, int]], keep_headers: bool
@@ -150,13 +199,7 @@ class KafkaPythonClient:
         manager = self._manager
         by_leader: dict[Any, dict[str, list]] = defaultdict(lambda: defaultdict(list))
         for tp, offset in positions.items():
-            leader = manager.cluster.leader_for_partition(tp)
-            if leader is None or leader == -1:
-                self._run(manager.cluster.refresh_metadata)
-                leader = manager.cluster.leader_for_partition(tp)
-                if leader is None:
-                    raise PartitionError(tp, kafka_errors.UnknownTopicOrPartitionError)
-            by_leader[leader][tp.topic].append(
+            by_leader[self._leader(tp)][tp.topic].append(
                 FetchRequest.FetchTopic.FetchPartition(
                     partition=tp.partition,
                     current_leader_epoch=-1,
@@ -165,11 +208,6 @@ class KafkaPythonClient:
                     log_start_offset=-1,
                     partition_max_bytes=max_bytes,
                 )
-            )
-
-        async def send(node: Any, request: FetchRequest) -> Any:
-            return await manager.send(
-                request, node_id=node, request_timeout_ms=self.request_timeout_ms
             )
 
         answers: dict[TopicPartition, Any] = {}
@@ -184,7 +222,7 @@ class KafkaPythonClient:
                 topics=[FetchRequest.FetchTopic(topic=t, partitions=p) for t, p in topics.items()],
                 max_version=FETCH_VERSION,
             )
-            response = self._run(send, node, request)
+            response = self._run(self._send, manager, node, request)
             for topic in response.responses:
                 for data in topic.partitions:
                     answers[TopicPartition(topic.topic, data.partition_index)] = data

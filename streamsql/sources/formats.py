@@ -54,32 +54,31 @@ class Decoder:
         return cursor
 
     def decode_json(self, raw: pa.Table) -> SourceBatch:
-        structure = json.dumps({c.name: c.type for c in self.columns})
-        valid = "json_valid(value)"
-        is_object = f"CASE WHEN {valid} THEN json_type(value) = 'OBJECT' END"
+        """Each value is parsed twice in all: into the typed fields, and into each field's
+        JSON text, which the checks read (a `"7"` or `1.5` that DuckDB would convert for a
+        BIGINT is a bad record, as in Spark)."""
+        typed = json.dumps({c.name: c.type for c in self.columns})
+        texts = json.dumps(dict.fromkeys((c.name for c in self.columns), "JSON"))
+        shape = (
+            f"CASE WHEN value IS NULL THEN {_EMPTY} WHEN NOT json_valid(value) THEN "
+            "'malformed JSON' WHEN ltrim(value)[1] <> '{' THEN 'JSON value is not an object' END"
+        )
         checks = []
         for c in self.columns:
-            path = literal(_json_path(c.name))
-            given = f"json_extract(value, {path})::VARCHAR"
-            wrong = _json_mismatch(c.type, f"json_type(value, {path})")
+            text, value = f"__j.{quote(c.name)}", f"__v.{quote(c.name)}"
             checks.append(
-                f"CASE WHEN (__v.{quote(c.name)} IS NULL "
-                f"AND coalesce(json_type(value, {path}), 'NULL') <> 'NULL') OR {wrong} "
-                f"THEN {_cannot_read(c, given)} END"
+                f"CASE WHEN {text} IS NOT NULL AND {text} <> 'null' AND ({value} IS NULL OR NOT "
+                f"{_json_shape(c.type, text)}) THEN {_cannot_read(c, text)} END"
             )
-        error = (
-            f"CASE WHEN value IS NULL THEN {_EMPTY} WHEN NOT {valid} THEN 'malformed JSON' "
-            f"WHEN NOT {is_object} THEN 'JSON value is not an object' "
-            f"ELSE coalesce({', '.join(checks) or 'NULL'}) END"
-        )
         parsed = (
-            f"SELECT *, CASE WHEN {valid} AND {is_object} "
-            f"THEN json_transform(value, {literal(structure)}) END AS __v FROM ({_text(raw)})"
+            f"SELECT *, CASE WHEN __shape IS NULL THEN json_transform(value, {literal(typed)}) "
+            f"END AS __v, CASE WHEN __shape IS NULL THEN json_transform(value, {literal(texts)}) "
+            f"END AS __j FROM (SELECT *, coalesce(__error, {shape}) AS __shape FROM ({_text(raw)}))"
         )
         structured = "__v.*, " if self.columns else ""
         sql = (
-            f"SELECT * EXCLUDE (__v, value, __error), {structured}"
-            f"coalesce(__error, {error}) AS __error FROM ({parsed})"
+            f"SELECT * EXCLUDE (__v, __j, __shape, value, __error), {structured}"
+            f"coalesce(__shape, {', '.join(checks) or 'NULL'}) AS __error FROM ({parsed})"
         )
         return self._split(raw, sql)
 
@@ -205,15 +204,15 @@ def _bytes(raw: pa.Table) -> str:
     return "SELECT *, NULL::VARCHAR AS __error FROM __raw"
 
 
-def _json_mismatch(type_: str, json_type: str) -> str:
-    """SQL that is true when a JSON value's type cannot be the column's, though DuckDB
-    would convert it: as in Spark, a number column takes only JSON numbers (not `"7"`,
-    not `true`) and an integer column only whole ones (not `1.5`, not `2.0`)."""
+def _json_shape(type_: str, text: str) -> str:
+    """SQL that is true when a field's JSON text can be the column's type: as in Spark, a
+    number column takes only JSON numbers (not `"7"`, not `true`) and an integer column
+    only whole ones (not `1.5`, not `2.0`, not `1e3`)."""
     if _is_integer(type_):
-        return f"{json_type} NOT IN ('BIGINT', 'UBIGINT', 'NULL')"
+        return f"regexp_full_match({text}, '-?[0-9]+')"
     if type_.upper().split("(")[0] in NUMBER_TYPES:
-        return f"{json_type} NOT IN ('BIGINT', 'UBIGINT', 'DOUBLE', 'NULL')"
-    return "FALSE"
+        return f"regexp_full_match({text}, '-?[0-9][0-9.eE+-]*')"
+    return "TRUE"
 
 
 def _is_integer(type_: str) -> bool:
@@ -227,7 +226,3 @@ def _cannot_read(column: Column, given: str, metadata: str | None = None) -> str
         f"{literal(f'column {column.name}{source}: cannot read ')} || {given} || "
         f"{literal(f' as {column.type}')}"
     )
-
-
-def _json_path(name: str) -> str:
-    return '$."' + name.replace('"', '\\"') + '"'

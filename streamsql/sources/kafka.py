@@ -34,6 +34,8 @@ OWNED = {
     "request_timeout_ms": "use the request_timeout option",
     "group_id": "use the group_id option; offsets are kept in the checkpoint",
     "enable_auto_commit": "offsets are kept in the checkpoint",
+    "allow_auto_create_topics": "a source never creates the topics it reads",
+    "receive_message_max_bytes": "the source sizes its fetches itself",
 }
 
 
@@ -181,7 +183,7 @@ class KafkaSource(Source):
 
     def initial_offset(self) -> Offset:
         partitions = self._partitions()
-        marks = self.client.watermarks(dict.fromkeys(partitions, 0))
+        marks = self.client.watermarks(partitions)
         mode = self.starting.lower()
         if mode in ("earliest", "latest"):
             pick = EARLIEST if mode == "earliest" else LATEST
@@ -210,7 +212,7 @@ class KafkaSource(Source):
 
     def snapshot(self) -> Offset:
         partitions = self._partitions()
-        marks = self._marks = self.client.watermarks(dict.fromkeys(partitions, 0))
+        marks = self._marks = self.client.watermarks(partitions)
         return self._offset({tp: mark.high for tp, mark in marks.items()})
 
     def plan_batch(self, start: Offset, bound: Offset | None) -> Offset | None:
@@ -219,8 +221,7 @@ class KafkaSource(Source):
         gone = sorted(set(positions) - set(partitions))
         if gone:
             self._data_loss(f"partitions {', '.join(_name(tp) for tp in gone)} were deleted")
-        probe = {tp: positions.get(tp, 0) for tp in partitions}
-        marks = self._marks = self.client.watermarks(probe)
+        marks = self._marks = self.client.watermarks(partitions)
         begin: dict[TopicPartition, int] = {}
         for tp, mark in marks.items():
             position = positions.get(tp, mark.log_start)  # a new partition: from its start
@@ -301,7 +302,7 @@ class KafkaSource(Source):
         begin, until = self._positions(start), self._positions(end)
         new = [tp for tp in until if tp not in begin]
         if new:  # partitions that appeared in this batch are read from their start
-            marks = self.client.watermarks(dict.fromkeys(new, 0))
+            marks = self.client.watermarks(new)
             begin.update({tp: marks[tp].log_start for tp in new if tp in marks})
         ranges = {tp: (begin[tp], e) for tp, e in until.items() if e > begin.get(tp, e)}
         if not ranges:
@@ -334,7 +335,7 @@ class KafkaSource(Source):
             return {p: r for p, r in ranges.items() if p != tp}
         if error.error is kafka_errors.OffsetOutOfRangeError:
             start, end = ranges[tp]
-            mark = self.client.watermarks({tp: start})[tp]
+            mark = self.client.watermarks([tp])[tp]
             self._data_loss(
                 f"offsets {start} to {min(end, mark.log_start) - 1} of {_name(tp)} are no "
                 "longer on the broker (retention)"

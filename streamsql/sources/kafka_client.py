@@ -22,7 +22,7 @@ from streamsql.sources.kafka_records import RecordColumns
 
 FETCH_VERSION = 12  # the last Fetch version that names topics (13+ use topic ids)
 FETCH_WAIT_MS = 1  # Tansu answers max_wait_ms = 0 with no partitions at all
-LATEST = -1  # ListOffsets' timestamp for "the end of the log"
+EARLIEST, LATEST = -2, -1  # ListOffsets' timestamps for the start and the end of a log
 MAX_RESPONSE_BYTES = 64 << 20
 PARTITION_FETCH_BYTES = 16 << 20
 
@@ -118,27 +118,31 @@ class KafkaPythonClient:
             found.extend(TopicPartition(topic, p) for p in sorted(numbers))
         return found
 
-    def watermarks(self, positions: dict[TopicPartition, int]) -> dict[TopicPartition, Watermarks]:
-        """Each partition's log start and high watermark, from a Fetch response: ListOffsets
-        (latest) under-reports on some brokers (Tansu: the last batch's base offset + 1),
-        the fetch high watermark does not. The fetch asks from ListOffsets' answer on, so it
-        carries at most the last record batch (brokers send a whole batch, whatever the
-        size asked), not the backlog."""
-        latest = self._latest_offsets(list(positions))
-        probe = {tp: max(offset, latest.get(tp, 0)) for tp, offset in positions.items()}
-        answers = self._fetch(probe, max_bytes=1)
+    def watermarks(self, partitions: list[TopicPartition]) -> dict[TopicPartition, Watermarks]:
+        """Each partition's log start and high watermark. ListOffsets(latest) under-reports on
+        some brokers (Tansu: the last batch's base offset + 1), the high watermark of a Fetch
+        response does not; fetching from ListOffsets' answer, which is always in range, it
+        carries at most the last record batch (brokers send a whole batch, whatever the size
+        asked), not the backlog."""
+        starts = self._list_offsets(partitions, EARLIEST)
+        ends = self._list_offsets(partitions, LATEST)
+        answers = self._fetch({tp: ends.get(tp, 0) for tp in partitions}, max_bytes=1)
         return {
-            tp: Watermarks(data.log_start_offset, data.high_watermark)
+            tp: Watermarks(
+                starts.get(tp, data.log_start_offset), max(data.high_watermark, ends.get(tp, 0))
+            )
             for tp, data in answers.items()
         }
 
-    def _latest_offsets(self, partitions: list[TopicPartition]) -> dict[TopicPartition, int]:
+    def _list_offsets(
+        self, partitions: list[TopicPartition], timestamp: int
+    ) -> dict[TopicPartition, int]:
         manager = self._manager
         by_leader: dict[Any, dict[str, list]] = defaultdict(lambda: defaultdict(list))
         for tp in partitions:
             by_leader[self._leader(tp)][tp.topic].append(
                 ListOffsetsRequest.ListOffsetsTopic.ListOffsetsPartition(
-                    partition_index=tp.partition, timestamp=LATEST, current_leader_epoch=-1
+                    partition_index=tp.partition, timestamp=timestamp, current_leader_epoch=-1
                 )
             )
         offsets: dict[TopicPartition, int] = {}

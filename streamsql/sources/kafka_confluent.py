@@ -310,18 +310,18 @@ class ConfluentClient:
 
     # -- watermarks ------------------------------------------------------------------------
 
-    def watermarks(self, positions: dict[TopicPartition, int]) -> dict[TopicPartition, Watermarks]:
+    def watermarks(self, partitions: list[TopicPartition]) -> dict[TopicPartition, Watermarks]:
         """Each partition's log start and high watermark, from a Fetch response made during
         this call. The partitions are assigned at their end (librdkafka looks it up with
         ListOffsets, which may under-report: then the fetch brings the last records), and
         each partition's first event (a message, or end of partition) means a Fetch answer
         has come back with the watermarks librdkafka caches."""
-        if not positions:
+        if not partitions:
             return {}
         consumer = self.consumer
         self._error = None
-        self._check_known(positions)
-        handles = {(tp.topic, tp.partition): tp for tp in positions}
+        self._check_known(partitions)
+        handles = {(tp.topic, tp.partition): tp for tp in partitions}
         consumer.assign([ConfluentPartition(t, p, OFFSET_END) for t, p in handles])
         paused: list[ConfluentPartition] = []
         try:

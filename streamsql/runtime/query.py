@@ -25,6 +25,7 @@ T = TypeVar("T")
 
 IDLE_POLL_SECONDS = 0.1  # how often an idle query re-checks sources that cannot notify
 FIRST_RETRY_SECONDS, MAX_RETRY_SECONDS = 0.5, 15.0  # backoff while a source is unavailable
+STOP_GRACE_SECONDS = 2.0  # how long stop() waits for the batch in flight before interrupting
 RECENT_PROGRESS = 100
 
 
@@ -103,11 +104,18 @@ class StreamingQuery:
         return self.recent_progress[-1] if self.recent_progress else None
 
     def stop(self, timeout: float | None = None) -> None:
-        """Stop after the batch in flight commits."""
+        """Stop after the batch in flight commits; a batch stuck reading a source that does
+        not answer is given up after STOP_GRACE_SECONDS (it runs again on resume)."""
         self._stopping.set()
         self._wake.set()
         if self._thread.is_alive() and threading.current_thread() is not self._thread:
-            self._thread.join(timeout)
+            began = time.monotonic()
+            grace = STOP_GRACE_SECONDS if timeout is None else min(timeout, STOP_GRACE_SECONDS)
+            self._thread.join(grace)
+            if self._thread.is_alive():
+                self.execution.source.interrupt()
+                left = None if timeout is None else max(0.0, timeout - (time.monotonic() - began))
+                self._thread.join(left)
 
     def await_termination(self, timeout: float | None = None) -> bool:
         """True once the query has stopped; raises the error that stopped it, if any."""

@@ -114,6 +114,10 @@ class Source(ABC):
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections when the query reading through this instance ends."""
 
+    def interrupt(self) -> None:  # noqa: B027 - optional hook
+        """From another thread, when a query must stop while a read is stuck: make the
+        read fail now (the batch stays logged, to be read again when the query resumes)."""
+
     def subscribe(self, listener: Callable[[], None]) -> None:
         """Call `listener` when new data arrives (sources that can tell; others are polled)."""
         with self._listeners_lock:

@@ -144,6 +144,9 @@ class KafkaSource(Source):
     def close(self) -> None:
         self.client.close()
 
+    def interrupt(self) -> None:
+        self.client.interrupt()
+
     # -- offsets ---------------------------------------------------------------------------
 
     def _partitions(self, missing_ok: bool = False) -> list[TopicPartition]:

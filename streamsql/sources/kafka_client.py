@@ -8,6 +8,7 @@ decodes the record sets with kafka_records, without a Python object per message.
 from __future__ import annotations
 
 import re
+import time
 from collections import defaultdict
 from dataclasses import dataclass
 from typing import Any
@@ -21,7 +22,8 @@ from streamsql.errors import SourceUnavailable
 from streamsql.sources.kafka_records import RecordColumns
 
 FETCH_VERSION = 12  # the last Fetch version that names topics (13+ use topic ids)
-FETCH_WAIT_MS = 1  # Tansu answers max_wait_ms = 0 with no partitions at all
+PROBE_WAIT_MS = 1  # for watermarks; Tansu answers max_wait_ms = 0 with no partitions at all
+DATA_WAIT_MS = 200  # for records known to exist: the broker answers as soon as it has them
 EARLIEST, LATEST = -2, -1  # ListOffsets' timestamps for the start and the end of a log
 MAX_RESPONSE_BYTES = 64 << 20
 PARTITION_FETCH_BYTES = 16 << 20
@@ -62,19 +64,26 @@ class KafkaPythonClient:
         self.request_timeout_ms = int(config.get("request_timeout_ms", 30_000))
         self._client: KafkaNetClient | None = None
         self._committer: KafkaConsumer | None = None
+        self._interrupted = False
 
     @property
     def _manager(self) -> Any:
+        if self._interrupted:
+            raise SourceUnavailable(f"Kafka at {self.bootstrap_servers}: the query is stopping")
         if self._client is None:
+            connect_ms = int(self.connect_timeout * 1000)
             client = KafkaNetClient(
                 bootstrap_servers=self.bootstrap_servers,
                 receive_message_max_bytes=MAX_RESPONSE_BYTES + (1 << 20),
                 allow_auto_create_topics=False,
+                # reconnections too give up after connect_timeout (kafka-python: 10 s)
+                socket_connection_setup_timeout_ms=connect_ms,
+                socket_connection_setup_timeout_max_ms=connect_ms,
                 **self.config,
             )
             client._manager._net.start()
             try:
-                client._manager.bootstrap(int(self.connect_timeout * 1000))
+                client._manager.bootstrap(connect_ms)
             except kafka_errors.KafkaError as error:
                 client.close()
                 raise SourceUnavailable(
@@ -92,6 +101,12 @@ class KafkaPythonClient:
             return manager.run(coroutine, *args)
         except NETWORK_ERRORS as error:
             raise SourceUnavailable(f"Kafka at {self.bootstrap_servers}: {error}") from None
+        except Exception:
+            if self._interrupted:  # the client was closed under the request
+                raise SourceUnavailable(
+                    f"Kafka at {self.bootstrap_servers}: the query is stopping"
+                ) from None
+            raise
 
     def partitions(
         self, topics: list[str] | None, pattern: str | None, missing_ok: bool = False
@@ -179,9 +194,11 @@ class KafkaPythonClient:
     ) -> dict[TopicPartition, RecordColumns]:
         """Every record in each partition's [start, end), in offset order."""
         records = {tp: RecordColumns(start, end, start) for tp, (start, end) in ranges.items()}
+        deadline = time.monotonic() + self.request_timeout_ms / 1000
         while pending := {tp: r.next_offset for tp, r in records.items() if not r.done}:
             progressed = False
-            for tp, data in self._fetch(pending, PARTITION_FETCH_BYTES).items():
+            answers = self._fetch(pending, PARTITION_FETCH_BYTES, DATA_WAIT_MS)
+            for tp, data in answers.items():
                 if data.error_code:
                     raise PartitionError(tp, kafka_errors.for_code(data.error_code))
                 before = records[tp].next_offset
@@ -190,14 +207,18 @@ class KafkaPythonClient:
                     # Nothing at or after `before` any more: the log was truncated under us.
                     raise PartitionError(tp, kafka_errors.OffsetOutOfRangeError)
                 progressed = progressed or records[tp].next_offset > before
-            if not progressed:
+            # A loaded broker may answer before it has read the records: ask again, for as
+            # long as a request may take.
+            if not progressed and time.monotonic() > deadline:
                 raise SourceUnavailable(
-                    f"Kafka at {self.bootstrap_servers}: fetch returned no records"
+                    f"Kafka at {self.bootstrap_servers}: no records from "
+                    + ", ".join(f"{tp.topic}-{tp.partition}" for tp in sorted(pending))
+                    + f" within {self.request_timeout_ms / 1000:g} s"
                 )
         return records
 
     def _fetch(
-        self, positions: dict[TopicPartition, int], max_bytes: int
+        self, positions: dict[TopicPartition, int], max_bytes: int, wait_ms: int = PROBE_WAIT_MS
     ) -> dict[TopicPartition, Any]:
         """One Fetch request per leader; the partition data of the answers."""
         manager = self._manager
@@ -217,7 +238,7 @@ class KafkaPythonClient:
         answers: dict[TopicPartition, Any] = {}
         for node, topics in by_leader.items():
             request = FetchRequest(
-                max_wait_ms=FETCH_WAIT_MS,
+                max_wait_ms=wait_ms,
                 min_bytes=1,
                 max_bytes=MAX_RESPONSE_BYTES,
                 isolation_level=0,
@@ -251,6 +272,11 @@ class KafkaPythonClient:
             self._committer.commit({tp: OffsetAndMetadata(o, "", -1) for tp, o in offsets.items()})
         except kafka_errors.KafkaError as error:
             raise SourceUnavailable(f"Kafka at {self.bootstrap_servers}: {error}") from None
+
+    def interrupt(self) -> None:
+        """From another thread: fail the request in flight and any later one at once."""
+        self._interrupted = True
+        self.close()
 
     def close(self) -> None:
         if self._committer is not None:

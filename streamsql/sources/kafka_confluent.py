@@ -68,6 +68,7 @@ CONSUMER_SETTINGS: dict[str, Any] = {
 }
 CHUNK = 2_000  # messages per consume() call: a few MB of Message objects, cache-sized
 WAIT_SECONDS = 0.05  # one consume() call's wait, between checks of the deadline
+SLICE_SECONDS = 0.5  # one wait of a blocking request, between checks for interrupt()
 
 # kafka-python settings (as `kafka.` options give them) -> librdkafka properties.
 SETTINGS: dict[str, str] = {
@@ -207,6 +208,7 @@ class ConfluentClient:
         self._consumer: Consumer | None = None
         self._committers: dict[str, tuple[Consumer, list]] = {}
         self._known: set[tuple[str, int]] = set()  # partitions in the last metadata
+        self._interrupted = False
         self._new_consumer(self.settings).close()  # refuse a bad setting now, not at start
 
     # -- connection ------------------------------------------------------------------------
@@ -252,12 +254,22 @@ class ConfluentClient:
 
     def _metadata(self) -> Any:
         consumer = self.consumer
-        try:
-            metadata = consumer.list_topics(timeout=self.request_timeout)
-        except KafkaException as error:
-            raise self._unavailable("metadata request failed", error) from None
+        metadata = self._patiently(
+            lambda wait: consumer.list_topics(timeout=wait), "metadata request failed"
+        )
         self._remember(metadata)
         return metadata
+
+    def _patiently(self, call: Any, what: str) -> Any:
+        """`call(wait)` retried in short waits until request_timeout, so that interrupt()
+        is heard within one of them."""
+        deadline = time.monotonic() + self.request_timeout
+        while True:
+            try:
+                return call(max(0.01, min(SLICE_SECONDS, deadline - time.monotonic())))
+            except KafkaException as error:
+                if time.monotonic() >= deadline or self._interrupted:
+                    raise self._unavailable(what, error) from None
 
     def _remember(self, metadata: Any) -> None:
         self._known = {
@@ -329,7 +341,7 @@ class ConfluentClient:
             deadline = time.monotonic() + self.request_timeout
             while pending:
                 left = deadline - time.monotonic()
-                if left <= 0:
+                if left <= 0 or self._interrupted:
                     raise self._unavailable(
                         "no fetch answer for "
                         + ", ".join(f"{t}-{p}" for t, p in sorted(pending))
@@ -361,12 +373,13 @@ class ConfluentClient:
             _release(consumer, paused)
 
     def _listed_watermarks(self, key: tuple[str, int]) -> tuple[int, int]:
-        try:
-            return self.consumer.get_watermark_offsets(
-                ConfluentPartition(*key), timeout=self.request_timeout, cached=False
-            )
-        except KafkaException as error:
-            raise self._unavailable("ListOffsets failed", error) from None
+        consumer = self.consumer
+        return self._patiently(
+            lambda wait: consumer.get_watermark_offsets(
+                ConfluentPartition(*key), timeout=wait, cached=False
+            ),
+            "ListOffsets failed",
+        )
 
     # -- records ---------------------------------------------------------------------------
 
@@ -402,7 +415,7 @@ class ConfluentClient:
                 # consume() would sit out its wait for messages that do not exist.
                 room = sum(ends[i] - reached[i] for i in open_)
                 left = deadline - time.monotonic()
-                if left <= 0:
+                if left <= 0 or self._interrupted:
                     names = ", ".join(_name(by_ident[i]) for i in sorted(open_))
                     raise self._unavailable(
                         f"no records from {names} within {self.request_timeout:g} s"
@@ -506,7 +519,7 @@ class ConfluentClient:
             raise self._unavailable("offset commit failed", error) from None
         deadline = time.monotonic() + self.request_timeout
         while not answers:
-            if time.monotonic() > deadline:
+            if time.monotonic() > deadline or self._interrupted:
                 raise self._unavailable(
                     f"no offset commit answer within {self.request_timeout:g} s"
                 )
@@ -515,6 +528,10 @@ class ConfluentClient:
         failed = [p.error for p in parts or [] if p.error is not None]
         if error is not None or failed:
             raise self._unavailable("offset commit failed", error or failed[0])
+
+    def interrupt(self) -> None:
+        """From another thread: the wait in flight gives up within one consume() wait."""
+        self._interrupted = True
 
     def close(self) -> None:
         for committer, _ in self._committers.values():

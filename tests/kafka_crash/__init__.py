@@ -1,0 +1,1 @@
+"""Kafka source acceptance: the workload, the expectation and the SIGKILL harness."""

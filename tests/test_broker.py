@@ -4,24 +4,12 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import uuid
 
 import pytest
-from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
-from kafka.admin import NewTopic
+from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.errors import KafkaTimeoutError
 
 from streamsql.testing.broker import Broker
-
-
-def new_topic(broker: Broker, partitions: int) -> str:
-    name = f"t-{uuid.uuid4().hex[:8]}"
-    admin = KafkaAdminClient(bootstrap_servers=broker.bootstrap_servers)
-    try:
-        admin.create_topics([NewTopic(name, num_partitions=partitions, replication_factor=1)])
-    finally:
-        admin.close()
-    return name
 
 
 def read_all(broker: Broker, topic: str, partitions: int, expected: int) -> list[tuple]:
@@ -47,7 +35,7 @@ def read_all(broker: Broker, topic: str, partitions: int, expected: int) -> list
 
 def test_records_produced_to_partitions_are_read_back_in_offset_order(broker: Broker) -> None:
     assert broker.bootstrap_servers.startswith("127.0.0.1:")
-    topic = new_topic(broker, partitions=4)
+    topic = broker.create_topic(4)
     producer = KafkaProducer(bootstrap_servers=broker.bootstrap_servers)
     for i in range(40):
         producer.send(topic, key=b"k%d" % i, value=b'{"n": %d}' % i, partition=i % 4)
@@ -61,7 +49,7 @@ def test_records_produced_to_partitions_are_read_back_in_offset_order(broker: Br
 
 def test_a_paused_broker_answers_nothing_until_resumed() -> None:
     with Broker() as paused:
-        topic = new_topic(paused, partitions=1)
+        topic = paused.create_topic(1)
         producer = KafkaProducer(bootstrap_servers=paused.bootstrap_servers, max_block_ms=1000)
         producer.send(topic, b"before").get(timeout=10)
         paused.pause()

@@ -82,14 +82,6 @@ def clients(broker: Broker) -> Iterator[tuple[KafkaPythonClient, ConfluentClient
     confluent.close()
 
 
-def new_topic(admin: KafkaAdminClient, partitions: int) -> str:
-    name = f"cf-{uuid.uuid4().hex[:10]}"
-    admin.create_topics(
-        {name: {"num_partitions": partitions, "replication_factor": 1}}, raise_errors=True
-    )
-    return name
-
-
 def produce(producer: KafkaProducer, topic: str, records: list[dict[str, Any]]) -> list[Any]:
     """Send records (dicts of send() arguments) and wait for every ack; their metadata."""
     futures = [producer.send(topic, **record) for record in records]
@@ -150,7 +142,7 @@ def test_watermarks_are_fetch_high_watermarks_of_multi_record_batches(
     clients: tuple[KafkaPythonClient, ConfluentClient],
 ) -> None:
     reference, confluent = clients
-    topic = new_topic(admin, 3)
+    topic = broker.create_topic(3)
     produce(batching, topic, [{"partition": i % 2, "value": b"%d" % i} for i in range(50)])
     produce(batching, topic, [{"partition": 0, "value": b"x"} for _ in range(30)])
     partitions = confluent.partitions([topic], None)
@@ -183,12 +175,12 @@ def test_watermarks_are_fetch_high_watermarks_of_multi_record_batches(
 
 
 def test_fetch_gives_the_same_columns_as_the_kafka_python_client(
-    admin: KafkaAdminClient,
+    broker: Broker,
     batching: KafkaProducer,
     clients: tuple[KafkaPythonClient, ConfluentClient],
 ) -> None:
     reference, confluent = clients
-    topic = new_topic(admin, 3)
+    topic = broker.create_topic(3)
     produce(
         batching,
         topic,
@@ -220,12 +212,12 @@ def test_fetch_gives_the_same_columns_as_the_kafka_python_client(
 
 
 def test_fetch_errors_are_the_kafka_python_clients(
-    admin: KafkaAdminClient,
+    broker: Broker,
     batching: KafkaProducer,
     clients: tuple[KafkaPythonClient, ConfluentClient],
 ) -> None:
     reference, confluent = clients
-    topic = new_topic(admin, 1)
+    topic = broker.create_topic(1)
     produce(batching, topic, [{"partition": 0, "value": b"v"} for _ in range(10)])
     beyond = {TopicPartition(topic, 0): (5, 12)}  # the log ends at 10
     for client in (reference, confluent):
@@ -283,7 +275,7 @@ def test_kafka_python_settings_become_librdkafka_ones_or_are_refused() -> None:
 def test_kafka_options_are_checked_at_create_source(
     broker: Broker, admin: KafkaAdminClient, con: streamsql.Connection
 ) -> None:
-    topic = new_topic(admin, 1)
+    topic = broker.create_topic(1)
     with pytest.raises(streamsql.ProgrammingError, match=r"kafka\.api_version cannot be used"):
         con.execute(kafka_source(broker, topic, "v BIGINT", **{"kafka.api_version": "2.8"}))
     with pytest.raises(streamsql.ProgrammingError, match="librdkafka refuses the settings"):
@@ -304,7 +296,7 @@ def test_kafka_options_are_checked_at_create_source(
 def test_json_and_metadata_columns_across_four_partitions(
     broker: Broker, admin: KafkaAdminClient, batching: KafkaProducer, con: streamsql.Connection
 ) -> None:
-    topic = new_topic(admin, 4)
+    topic = broker.create_topic(4)
     sent = produce(
         batching,
         topic,
@@ -351,7 +343,7 @@ def test_json_and_metadata_columns_across_four_partitions(
 def test_bad_values_are_dead_letters_at_their_partition_and_offset(
     broker: Broker, admin: KafkaAdminClient, batching: KafkaProducer, con: streamsql.Connection
 ) -> None:
-    topic = new_topic(admin, 2)
+    topic = broker.create_topic(2)
     values = [b'{"user_id": 1}', b"{not json", b'{"user_id": "many"}', b"[1]", None]
     produce(batching, topic, [{"partition": 1, "key": b"k", "value": v} for v in values])
     produce(batching, topic, [{"partition": 0, "value": b'{"user_id": 2}'}])
@@ -378,7 +370,7 @@ def test_an_available_now_windowed_count_equals_the_kafka_python_clients(
     con: streamsql.Connection,
     limit: int | None,
 ) -> None:
-    topic = new_topic(admin, 4)
+    topic = broker.create_topic(4)
     produce(batching, topic, [event(i) for i in range(600)])
     extra = {"max_offsets_per_trigger": limit} if limit else {}
     for client in ("kafka-python", "confluent"):
@@ -401,7 +393,7 @@ def test_an_available_now_windowed_count_equals_the_kafka_python_clients(
 def test_starting_offsets_latest_reads_only_what_comes_after_the_start(
     broker: Broker, admin: KafkaAdminClient, batching: KafkaProducer, con: streamsql.Connection
 ) -> None:
-    topic = new_topic(admin, 2)
+    topic = broker.create_topic(2)
     produce(batching, topic, [{"partition": i % 2, "value": b'{"v": %d}' % i} for i in range(6)])
     con.execute(kafka_source(broker, topic, "v BIGINT", starting_offsets="latest"))
     con.execute(copy_sink(trigger=None))
@@ -419,7 +411,7 @@ def test_starting_offsets_latest_reads_only_what_comes_after_the_start(
 def test_group_id_gets_a_copy_of_the_committed_offsets(
     broker: Broker, admin: KafkaAdminClient, batching: KafkaProducer, con: streamsql.Connection
 ) -> None:
-    topic = new_topic(admin, 2)
+    topic = broker.create_topic(2)
     group = f"lag-{uuid.uuid4().hex[:8]}"
     produce(batching, topic, [{"partition": i % 2, "value": b'{"v": 1}'} for i in range(5)])
     con.execute(kafka_source(broker, topic, "v BIGINT", group_id=group))
@@ -461,7 +453,7 @@ def test_a_paused_broker_makes_the_source_unavailable_and_the_query_goes_on_afte
         admin = KafkaAdminClient(bootstrap_servers=own.bootstrap_servers)
         writer = KafkaProducer(bootstrap_servers=own.bootstrap_servers)
         try:
-            topic = new_topic(admin, 2)
+            topic = own.create_topic(2)
             produce(
                 writer, topic, [{"partition": i % 2, "value": b'{"v": %d}' % i} for i in range(4)]
             )

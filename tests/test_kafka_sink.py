@@ -13,14 +13,12 @@ import datetime as dt
 import json
 import threading
 import time
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
-from kafka.admin import NewTopic
+from kafka import KafkaConsumer, TopicPartition
 
 import streamsql
 from streamsql.testing.broker import Broker, free_port
@@ -54,16 +52,6 @@ def con(tmp_path: Path) -> Iterator[streamsql.Connection]:
     connection.execute(EVENTS)
     yield connection
     connection.close()
-
-
-def new_topic(broker: Broker, partitions: int = 1) -> str:
-    name = f"sink-{uuid.uuid4().hex[:8]}"
-    admin = KafkaAdminClient(bootstrap_servers=broker.bootstrap_servers)
-    try:
-        admin.create_topics([NewTopic(name, num_partitions=partitions, replication_factor=1)])
-    finally:
-        admin.close()
-    return name
 
 
 def messages(broker: Broker, topic: str) -> list[Message]:
@@ -130,7 +118,7 @@ def producer_threads() -> list[str]:
 def test_each_row_is_one_json_message_with_the_batch_in_its_headers(
     broker: Broker, con: streamsql.Connection
 ) -> None:
-    topic = new_topic(broker)
+    topic = broker.create_topic()
     con.execute(create(broker, topic) + "SELECT k, ts, v * 10 AS tenfold FROM ev WHERE v > 0")
     feed(con, [("a", at(0), 1.0), ("b", at(0), -1.0), ("c", at(1), 2.5)])
     caught_up(con)
@@ -169,7 +157,7 @@ def test_each_row_is_one_json_message_with_the_batch_in_its_headers(
 def test_json_values_keep_timestamps_decimals_hugeints_nulls_and_nested_values(
     broker: Broker, con: streamsql.Connection
 ) -> None:
-    topic = new_topic(broker)
+    topic = broker.create_topic()
     con.execute(
         "CREATE SOURCE typed (k VARCHAR, tz TIMESTAMPTZ, d DECIMAL(10, 2), n BIGINT, f DOUBLE, "
         "tags VARCHAR[], day DATE) WITH (connector = 'memory')"
@@ -196,7 +184,7 @@ def test_json_values_keep_timestamps_decimals_hugeints_nulls_and_nested_values(
 def test_csv_values_are_one_record_without_header_quoted_as_csv(
     broker: Broker, con: streamsql.Connection
 ) -> None:
-    topic = new_topic(broker)
+    topic = broker.create_topic()
     con.execute(create(broker, topic, "format = 'csv'") + "SELECT k, ts, v FROM ev")
     feed(
         con,
@@ -221,7 +209,7 @@ def test_csv_values_are_one_record_without_header_quoted_as_csv(
 def test_keys_come_from_a_sql_expression_and_a_null_key_means_no_key(
     broker: Broker, con: streamsql.Connection
 ) -> None:
-    topic = new_topic(broker, partitions=3)
+    topic = broker.create_topic(3)
     con.execute(create(broker, topic, "key = 'k || ''-'' || ts::DATE'") + "SELECT k, ts, v FROM ev")
     feed(con, [("a", at(0), 1.0), ("b", at(0), 2.0), (None, at(0), 3.0), ("a", at(1), 4.0)])
     caught_up(con)
@@ -247,7 +235,7 @@ def test_keys_come_from_a_sql_expression_and_a_null_key_means_no_key(
 def test_a_key_that_is_a_blob_is_the_key_as_it_is(
     broker: Broker, con: streamsql.Connection
 ) -> None:
-    topic = new_topic(broker)
+    topic = broker.create_topic()
     con.execute(create(broker, topic, "key = 'unhex(k)'") + "SELECT k FROM ev")
     feed(con, [("00ff", at(0), 1.0)])
     caught_up(con)
@@ -260,7 +248,7 @@ def test_a_key_that_is_a_blob_is_the_key_as_it_is(
 def test_final_windows_are_sent_once_in_the_batch_that_closes_them(
     broker: Broker, con: streamsql.Connection
 ) -> None:
-    topic = new_topic(broker)
+    topic = broker.create_topic()
     con.execute(
         create(broker, topic, "key = 'k'")
         + "SELECT window_start, window_end, k, count(*) AS n, sum(v) AS total FROM ev "
@@ -319,7 +307,7 @@ def test_final_windows_are_sent_once_in_the_batch_that_closes_them(
 def test_changes_send_the_groups_each_batch_changed(
     broker: Broker, con: streamsql.Connection
 ) -> None:
-    topic = new_topic(broker)
+    topic = broker.create_topic()
     con.execute(
         create(broker, topic, "key = 'k'")
         + "SELECT k, count(*) AS n, sum(v) AS total FROM ev GROUP BY k EMIT CHANGES"
@@ -343,7 +331,7 @@ def test_changes_send_the_groups_each_batch_changed(
 def test_snapshot_sends_the_whole_result_every_batch(
     broker: Broker, con: streamsql.Connection
 ) -> None:
-    topic = new_topic(broker)
+    topic = broker.create_topic()
     con.execute(
         create(broker, topic, "format = 'csv'")
         + "SELECT k, count(*) AS n FROM ev GROUP BY k ORDER BY k EMIT SNAPSHOT"
@@ -387,7 +375,7 @@ def test_an_unreachable_broker_fails_the_query_without_committing_the_batch(
 def test_a_send_the_broker_cannot_take_fails_the_batch_naming_the_topic(
     broker: Broker, con: streamsql.Connection
 ) -> None:
-    topic = new_topic(broker)
+    topic = broker.create_topic()
     con.execute(create(broker, topic, "kafka.max_request_size = 300") + "SELECT k, v FROM ev")
     feed(con, [("a", at(0), 1.0)])
     caught_up(con)
@@ -405,7 +393,7 @@ def test_a_batch_failed_during_an_outage_is_sent_again_with_its_batch_id(
     con: streamsql.Connection,
 ) -> None:
     with Broker() as paused:
-        topic = new_topic(paused)
+        topic = paused.create_topic()
         statement = create(paused, topic, "timeout = '2 seconds'") + "SELECT k, v FROM ev"
         con.execute(statement)
         feed(con, [("a", at(0), 1.0)])
@@ -429,7 +417,7 @@ def test_a_batch_failed_during_an_outage_is_sent_again_with_its_batch_id(
 
 
 def test_stopping_the_query_closes_its_producer(broker: Broker, con: streamsql.Connection) -> None:
-    topic = new_topic(broker)
+    topic = broker.create_topic()
     con.execute(create(broker, topic) + "SELECT k FROM ev")
     feed(con, [("a", at(0), 1.0)])
     caught_up(con)
@@ -475,7 +463,7 @@ def test_a_missing_topic_is_refused(con: streamsql.Connection) -> None:
 
 
 def test_kafka_options_reach_the_producer_typed(broker: Broker, con: streamsql.Connection) -> None:
-    topic = new_topic(broker)
+    topic = broker.create_topic()
     options = (
         "kafka.security.protocol = 'PLAINTEXT', kafka.linger_ms = 5, "
         "kafka.allow_auto_create_topics = false, kafka.sasl_plain_password = '12345', "

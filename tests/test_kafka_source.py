@@ -65,14 +65,6 @@ def producer(broker: Broker) -> Iterator[KafkaProducer]:
     client.close()
 
 
-def new_topic(admin: KafkaAdminClient, partitions: int = 1, name: str | None = None) -> str:
-    name = name or f"src-{uuid.uuid4().hex[:10]}"
-    admin.create_topics(
-        {name: {"num_partitions": partitions, "replication_factor": 1}}, raise_errors=True
-    )
-    return name
-
-
 @dataclass(frozen=True)
 class Sent:
     """A record as produced, and where the broker put it."""
@@ -179,7 +171,7 @@ METADATA_COLUMNS = (
 def test_json_values_and_every_metadata_column_across_four_partitions(
     broker: Broker, admin: KafkaAdminClient, producer: KafkaProducer, con: streamsql.Connection
 ) -> None:
-    topic = new_topic(admin, 4)
+    topic = broker.create_topic(4)
     records = []
     for i in range(240):
         headers = [("trace", b"t%d" % i)] if i % 3 else []
@@ -239,7 +231,7 @@ def test_json_values_and_every_metadata_column_across_four_partitions(
 def test_records_in_compressed_batches_are_decoded(
     broker: Broker, admin: KafkaAdminClient, con: streamsql.Connection, codec: str
 ) -> None:
-    topic = new_topic(admin, 2)
+    topic = broker.create_topic(2)
     compressing = KafkaProducer(
         bootstrap_servers=broker.bootstrap_servers, compression_type=codec, linger_ms=20
     )
@@ -277,7 +269,7 @@ def test_records_in_compressed_batches_are_decoded(
 def test_transaction_markers_are_not_rows_but_count_in_the_offsets(
     broker: Broker, admin: KafkaAdminClient, con: streamsql.Connection
 ) -> None:
-    topic = new_topic(admin, 1)
+    topic = broker.create_topic(1)
     transactional = KafkaProducer(
         bootstrap_servers=broker.bootstrap_servers, transactional_id=f"tx-{uuid.uuid4().hex}"
     )
@@ -308,7 +300,7 @@ def test_values_larger_than_one_fetch_are_read_across_fetches(
 ) -> None:
     """20 MB of records take several fetches (the source asks for 16 MB a partition; Tansu
     answers with about 8 MB whatever is asked)."""
-    topic = new_topic(admin, 1)
+    topic = broker.create_topic(1)
     big = KafkaProducer(bootstrap_servers=broker.bootstrap_servers, max_request_size=8 << 20)
     try:
         pad = "p" * (4 << 20)
@@ -336,7 +328,7 @@ def test_values_larger_than_one_fetch_are_read_across_fetches(
 def test_csv_values_with_quoting_and_wrong_field_counts(
     broker: Broker, admin: KafkaAdminClient, producer: KafkaProducer, con: streamsql.Connection
 ) -> None:
-    topic = new_topic(admin, 2)
+    topic = broker.create_topic(2)
     values = [
         (0, b'1;"a; b";x'),  # 0: the delimiter inside quotes
         (0, b'2;"say ""hi""";y'),  # 1: doubled quotes
@@ -378,7 +370,7 @@ def test_csv_values_with_quoting_and_wrong_field_counts(
 def test_raw_values_as_blob_and_as_varchar(
     broker: Broker, admin: KafkaAdminClient, producer: KafkaProducer, con: streamsql.Connection
 ) -> None:
-    topic = new_topic(admin, 1)
+    topic = broker.create_topic(1)
     values = [b"hello", b"\xff\x00binary", None, b"", "\u00fcn\u00ef \U0001f642".encode()]
     produce(producer, topic, [{"partition": 0, "key": b"k", "value": v} for v in values])
     for kind in ("BLOB", "VARCHAR"):
@@ -445,7 +437,7 @@ def produce_bad_json(producer: KafkaProducer, topic: str) -> None:
 def test_bad_json_values_are_dead_letters_at_their_partition_and_offset(
     broker: Broker, admin: KafkaAdminClient, producer: KafkaProducer, con: streamsql.Connection
 ) -> None:
-    topic = new_topic(admin, 3)
+    topic = broker.create_topic(3)
     produce_bad_json(producer, topic)
     con.execute(kafka_source(broker, topic, "user_id BIGINT, name VARCHAR"))
     query = run_to_end(con, copy_sink())
@@ -462,7 +454,7 @@ def test_bad_json_values_are_dead_letters_at_their_partition_and_offset(
 def test_json_boolean_for_an_integer_column_is_a_dead_letter(
     broker: Broker, admin: KafkaAdminClient, producer: KafkaProducer, con: streamsql.Connection
 ) -> None:
-    topic = new_topic(admin, 1)
+    topic = broker.create_topic(1)
     produce(producer, topic, [(0, b'{"user_id": true}'), (0, b'{"user_id": 4}')])
     con.execute(kafka_source(broker, topic, "user_id BIGINT"))
     run_to_end(con, copy_sink())
@@ -473,7 +465,7 @@ def test_json_boolean_for_an_integer_column_is_a_dead_letter(
 def test_metadata_that_does_not_fit_its_column_is_a_dead_letter(
     broker: Broker, admin: KafkaAdminClient, producer: KafkaProducer, con: streamsql.Connection
 ) -> None:
-    topic = new_topic(admin, 1)
+    topic = broker.create_topic(1)
     produce(
         producer,
         topic,
@@ -494,7 +486,7 @@ def test_metadata_that_does_not_fit_its_column_is_a_dead_letter(
 def test_on_error_skip_counts_bad_records_but_stores_none(
     broker: Broker, admin: KafkaAdminClient, producer: KafkaProducer, con: streamsql.Connection
 ) -> None:
-    topic = new_topic(admin, 3)
+    topic = broker.create_topic(3)
     produce_bad_json(producer, topic)
     con.execute(kafka_source(broker, topic, on_error="skip"))
     query = run_to_end(con, copy_sink())
@@ -506,7 +498,7 @@ def test_on_error_skip_counts_bad_records_but_stores_none(
 def test_on_error_fail_fails_the_query_naming_partition_and_offset(
     broker: Broker, admin: KafkaAdminClient, producer: KafkaProducer, con: streamsql.Connection
 ) -> None:
-    topic = new_topic(admin, 2)
+    topic = broker.create_topic(2)
     produce(
         producer,
         topic,
@@ -532,7 +524,7 @@ def test_on_error_fail_fails_the_query_naming_partition_and_offset(
 def test_starting_offsets_earliest_latest_and_the_default(
     broker: Broker, admin: KafkaAdminClient, producer: KafkaProducer, con: streamsql.Connection
 ) -> None:
-    topic = new_topic(admin, 2)
+    topic = broker.create_topic(2)
     produce(producer, topic, [(i % 2, b'{"user_id": %d}' % i) for i in range(6)])
     columns = "user_id BIGINT"
     con.execute(kafka_source(broker, topic, columns, name="e", starting_offsets="earliest"))
@@ -558,7 +550,7 @@ def test_starting_offsets_earliest_latest_and_the_default(
 def test_starting_offsets_per_partition_json(
     broker: Broker, admin: KafkaAdminClient, producer: KafkaProducer, con: streamsql.Connection
 ) -> None:
-    topic = new_topic(admin, 3)
+    topic = broker.create_topic(3)
     produce(producer, topic, [(i % 3, b'{"user_id": %d}' % i) for i in range(30)])
     start = json.dumps({topic: {"0": 7, "1": -2, "2": -1}})
     con.execute(
@@ -600,7 +592,7 @@ def test_starting_offsets_that_are_not_offsets_are_refused_at_create_source(
 def test_starting_offsets_must_name_every_partition(
     broker: Broker, admin: KafkaAdminClient, con: streamsql.Connection
 ) -> None:
-    topic = new_topic(admin, 3)
+    topic = broker.create_topic(3)
     con.execute(kafka_source(broker, topic, starting_offsets=json.dumps({topic: {"1": 0}})))
     with pytest.raises(streamsql.ProgrammingError) as caught:
         con.execute(copy_sink())
@@ -613,7 +605,7 @@ def test_starting_offsets_must_name_every_partition(
 def test_starting_offsets_naming_a_partition_the_topic_lacks_is_refused(
     broker: Broker, admin: KafkaAdminClient, con: streamsql.Connection
 ) -> None:
-    topic = new_topic(admin, 1)
+    topic = broker.create_topic(1)
     con.execute(kafka_source(broker, topic, starting_offsets=json.dumps({topic: {"0": 0, "5": 0}})))
     with pytest.raises(streamsql.ProgrammingError, match=f"{topic}-5"):
         con.execute(copy_sink())
@@ -658,7 +650,7 @@ def spark_batches(limit: int, begin: dict[int, int], until: dict[int, int]) -> l
 def test_max_offsets_per_trigger_advances_every_partition_in_proportion_to_its_lag(
     broker: Broker, admin: KafkaAdminClient, producer: KafkaProducer, con: streamsql.Connection
 ) -> None:
-    topic = new_topic(admin, 4)
+    topic = broker.create_topic(4)
     counts = {0: 37, 1: 12, 2: 1, 3: 0}
     produce(
         producer,
@@ -695,7 +687,7 @@ def test_max_offsets_per_trigger_advances_every_partition_in_proportion_to_its_l
 def test_max_offsets_per_trigger_shares_round_as_in_spark(
     broker: Broker, admin: KafkaAdminClient, producer: KafkaProducer, con: streamsql.Connection
 ) -> None:
-    topic = new_topic(admin, 2)
+    topic = broker.create_topic(2)
     counts = {0: 45, 1: 21}
     produce(producer, topic, [(p, b'{"user_id": 1}') for p, n in counts.items() for _ in range(n)])
     con.execute(kafka_source(broker, topic, "user_id BIGINT", max_offsets_per_trigger=22))
@@ -713,7 +705,7 @@ def test_max_offsets_per_trigger_shares_round_as_in_spark(
 def test_a_running_query_reads_records_as_they_are_produced(
     broker: Broker, admin: KafkaAdminClient, producer: KafkaProducer, con: streamsql.Connection
 ) -> None:
-    topic = new_topic(admin, 3)
+    topic = broker.create_topic(3)
     con.execute(kafka_source(broker, topic, "user_id BIGINT, off BIGINT METADATA FROM 'offset'"))
     con.execute(
         "CREATE SINK out WITH (connector = 'duckdb') AS "
@@ -740,7 +732,7 @@ def test_a_running_query_reads_records_as_they_are_produced(
 def test_two_queries_over_one_source_each_read_every_record(
     broker: Broker, admin: KafkaAdminClient, producer: KafkaProducer, con: streamsql.Connection
 ) -> None:
-    topic = new_topic(admin, 2)
+    topic = broker.create_topic(2)
     con.execute(kafka_source(broker, topic, "user_id BIGINT"))
     con.execute(copy_sink(name="a", trigger=None))
     con.execute(
@@ -763,7 +755,7 @@ def test_two_queries_over_one_source_each_read_every_record(
 def test_a_topic_list_reads_each_topic(
     broker: Broker, admin: KafkaAdminClient, producer: KafkaProducer, con: streamsql.Connection
 ) -> None:
-    first, second = new_topic(admin, 2), new_topic(admin, 1)
+    first, second = broker.create_topic(2), broker.create_topic(1)
     produce(producer, first, [(i % 2, b'{"user_id": %d}' % i) for i in range(4)])
     produce(producer, second, [(0, b'{"user_id": 10}')])
     con.execute(
@@ -780,9 +772,9 @@ def test_a_topic_pattern_reads_every_matching_topic_and_new_ones_from_their_star
     broker: Broker, admin: KafkaAdminClient, producer: KafkaProducer, con: streamsql.Connection
 ) -> None:
     prefix = f"pat{uuid.uuid4().hex[:8]}"
-    a, b = new_topic(admin, 2, f"{prefix}.a"), new_topic(admin, 1, f"{prefix}.b")
+    a, b = broker.create_topic(2, f"{prefix}.a"), broker.create_topic(1, f"{prefix}.b")
     # matched in part only: a pattern matches whole names
-    other = new_topic(admin, 1, f"x{prefix}.c")
+    other = broker.create_topic(1, f"x{prefix}.c")
     produce(producer, a, [(0, b'{"user_id": 1}'), (1, b'{"user_id": 2}')])
     produce(producer, b, [(0, b'{"user_id": 3}')])
     produce(producer, other, [(0, b'{"user_id": 99}')])
@@ -800,7 +792,7 @@ def test_a_topic_pattern_reads_every_matching_topic_and_new_ones_from_their_star
     caught_up(con)
     # a topic created while the query runs: its records from offset 0, although the query
     # started at 'latest' (new partitions are read from their start, as in Spark)
-    c = new_topic(admin, 2, f"{prefix}.c")
+    c = broker.create_topic(2, f"{prefix}.c")
     produce(producer, c, [(0, b'{"user_id": 5}'), (1, b'{"user_id": 6}'), (1, b'{"user_id": 7}')])
     caught_up(con)
     assert sorted(rows(con, "SELECT topic, off, user_id FROM out")) == [
@@ -825,7 +817,7 @@ def test_lag_per_partition_while_limited_in_progress_describe_and_status(
     producer: KafkaProducer,
     db_path: str,
 ) -> None:
-    topic = new_topic(admin, 2)
+    topic = broker.create_topic(2)
     produce(producer, topic, [(0, b'{"user_id": 0}')] * 30 + [(1, b'{"user_id": 1}')] * 10)
     with streamsql.connect(db_path) as con:
         con.execute(kafka_source(broker, topic, "user_id BIGINT", max_offsets_per_trigger=8))
@@ -876,7 +868,7 @@ def test_lag_per_partition_while_limited_in_progress_describe_and_status(
 def test_offsets_are_checkpointed_in_spark_form_and_a_restart_goes_on_without_loss(
     broker: Broker, admin: KafkaAdminClient, producer: KafkaProducer, db_path: str
 ) -> None:
-    topic = new_topic(admin, 4)
+    topic = broker.create_topic(4)
     values = iter(range(1_000))
     high = dict.fromkeys("0123", 0)  # each partition's end offset, as produced
 
@@ -952,7 +944,7 @@ def test_a_failed_batch_is_replayed_over_exactly_its_logged_offsets(
 ) -> None:
     DELIVERED.clear()
     FAIL_AT.clear()
-    topic = new_topic(admin, 2)
+    topic = broker.create_topic(2)
     create = (
         f"CREATE SINK out WITH (connector = 'callback', callback = '{__name__}:flaky_delivery') "
         "AS SELECT user_id FROM ev"
@@ -994,7 +986,7 @@ def test_a_failed_batch_is_replayed_over_exactly_its_logged_offsets(
 def test_group_id_gets_a_copy_of_the_committed_offsets(
     broker: Broker, admin: KafkaAdminClient, producer: KafkaProducer, con: streamsql.Connection
 ) -> None:
-    topic = new_topic(admin, 2)
+    topic = broker.create_topic(2)
     group = f"lag-{uuid.uuid4().hex[:8]}"
     produce(producer, topic, [(0, b'{"user_id": 1}')] * 3 + [(1, b'{"user_id": 2}')] * 2)
     con.execute(kafka_source(broker, topic, "user_id BIGINT", group_id=group))
@@ -1048,7 +1040,7 @@ def test_a_paused_broker_makes_the_source_unavailable_and_the_query_goes_on_afte
         admin = KafkaAdminClient(bootstrap_servers=own.bootstrap_servers)
         writer = KafkaProducer(bootstrap_servers=own.bootstrap_servers)
         try:
-            topic = new_topic(admin, 2)
+            topic = own.create_topic(2)
             produce(writer, topic, [(i % 2, b'{"user_id": %d}' % i) for i in range(4)])
             con.execute(kafka_source(own, topic, "user_id BIGINT", request_timeout="1 second"))
             con.execute(copy_sink(trigger=None))
@@ -1075,7 +1067,7 @@ def test_a_query_resumed_while_the_broker_is_down_waits_for_it(db_path: str) -> 
         admin = KafkaAdminClient(bootstrap_servers=own.bootstrap_servers)
         writer = KafkaProducer(bootstrap_servers=own.bootstrap_servers)
         try:
-            topic = new_topic(admin, 1)
+            topic = own.create_topic(1)
             produce(writer, topic, [(0, b'{"user_id": 1}')])
             source = kafka_source(
                 own, topic, "user_id BIGINT", connect_timeout="1 second", request_timeout="1 second"
@@ -1117,7 +1109,7 @@ def test_a_deleted_topic_of_a_pattern_is_data_loss(
     fail_on_data_loss: str,
 ) -> None:
     prefix = f"loss{uuid.uuid4().hex[:8]}"
-    doomed, kept = new_topic(admin, 2, f"{prefix}-a"), new_topic(admin, 1, f"{prefix}-b")
+    doomed, kept = broker.create_topic(2, f"{prefix}-a"), broker.create_topic(1, f"{prefix}-b")
     produce(producer, doomed, [(0, b'{"user_id": 1}'), (1, b'{"user_id": 2}')])
     produce(producer, kept, [(0, b'{"user_id": 3}')])
     con.execute(
@@ -1156,7 +1148,7 @@ def test_a_deleted_topic_of_a_topic_list_is_data_loss(
     con: streamsql.Connection,
     fail_on_data_loss: str,
 ) -> None:
-    doomed, kept = new_topic(admin, 2), new_topic(admin, 1)
+    doomed, kept = broker.create_topic(2), broker.create_topic(1)
     produce(producer, doomed, [(0, b'{"user_id": 1}'), (1, b'{"user_id": 2}')])
     produce(producer, kept, [(0, b'{"user_id": 3}')])
     con.execute(
@@ -1185,7 +1177,7 @@ def test_a_topic_recreated_while_stopped_is_data_loss(
     db_path: str,
     fail_on_data_loss: str,
 ) -> None:
-    topic = new_topic(admin, 1)
+    topic = broker.create_topic(1)
     produce(producer, topic, [(0, b'{"user_id": %d}' % i) for i in range(3)])
     with streamsql.connect(db_path) as con:
         con.execute(
@@ -1194,7 +1186,7 @@ def test_a_topic_recreated_while_stopped_is_data_loss(
         con.execute(copy_sink(trigger=None))
         caught_up(con)
     admin.delete_topics([topic])
-    new_topic(admin, 1, topic)
+    broker.create_topic(1, topic)
     produce(producer, topic, [(0, b'{"user_id": 50}'), (0, b'{"user_id": 51}')])
     with streamsql.connect(db_path) as con:
         query = con.query("out")
@@ -1291,7 +1283,7 @@ def test_metadata_columns_are_refused_on_a_memory_source(con: streamsql.Connecti
 def test_kafka_settings_are_passed_to_the_client_typed(
     broker: Broker, admin: KafkaAdminClient, producer: KafkaProducer, con: streamsql.Connection
 ) -> None:
-    topic = new_topic(admin, 1)
+    topic = broker.create_topic(1)
     produce(producer, topic, [(0, b'{"user_id": 1}')])
     con.execute(
         kafka_source(
@@ -1370,7 +1362,7 @@ def test_windowed_counts_over_kafka_equal_a_batch_query_over_the_rows_not_late(
     broker: Broker, admin: KafkaAdminClient, producer: KafkaProducer, case: tuple
 ) -> None:
     partitions, size, delay, rounds = case
-    topic = new_topic(admin, partitions)
+    topic = broker.create_topic(partitions)
     records = [r for batch in rounds for r in batch]
     closer_ms = max((r.ts_ms for r in records), default=T0_MS) + size + delay + 1_000
     closer = Record(len(records), 0, "closer", 0, closer_ms)

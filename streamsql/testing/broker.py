@@ -16,8 +16,12 @@ import socket
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 from types import TracebackType
+
+from kafka import KafkaAdminClient
+from kafka.admin import NewTopic
 
 from streamsql.errors import OperationalError
 
@@ -50,6 +54,17 @@ class Broker:
     @property
     def bootstrap_servers(self) -> str:
         return f"{HOST}:{self.port}"
+
+    def create_topic(self, partitions: int = 1, name: str | None = None) -> str:
+        """A new topic, under a fresh name unless one is given (a producer's first send
+        creates a missing topic with one partition)."""
+        name = name or f"t-{uuid.uuid4().hex[:10]}"
+        admin = KafkaAdminClient(bootstrap_servers=self.bootstrap_servers)
+        try:
+            admin.create_topics([NewTopic(name, num_partitions=partitions, replication_factor=1)])
+        finally:
+            admin.close()
+        return name
 
     def start(self, timeout: float = 30.0) -> Broker:
         """Start the broker and return once it answers a metadata request."""

@@ -104,6 +104,16 @@ def produce(
     return sent
 
 
+CLIENT = "kafka-python"  # the client kafka_source() asks for; every test runs with both
+
+
+@pytest.fixture(autouse=True, params=["kafka-python", "confluent"])
+def client(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Both clients give the same results: each test runs once per client."""
+    monkeypatch.setattr(sys.modules[__name__], "CLIENT", request.param)
+    return request.param
+
+
 def kafka_source(
     broker: Broker | str,
     topic: str | None,
@@ -112,7 +122,7 @@ def kafka_source(
     **options: object,
 ) -> str:
     servers = broker if isinstance(broker, str) else broker.bootstrap_servers
-    options = {"starting_offsets": "earliest", **options}
+    options = {"starting_offsets": "earliest", "client": CLIENT, **options}
     if topic is not None:
         options = {"topic": topic, **options}
     extra = "".join(f", {key} = '{value}'" for key, value in options.items())

@@ -137,7 +137,6 @@ def wait_until(condition: Any, timeout: float, what: str) -> None:
 
 def test_watermarks_are_fetch_high_watermarks_of_multi_record_batches(
     broker: Broker,
-    admin: KafkaAdminClient,
     batching: KafkaProducer,
     clients: tuple[KafkaPythonClient, ConfluentClient],
 ) -> None:
@@ -273,7 +272,7 @@ def test_kafka_python_settings_become_librdkafka_ones_or_are_refused() -> None:
 
 
 def test_kafka_options_are_checked_at_create_source(
-    broker: Broker, admin: KafkaAdminClient, con: streamsql.Connection
+    broker: Broker, con: streamsql.Connection
 ) -> None:
     topic = broker.create_topic(1)
     with pytest.raises(streamsql.ProgrammingError, match=r"kafka\.api_version cannot be used"):
@@ -294,7 +293,7 @@ def test_kafka_options_are_checked_at_create_source(
 
 
 def test_json_and_metadata_columns_across_four_partitions(
-    broker: Broker, admin: KafkaAdminClient, batching: KafkaProducer, con: streamsql.Connection
+    broker: Broker, batching: KafkaProducer, con: streamsql.Connection
 ) -> None:
     topic = broker.create_topic(4)
     sent = produce(
@@ -341,7 +340,7 @@ def test_json_and_metadata_columns_across_four_partitions(
 
 
 def test_bad_values_are_dead_letters_at_their_partition_and_offset(
-    broker: Broker, admin: KafkaAdminClient, batching: KafkaProducer, con: streamsql.Connection
+    broker: Broker, batching: KafkaProducer, con: streamsql.Connection
 ) -> None:
     topic = broker.create_topic(2)
     values = [b'{"user_id": 1}', b"{not json", b'{"user_id": "many"}', b"[1]", None]
@@ -365,7 +364,6 @@ def test_bad_values_are_dead_letters_at_their_partition_and_offset(
 @pytest.mark.parametrize("limit", [None, 70])
 def test_an_available_now_windowed_count_equals_the_kafka_python_clients(
     broker: Broker,
-    admin: KafkaAdminClient,
     batching: KafkaProducer,
     con: streamsql.Connection,
     limit: int | None,
@@ -391,7 +389,7 @@ def test_an_available_now_windowed_count_equals_the_kafka_python_clients(
 
 
 def test_starting_offsets_latest_reads_only_what_comes_after_the_start(
-    broker: Broker, admin: KafkaAdminClient, batching: KafkaProducer, con: streamsql.Connection
+    broker: Broker, batching: KafkaProducer, con: streamsql.Connection
 ) -> None:
     topic = broker.create_topic(2)
     produce(batching, topic, [{"partition": i % 2, "value": b'{"v": %d}' % i} for i in range(6)])

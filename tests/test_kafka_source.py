@@ -179,7 +179,7 @@ METADATA_COLUMNS = (
 
 
 def test_json_values_and_every_metadata_column_across_four_partitions(
-    broker: Broker, admin: KafkaAdminClient, producer: KafkaProducer, con: streamsql.Connection
+    broker: Broker, producer: KafkaProducer, con: streamsql.Connection
 ) -> None:
     topic = broker.create_topic(4)
     records = []
@@ -239,7 +239,7 @@ def test_json_values_and_every_metadata_column_across_four_partitions(
 
 @pytest.mark.parametrize("codec", ["gzip", "snappy", "lz4", "zstd"])
 def test_records_in_compressed_batches_are_decoded(
-    broker: Broker, admin: KafkaAdminClient, con: streamsql.Connection, codec: str
+    broker: Broker, con: streamsql.Connection, codec: str
 ) -> None:
     topic = broker.create_topic(2)
     compressing = KafkaProducer(
@@ -277,7 +277,7 @@ def test_records_in_compressed_batches_are_decoded(
 
 
 def test_transaction_markers_are_not_rows_but_count_in_the_offsets(
-    broker: Broker, admin: KafkaAdminClient, con: streamsql.Connection
+    broker: Broker, con: streamsql.Connection
 ) -> None:
     topic = broker.create_topic(1)
     transactional = KafkaProducer(
@@ -306,7 +306,7 @@ def test_transaction_markers_are_not_rows_but_count_in_the_offsets(
 
 
 def test_values_larger_than_one_fetch_are_read_across_fetches(
-    broker: Broker, admin: KafkaAdminClient, con: streamsql.Connection
+    broker: Broker, con: streamsql.Connection
 ) -> None:
     """20 MB of records take several fetches (the source asks for 16 MB a partition; Tansu
     answers with about 8 MB whatever is asked)."""
@@ -336,7 +336,7 @@ def test_values_larger_than_one_fetch_are_read_across_fetches(
 
 
 def test_csv_values_with_quoting_and_wrong_field_counts(
-    broker: Broker, admin: KafkaAdminClient, producer: KafkaProducer, con: streamsql.Connection
+    broker: Broker, producer: KafkaProducer, con: streamsql.Connection
 ) -> None:
     topic = broker.create_topic(2)
     values = [
@@ -378,7 +378,7 @@ def test_csv_values_with_quoting_and_wrong_field_counts(
 
 
 def test_raw_values_as_blob_and_as_varchar(
-    broker: Broker, admin: KafkaAdminClient, producer: KafkaProducer, con: streamsql.Connection
+    broker: Broker, producer: KafkaProducer, con: streamsql.Connection
 ) -> None:
     topic = broker.create_topic(1)
     values = [b"hello", b"\xff\x00binary", None, b"", "\u00fcn\u00ef \U0001f642".encode()]
@@ -445,7 +445,7 @@ def produce_bad_json(producer: KafkaProducer, topic: str) -> None:
 
 
 def test_bad_json_values_are_dead_letters_at_their_partition_and_offset(
-    broker: Broker, admin: KafkaAdminClient, producer: KafkaProducer, con: streamsql.Connection
+    broker: Broker, producer: KafkaProducer, con: streamsql.Connection
 ) -> None:
     topic = broker.create_topic(3)
     produce_bad_json(producer, topic)
@@ -462,7 +462,7 @@ def test_bad_json_values_are_dead_letters_at_their_partition_and_offset(
 
 
 def test_json_boolean_for_an_integer_column_is_a_dead_letter(
-    broker: Broker, admin: KafkaAdminClient, producer: KafkaProducer, con: streamsql.Connection
+    broker: Broker, producer: KafkaProducer, con: streamsql.Connection
 ) -> None:
     topic = broker.create_topic(1)
     produce(producer, topic, [(0, b'{"user_id": true}'), (0, b'{"user_id": 4}')])
@@ -473,7 +473,7 @@ def test_json_boolean_for_an_integer_column_is_a_dead_letter(
 
 
 def test_metadata_that_does_not_fit_its_column_is_a_dead_letter(
-    broker: Broker, admin: KafkaAdminClient, producer: KafkaProducer, con: streamsql.Connection
+    broker: Broker, producer: KafkaProducer, con: streamsql.Connection
 ) -> None:
     topic = broker.create_topic(1)
     produce(
@@ -494,7 +494,7 @@ def test_metadata_that_does_not_fit_its_column_is_a_dead_letter(
 
 
 def test_on_error_skip_counts_bad_records_but_stores_none(
-    broker: Broker, admin: KafkaAdminClient, producer: KafkaProducer, con: streamsql.Connection
+    broker: Broker, producer: KafkaProducer, con: streamsql.Connection
 ) -> None:
     topic = broker.create_topic(3)
     produce_bad_json(producer, topic)
@@ -506,7 +506,7 @@ def test_on_error_skip_counts_bad_records_but_stores_none(
 
 
 def test_on_error_fail_fails_the_query_naming_partition_and_offset(
-    broker: Broker, admin: KafkaAdminClient, producer: KafkaProducer, con: streamsql.Connection
+    broker: Broker, producer: KafkaProducer, con: streamsql.Connection
 ) -> None:
     topic = broker.create_topic(2)
     produce(
@@ -532,7 +532,7 @@ def test_on_error_fail_fails_the_query_naming_partition_and_offset(
 
 
 def test_starting_offsets_earliest_latest_and_the_default(
-    broker: Broker, admin: KafkaAdminClient, producer: KafkaProducer, con: streamsql.Connection
+    broker: Broker, producer: KafkaProducer, con: streamsql.Connection
 ) -> None:
     topic = broker.create_topic(2)
     produce(producer, topic, [(i % 2, b'{"user_id": %d}' % i) for i in range(6)])
@@ -558,7 +558,7 @@ def test_starting_offsets_earliest_latest_and_the_default(
 
 
 def test_starting_offsets_per_partition_json(
-    broker: Broker, admin: KafkaAdminClient, producer: KafkaProducer, con: streamsql.Connection
+    broker: Broker, producer: KafkaProducer, con: streamsql.Connection
 ) -> None:
     topic = broker.create_topic(3)
     produce(producer, topic, [(i % 3, b'{"user_id": %d}' % i) for i in range(30)])
@@ -600,7 +600,7 @@ def test_starting_offsets_that_are_not_offsets_are_refused_at_create_source(
 
 
 def test_starting_offsets_must_name_every_partition(
-    broker: Broker, admin: KafkaAdminClient, con: streamsql.Connection
+    broker: Broker, con: streamsql.Connection
 ) -> None:
     topic = broker.create_topic(3)
     con.execute(kafka_source(broker, topic, starting_offsets=json.dumps({topic: {"1": 0}})))
@@ -613,7 +613,7 @@ def test_starting_offsets_must_name_every_partition(
 
 
 def test_starting_offsets_naming_a_partition_the_topic_lacks_is_refused(
-    broker: Broker, admin: KafkaAdminClient, con: streamsql.Connection
+    broker: Broker, con: streamsql.Connection
 ) -> None:
     topic = broker.create_topic(1)
     con.execute(kafka_source(broker, topic, starting_offsets=json.dumps({topic: {"0": 0, "5": 0}})))
@@ -658,7 +658,7 @@ def spark_batches(limit: int, begin: dict[int, int], until: dict[int, int]) -> l
 
 
 def test_max_offsets_per_trigger_advances_every_partition_in_proportion_to_its_lag(
-    broker: Broker, admin: KafkaAdminClient, producer: KafkaProducer, con: streamsql.Connection
+    broker: Broker, producer: KafkaProducer, con: streamsql.Connection
 ) -> None:
     topic = broker.create_topic(4)
     counts = {0: 37, 1: 12, 2: 1, 3: 0}
@@ -695,7 +695,7 @@ def test_max_offsets_per_trigger_advances_every_partition_in_proportion_to_its_l
 
 
 def test_max_offsets_per_trigger_shares_round_as_in_spark(
-    broker: Broker, admin: KafkaAdminClient, producer: KafkaProducer, con: streamsql.Connection
+    broker: Broker, producer: KafkaProducer, con: streamsql.Connection
 ) -> None:
     topic = broker.create_topic(2)
     counts = {0: 45, 1: 21}
@@ -713,7 +713,7 @@ def test_max_offsets_per_trigger_shares_round_as_in_spark(
 
 
 def test_a_running_query_reads_records_as_they_are_produced(
-    broker: Broker, admin: KafkaAdminClient, producer: KafkaProducer, con: streamsql.Connection
+    broker: Broker, producer: KafkaProducer, con: streamsql.Connection
 ) -> None:
     topic = broker.create_topic(3)
     con.execute(kafka_source(broker, topic, "user_id BIGINT, off BIGINT METADATA FROM 'offset'"))
@@ -740,7 +740,7 @@ def test_a_running_query_reads_records_as_they_are_produced(
 
 
 def test_two_queries_over_one_source_each_read_every_record(
-    broker: Broker, admin: KafkaAdminClient, producer: KafkaProducer, con: streamsql.Connection
+    broker: Broker, producer: KafkaProducer, con: streamsql.Connection
 ) -> None:
     topic = broker.create_topic(2)
     con.execute(kafka_source(broker, topic, "user_id BIGINT"))
@@ -763,7 +763,7 @@ def test_two_queries_over_one_source_each_read_every_record(
 
 
 def test_a_topic_list_reads_each_topic(
-    broker: Broker, admin: KafkaAdminClient, producer: KafkaProducer, con: streamsql.Connection
+    broker: Broker, producer: KafkaProducer, con: streamsql.Connection
 ) -> None:
     first, second = broker.create_topic(2), broker.create_topic(1)
     produce(producer, first, [(i % 2, b'{"user_id": %d}' % i) for i in range(4)])
@@ -779,7 +779,7 @@ def test_a_topic_list_reads_each_topic(
 
 
 def test_a_topic_pattern_reads_every_matching_topic_and_new_ones_from_their_start(
-    broker: Broker, admin: KafkaAdminClient, producer: KafkaProducer, con: streamsql.Connection
+    broker: Broker, producer: KafkaProducer, con: streamsql.Connection
 ) -> None:
     prefix = f"pat{uuid.uuid4().hex[:8]}"
     a, b = broker.create_topic(2, f"{prefix}.a"), broker.create_topic(1, f"{prefix}.b")
@@ -823,7 +823,6 @@ def test_a_topic_pattern_reads_every_matching_topic_and_new_ones_from_their_star
 
 def test_lag_per_partition_while_limited_in_progress_describe_and_status(
     broker: Broker,
-    admin: KafkaAdminClient,
     producer: KafkaProducer,
     db_path: str,
 ) -> None:
@@ -876,7 +875,7 @@ def test_lag_per_partition_while_limited_in_progress_describe_and_status(
 
 
 def test_offsets_are_checkpointed_in_spark_form_and_a_restart_goes_on_without_loss(
-    broker: Broker, admin: KafkaAdminClient, producer: KafkaProducer, db_path: str
+    broker: Broker, producer: KafkaProducer, db_path: str
 ) -> None:
     topic = broker.create_topic(4)
     values = iter(range(1_000))
@@ -950,7 +949,7 @@ def flaky_delivery(batch_id: int, batch: pa.Table) -> None:
 
 
 def test_a_failed_batch_is_replayed_over_exactly_its_logged_offsets(
-    broker: Broker, admin: KafkaAdminClient, producer: KafkaProducer, con: streamsql.Connection
+    broker: Broker, producer: KafkaProducer, con: streamsql.Connection
 ) -> None:
     DELIVERED.clear()
     FAIL_AT.clear()
@@ -1291,7 +1290,7 @@ def test_metadata_columns_are_refused_on_a_memory_source(con: streamsql.Connecti
 
 
 def test_kafka_settings_are_passed_to_the_client_typed(
-    broker: Broker, admin: KafkaAdminClient, producer: KafkaProducer, con: streamsql.Connection
+    broker: Broker, producer: KafkaProducer, con: streamsql.Connection
 ) -> None:
     topic = broker.create_topic(1)
     produce(producer, topic, [(0, b'{"user_id": 1}')])
@@ -1369,7 +1368,7 @@ def iso_micros(text: str) -> int:
 )
 @given(case=produce_rounds())
 def test_windowed_counts_over_kafka_equal_a_batch_query_over_the_rows_not_late(
-    broker: Broker, admin: KafkaAdminClient, producer: KafkaProducer, case: tuple
+    broker: Broker, producer: KafkaProducer, case: tuple
 ) -> None:
     partitions, size, delay, rounds = case
     topic = broker.create_topic(partitions)

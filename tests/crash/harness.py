@@ -131,11 +131,12 @@ def _env() -> dict[str, str]:
     return env
 
 
-def spawn(run_dir: Path, log: Path) -> subprocess.Popen[bytes]:
+def spawn(run_dir: Path, log: Path, command: Sequence[str] = RUN) -> subprocess.Popen[bytes]:
+    """`streamsql <command>` in `run_dir`, its output in `log`."""
     log.parent.mkdir(parents=True, exist_ok=True)
     with log.open("wb") as out:
         return subprocess.Popen(
-            [sys.executable, "-m", "streamsql.cli", *RUN],
+            [sys.executable, "-m", "streamsql.cli", *command],
             cwd=run_dir,
             stdout=out,
             stderr=subprocess.STDOUT,
@@ -144,14 +145,15 @@ def spawn(run_dir: Path, log: Path) -> subprocess.Popen[bytes]:
         )
 
 
-def _wait(proc: subprocess.Popen[bytes], until: float) -> int | None:
+def wait_for(proc: subprocess.Popen[bytes], until: float) -> int | None:
     """Wait until the monotonic time `until` or the process's exit; its exit code or None."""
     while proc.poll() is None and time.monotonic() < until:
         time.sleep(0.005)
     return proc.poll()
 
 
-def _exited(proc: subprocess.Popen[bytes], log: Path, what: str) -> None:
+def exited(proc: subprocess.Popen[bytes], log: Path, what: str) -> None:
+    """A HarnessError with the output of `proc` unless it exited 0."""
     if proc.returncode != 0:
         raise HarnessError(
             f"{what} exited {proc.returncode} by itself; its output ({log}):\n"
@@ -177,12 +179,12 @@ def run_reference(run_dir: Path, timeout: float = 600) -> Timing:
     log = run_dir / "logs" / "reference.log"
     began, wall = time.monotonic(), time.time()
     proc = spawn(run_dir, log)
-    if _wait(proc, began + timeout) is None:
+    if wait_for(proc, began + timeout) is None:
         proc.kill()
         proc.wait()
         raise HarnessError(f"the reference run took over {timeout} s")
     total = time.monotonic() - began
-    _exited(proc, log, "the reference run")
+    exited(proc, log, "the reference run")
     con = duckdb.connect(str(run_dir / "app.db"), read_only=True)
     try:
         rows = con.execute(
@@ -292,8 +294,8 @@ def crash_until_done(
         target, delay = _draw(rng, starts, timing, unfinished)
         spawned, wall = time.monotonic(), time.time()
         proc = spawn(run_dir, log)
-        if _wait(proc, spawned + delay) is not None:
-            _exited(proc, log, f"attempt {run.attempts}")
+        if wait_for(proc, spawned + delay) is not None:
+            exited(proc, log, f"attempt {run.attempts}")
             finished = True  # done before the kill
             break
         proc.send_signal(signal.SIGKILL)
@@ -311,11 +313,11 @@ def crash_until_done(
         run.attempts += 1
         log = run_dir / "logs" / f"attempt-{run.attempts:03d}.log"
         proc = spawn(run_dir, log)
-        if _wait(proc, time.monotonic() + timeout) is None:
+        if wait_for(proc, time.monotonic() + timeout) is None:
             proc.kill()
             proc.wait()
             raise HarnessError(f"the last attempt did not finish in {timeout} s")
-        _exited(proc, log, "the last attempt")
+        exited(proc, log, "the last attempt")
     run.seconds = time.monotonic() - began
     run.findings = unexpected_output(run_dir / "logs")
     return run

@@ -16,14 +16,11 @@
 
 from __future__ import annotations
 
-import os
 import random
-import re
 import shutil
 import signal
 import string
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -31,21 +28,14 @@ from pathlib import Path
 from typing import Any
 
 import duckdb
+from crash import harness as crash
+from crash.harness import HarnessError, exited, unexpected_output, wait_for
 
 HERE = Path(__file__).resolve().parent
-ROOT = HERE.parent.parent
 JOB = HERE / "job.sql"
 SINKS = ("windows", "totals")  # the job's sinks, in the order it starts them
 COMMAND = ("run", "job.sql", "--db", "app.db", "--trigger", "available_now")
 STARTUP_SHARE = 0.15  # kills aimed at start-up rather than at batches
-# The CLI's progress lines (a source reported unavailable is not one: the broker is healthy).
-PROGRESS_LINE = re.compile(
-    r"[a-z_]+: (initializing|waiting for data|processing|stopped), (batch \d+|no batch yet)"
-)
-
-
-class HarnessError(AssertionError):
-    """A run that failed by itself (not by a kill), or did not finish in time."""
 
 
 def prepare(run_dir: Path, bootstrap: str, topic: str) -> None:
@@ -55,36 +45,15 @@ def prepare(run_dir: Path, bootstrap: str, topic: str) -> None:
 
 
 def spawn(run_dir: Path, log: Path) -> subprocess.Popen[bytes]:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
-    log.parent.mkdir(parents=True, exist_ok=True)
-    with log.open("wb") as out:
-        return subprocess.Popen(
-            [sys.executable, "-m", "streamsql.cli", *COMMAND],
-            cwd=run_dir,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            env=env,
-        )
-
-
-def _wait(proc: subprocess.Popen[bytes], until: float) -> int | None:
-    while proc.poll() is None and time.monotonic() < until:
-        time.sleep(0.005)
-    return proc.poll()
+    return crash.spawn(run_dir, log, COMMAND)
 
 
 def _finish(proc: subprocess.Popen[bytes], log: Path, what: str, timeout: float) -> None:
-    if _wait(proc, time.monotonic() + timeout) is None:
+    if wait_for(proc, time.monotonic() + timeout) is None:
         proc.kill()
         proc.wait()
         raise HarnessError(f"{what} did not finish within {timeout} s ({log})")
-    if proc.returncode != 0:
-        raise HarnessError(
-            f"{what} exited {proc.returncode} by itself; its output ({log}):\n"
-            + log.read_text(errors="replace")[-5000:]
-        )
+    exited(proc, log, what)
 
 
 @dataclass
@@ -213,7 +182,7 @@ def crash_until_done(
             delay = first_batch + rng.uniform(0, 4 * timing.batch)
         spawned, wall = time.monotonic(), time.time()
         proc = spawn(run_dir, log)
-        if _wait(proc, spawned + delay) is not None:
+        if wait_for(proc, spawned + delay) is not None:
             _finish(proc, log, f"attempt {run.attempts}", 0)
             done = True  # finished before the kill
             break
@@ -247,16 +216,6 @@ def crash_rounds(
             raise HarnessError(f"{directory}: the job finished before the first kill")
         done += len(run.kills)
         yield run
-
-
-def unexpected_output(logs: Path) -> list[str]:
-    """Lines the attempts printed other than the CLI's progress lines."""
-    found = []
-    for log in sorted(logs.glob("attempt-*.log")):
-        for line in log.read_text(errors="replace").splitlines():
-            if line.strip() and not PROGRESS_LINE.match(line):
-                found.append(f"{log.name}: {line}")
-    return found
 
 
 # -- what a run left ---------------------------------------------------------------------------

@@ -45,7 +45,7 @@ class Source(ABC):
 
     OPTIONS: ClassVar[tuple[str, ...]] = ("connector", "on_error")  # WITH (...) keys it reads
     OPTION_PREFIXES: ClassVar[tuple[str, ...]] = ()  # and keys passed on to a client library
-    METADATA: ClassVar[dict[str, pa.DataType]] = {}  # what METADATA columns can be filled from
+    METADATA: ClassVar[tuple[str, ...]] = ()  # what METADATA columns can be filled from
 
     def __init__(self, definition: SourceDef, schema: pa.Schema) -> None:
         self.definition = definition

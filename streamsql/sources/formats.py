@@ -26,6 +26,7 @@ INTEGER_TYPES = {
 }  # fmt: skip
 NUMBER_TYPES = {"FLOAT", "REAL", "DOUBLE", "DECIMAL", "NUMERIC"}
 TEXT_TYPES = {"VARCHAR", "TEXT", "STRING"}
+AS_IS = "SELECT *, NULL::VARCHAR AS __error FROM __raw"  # the raw records, no error yet
 
 
 class Decoder:
@@ -114,13 +115,11 @@ class Decoder:
         (column,) = self.columns
         sql = (
             f"SELECT * EXCLUDE (value), value AS {quote(column.name)} FROM "
-            f"({_text(raw) if column.type.upper() in TEXT_TYPES else _bytes(raw)})"
+            f"({_text(raw) if column.type.upper() in TEXT_TYPES else AS_IS})"
         )
         return self._split(raw, sql)
 
-    def decode_fields(
-        self, raw: pa.Table, fields_sql: str = "SELECT *, NULL AS __error FROM __raw"
-    ) -> SourceBatch:
+    def decode_fields(self, raw: pa.Table, fields_sql: str = AS_IS) -> SourceBatch:
         """Cast per-column fields (strings from CSV, typed values from Parquet)."""
         casts = [f"try_cast({quote(c.name)} AS {c.type}) AS {quote(c.name)}" for c in self.columns]
         checks = []
@@ -185,7 +184,7 @@ def _meta(column: Column) -> str:
 def _text(raw: pa.Table) -> str:
     """The raw records with `value` as text and `__error` set where it is not UTF-8."""
     if not pa.types.is_binary(raw.schema.field("value").type):
-        return "SELECT *, NULL::VARCHAR AS __error FROM __raw"
+        return AS_IS
     return (
         "SELECT * EXCLUDE (value, __text), __text AS value, CASE WHEN value IS NOT NULL AND "
         "__text IS NULL THEN 'value is not valid UTF-8' END AS __error "
@@ -198,10 +197,6 @@ def _cast(raw: pa.Table, name: str, type_: str) -> str:
     if pa.types.is_binary(raw.schema.field(name).type) and type_.upper() in TEXT_TYPES:
         return f"try(decode({quote(name)}))"
     return f"try_cast({quote(name)} AS {type_})"
-
-
-def _bytes(raw: pa.Table) -> str:
-    return "SELECT *, NULL::VARCHAR AS __error FROM __raw"
 
 
 def _json_shape(type_: str, text: str) -> str:

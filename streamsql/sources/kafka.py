@@ -13,7 +13,7 @@ import copy
 import json
 import math
 import threading
-from typing import Any, ClassVar
+from typing import Any
 
 import kafka.errors as kafka_errors
 import pyarrow as pa
@@ -24,7 +24,12 @@ from streamsql.errors import DataError, OperationalError, ProgrammingError
 from streamsql.kafka_settings import PREFIX, client_settings
 from streamsql.sources.base import Offset, Source, SourceBatch
 from streamsql.sources.formats import Decoder
-from streamsql.sources.kafka_client import KafkaPythonClient, PartitionError, Watermarks
+from streamsql.sources.kafka_client import (
+    KafkaPythonClient,
+    PartitionError,
+    Watermarks,
+    partition_name,
+)
 
 FORMATS = ("json", "csv", "raw")
 EARLIEST, LATEST = -2, -1  # in per-partition starting_offsets, as in Spark
@@ -72,15 +77,7 @@ class KafkaSource(Source):
         "request_timeout",
     )
     OPTION_PREFIXES = (PREFIX,)  # kafka.security_protocol = ... is passed to the client
-    METADATA: ClassVar[dict[str, pa.DataType]] = {
-        "key": pa.binary(),
-        "topic": pa.string(),
-        "partition": pa.int32(),
-        "offset": pa.int64(),
-        "timestamp": pa.timestamp("ms", "UTC"),
-        "timestamp_type": pa.int8(),
-        "headers": pa.list_(pa.struct([("key", pa.string()), ("value", pa.binary())])),
-    }
+    METADATA = ("key", "topic", "partition", "offset", "timestamp", "timestamp_type", "headers")
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -197,13 +194,13 @@ class KafkaSource(Source):
             if missing:
                 raise ProgrammingError(
                     f"Source {self.name}: starting_offsets must give every partition; missing "
-                    + ", ".join(map(_name, missing))
+                    + ", ".join(map(partition_name, missing))
                 )
             unknown = sorted(set(wanted) - set(partitions))
             if unknown:
                 raise ProgrammingError(
                     f"Source {self.name}: starting_offsets names partitions the topics do not "
-                    "have: " + ", ".join(map(_name, unknown))
+                    "have: " + ", ".join(map(partition_name, unknown))
                 )
         return self._offset(
             {
@@ -223,20 +220,22 @@ class KafkaSource(Source):
         partitions = self._partitions(missing_ok=True)  # a deleted topic is data loss
         gone = sorted(set(positions) - set(partitions))
         if gone:
-            self._data_loss(f"partitions {', '.join(_name(tp) for tp in gone)} were deleted")
+            self._data_loss(
+                f"partitions {', '.join(partition_name(tp) for tp in gone)} were deleted"
+            )
         marks = self._marks = self.client.watermarks(partitions)
         begin: dict[TopicPartition, int] = {}
         for tp, mark in marks.items():
             position = positions.get(tp, mark.log_start)  # a new partition: from its start
             if position < mark.log_start:
                 self._data_loss(
-                    f"offsets {position} to {mark.log_start - 1} of {_name(tp)} were deleted "
-                    "before they were read (retention)"
+                    f"offsets {position} to {mark.log_start - 1} of {partition_name(tp)} were "
+                    "deleted before they were read (retention)"
                 )
                 position = mark.log_start
             elif position > mark.high:
                 self._data_loss(
-                    f"{_name(tp)} ends at offset {mark.high}, before the checkpoint's "
+                    f"{partition_name(tp)} ends at offset {mark.high}, before the checkpoint's "
                     f"{position} (was the topic recreated?)"
                 )
                 position = mark.high
@@ -288,7 +287,7 @@ class KafkaSource(Source):
             return None
         positions = self._positions(end)
         return {
-            _name(tp): max(0, mark.high - positions.get(tp, mark.log_start))
+            partition_name(tp): max(0, mark.high - positions.get(tp, mark.log_start))
             for tp, mark in sorted(self._marks.items())
         }
 
@@ -334,14 +333,14 @@ class KafkaSource(Source):
         """The ranges to fetch again once data loss is accepted (fail_on_data_loss = false)."""
         tp = error.partition
         if error.error is kafka_errors.UnknownTopicOrPartitionError:
-            self._data_loss(f"{_name(tp)} was deleted")
+            self._data_loss(f"{partition_name(tp)} was deleted")
             return {p: r for p, r in ranges.items() if p != tp}
         if error.error is kafka_errors.OffsetOutOfRangeError:
             start, end = ranges[tp]
             mark = self.client.watermarks([tp])[tp]
             self._data_loss(
-                f"offsets {start} to {min(end, mark.log_start) - 1} of {_name(tp)} are no "
-                "longer on the broker (retention)"
+                f"offsets {start} to {min(end, mark.log_start) - 1} of {partition_name(tp)} are "
+                "no longer on the broker (retention)"
             )
             rest = {p: r for p, r in ranges.items() if p != tp}
             if mark.log_start < end:
@@ -379,7 +378,3 @@ class KafkaSource(Source):
         if key == "timestamp":
             return records["timestamp"].cast(pa.timestamp("ms", "UTC"))
         return records[key]
-
-
-def _name(tp: TopicPartition) -> str:
-    return f"{tp.topic}-{tp.partition}"

@@ -39,6 +39,11 @@ NETWORK_ERRORS = (
 )
 
 
+def partition_name(tp: TopicPartition) -> str:
+    """`topic-N`, as Kafka's tools write a partition."""
+    return f"{tp.topic}-{tp.partition}"
+
+
 @dataclass(frozen=True)
 class Watermarks:
     log_start: int  # the earliest offset the broker still has
@@ -49,7 +54,7 @@ class PartitionError(Exception):
     """The broker refused a partition's fetch (offset out of range, unknown topic)."""
 
     def __init__(self, partition: TopicPartition, error: type[kafka_errors.KafkaError]) -> None:
-        super().__init__(f"{partition.topic}-{partition.partition}: {error.__name__}")
+        super().__init__(f"{partition_name(partition)}: {error.__name__}")
         self.partition = partition
         self.error = error
 
@@ -153,13 +158,14 @@ class KafkaPythonClient:
         self, partitions: list[TopicPartition], timestamp: int
     ) -> dict[TopicPartition, int]:
         manager = self._manager
-        by_leader: dict[Any, dict[str, list]] = defaultdict(lambda: defaultdict(list))
-        for tp in partitions:
-            by_leader[self._leader(tp)][tp.topic].append(
-                ListOffsetsRequest.ListOffsetsTopic.ListOffsetsPartition(
+        by_leader = self._by_leader(
+            {
+                tp: ListOffsetsRequest.ListOffsetsTopic.ListOffsetsPartition(
                     partition_index=tp.partition, timestamp=timestamp, current_leader_epoch=-1
                 )
-            )
+                for tp in partitions
+            }
+        )
         offsets: dict[TopicPartition, int] = {}
         for node, topics in by_leader.items():
             request = ListOffsetsRequest(
@@ -175,6 +181,13 @@ class KafkaPythonClient:
                     if not answer.error_code:
                         offsets[TopicPartition(topic.name, answer.partition_index)] = answer.offset
         return offsets
+
+    def _by_leader(self, parts: dict[TopicPartition, Any]) -> dict[Any, dict[str, list]]:
+        """Request parts grouped by the partition's leader, then topic: a request per node."""
+        grouped: dict[Any, dict[str, list]] = defaultdict(lambda: defaultdict(list))
+        for tp, part in parts.items():
+            grouped[self._leader(tp)][tp.topic].append(part)
+        return grouped
 
     def _leader(self, tp: TopicPartition) -> Any:
         manager = self._manager
@@ -212,7 +225,7 @@ class KafkaPythonClient:
             if not progressed and time.monotonic() > deadline:
                 raise SourceUnavailable(
                     f"Kafka at {self.bootstrap_servers}: no records from "
-                    + ", ".join(f"{tp.topic}-{tp.partition}" for tp in sorted(pending))
+                    + ", ".join(map(partition_name, sorted(pending)))
                     + f" within {self.request_timeout_ms / 1000:g} s"
                 )
         return records
@@ -222,10 +235,9 @@ class KafkaPythonClient:
     ) -> dict[TopicPartition, Any]:
         """One Fetch request per leader; the partition data of the answers."""
         manager = self._manager
-        by_leader: dict[Any, dict[str, list]] = defaultdict(lambda: defaultdict(list))
-        for tp, offset in positions.items():
-            by_leader[self._leader(tp)][tp.topic].append(
-                FetchRequest.FetchTopic.FetchPartition(
+        by_leader = self._by_leader(
+            {
+                tp: FetchRequest.FetchTopic.FetchPartition(
                     partition=tp.partition,
                     current_leader_epoch=-1,
                     fetch_offset=offset,
@@ -233,7 +245,9 @@ class KafkaPythonClient:
                     log_start_offset=-1,
                     partition_max_bytes=max_bytes,
                 )
-            )
+                for tp, offset in positions.items()
+            }
+        )
 
         answers: dict[TopicPartition, Any] = {}
         for node, topics in by_leader.items():

@@ -40,7 +40,7 @@ from confluent_kafka import TopicPartition as ConfluentPartition
 from kafka import TopicPartition
 
 from streamsql.errors import ProgrammingError, SourceUnavailable
-from streamsql.sources.kafka_client import PartitionError, Watermarks
+from streamsql.sources.kafka_client import PartitionError, Watermarks, partition_name
 from streamsql.sources.kafka_records import COLUMNS, HEADERS_TYPE, RecordColumns
 
 log = logging.getLogger(__name__)
@@ -416,7 +416,7 @@ class ConfluentClient:
                 room = sum(ends[i] - reached[i] for i in open_)
                 left = deadline - time.monotonic()
                 if left <= 0 or self._interrupted:
-                    names = ", ".join(_name(by_ident[i]) for i in sorted(open_))
+                    names = ", ".join(partition_name(by_ident[i]) for i in sorted(open_))
                     raise self._unavailable(
                         f"no records from {names} within {self.request_timeout:g} s"
                     )
@@ -484,7 +484,7 @@ class ConfluentClient:
         if code in UNKNOWN_CODES:
             raise PartitionError(tp, kafka_errors.UnknownTopicOrPartitionError)
         if code in NETWORK_CODES or code < 0:
-            raise self._unavailable(f"{tp.topic}-{tp.partition}", error)
+            raise self._unavailable(partition_name(tp), error)
         raise PartitionError(tp, kafka_errors.for_code(code))
 
     # -- offsets for lag tools -------------------------------------------------------------
@@ -687,10 +687,6 @@ def _release(consumer: Consumer, paused: list[ConfluentPartition]) -> None:
     if paused:
         consumer.resume(paused)
     consumer.unassign()
-
-
-def _name(tp: TopicPartition) -> str:
-    return f"{tp.topic}-{tp.partition}"
 
 
 def _text(error: Any) -> str:

@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from kafka import KafkaAdminClient
 
 import streamsql
 from streamsql.testing.broker import Broker
@@ -29,3 +30,10 @@ def broker() -> Iterator[Broker]:
     """One Tansu broker for the session; tests use topics of their own."""
     with Broker() as running:
         yield running
+
+
+@pytest.fixture(scope="module")
+def admin(broker: Broker) -> Iterator[KafkaAdminClient]:
+    client = KafkaAdminClient(bootstrap_servers=broker.bootstrap_servers)
+    yield client
+    client.close()

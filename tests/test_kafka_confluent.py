@@ -56,13 +56,6 @@ EVENT_COLUMNS = (
 
 
 @pytest.fixture(scope="module")
-def admin(broker: Broker) -> Iterator[KafkaAdminClient]:
-    client = KafkaAdminClient(bootstrap_servers=broker.bootstrap_servers)
-    yield client
-    client.close()
-
-
-@pytest.fixture(scope="module")
 def batching(broker: Broker) -> Iterator[KafkaProducer]:
     """A producer that puts many records in one batch (what Tansu's ListOffsets gets wrong)."""
     client = KafkaProducer(

@@ -52,13 +52,6 @@ DEAD_LETTERS = (
 
 
 @pytest.fixture(scope="module")
-def admin(broker: Broker) -> Iterator[KafkaAdminClient]:
-    client = KafkaAdminClient(bootstrap_servers=broker.bootstrap_servers)
-    yield client
-    client.close()
-
-
-@pytest.fixture(scope="module")
 def producer(broker: Broker) -> Iterator[KafkaProducer]:
     client = KafkaProducer(bootstrap_servers=broker.bootstrap_servers)
     yield client

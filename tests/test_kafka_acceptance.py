@@ -109,7 +109,7 @@ def spark_rate_limit(start: dict[int, int], until: dict[int, int], limit: int) -
 def test_100k_out_of_order_events_give_sparks_windows_exactly(
     broker: Broker, engine: streamsql.Connection
 ) -> None:
-    topic = w.new_topic(broker.bootstrap_servers, partitions=4)
+    topic = broker.create_topic(4)
     messages = w.generate(100_000, seed=SEED, span_hours=4, late_share=0.01, far_late_share=0.002)
     began = time.monotonic()
     w.produce(broker.bootstrap_servers, topic, messages)
@@ -165,7 +165,7 @@ def test_sigkilled_runs_resume_with_exactly_the_uninterrupted_results(
     broker: Broker, tmp_path: Path
 ) -> None:
     bootstrap = broker.bootstrap_servers
-    topic = w.new_topic(bootstrap, partitions=4)
+    topic = broker.create_topic(4)
     messages = w.generate(
         20_000, seed=SEED + 2, span_hours=6, late_share=0.01, far_late_share=0.002, bad_share=0.01
     )
@@ -232,7 +232,7 @@ def test_a_broker_outage_makes_the_query_wait_and_resume_without_loss(tmp_path: 
     pause_seconds = 4.0
     with Broker() as private:
         bootstrap = private.bootstrap_servers
-        topic = w.new_topic(bootstrap, partitions=4)
+        topic = private.create_topic(4)
         messages = w.generate(7000, seed=SEED + 3, span_hours=1, late_share=0.01)
         before, during, after = messages[:1000], messages[1000:5000], messages[5000:]
         w.produce(bootstrap, topic, before)
@@ -295,7 +295,7 @@ def test_a_broker_outage_makes_the_query_wait_and_resume_without_loss(tmp_path: 
 def test_malformed_messages_are_dead_letters_with_partition_offset_and_raw_bytes(
     broker: Broker, engine: streamsql.Connection
 ) -> None:
-    topic = w.new_topic(broker.bootstrap_servers, partitions=4)
+    topic = broker.create_topic(4)
     messages = w.generate(
         20_000, seed=SEED + 4, span_hours=2, late_share=0, far_late_share=0, bad_share=0.01
     )
@@ -359,7 +359,7 @@ def test_create_sink_fails_within_seconds_when_no_broker_listens(
     assert engine.execute("SHOW SINKS").fetchall() == []
     assert engine.execute("SELECT count(*) FROM _streamsql.metadata").fetchall() == [(0,)]
     with Broker(port) as late_broker:
-        topic = w.new_topic(late_broker.bootstrap_servers, partitions=1)
+        topic = late_broker.create_topic(1)
         engine.execute(
             w.source_sql(bootstrap, topic, connect_timeout="1 second").replace(
                 "CREATE SOURCE", "CREATE OR REPLACE SOURCE"

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import random
-import uuid
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -28,8 +27,7 @@ from typing import Any
 import duckdb
 import pyarrow as pa
 import reference_model as model
-from kafka import KafkaAdminClient, KafkaProducer
-from kafka.admin import NewTopic
+from kafka import KafkaProducer
 
 START_MS = 1_704_067_200_000  # 2024-01-01T00:00:00Z, epoch milliseconds
 MINUTE_MS = 60_000
@@ -165,16 +163,6 @@ def _malformed(kind: str, rng: random.Random, base: int) -> tuple[bytes | None, 
         return b"", None
     assert kind == "tombstone"  # a key and no value
     return None, None
-
-
-def new_topic(bootstrap: str, partitions: int = 4) -> str:
-    name = f"events-{uuid.uuid4().hex[:10]}"
-    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
-    try:
-        admin.create_topics([NewTopic(name, num_partitions=partitions, replication_factor=1)])
-    finally:
-        admin.close()
-    return name
 
 
 def produce(bootstrap: str, topic: str, messages: Sequence[Message]) -> None:

@@ -281,10 +281,12 @@ def test_drop_sink_removes_its_state_and_checkpoint(db_path: str, tmp_path: Path
         assert ("state_keep",) in table(con, state_tables)
         assert table(con, "SELECT name FROM _streamsql.catalog WHERE kind = 'SINK'") == [("keep",)]
         assert not running(con)
-        # bad input is never lost; the sink's files stay; the other sink is untouched
+        # its dead letters and its view go with it (a sink created again reads the input
+        # again and records them anew); its files stay; the other sink is untouched
         assert table(con, "SELECT count(*) FROM _streamsql.dead_letters WHERE query = 'out'") == [
-            (1,)
+            (0,)
         ]
+        assert table(con, "SELECT view_name FROM duckdb_views() WHERE NOT internal") == []
         assert sorted(p.name for p in (tmp_path / "out").iterdir()) == files
         assert table(con, "SELECT * FROM keep") == kept
     with opened(db_path) as con:
@@ -598,7 +600,7 @@ def test_drop_sink_in_another_case_removes_the_checkpoint(db_path: str, tmp_path
         con.execute("DROP SINK totals")
         for name in CHECKPOINT_TABLES:
             assert table(con, f"SELECT count(*) FROM _streamsql.{name}") == [(0,)], name
-        con.execute("DROP TABLE Totals")
+        assert table(con, "SELECT table_name FROM duckdb_tables() WHERE schema_name = 'main'") == []
         con.execute(create)
         query = caught_up(con, "Totals")
         assert [p.batch_id for p in query.recent_progress] == [0]

@@ -21,7 +21,14 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from streamsql.checkpoint.fingerprint import fingerprint
-from streamsql.checkpoint.log import SCHEMA, Checkpoint, CommitRecord, PlannedBatch, transaction
+from streamsql.checkpoint.log import (
+    SCHEMA,
+    Checkpoint,
+    CommitRecord,
+    PlannedBatch,
+    atomically,
+    transaction,
+)
 from streamsql.errors import DataError, ProgrammingError, from_duckdb
 from streamsql.incremental.compiler import INPUT_VIEW, BatchProgram, Effect, Fetch, Step
 from streamsql.plan.plan import StreamingPlan
@@ -104,9 +111,10 @@ class MicroBatchExecution:
 
     def _discard(self, fresh: bool) -> None:
         if fresh:
-            self.checkpoint.forget()
+            statements = self.checkpoint.forget_statements()
             if self.program.state_table:
-                self.cursor.execute(f"DROP TABLE IF EXISTS {self.program.state_table}").fetchall()
+                statements.append((f"DROP TABLE IF EXISTS {self.program.state_table}", []))
+            atomically(self.cursor, statements)
 
     def _resume(self) -> None:
         self.cursor.register(INPUT_VIEW, self.source.schema.empty_table())

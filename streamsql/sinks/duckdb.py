@@ -21,6 +21,7 @@ EMITTED_VIEW = "__emitted"
 
 class DuckDBSink(Sink):
     OPTIONS = (*Sink.OPTIONS, "table", "changelog")
+    OUTPUT = ("TABLE", "table")
 
     def __init__(self, name: str, options: dict[str, str]) -> None:
         super().__init__(name, options)
@@ -29,9 +30,14 @@ class DuckDBSink(Sink):
         self._write_sql: list[str] = []
         self._replaces = False  # SNAPSHOT: an empty result empties the table
 
+    @classmethod
+    def output(cls, name: str, options: dict[str, str]) -> tuple[str, ...]:
+        """`table` may name a schema: 'schema.table'."""
+        return tuple(options.get("table", name).split("."))
+
     @property
     def qualified(self) -> str:
-        return ".".join(quote(part) for part in self.table.split("."))
+        return ".".join(quote(part) for part in self.output(self.name, self.options))
 
     def open(self, cursor: duckdb.DuckDBPyConnection, schema: OutputSchema, query_id: str) -> None:
         self._write_sql = self._statements(schema)  # refuses before creating anything

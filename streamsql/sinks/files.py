@@ -117,6 +117,7 @@ class FileSink(Sink):
         "changelog",
         "view",
     )
+    OUTPUT = ("VIEW", "view")
 
     def __init__(self, name: str, options: dict[str, str]) -> None:
         super().__init__(name, options)

@@ -129,6 +129,22 @@ def _kill_point() -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
+@contextlib.contextmanager
+def registered(cursor: duckdb.DuckDBPyConnection, name: str, rows: Any) -> Iterator[None]:
+    """`rows` (Arrow) as the view `name` for the statements of the block. A statement that
+    fails inside a transaction makes DuckDB refuse every later one, the unregister too, until
+    the rollback: the statement's error is the one raised (registering the name again
+    replaces the view left behind)."""
+    cursor.register(name, rows)
+    try:
+        yield
+    except BaseException:
+        with contextlib.suppress(duckdb.Error):
+            cursor.unregister(name)
+        raise
+    cursor.unregister(name)
+
+
 @dataclass(frozen=True)
 class PlannedBatch:
     batch_id: int

@@ -27,6 +27,7 @@ from streamsql.checkpoint.log import (
     CommitRecord,
     PlannedBatch,
     atomically,
+    registered,
     transaction,
 )
 from streamsql.errors import DataError, ProgrammingError, from_duckdb
@@ -486,16 +487,13 @@ class MicroBatchExecution:
                 f"{first['offset']}: {first['error']} (on_error = 'fail')"
             )
         if policy == "dead_letter":
-            self.cursor.register("__dead", dead)
-            try:
+            with registered(self.cursor, "__dead", dead):
                 self.cursor.execute(
                     f'INSERT INTO {SCHEMA}.dead_letters (query, batch_id, source, "partition", '
                     f'"offset", raw, error) SELECT ?, ?, ?, "partition", "offset", raw, error '
                     f"FROM __dead",
                     [self.name, batch.batch_id, self.source.name],
                 ).fetchall()
-            finally:
-                self.cursor.unregister("__dead")
         return dead.num_rows
 
     def close(self) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import duckdb
 import pyarrow as pa
 
+from streamsql.checkpoint.log import registered
 from streamsql.errors import ProgrammingError
 from streamsql.plan.plan import Emit
 from streamsql.sinks.base import OutputSchema, Sink
@@ -87,10 +88,7 @@ class DuckDBSink(Sink):
     def write(self, cursor: duckdb.DuckDBPyConnection, batch_id: int, rows: pa.Table) -> None:
         if rows.num_rows == 0 and not self._replaces:
             return
-        cursor.register(EMITTED_VIEW, rows)
-        try:
+        with registered(cursor, EMITTED_VIEW, rows):
             for sql in self._write_sql:
                 params = {"batch_id": batch_id} if "$batch_id" in sql else None
                 cursor.execute(sql, params).fetchall()
-        finally:
-            cursor.unregister(EMITTED_VIEW)

@@ -26,7 +26,7 @@ from typing import Any
 import duckdb
 import pyarrow as pa
 
-from streamsql.checkpoint.log import SINK_FILES, transaction
+from streamsql.checkpoint.log import SINK_FILES, registered, transaction
 from streamsql.errors import OperationalError, ProgrammingError
 from streamsql.format import parse_bytes, parse_seconds
 from streamsql.plan.plan import Emit
@@ -244,13 +244,10 @@ class FileSink(Sink):
                 [self.key],
             ).fetchall()
         if rows.num_rows:
-            cursor.register(ROWS_VIEW, rows)
-            try:
+            with registered(cursor, ROWS_VIEW, rows):
                 select = self._write_select(ROWS_VIEW, "$batch_id::BIGINT")
                 params = {"batch_id": batch_id} if self.appends_batch_id else None
                 self._publish(cursor, select, batch_id, batch_id, params)
-            finally:
-                cursor.unregister(ROWS_VIEW)
         self._changed = bool(rows.num_rows or replaces)
         if self._changed:
             self._publish_view(cursor)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 from pathlib import Path
 
@@ -554,7 +555,8 @@ def test_a_second_connect_to_an_open_database_file_is_refused(
         query.process_all_available(timeout=30)
         assert query.exception is None
         assert first.execute("SELECT k, n FROM out ORDER BY k").fetchall() == [("a", 4), ("b", 2)]
-        assert streamsql.connect(":memory:").execute("SELECT 1").fetchall() == [(1,)]
+        with contextlib.closing(streamsql.connect(":memory:")) as scratch:  # not a file
+            assert scratch.execute("SELECT 1").fetchall() == [(1,)]
     finally:
         first.close()
     again = streamsql.connect(str(tmp_path / "app.db"))

@@ -172,11 +172,16 @@ class Engine:
                 raise from_duckdb(error, f"Cannot open {database}") from None
             if self._file is not None:
                 _OPEN_FILES[self._file] = self
-        self.db.execute("SET TimeZone = 'UTC'").fetchall()
-        Checkpoint.create_tables(self.db)
-        for statement in (*MACROS, CATALOG):
-            self.db.execute(statement).fetchall()
-        self._clear_leftovers()
+        try:
+            self.db.execute("SET TimeZone = 'UTC'").fetchall()
+            Checkpoint.create_tables(self.db)
+            for statement in (*MACROS, CATALOG):
+                self.db.execute(statement).fetchall()
+            self._clear_leftovers()
+        except BaseException:  # not an engine database we can write: not open after all
+            self.db.close()
+            self._release_file()
+            raise
         self.sources: dict[str, SourceDef] = {}
         self.sinks: dict[str, SinkDef] = {}
         self.queries: dict[str, StreamingQuery] = {}
@@ -821,6 +826,9 @@ class Engine:
         if self.database != ":memory:":
             status_file(self.database).unlink(missing_ok=True)  # the database says it now
         _OPEN_ENGINES.discard(self)
+        self._release_file()
+
+    def _release_file(self) -> None:
         with _OPEN_FILES_LOCK:
             if _OPEN_FILES.get(self._file) is self:
                 del _OPEN_FILES[self._file]

@@ -16,6 +16,10 @@ sink directories nothing a reader could mistake for data. The reference must agr
 job's SQL evaluated over the input by Spark's rules (`harness.model`). STREAMSQL_CRASH_SEED
 repeats the kills' aim (not their exact moments). tests/soak/crash_soak.py does the same
 with hundreds of kills.
+
+DROP SINK and CREATE OR REPLACE SINK are killed at their kill points (every fifth by
+default, every one with STREAMSQL_CRASH_DDL_STRIDE=1): each sink must be left as it was
+or as the statement made it.
 """
 
 from __future__ import annotations

@@ -927,3 +927,13 @@ def test_a_bad_compression_is_named_not_hidden(con: streamsql.Connection, tmp_pa
         assert "aborted" not in str(error)
     else:
         pytest.fail("a parquet sink wrote with compression 'bogus'")
+
+
+def test_a_path_that_cannot_be_a_directory_is_refused_naming_it(
+    con: streamsql.Connection, tmp_path: Path
+) -> None:
+    (tmp_path / "a-file").write_text("not a directory")
+    out = tmp_path / "a-file" / "out"
+    with pytest.raises(streamsql.OperationalError, match=f"Sink out: cannot create .*{out}"):
+        con.execute(f"CREATE SINK out WITH (connector = 'parquet', path = '{out}') AS {SELECT_KV}")
+    assert table(con, "SHOW SINKS") == []

@@ -169,7 +169,13 @@ class FileSink(Sink):
                 "the latest row per group",
                 "only append the changes",
             )
-        (self.directory / STAGING).mkdir(parents=True, exist_ok=True)
+        try:
+            (self.directory / STAGING).mkdir(parents=True, exist_ok=True)
+        except OSError as error:  # a parent that is a file, no permission, a full disk
+            raise OperationalError(
+                f"Sink {self.name}: cannot create its directory {self.directory}: "
+                f"{error.strerror or error}"
+            ) from None
         self._recover(cursor)
         self._check_columns(cursor)
         self._publish_view(cursor)

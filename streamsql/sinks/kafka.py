@@ -23,6 +23,7 @@ import pyarrow as pa
 from kafka import KafkaProducer
 from kafka.errors import KafkaConfigurationError, KafkaError
 
+from streamsql.checkpoint.log import registered
 from streamsql.errors import OperationalError, ProgrammingError, from_duckdb
 from streamsql.format import parse_seconds
 from streamsql.kafka_settings import client_settings
@@ -109,15 +110,13 @@ class KafkaSink(Sink):
     def write(self, cursor: duckdb.DuckDBPyConnection, batch_id: int, rows: pa.Table) -> None:
         if rows.num_rows == 0:
             return
-        cursor.register(ROWS_VIEW, rows)
         try:
-            messages = cursor.execute(self._select).fetchall()
+            with registered(cursor, ROWS_VIEW, rows):
+                messages = cursor.execute(self._select).fetchall()
         except duckdb.Error as error:
             raise from_duckdb(
                 error, f"Sink {self.name}: the messages of batch {batch_id}"
             ) from None
-        finally:
-            cursor.unregister(ROWS_VIEW)
         headers = [
             ("streamsql.query", self.name.encode()),
             ("streamsql.query_id", self.query_id.encode()),

@@ -116,9 +116,13 @@ def test_a_push_query_prints_batches_until_ctrl_c_and_sinks_keep_running(
     interrupter.join()
 
     first, second, note = tables(out.getvalue())
-    assert first[0] == ("user_id", "n") and sorted(first[1:]) == [("1", "1"), ("2", "1")]
-    assert second == [("user_id", "n"), ("1", "2")]
-    assert "Push query stopped after 3 rows" in out.getvalue()
+    assert first[0] == ("op", "user_id", "n")
+    assert sorted(first[1:]) == [("+I", "1", "1"), ("+I", "2", "1")]
+    assert second == [("op", "user_id", "n"), ("+U", "1", "2")]  # group 1 again: an update
+    lines = out.getvalue().splitlines()
+    assert lines[0] == "Push query running: each batch prints as it is emitted; Ctrl-C stops it"
+    assert [line for line in lines if line.startswith("Batch ")] == ["Batch 0", "Batch 1"]
+    assert "Push query stopped after 3 rows" in lines
     assert note == [("note",), ("back at the prompt",)]
     assert not [name for name in con.engine.queries if name.startswith("__push_")]
     totals = con.query("totals")

@@ -406,6 +406,42 @@ def test_statements_without_rows_say_what_they_changed(
     assert tables(text) == []
 
 
+def test_ddl_statements_say_what_they_did(
+    memory_con: streamsql.Connection, pipe: PipeInput
+) -> None:
+    query = "SELECT user_id, count(*) AS n FROM events GROUP BY user_id"
+    text = run_shell(
+        memory_con,
+        pipe,
+        EVENTS + ";",
+        "CREATE OR REPLACE SOURCE clicks (page VARCHAR) WITH (connector = 'memory');",
+        "CREATE OR REPLACE SOURCE clicks (page VARCHAR) WITH (connector = 'memory');",
+        f"CREATE SINK totals AS {query};",
+        f"CREATE SINK IF NOT EXISTS totals AS {query};",
+        f"CREATE SINK totals WITH (trigger = '1 hour') AS {query};",
+        f"CREATE OR REPLACE SINK totals AS {query};",
+        "STOP QUERY totals;",
+        f"CREATE OR REPLACE SINK totals AS {query};",
+        "DROP SINK totals;",
+        "DROP SOURCE IF EXISTS nothing;",
+        "DROP SOURCE clicks;",
+    )
+    assert text.splitlines() == [
+        "Source events exists: unchanged",
+        "Source clicks created",
+        "Source clicks replaced",
+        "Sink totals started",
+        "Sink totals exists: unchanged",
+        "Sink totals restarted with its new definition",
+        "Sink totals replaced",
+        "Query totals stopped",
+        "Sink totals replaced",
+        "Sink totals dropped",
+        "Source nothing does not exist: nothing dropped",
+        "Source clicks dropped",
+    ]
+
+
 def test_highlighting_knows_the_streaming_keywords() -> None:
     tokens = list(StreamSQLLexer().get_tokens("SELECT a FROM s WINDOW TUMBLING (t, i) EMIT final"))
     kinds = {text: kind for kind, text in tokens}
@@ -762,6 +798,24 @@ def test_terminal_ddl_answers_push_batches_and_tables_and_schema(
     ]
     assert sorted(printed[batch_0 + 4 : batch_0 + 6]) == ["│ +I │ cart │ 1 │", "│ +I │ home │ 1 │"]
     assert sorted(printed[batch_1 + 4 : batch_1 + 6]) == ["│ +I │ faq  │ 1 │", "│ +U │ home │ 2 │"]
+
+    shell.run(".mode csv")  # a push query prints its batches in the mode chosen
+    shell.type("SELECT count(*) AS n FROM clicks EMIT CHANGES;\r")
+    shell.wait_for("+I,4")
+    write_json_lines(clicks, "3.json", [{"page": "faq"}])
+    shell.wait_for("+U,5")
+    printed = after(shell.interrupt(), "FROM clicks EMIT CHANGES;")
+    assert printed[1:] == [
+        "Batch 0",
+        "op,n",
+        "+I,4",
+        "Batch 1",
+        "op,n",
+        "+U,5",
+        "^CPush query stopped after 2 rows",
+        PROMPT.strip(),
+    ]
+    shell.run(".mode table")
 
     assert after(shell.run("STOP QUERY per_page;"), "QUERY per_page;")[0] == (
         "Query per_page stopped"

@@ -40,6 +40,7 @@ from streamsql.shell.highlight import StreamSQLLexer
 from streamsql.shell.render import Settings, render
 from streamsql.shell.repl import PROMPT, is_complete
 from streamsql.sinks.base import OutputSchema
+from streamsql.sinks.files import ParquetSink
 
 WAIT_SECONDS = 10
 
@@ -150,6 +151,26 @@ def test_a_push_query_prints_batches_until_ctrl_c_and_sinks_keep_running(
     ]
 
 
+def test_a_push_query_that_ends_says_so_and_unmarked_updates_are_explained(
+    memory_con: streamsql.Connection, pipe: PipeInput
+) -> None:
+    memory_con.execute("INSERT INTO events VALUES (1, 'a'), (2, 'b'), (1, 'c')")
+    text = run_shell(
+        memory_con,
+        pipe,
+        "SET trigger = 'available_now';",
+        "SELECT count(*) AS n FROM events GROUP BY user_id EMIT CHANGES;",  # no key shown
+    )
+    lines = text.splitlines()
+    assert lines[0] == (
+        "Push query running: each batch prints as it is emitted (updates unmarked: the SELECT "
+        "list lacks a GROUP BY key or the window); Ctrl-C stops it"
+    )
+    assert lines[1] == "Batch 0"
+    assert tables(text)[0][0] == ("n",) and sorted(tables(text)[0][1:]) == [("1",), ("2",)]
+    assert lines[-1] == "Push query finished after 2 rows"
+
+
 # -- completion ------------------------------------------------------------------------------
 
 
@@ -236,20 +257,8 @@ def test_connector_options_complete_inside_with(memory_con: streamsql.Connection
     assert completions(completer, create + "connect_") == {}  # connect_timeout: a source's
     # Once the connector is named, only its options, and not the ones already written.
     offered = completions(completer, create + "connector = 'parquet', ")
-    assert offered == dict.fromkeys(
-        [
-            "trigger",
-            "path",
-            "compact_every",
-            "target_file_size",
-            "retention",
-            "fsync",
-            "changelog",
-            "view",
-            "compression",
-        ],
-        "parquet sink",
-    )
+    assert offered == dict.fromkeys(set(ParquetSink.OPTIONS) - {"connector"}, "parquet sink")
+    assert {"path", "compression"} <= set(offered) and not {"table", "topic"} & set(offered)
     assert completions(completer, create + "connector = 'parquet', path = 'x', T") == {
         "trigger": "parquet sink",
         "target_file_size": "parquet sink",

@@ -44,7 +44,7 @@ def show_progress(shell: Shell, name: str) -> None:
         shell.write(f"{query.name}: {query.status['message']}, no batch yet")
     else:
         rows = list(_flatten(progress.to_dict()))
-        shell.show(["property", "value"], ["VARCHAR", "VARCHAR"], rows)
+        shell.show(["property", "value"], ["VARCHAR", ""], rows)  # values of every type
 
 
 def _flatten(value: Any, key: str = "") -> Iterator[tuple[str, Any]]:

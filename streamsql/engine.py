@@ -15,7 +15,7 @@ import time
 import uuid
 import warnings
 import weakref
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,7 +30,14 @@ from streamsql.errors import Error, ProgrammingError, from_duckdb
 from streamsql.format import format_duration
 from streamsql.incremental.aggregates import MACROS
 from streamsql.incremental.compiler import BatchProgram, compile_plan
-from streamsql.plan.catalog import SinkDef, SourceDef, differences, sink_def, source_def
+from streamsql.plan.catalog import (
+    SinkDef,
+    SourceDef,
+    differences,
+    options_of,
+    sink_def,
+    source_def,
+)
 from streamsql.plan.plan import StreamingPlan
 from streamsql.plan.planner import Planner
 from streamsql.runtime.microbatch import MicroBatchExecution
@@ -38,6 +45,7 @@ from streamsql.runtime.progress import timestamp_of
 from streamsql.runtime.push import PushStream
 from streamsql.runtime.query import StreamingQuery
 from streamsql.runtime.triggers import Trigger
+from streamsql.secrets import shown
 from streamsql.sinks.base import Sink
 from streamsql.sinks.callback import BatchCallback, CallbackSink
 from streamsql.sinks.collect import CollectSink
@@ -49,7 +57,7 @@ from streamsql.sources.base import Source
 from streamsql.sources.files import FileSource
 from streamsql.sources.kafka import KafkaSource
 from streamsql.sources.memory import MemorySource
-from streamsql.sql import DIALECT, Statement, nodes, parse_one, quote
+from streamsql.sql import DIALECT, Statement, literal, nodes, parse_one, quote
 
 DuckCursor = duckdb.DuckDBPyConnection
 
@@ -67,6 +75,10 @@ SINK_CONNECTORS: dict[str, type[Sink]] = {
     "callback": CallbackSink,
     "console": ConsoleSink,
 }
+
+# DuckDB statement types restricted mode refuses (INSTALL and LOAD are LOAD; IMPORT DATABASE
+# and COPY FROM DATABASE are PRAGMA; SET, RESET and USE are SET).
+RESTRICTED_STATEMENTS = ("ATTACH", "DETACH", "LOAD", "EXTENSION", "PRAGMA", "EXPORT", "SET")
 
 STATUS_SECONDS = 1.0  # how often a running process publishes its status, at most
 
@@ -136,24 +148,48 @@ def status_file(database: str) -> Path:
     return Path(f"{database}.status.json")
 
 
+def declared_paths(statements: Iterable[Statement]) -> list[str]:
+    """The `path` options of the CREATE SOURCE and CREATE SINK statements among
+    `statements`: the directories restricted mode lets DuckDB reach."""
+    return [
+        path
+        for statement in statements
+        if isinstance(statement.expression, exp.Create)
+        and statement.expression.kind in ("SOURCE", "SINK")
+        and (path := options_of(statement.expression).get("path"))
+    ]
+
+
+def _directory(path: str) -> str:
+    """A directory as DuckDB's allowed_directories takes it: absolute, ending in a separator
+    (symbolic links are not resolved: DuckDB compares the paths it is given)."""
+    return os.path.join(os.path.abspath(path), "")
+
+
 class Engine:
     def __init__(
         self,
         database: str = ":memory:",
         trigger: str | None = None,
         config: dict[str, Any] | None = None,
+        restricted: bool = False,
+        allowed_directories: Iterable[str] = (),
     ) -> None:
         self.database = database
+        self.restricted = restricted
+        self.allowed_directories: list[str] = []  # restricted mode: all DuckDB may reach
         self.trigger_override = Trigger.parse(trigger) if trigger else None  # CLI --trigger
         self.session_trigger = Trigger.parse(None)  # SET trigger = ...: sinks without one
         try:
             self.db = duckdb.connect(database, config=config or {})
         except duckdb.Error as error:  # a directory, a file another process holds, ...
             raise from_duckdb(error, f"Cannot open {database}") from None
-        self.db.execute("SET TimeZone = 'UTC'").fetchall()
+        self.db.execute("SET GLOBAL TimeZone = 'UTC'").fetchall()
         Checkpoint.create_tables(self.db)
         for statement in (*MACROS, CATALOG):
             self.db.execute(statement).fetchall()
+        if restricted:
+            self._restrict(allowed_directories)
         self.sources: dict[str, SourceDef] = {}
         self.sinks: dict[str, SinkDef] = {}
         self.queries: dict[str, StreamingQuery] = {}
@@ -166,6 +202,61 @@ class Engine:
         self.closed = False
         _OPEN_ENGINES.add(self)
         self._load_catalog()
+
+    # -- restricted mode -------------------------------------------------------------------------
+
+    def _restrict(self, allowed_directories: Iterable[str]) -> None:
+        """Lock DuckDB out of everything but the directories the catalog's sources and sinks
+        name and `allowed_directories`, before any statement of the catalog runs. DuckDB
+        cannot widen the list once external access is off, so it is complete now; sources
+        and sinks declared later must name a directory in it."""
+        stored = [
+            Statement(parse_one(sql).expression, sql, 1)
+            for (sql,) in self.db.execute(f"SELECT sql FROM {SCHEMA}.catalog").fetchall()
+        ]
+        paths = [*declared_paths(stored), *allowed_directories]
+        self.allowed_directories = sorted({_directory(path) for path in paths})
+        listed = ", ".join(literal(directory) for directory in self.allowed_directories)
+        for setting in (
+            f"SET allowed_directories = [{listed}]",
+            "SET enable_external_access = false",
+            "SET lock_configuration = true",
+        ):
+            self.db.execute(setting).fetchall()
+
+    def _check_allowed(self, kind: str, definition: SourceDef | SinkDef) -> None:
+        """Restricted mode: a source or sink reads and writes only where DuckDB may."""
+        path = definition.options.get("path")
+        if not self.restricted or path is None:
+            return
+        if not any(_directory(path).startswith(d) for d in self.allowed_directories):
+            allowed = ", ".join(self.allowed_directories) or "none"
+            raise ProgrammingError(
+                f"{kind} {definition.name}: restricted mode: path {path!r} is not in a "
+                f"directory allowed when the database was opened ({allowed}); `streamsql run "
+                "--restricted` allows the paths its file declares, connect() the "
+                "allowed_directories it is given"
+            )
+
+    def admit(self, statement: Statement) -> None:
+        """Restricted mode: refuse the DuckDB statements that reach outside the database or
+        change its settings (DuckDB itself refuses files outside the allowed directories)."""
+        if not self.restricted:
+            return
+        try:
+            parsed = duckdb.extract_statements(statement.text)
+            kinds = [p.type.name for p in parsed]
+        except duckdb.Error as error:
+            raise from_duckdb(error) from None
+        except ValueError:  # a statement type the Python client does not name (UPDATE EXTENSIONS)
+            kinds = ["UNKNOWN"]
+        if len(kinds) != 1 or kinds[0] in RESTRICTED_STATEMENTS or kinds[0] == "UNKNOWN":
+            first = statement.text.split(None, 1)[0].upper() if statement.text.strip() else ""
+            raise ProgrammingError(
+                f"Restricted mode refuses {first} statements (line {statement.line}): "
+                "ATTACH, DETACH, INSTALL, LOAD, PRAGMA, EXPORT/IMPORT DATABASE, SET and RESET "
+                "reach outside the database or change its settings"
+            )
 
     # -- catalog ---------------------------------------------------------------------------------
 
@@ -262,6 +353,7 @@ class Engine:
             if existing is not None and self._unchanged(existing, create, statement.text):
                 return Result()
             definition = source_def(create, statement.text)
+            self._check_allowed("Source", definition)
             if existing is not None and not create.args.get("replace"):
                 raise ProgrammingError(
                     f"Source {name} already exists with a different definition "
@@ -302,6 +394,8 @@ class Engine:
                     self._set_running(name, True)
                 return Result()
             definition = sink_def(create, statement.text)
+            self._check_allowed("Sink", definition)
+            self._sink(definition)  # every option checked before anything runs or is stored
             self._check_path(definition)
             if existing is not None and not create.args.get("replace"):
                 self._restart_changed(existing, definition)
@@ -369,7 +463,8 @@ class Engine:
     def cursor(self) -> DuckCursor:
         """A DuckDB cursor on the engine database, in UTC, closed with the engine."""
         cursor = self.db.cursor()
-        cursor.execute("SET TimeZone = 'UTC'").fetchall()
+        if not self.restricted:  # else the configuration is locked, in UTC
+            cursor.execute("SET TimeZone = 'UTC'").fetchall()
         self._cursors.add(cursor)
         return cursor
 
@@ -386,12 +481,17 @@ class Engine:
 
     def _execution(self, definition: SinkDef) -> MicroBatchExecution:
         plan = self.plan(definition.query)
+        sink = self._sink(definition)
+        return self._prepare(definition.name, plan, self.program(definition.name, plan), sink)
+
+    def _sink(self, definition: SinkDef) -> Sink:
+        """The connector's sink, its options checked (it connects to nothing yet)."""
         connector = _connector("Sink", definition, SINK_CONNECTORS)
         if connector is CallbackSink:
-            sink = CallbackSink(definition.name, definition.options, self.callbacks)
-        else:
-            sink = connector(definition.name, definition.options)
-        return self._prepare(definition.name, plan, self.program(definition.name, plan), sink)
+            return CallbackSink(
+                definition.name, definition.options, self.callbacks, not self.restricted
+            )
+        return connector(definition.name, definition.options)
 
     def _prepare(
         self, name: str, plan: StreamingPlan, program: BatchProgram, sink: Sink
@@ -501,7 +601,7 @@ class Engine:
         what = statement.expression.name.upper()
         if what == "SOURCES":
             return Result(
-                ["name", "connector", "columns", "watermark"],
+                ["name", "connector", "columns", "watermark", "options"],
                 [
                     (
                         s.name,
@@ -510,14 +610,18 @@ class Engine:
                         f"{s.watermark.column} - {s.watermark.delay.sql('duckdb')}"
                         if s.watermark
                         else None,
+                        _shown_options(s),
                     )
                     for s in self.sources.values()
                 ],
             )
         if what == "SINKS":
             return Result(
-                ["name", "connector", "query"],
-                [(s.name, s.connector, s.query.sql(DIALECT)) for s in self.sinks.values()],
+                ["name", "connector", "query", "options"],
+                [
+                    (s.name, s.connector, s.query.sql(DIALECT), _shown_options(s))
+                    for s in self.sinks.values()
+                ],
             )
         return Result(
             ["name", "status", "trigger", "last_batch", "watermark", "state_rows"],
@@ -681,6 +785,11 @@ class Engine:
         if self.database != ":memory:":
             status_file(self.database).unlink(missing_ok=True)  # the database says it now
         _OPEN_ENGINES.discard(self)
+
+
+def _shown_options(definition: SourceDef | SinkDef) -> str:
+    """A definition's options as SHOW lists them, secret values hidden."""
+    return ", ".join(f"{key} = {shown(key, value)}" for key, value in definition.options.items())
 
 
 def _setting(node: exp.Set) -> str | None:

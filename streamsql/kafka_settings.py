@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from streamsql.errors import ProgrammingError
+from streamsql.options import shown
 
 PREFIX = "kafka."
 INTEGER_OR_UNSET = ("receive_buffer_bytes", "send_buffer_bytes")  # default None, else int
@@ -34,7 +35,9 @@ def client_settings(
         try:
             settings[setting] = _typed(text, kind)
         except ValueError:
-            raise ProgrammingError(f"{owner}: {option} = {text!r} is not {kind}") from None
+            raise ProgrammingError(
+                f"{owner}: {option} = {shown(option, text)} is not {kind}"
+            ) from None
     return settings
 
 

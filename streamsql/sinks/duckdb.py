@@ -24,8 +24,10 @@ class DuckDBSink(Sink):
 
     def __init__(self, name: str, options: dict[str, str]) -> None:
         super().__init__(name, options)
-        self.table = options.get("table", name)
-        self.changelog = options.get("changelog", "false").lower() == "true"
+        self.table = self.option_text("table", name)
+        if not all(part.strip() for part in self.table.split(".")) or self.table.count(".") > 2:
+            raise self._invalid("table", "a name: table, schema.table or catalog.schema.table")
+        self.changelog = self.option_bool("changelog", False)
         self._write_sql: list[str] = []
         self._replaces = False  # SNAPSHOT: an empty result empties the table
 

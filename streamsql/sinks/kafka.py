@@ -22,12 +22,13 @@ import duckdb
 import pyarrow as pa
 from kafka import KafkaProducer
 from kafka.errors import KafkaConfigurationError, KafkaError
+from sqlglot import exp
+from sqlglot.errors import ParseError, TokenError
 
 from streamsql.errors import OperationalError, ProgrammingError, from_duckdb
-from streamsql.format import parse_seconds
 from streamsql.kafka_settings import client_settings
 from streamsql.sinks.base import OutputSchema, Sink
-from streamsql.sql import literal, quote
+from streamsql.sql import DIALECT, literal, quote
 
 ROWS_VIEW = "__kafka_rows"
 FORMATS = ("json", "csv")
@@ -49,23 +50,12 @@ class KafkaSink(Sink):
 
     def __init__(self, name: str, options: dict[str, str]) -> None:
         super().__init__(name, options)
-        missing = [key for key in ("bootstrap_servers", "topic") if not options.get(key)]
-        if missing:
-            raise ProgrammingError(f"Sink {name}: the kafka connector needs {missing[0]}")
-        self.servers = options["bootstrap_servers"]
-        self.topic = options["topic"]
-        self.format = options.get("format", "json").lower()
-        if self.format not in FORMATS:
-            raise ProgrammingError(
-                f"Sink {name}: format = {self.format!r} is not one of {', '.join(FORMATS)}"
-            )
-        self.key = options.get("key")
-        text = options.get("timeout", "30 seconds")
-        timeout = parse_seconds(text)
-        if timeout is None or timeout <= 0:
-            raise ProgrammingError(f"Sink {name}: timeout = {text!r} is not a duration")
-        self.timeout = timeout
-        self._timeout_text = text
+        self.servers = self.option_required("bootstrap_servers", "kafka")
+        self.topic = self.option_required("topic", "kafka")
+        self.format = self.option_choice("format", FORMATS, "json")
+        self.key = _key_expression(self, options.get("key"))
+        self.timeout = self.option_seconds("timeout", 30.0)
+        self._timeout_text = options.get("timeout", "30 seconds")
         self.client_options = client_settings(
             f"Sink {name}", options, KafkaProducer.DEFAULT_CONFIG, OWNED
         )
@@ -192,6 +182,20 @@ def _csv_field(column: str) -> str:
         f"WHEN {text} = '' OR regexp_matches({text}, '[\",\\r\\n]') "
         f"THEN '\"' || replace({text}, '\"', '\"\"') || '\"' ELSE {text} END"
     )
+
+
+def _key_expression(sink: KafkaSink, text: str | None) -> str | None:
+    """The `key` option as the one SQL expression it must be, rendered by sqlglot: an
+    expression over the output columns, never a query or a second statement."""
+    if text is None:
+        return None
+    try:
+        parsed = DIALECT.parse_into(exp.Expr, text)
+    except (ParseError, TokenError):
+        parsed = []
+    if len(parsed) != 1 or parsed[0] is None or parsed[0].find(exp.Query, exp.Table):
+        raise sink._invalid("key", "an expression over the output columns")
+    return parsed[0].sql("duckdb")
 
 
 def _key(key: str | None, type_: str) -> str:

@@ -25,11 +25,7 @@ class MemorySource(Source):
         self._ends: list[int] = []  # cumulative row count after each chunk
         self._lock = threading.Lock()
         self.max_rows = self.option_int("max_rows_per_trigger")
-        self.starting = self.options.get("starting_offsets", "earliest")
-        if self.starting not in ("earliest", "latest"):
-            raise ProgrammingError(
-                f"Source {self.name}: starting_offsets must be 'earliest' or 'latest'"
-            )
+        self.starting = self.option_choice("starting_offsets", ("earliest", "latest"), "earliest")
 
     @property
     def total(self) -> int:

@@ -11,6 +11,7 @@ from sqlglot.errors import ParseError, TokenError
 from sqlglot.tokens import Token, TokenType
 
 from streamsql.errors import SQLSyntaxError
+from streamsql.secrets import redact
 from streamsql.sql.dialect import StreamSQL
 
 # sqlglot logs a warning whenever it keeps a statement as an opaque command; for us that is
@@ -91,7 +92,10 @@ def _syntax_error(sql: str, error: ParseError) -> SQLSyntaxError:
     col = max((detail.get("col") or 1) - len(detail.get("highlight") or " ") + 1, 1)
     description = _readable(detail.get("description") or str(error))
     return SQLSyntaxError(
-        f"Syntax error at line {line}, column {col}: {description}\n{_pointer(sql, line, col)}",
+        redact(
+            f"Syntax error at line {line}, column {col}: {description}\n{_pointer(sql, line, col)}",
+            sql,
+        ),
         line=line,
         col=col,
     )
@@ -102,8 +106,11 @@ def _token_error(sql: str) -> SQLSyntaxError:
     line = sql.count("\n", 0, offset) + 1
     col = offset - (sql.rfind("\n", 0, offset) + 1) + 1
     return SQLSyntaxError(
-        f"Syntax error at line {line}, column {col}: unterminated string, identifier or comment"
-        f"\n{_pointer(sql, line, col)}",
+        redact(
+            f"Syntax error at line {line}, column {col}: unterminated string, identifier or "
+            f"comment\n{_pointer(sql, line, col)}",
+            sql,
+        ),
         line=line,
         col=col,
     )

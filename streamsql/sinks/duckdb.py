@@ -14,7 +14,7 @@ import pyarrow as pa
 from streamsql.errors import ProgrammingError
 from streamsql.plan.plan import Emit
 from streamsql.sinks.base import OutputSchema, Sink
-from streamsql.sql import quote
+from streamsql.sql import one_statement, quote
 
 EMITTED_VIEW = "__emitted"
 
@@ -36,7 +36,8 @@ class DuckDBSink(Sink):
         return ".".join(quote(part) for part in self.table.split("."))
 
     def open(self, cursor: duckdb.DuckDBPyConnection, schema: OutputSchema, query_id: str) -> None:
-        self._write_sql = self._statements(schema)  # refuses before creating anything
+        # refuses before creating anything
+        self._write_sql = [one_statement(sql) for sql in self._statements(schema)]
         columns = [f"{quote(n)} {t}" for n, t in zip(schema.names, schema.types, strict=True)]
         if self.changelog:
             columns.append("_batch_id BIGINT")

@@ -29,7 +29,7 @@ from streamsql.errors import OperationalError, ProgrammingError
 from streamsql.options import Configured
 from streamsql.plan.plan import Emit
 from streamsql.sinks.base import OutputSchema, Sink
-from streamsql.sql import literal, quote
+from streamsql.sql import literal, one_statement, quote
 
 ROWS_VIEW = "__file_rows"
 STAGING = ".staging"
@@ -194,12 +194,10 @@ class FileSink(Sink):
         if not files:
             return
         last = literal(str(self.directory / files[-1][0]))
-        found = [
-            row[0]
-            for row in cursor.execute(
-                f"DESCRIBE SELECT * FROM {self.format.reader}({last}{self.format.read_options([])})"
-            ).fetchall()
-        ]
+        describe = (
+            f"DESCRIBE SELECT * FROM {self.format.reader}({last}{self.format.read_options([])})"
+        )
+        found = [row[0] for row in cursor.execute(one_statement(describe)).fetchall()]
         expected = [name for name, _ in self.columns]
         if [n.lower() for n in found] != [n.lower() for n in expected]:
             raise ProgrammingError(
@@ -265,10 +263,8 @@ class FileSink(Sink):
         (in the caller's transaction)."""
         name = self._file_name(first, last)
         staged = self.directory / STAGING / name
-        rows = cursor.execute(
-            f"COPY ({select}) TO {literal(str(staged))} ({self.format.copy_options()})",
-            params,
-        ).fetchall()[0][0]
+        copy = f"COPY ({select}) TO {literal(str(staged))} ({self.format.copy_options()})"
+        rows = cursor.execute(one_statement(copy), params).fetchall()[0][0]
         if self.fsync:
             _sync(staged)
         os.replace(staged, self.directory / name)
@@ -316,7 +312,8 @@ class FileSink(Sink):
                 f"SELECT * EXCLUDE (_batch_id) FROM ({select}) QUALIFY row_number() OVER "
                 f"({f'PARTITION BY {keys} ' if keys else ''}ORDER BY _batch_id DESC) = 1"
             )
-        cursor.execute(f"CREATE OR REPLACE VIEW {quote(self.view)} AS {select}").fetchall()
+        view = f"CREATE OR REPLACE VIEW {quote(self.view)} AS {select}"
+        cursor.execute(one_statement(view)).fetchall()
 
     def _write_manifest(self, cursor: duckdb.DuckDBPyConnection) -> None:
         """The live files, for readers outside the engine (written after each commit)."""

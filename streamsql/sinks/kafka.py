@@ -26,9 +26,9 @@ from sqlglot import exp
 from sqlglot.errors import ParseError, TokenError
 
 from streamsql.errors import OperationalError, ProgrammingError, from_duckdb
-from streamsql.kafka_settings import client_settings
+from streamsql.kafka_settings import client_settings, topic_names
 from streamsql.sinks.base import OutputSchema, Sink
-from streamsql.sql import DIALECT, literal, quote
+from streamsql.sql import DIALECT, literal, one_statement, quote
 
 ROWS_VIEW = "__kafka_rows"
 FORMATS = ("json", "csv")
@@ -51,7 +51,10 @@ class KafkaSink(Sink):
     def __init__(self, name: str, options: dict[str, str]) -> None:
         super().__init__(name, options)
         self.servers = self.option_required("bootstrap_servers", "kafka")
-        self.topic = self.option_required("topic", "kafka")
+        topics = topic_names(self.owner, self.option_required("topic", "kafka"))
+        if len(topics) != 1:
+            raise self._invalid("topic", "one topic: a sink writes to one")
+        self.topic = topics[0]
         self.format = self.option_choice("format", FORMATS, "json")
         self.key = _key_expression(self, options.get("key"))
         self.timeout = self.option_seconds("timeout", 30.0)
@@ -76,7 +79,8 @@ class KafkaSink(Sink):
         key_type, what = "BLOB", f"key = {self.key!r}"
         try:
             if self.key:
-                described = cursor.execute(f"DESCRIBE SELECT ({self.key}) FROM {empty}").fetchall()
+                describe = one_statement(f"DESCRIBE SELECT ({self.key}) FROM {empty}")
+                described = cursor.execute(describe).fetchall()
                 key_type = described[0][1]
             what = "the message value"
             columns = f"encode({self._value(schema)}) AS value, {_key(self.key, key_type)} AS key"
@@ -86,7 +90,7 @@ class KafkaSink(Sink):
                 f"Sink {self.name}: {what} is not an expression over the output columns "
                 f"({', '.join(schema.names)}): {str(error).splitlines()[0]}"
             ) from None
-        self._select = f"SELECT {columns} FROM {ROWS_VIEW}"
+        self._select = one_statement(f"SELECT {columns} FROM {ROWS_VIEW}")
 
     def _value(self, schema: OutputSchema) -> str:
         """The VARCHAR expression of a row's message value."""

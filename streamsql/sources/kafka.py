@@ -22,7 +22,7 @@ import pyarrow.compute as pc
 from kafka import KafkaConsumer, TopicPartition
 
 from streamsql.errors import DataError, OperationalError, ProgrammingError
-from streamsql.kafka_settings import PREFIX, client_settings
+from streamsql.kafka_settings import PREFIX, client_settings, topic_names
 from streamsql.sources.base import Offset, Source, SourceBatch
 from streamsql.sources.formats import Decoder
 from streamsql.sources.kafka_client import (
@@ -88,8 +88,7 @@ class KafkaSource(Source):
             raise ProgrammingError(
                 f"Source {self.name}: the kafka connector needs either topic or topic_pattern"
             )
-        topics = self.option_text("topic", "")
-        self.topics = [t.strip() for t in topics.split(",") if t.strip()] or None
+        self.topics = topic_names(self.owner, options["topic"]) if "topic" in options else None
         self.pattern = self.option_text("topic_pattern")
         if self.pattern is not None:
             try:

@@ -49,8 +49,9 @@ def redact(message: str, sql: str = "") -> str:
     appears in it, quoted or not."""
     for value in sorted(set(secrets_in(sql) + secrets_in(message)), key=len, reverse=True):
         if len(value) >= _SHORTEST_HIDDEN_BY_VALUE:
-            for form in (repr(value), f"'{value}'", f'"{value}"', value):
+            for form in (repr(value), f"'{value}'", f'"{value}"'):
                 message = message.replace(form, HIDDEN)
+            message = message.replace(value, HIDDEN.strip("'"))
 
     def hide(match: re.Match[str]) -> str:
         if not is_secret(match["name"]) or match["value"] == HIDDEN:

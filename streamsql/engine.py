@@ -166,6 +166,11 @@ def _directory(path: str) -> str:
     return os.path.join(os.path.abspath(path), "")
 
 
+def _spellings(path: str) -> set[str]:
+    """A directory as given and with symbolic links resolved: DuckDB is asked for both."""
+    return {_directory(path), _directory(os.path.realpath(path))}
+
+
 class Engine:
     def __init__(
         self,
@@ -215,7 +220,7 @@ class Engine:
             for (sql,) in self.db.execute(f"SELECT sql FROM {SCHEMA}.catalog").fetchall()
         ]
         paths = [*declared_paths(stored), *allowed_directories]
-        self.allowed_directories = sorted({_directory(path) for path in paths})
+        self.allowed_directories = sorted(set().union(*map(_spellings, paths)))
         listed = ", ".join(literal(directory) for directory in self.allowed_directories)
         for setting in (
             f"SET allowed_directories = [{listed}]",

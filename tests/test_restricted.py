@@ -4,13 +4,17 @@ callbacks registered from Python."""
 
 from __future__ import annotations
 
+import io
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from prompt_toolkit.input import create_pipe_input
+from prompt_toolkit.output import DummyOutput
 
 import streamsql
 from streamsql.cli import main
+from streamsql.shell import main as shell
 
 ESCAPES = [
     "SELECT * FROM read_csv('/etc/passwd')",
@@ -182,3 +186,13 @@ def test_a_reopened_database_allows_the_directories_its_catalog_names(tmp_path: 
             expected |= {f"{resolved}/in/", f"{resolved}/out/s/"}
             assert con.engine.allowed_directories == sorted(expected)
             assert con.execute("SELECT k FROM s").fetchall() == [("x",)]
+
+
+def test_the_shell_runs_restricted(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("STREAMSQL_HISTORY", str(tmp_path / "history"))
+    out = io.StringIO()
+    with create_pipe_input() as pipe:
+        pipe.send_text("SELECT * FROM read_text('/etc/hostname');\rINSTALL httpfs;\r.quit\r")
+        assert shell(None, input=pipe, output=DummyOutput(), stdout=out, restricted=True) == 0
+    printed = out.getvalue()
+    assert "Permission Error" in printed and "Restricted mode refuses INSTALL" in printed

@@ -98,5 +98,5 @@ class Configured:
         """A text option the connector cannot do without."""
         value = self.option_text(key)
         if value is None:
-            raise ProgrammingError(f"{self.owner}: the {what} connector needs {key} = '...'")
+            raise ProgrammingError(f"{self.owner}: the {what} connector needs {key}")
         return value

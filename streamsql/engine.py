@@ -25,8 +25,15 @@ import pyarrow as pa
 from sqlglot import exp
 
 from streamsql.checkpoint.fingerprint import fingerprint
-from streamsql.checkpoint.log import SCHEMA, Checkpoint, state_table
-from streamsql.errors import Error, ProgrammingError, from_duckdb
+from streamsql.checkpoint.log import (
+    CHECKPOINT_TABLES,
+    SCHEMA,
+    Checkpoint,
+    Statements,
+    atomically,
+    state_table,
+)
+from streamsql.errors import Error, OperationalError, ProgrammingError, from_duckdb
 from streamsql.format import format_duration
 from streamsql.incremental.aggregates import MACROS
 from streamsql.incremental.compiler import BatchProgram, compile_plan
@@ -93,6 +100,11 @@ CATALOG = f"""CREATE TABLE IF NOT EXISTS {SCHEMA}.catalog (
 # Engines left open when the interpreter exits are closed, so that their queries stop
 # between batches rather than being killed in the middle of one.
 _OPEN_ENGINES: weakref.WeakSet[Engine] = weakref.WeakSet()
+
+# Database files open in this process, by resolved path: a second engine on one file would
+# resume its sinks a second time.
+_OPEN_FILES: dict[Path, Engine] = {}
+_OPEN_FILES_LOCK = threading.Lock()
 
 
 @atexit.register
@@ -185,16 +197,32 @@ class Engine:
         self.allowed_directories: list[str] = []  # restricted mode: all DuckDB may reach
         self.trigger_override = Trigger.parse(trigger) if trigger else None  # CLI --trigger
         self.session_trigger = Trigger.parse(None)  # SET trigger = ...: sinks without one
+        self._file = None if database == ":memory:" else Path(database).resolve()
+        with _OPEN_FILES_LOCK:
+            if self._file in _OPEN_FILES:
+                raise OperationalError(
+                    f"Cannot open {database}: it is already open in this process (by another "
+                    "streamsql.connect); use that connection (its cursor() in another thread), "
+                    "or close it first"
+                )
+            try:
+                self.db = duckdb.connect(database, config=config or {})
+            except duckdb.Error as error:  # a directory, a file another process holds, ...
+                raise from_duckdb(error, f"Cannot open {database}") from None
+            if self._file is not None:
+                _OPEN_FILES[self._file] = self
         try:
-            self.db = duckdb.connect(database, config=config or {})
-        except duckdb.Error as error:  # a directory, a file another process holds, ...
-            raise from_duckdb(error, f"Cannot open {database}") from None
-        self.db.execute("SET GLOBAL TimeZone = 'UTC'").fetchall()
-        Checkpoint.create_tables(self.db)
-        for statement in (*MACROS, CATALOG):
-            self.db.execute(statement).fetchall()
-        if restricted:
-            self._restrict(allowed_directories)
+            self.db.execute("SET GLOBAL TimeZone = 'UTC'").fetchall()
+            Checkpoint.create_tables(self.db)
+            for statement in (*MACROS, CATALOG):
+                self.db.execute(statement).fetchall()
+            self._clear_leftovers()
+            if restricted:
+                self._restrict(allowed_directories)
+        except BaseException:  # not an engine database we can write: not open after all
+            self.db.close()
+            self._release_file()
+            raise
         self.sources: dict[str, SourceDef] = {}
         self.sinks: dict[str, SinkDef] = {}
         self.queries: dict[str, StreamingQuery] = {}
@@ -284,17 +312,62 @@ class Engine:
                             f"Sink {definition.name} did not resume: {error}", stacklevel=4
                         )
 
+    def _clear_leftovers(self) -> None:
+        """Remove checkpoints and state tables that no sink in the catalog owns: what a push
+        query killed with its process left, or a DROP SINK or CREATE OR REPLACE SINK of a
+        version before they were atomic that was interrupted. A sink created under the name
+        later starts over instead of resuming them."""
+        (names, tables) = self.db.execute(
+            f"""SELECT
+                (SELECT list(DISTINCT query) FROM ({
+                " UNION ALL ".join(f"SELECT query FROM {SCHEMA}.{t}" for t in CHECKPOINT_TABLES)
+            }) WHERE lower(query) NOT IN (SELECT lower(name) FROM {SCHEMA}.catalog
+                                           WHERE kind = 'SINK')),
+                (SELECT list(table_name) FROM duckdb_tables()
+                 WHERE database_name = current_database() AND schema_name = ?
+                   AND starts_with(table_name, 'state_')
+                   AND lower(table_name[7:]) NOT IN (SELECT lower(name) FROM {SCHEMA}.catalog
+                                                     WHERE kind = 'SINK'))""",
+            [SCHEMA],
+        ).fetchall()[0]
+        names, tables = names or [], tables or []
+        statements: list[tuple[str, list[str]]] = []
+        for name in names:
+            statements += Checkpoint(self.db, name).forget_statements()
+        statements += [(f"DROP TABLE {SCHEMA}.{quote(table)}", []) for table in tables]
+        if not statements:
+            return
+        atomically(self.db, statements)
+        dropped = sorted(
+            {n.lower() for n in names if not n.startswith("__push_")}
+            | {t[len("state_") :].lower() for t in tables}
+        )
+        if dropped:
+            warnings.warn(
+                f"{self.database}: removed the checkpoint and state of sinks {', '.join(dropped)}, "
+                "which are no longer in the catalog (left by an interrupted DROP SINK or CREATE "
+                "OR REPLACE SINK of an earlier version); a sink created under one of these "
+                "names starts over",
+                stacklevel=4,
+            )
+
     def _remember(self, kind: str, name: str, sql: str) -> None:
-        self.db.execute(
+        self.db.execute(*self._remember_statement(kind, name, sql)).fetchall()
+
+    @staticmethod
+    def _remember_statement(kind: str, name: str, sql: str) -> tuple[str, list[str]]:
+        return (
             f"INSERT OR REPLACE INTO {SCHEMA}.catalog (kind, name, sql, running) "
             "VALUES (?, ?, ?, true)",
             [kind, name, sql],
-        ).fetchall()
+        )
 
-    def _forget(self, kind: str, name: str) -> None:
-        self.db.execute(
-            f"DELETE FROM {SCHEMA}.catalog WHERE kind = ? AND lower(name) = lower(?)", [kind, name]
-        ).fetchall()
+    @staticmethod
+    def _forget_statement(kind: str, name: str) -> tuple[str, list[str]]:
+        return (
+            f"DELETE FROM {SCHEMA}.catalog WHERE kind = ? AND lower(name) = lower(?)",
+            [kind, name],
+        )
 
     def source(self, name: str) -> Source:
         try:
@@ -401,16 +474,35 @@ class Engine:
             definition = sink_def(create, statement.text)
             self._check_allowed("Sink", definition)
             self._sink(definition)  # every option checked before anything runs or is stored
-            self._check_path(definition)
+            self._check_outputs(definition, existing)
             if existing is not None and not create.args.get("replace"):
                 self._restart_changed(existing, definition)
+                self._remember("SINK", name, statement.text)
             else:
-                if existing is not None:
-                    self._drop_sink(name)
-                self._start(definition)
-            self.sinks[name.lower()] = definition
-            self._remember("SINK", name, statement.text)
+                self._create_sink(definition, existing)
         return Result()
+
+    def _create_sink(self, definition: SinkDef, replaced: SinkDef | None) -> None:
+        """Record the sink (replacing one: drop the old sink's checkpoint, state, dead letters
+        and table or view in the same transaction), then start it. A sink that fails to
+        start is not recorded; a crash after the record resumes it on the next open."""
+        execution = self._execution(definition)  # refuses a bad definition before any change
+        statements = [self._remember_statement("SINK", definition.name, definition.sql)]
+        try:
+            if replaced is not None:
+                statements[:0] = self._drop_statements(replaced)
+                self._stop(replaced.name)
+            atomically(self.db, statements)
+        except BaseException:
+            execution.close()
+            raise
+        self.sinks.pop(definition.name.lower(), None)
+        try:
+            self._start(definition, execution)
+        except BaseException:
+            self.db.execute(*self._forget_statement("SINK", definition.name)).fetchall()
+            raise
+        self.sinks[definition.name.lower()] = definition
 
     def _resubmittable(self, name: str) -> bool:
         """A sink submitted again starts again if it was stopped or failed (one that ran to
@@ -424,21 +516,55 @@ class Engine:
         ).fetchall()[0]
         return not query.is_active and not running
 
-    def _check_path(self, definition: SinkDef) -> None:
-        """Each sink writes to a directory of its own."""
+    def _check_outputs(self, definition: SinkDef, existing: SinkDef | None) -> None:
+        """Each sink writes to a directory of its own, and to a table or view of its own that
+        nothing else in the database has taken (names compare as DuckDB identifiers do)."""
         path = definition.options.get("path")
+        output = _output(definition)
         for other in self.sinks.values():
+            if other.name.lower() == definition.name.lower():
+                continue
             theirs = other.options.get("path")
-            if (
-                path
-                and theirs
-                and other.name.lower() != definition.name.lower()
-                and Path(theirs).resolve() == Path(path).resolve()
-            ):
+            if path and theirs and Path(theirs).resolve() == Path(path).resolve():
                 raise ProgrammingError(
                     f"Sink {definition.name}: path {path!r} is where sink {other.name} writes; "
                     "each sink needs a directory of its own"
                 )
+            theirs = _output(other)
+            if output and theirs and _same_relation(output[1], theirs[1]):
+                raise ProgrammingError(
+                    f"Sink {definition.name}: {output[0].lower()} {'.'.join(output[1])!r} is "
+                    f"the {theirs[0].lower()} of sink {other.name}; each sink needs a "
+                    f"{output[0].lower()} of its own: name another with "
+                    f"{_output_option(definition)} = '...'"
+                )
+        before = _output(existing) if existing is not None else None
+        if output and not (before and _same_relation(before[1], output[1])):
+            found = self._relation_kind(output[1])
+            if found:
+                raise ProgrammingError(
+                    f"Sink {definition.name}: a {found} {'.'.join(output[1])!r} exists "
+                    f"already, and the sink's {output[0].lower()} would take its place (a sink "
+                    "owns its table or view: DROP SINK drops it); drop it, or name another "
+                    f"with {_output_option(definition)} = '...'"
+                )
+
+    def _relation_kind(self, parts: tuple[str, ...]) -> str | None:
+        """'table' or 'view' if the (catalog, schema,) name exists in the database."""
+        name, schema, database = (*reversed(parts), None, None)[:3]
+        rows = self.db.execute(
+            """SELECT kind FROM (
+                   SELECT 'table' AS kind, database_name, schema_name, table_name AS name
+                   FROM duckdb_tables()
+                   UNION ALL
+                   SELECT 'view', database_name, schema_name, view_name FROM duckdb_views()
+                   WHERE NOT internal)
+               WHERE lower(name) = lower($name)
+                 AND lower(schema_name) = lower(coalesce($schema, current_schema()))
+                 AND lower(database_name) = lower(coalesce($database, current_database()))""",
+            {"name": name, "schema": schema, "database": database},
+        ).fetchall()
+        return rows[0][0] if rows else None
 
     def _restart_changed(self, existing: SinkDef, definition: SinkDef) -> None:
         """Resume a sink's checkpoint under a new definition, if its state is unaffected
@@ -460,6 +586,7 @@ class Engine:
             if previous is not None:
                 self._start(existing)
             raise
+        self.sinks[name.lower()] = definition
 
     def plan(self, select: exp.Select, parameters: Sequence[Any] | None = None) -> StreamingPlan:
         with contextlib.closing(self.cursor()) as cursor:
@@ -476,8 +603,10 @@ class Engine:
     def program(self, name: str, plan: StreamingPlan) -> BatchProgram:
         return compile_plan(plan, state_table(name))
 
-    def _start(self, definition: SinkDef) -> StreamingQuery:
-        execution = self._execution(definition)
+    def _start(
+        self, definition: SinkDef, execution: MicroBatchExecution | None = None
+    ) -> StreamingQuery:
+        execution = execution or self._execution(definition)
         given = definition.options.get("trigger")
         trigger = self.trigger_override or (Trigger.parse(given) if given else self.session_trigger)
         query = StreamingQuery(execution, trigger, self._publish_status)
@@ -560,19 +689,35 @@ class Engine:
                     )
                 del self.sources[name.lower()]
                 del self._instances[name.lower()]
-                self._forget("SOURCE", name)
+                self.db.execute(*self._forget_statement("SOURCE", name)).fetchall()
             else:
-                self._drop_sink(name)
+                definition = self.sinks[name.lower()]
+                statements = self._drop_statements(definition)
+                self._stop(name)
+                atomically(self.db, statements)
+                del self.sinks[name.lower()]
         return Result()
 
-    def _drop_sink(self, name: str) -> None:
+    def _stop(self, name: str) -> None:
         query = self.queries.pop(name.lower(), None)
         if query is not None:
             query.stop()
-        self.sinks.pop(name.lower(), None)
-        self._forget("SINK", name)
-        Checkpoint(self.db, name).forget()
-        self.db.execute(f"DROP TABLE IF EXISTS {state_table(name)}").fetchall()
+
+    def _drop_statements(self, definition: SinkDef) -> Statements:
+        """What DROP SINK removes, in one transaction: the catalog row, the checkpoint, the
+        state, the dead letters, and the table or view the sink keeps in the database (its
+        files and Kafka topics stay where they are)."""
+        name = definition.name
+        statements = [
+            self._forget_statement("SINK", name),
+            *Checkpoint(self.db, name).forget_statements(dead_letters=True),
+            (f"DROP TABLE IF EXISTS {state_table(name)}", []),
+        ]
+        output = _output(definition)
+        if output:
+            kind, parts = output
+            statements.append((f"DROP {kind} IF EXISTS {'.'.join(map(quote, parts))}", []))
+        return statements
 
     def explain(
         self, statement: Statement, params: Sequence[Any] | None, cursor: DuckCursor
@@ -790,6 +935,33 @@ class Engine:
         if self.database != ":memory:":
             status_file(self.database).unlink(missing_ok=True)  # the database says it now
         _OPEN_ENGINES.discard(self)
+        self._release_file()
+
+    def _release_file(self) -> None:
+        with _OPEN_FILES_LOCK:
+            if _OPEN_FILES.get(self._file) is self:
+                del _OPEN_FILES[self._file]
+
+
+def _output(definition: SinkDef) -> tuple[str, tuple[str, ...]] | None:
+    """(TABLE or VIEW, its identifier parts) that a sink keeps in the database."""
+    connector = SINK_CONNECTORS.get(definition.connector.lower())
+    if connector is None or connector.OUTPUT is None:
+        return None
+    return connector.OUTPUT[0], connector.output(definition.name, definition.options)
+
+
+def _same_relation(one: tuple[str, ...], other: tuple[str, ...]) -> bool:
+    """Whether two names are one relation for DuckDB: case-insensitive, 'x' = 'main.x'."""
+
+    def key(parts: tuple[str, ...]) -> tuple[str, ...]:
+        return tuple(p.lower() for p in (("main", *parts) if len(parts) == 1 else parts))
+
+    return key(one) == key(other)
+
+
+def _output_option(definition: SinkDef) -> str:
+    return SINK_CONNECTORS[definition.connector.lower()].OUTPUT[1]
 
 
 def _shown_options(definition: SourceDef | SinkDef) -> str:

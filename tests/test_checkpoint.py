@@ -11,10 +11,12 @@ import contextlib
 import datetime as dt
 import json
 import os
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import duckdb
 import pyarrow as pa
 import pytest
 
@@ -281,10 +283,12 @@ def test_drop_sink_removes_its_state_and_checkpoint(db_path: str, tmp_path: Path
         assert ("state_keep",) in table(con, state_tables)
         assert table(con, "SELECT name FROM _streamsql.catalog WHERE kind = 'SINK'") == [("keep",)]
         assert not running(con)
-        # bad input is never lost; the sink's files stay; the other sink is untouched
+        # its dead letters and its view go with it (a sink created again reads the input
+        # again and records them anew); its files stay; the other sink is untouched
         assert table(con, "SELECT count(*) FROM _streamsql.dead_letters WHERE query = 'out'") == [
-            (1,)
+            (0,)
         ]
+        assert table(con, "SELECT view_name FROM duckdb_views() WHERE NOT internal") == []
         assert sorted(p.name for p in (tmp_path / "out").iterdir()) == files
         assert table(con, "SELECT * FROM keep") == kept
     with opened(db_path) as con:
@@ -598,7 +602,7 @@ def test_drop_sink_in_another_case_removes_the_checkpoint(db_path: str, tmp_path
         con.execute("DROP SINK totals")
         for name in CHECKPOINT_TABLES:
             assert table(con, f"SELECT count(*) FROM _streamsql.{name}") == [(0,)], name
-        con.execute("DROP TABLE Totals")
+        assert table(con, "SELECT table_name FROM duckdb_tables() WHERE schema_name = 'main'") == []
         con.execute(create)
         query = caught_up(con, "Totals")
         assert [p.batch_id for p in query.recent_progress] == [0]
@@ -632,3 +636,74 @@ def test_the_logs_keep_the_last_batches_and_files_stay_read_once(
             {"files": ["23.json"]}
         ]
         assert table(con, "SELECT k, n, total FROM out") == [("a", 24, sum(range(24)))]
+
+
+# -- DROP SINK and CREATE OR REPLACE SINK are all or nothing ---------------------------------------
+
+COUNTS = "SELECT k, count(*) AS n FROM src GROUP BY k EMIT CHANGES"
+
+
+@pytest.mark.parametrize(
+    "left",
+    [
+        ["DELETE FROM _streamsql.catalog WHERE name = 'out'"],  # catalog row gone first
+        [  # ... and the checkpoint: the state table stayed
+            "DELETE FROM _streamsql.catalog WHERE name = 'out'",
+            *(f"DELETE FROM _streamsql.{t} WHERE query = 'out'" for t in CHECKPOINT_TABLES),
+        ],
+    ],
+    ids=["checkpoint-and-state", "state"],
+)
+def test_leftovers_of_an_interrupted_drop_are_removed_on_open(
+    db_path: str, tmp_path: Path, left: list[str]
+) -> None:
+    """What a DROP SINK of an earlier version left when killed between its statements: the
+    next open says so and removes it, and the sink created again starts over (no doubled
+    counts, no checkpoint of another query resumed or refused)."""
+    put(tmp_path, "1.json", [event("a", 0), event("a", 0), event("b", 0)])
+    with opened(db_path) as con:
+        con.execute(source_sql(tmp_path))
+        con.execute(f"CREATE SINK out WITH (connector = 'duckdb', table = 'old') AS {COUNTS}")
+        caught_up(con)
+    raw = duckdb.connect(db_path)
+    for sql in left:
+        raw.execute(sql)
+    raw.close()
+    with pytest.warns(UserWarning, match="removed the checkpoint and state of sinks out"):
+        con = streamsql.connect(db_path)
+    try:
+        assert table(con, "SHOW SINKS") == []
+        for name in CHECKPOINT_TABLES:
+            assert table(con, f"SELECT count(*) FROM _streamsql.{name}") == [(0,)], name
+        state = "SELECT table_name FROM duckdb_tables() WHERE schema_name = '_streamsql'"
+        assert ("state_out",) not in table(con, state)
+        con.execute(  # another query under the name: not refused for the old checkpoint
+            "CREATE SINK out WITH (connector = 'duckdb') AS "
+            "SELECT k, count(*) AS n, sum(v) AS total FROM src GROUP BY k EMIT CHANGES"
+        )
+        query = caught_up(con)
+        assert [p.batch_id for p in query.recent_progress] == [0]
+        assert table(con, "SELECT k, n, total FROM out ORDER BY k") == [("a", 2, 2), ("b", 1, 1)]
+    finally:
+        con.close()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # nothing left over now
+        with opened(db_path) as con:
+            caught_up(con)
+            assert table(con, "SELECT k, n FROM out ORDER BY k") == [("a", 2), ("b", 1)]
+
+
+def test_memory_source_rows_of_each_process_are_read_once(db_path: str) -> None:
+    """Each connect is a new process's memory source: its rows are all read, once, though
+    the checkpoint holds the row count of the one before (which said nothing of them)."""
+    sink = "CREATE SINK out WITH (connector = 'duckdb') AS SELECT x FROM nums"
+    for values in [(1, 2, 3), (4, 5, 6), (7, 8, 9, 10)]:
+        with opened(db_path) as con:
+            con.execute("CREATE SOURCE nums (x INTEGER) WITH (connector = 'memory')")
+            con.execute(sink)
+            con.executemany("INSERT INTO nums VALUES (?)", [(v,) for v in values])
+            query = caught_up(con)
+            assert sum(p.num_input_rows for p in query.recent_progress) == len(values)
+            assert query.last_progress.sources[0]["lag"] == 0
+    with opened(db_path) as con:
+        assert [x for (x,) in table(con, "SELECT x FROM out ORDER BY x")] == list(range(1, 11))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 from pathlib import Path
 
@@ -537,3 +538,35 @@ def test_drop_source_is_refused_while_a_sink_reads_it(events: streamsql.Connecti
         events.execute("DROP SOURCE ev")
     events.execute("DROP SOURCE unused")
     assert [row[0] for row in events.execute("SHOW SOURCES").fetchall()] == ["ev"]
+
+
+def test_a_second_connect_to_an_open_database_file_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two engines on one file would run each sink twice; the second connect is refused
+    (by the resolved path), and the file opens again once the first is closed."""
+    monkeypatch.chdir(tmp_path)
+    first = streamsql.connect("app.db")
+    try:
+        first.execute(EVENTS)
+        first.execute(COUNTS)
+        first.execute(ROWS)
+        first.query("out").process_all_available(timeout=30)
+        for spelling in ("app.db", str(tmp_path / "app.db"), "./sub/../app.db"):
+            (tmp_path / "sub").mkdir(exist_ok=True)
+            with pytest.raises(streamsql.OperationalError, match="already open in this process"):
+                streamsql.connect(spelling)
+        first.execute(ROWS)
+        query = first.query("out")
+        query.process_all_available(timeout=30)
+        assert query.exception is None
+        assert first.execute("SELECT k, n FROM out ORDER BY k").fetchall() == [("a", 4), ("b", 2)]
+        with contextlib.closing(streamsql.connect(":memory:")) as scratch:  # not a file
+            assert scratch.execute("SELECT 1").fetchall() == [(1,)]
+    finally:
+        first.close()
+    again = streamsql.connect(str(tmp_path / "app.db"))
+    try:
+        assert again.execute("SELECT k, n FROM out ORDER BY k").fetchall() == [("a", 4), ("b", 2)]
+    finally:
+        again.close()

@@ -875,3 +875,65 @@ def test_two_sinks_cannot_share_a_directory(con: streamsql.Connection, tmp_path:
             "SELECT k, v FROM src"
         )
     assert [row[0] for row in con.execute("SHOW SINKS").fetchall()] == ["out"]
+
+
+# -- a failed write reports its own error ---------------------------------------------------------
+
+SELECT_KV = "SELECT k, v FROM ev"
+
+
+@pytest.mark.parametrize("failure", ["external-access-off", "staging-is-a-file", "not-null"])
+def test_a_write_that_fails_inside_the_batch_reports_its_own_error(
+    con: streamsql.Connection, tmp_path: Path, failure: str
+) -> None:
+    """Not DuckDB's 'transaction is aborted' of a statement after the failed one: the cause.
+    The batch rolls back."""
+    out = tmp_path / "out"
+    if failure == "not-null":
+        con.execute("CREATE SINK out WITH (connector = 'duckdb') AS SELECT k, v FROM ev")
+        con.execute("ALTER TABLE out ALTER COLUMN k SET NOT NULL")
+        expected = "NOT NULL constraint failed"
+    else:
+        con.execute(f"CREATE SINK out WITH (connector = 'parquet', path = '{out}') AS {SELECT_KV}")
+        if failure == "external-access-off":
+            con.execute("SET enable_external_access = false")
+            expected = "file system operations are disabled"
+        else:
+            (out / ".staging").rmdir()
+            (out / ".staging").write_text("a file where the staging directory was")
+            expected = "staging"
+    feed(con, [(None, at(0), 1)])
+    query = con.query("out")
+    with pytest.raises(streamsql.StreamingQueryError, match=expected) as raised:
+        query.process_all_available(timeout=30)
+    assert "aborted" not in str(raised.value)
+    assert expected in str(query.exception)
+    assert table(con, "SELECT count(*) FROM _streamsql.commits") == [(0,)]
+
+
+def test_a_bad_compression_is_named_not_hidden(con: streamsql.Connection, tmp_path: Path) -> None:
+    """Refused when the sink is created, or failing its first batch: either way the error
+    names the compression, never 'transaction is aborted'."""
+    create = (
+        f"CREATE SINK out WITH (connector = 'parquet', path = '{tmp_path / 'out'}', "
+        f"compression = 'bogus') AS {SELECT_KV}"
+    )
+    try:
+        con.execute(create)
+        feed(con, [("a", at(0), 1)])
+        con.query("out").process_all_available(timeout=30)
+    except streamsql.Error as error:
+        assert "compression" in str(error).lower()
+        assert "aborted" not in str(error)
+    else:
+        pytest.fail("a parquet sink wrote with compression 'bogus'")
+
+
+def test_a_path_that_cannot_be_a_directory_is_refused_naming_it(
+    con: streamsql.Connection, tmp_path: Path
+) -> None:
+    (tmp_path / "a-file").write_text("not a directory")
+    out = tmp_path / "a-file" / "out"
+    with pytest.raises(streamsql.OperationalError, match=f"Sink out: cannot create .*{out}"):
+        con.execute(f"CREATE SINK out WITH (connector = 'parquet', path = '{out}') AS {SELECT_KV}")
+    assert table(con, "SHOW SINKS") == []

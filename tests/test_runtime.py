@@ -430,10 +430,11 @@ def test_progress_records_describe_each_batch(con: streamsql.Connection) -> None
     assert first.input_rows_per_second == pytest.approx(first.processed_rows_per_second)
     assert 1 / elapsed <= second.input_rows_per_second <= 1 / 0.3
     assert second.input_rows_per_second < second.processed_rows_per_second
-    assert first.sources[0]["start_offset"] == {"rows": 0}
-    assert first.sources[0]["end_offset"] == {"rows": 3}
-    assert second.sources[0]["start_offset"] == {"rows": 3}
-    assert second.sources[0]["end_offset"] == {"rows": 4}
+    run = first.sources[0]["end_offset"]["run"]  # the source instance whose rows they count
+    assert first.sources[0]["start_offset"] == {"rows": 0, "run": run}
+    assert first.sources[0]["end_offset"] == {"rows": 3, "run": run}
+    assert second.sources[0]["start_offset"] == {"rows": 3, "run": run}
+    assert second.sources[0]["end_offset"] == {"rows": 4, "run": run}
     assert [p.state_operators[0]["num_rows_updated"] for p in (first, second)] == [2, 1]
     record = second.to_dict()
     assert record["batch_id"] == 1

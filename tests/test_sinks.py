@@ -349,3 +349,93 @@ def test_a_misspelt_option_is_an_error_naming_it(con: streamsql.Connection) -> N
     with pytest.raises(streamsql.ProgrammingError, match="Source s2: unknown option 'paht'"):
         con.execute("CREATE SOURCE s2 (a INT) WITH (connector = 'files', paht = 'x', path = 'y')")
     assert con.execute("SHOW SINKS").fetchall() == []
+
+
+# -- a sink owns its table: replaced, dropped, never shared ---------------------------------------
+
+COUNT_BY_KEY = "SELECT k, count(*) AS n FROM ev GROUP BY k EMIT CHANGES"
+SUM_BY_KEY = "SELECT k, sum(v) AS n FROM ev GROUP BY k EMIT CHANGES"
+
+
+@pytest.mark.parametrize("how", ["or-replace", "drop-and-create"])
+def test_a_replaced_sink_table_holds_the_new_query_results_only(
+    con: streamsql.Connection, how: str
+) -> None:
+    sink = "CREATE SINK out WITH (connector = 'duckdb', table = 'Results') AS "
+    con.execute(sink + COUNT_BY_KEY)
+    feed(con, [("a", at(0), 5.0), ("a", at(0), 6.0), ("b", at(0), 7.0)])
+    caught_up(con, "out")
+    assert table(con, "SELECT k, n FROM results ORDER BY k") == [("a", 2), ("b", 1)]
+    if how == "or-replace":
+        con.execute(sink.replace("CREATE SINK", "CREATE OR REPLACE SINK") + SUM_BY_KEY)
+    else:
+        con.execute("DROP SINK out")
+        assert table(con, "SELECT table_name FROM duckdb_tables() WHERE schema_name = 'main'") == []
+        con.execute(sink + SUM_BY_KEY)
+    feed(con, [("c", at(1), 1.5)])  # the new query reads this process's rows from the start
+    caught_up(con, "out")
+    assert table(con, "SELECT k, n FROM results ORDER BY k") == [
+        ("a", 11.0),
+        ("b", 7.0),
+        ("c", 1.5),
+    ]
+
+
+RELATIONS = (
+    "SELECT sql FROM duckdb_tables() WHERE schema_name = 'main' "
+    "UNION ALL SELECT sql FROM duckdb_views() WHERE NOT internal ORDER BY sql"
+)
+
+
+@pytest.mark.parametrize(
+    ("first", "second", "relation"),
+    [
+        ("connector = 'duckdb', table = 'shared'", "connector = 'duckdb', table = 'SHARED'",
+         "shared"),
+        ("connector = 'duckdb', table = 'shared'", "connector = 'duckdb', table = 'main.shared'",
+         "shared"),
+        ("connector = 'duckdb'", "connector = 'parquet', path = '{out}', view = 'one'", "one"),
+        ("connector = 'parquet', path = '{out}'", "connector = 'csv', path = '{o2}', view = 'One'",
+         "one"),
+        ("connector = 'parquet', path = '{out}', view = 'v'",
+         "connector = 'duckdb', table = 'v'", "v"),
+    ],
+    ids=["two-tables", "schema-qualified", "view-over-table", "view-over-view", "table-over-view"],
+)  # fmt: skip
+def test_a_sink_cannot_take_the_table_or_view_of_another(
+    con: streamsql.Connection, tmp_path: Path, first: str, second: str, relation: str
+) -> None:
+    paths = {"out": tmp_path / "out", "o2": tmp_path / "o2"}
+    con.execute(f"CREATE SINK one WITH ({first.format(**paths)}) AS SELECT k, v FROM ev")
+    feed(con, [("a", at(0), 1.0)])
+    caught_up(con, "one")
+    before = table(con, RELATIONS)
+    with pytest.raises(streamsql.ProgrammingError, match="of sink one"):
+        con.execute(f"CREATE SINK two WITH ({second.format(**paths)}) AS SELECT k, v FROM ev")
+    assert [row[0] for row in table(con, "SHOW SINKS")] == ["one"]
+    assert table(con, RELATIONS) == before
+    feed(con, [("b", at(1), 2.0)])
+    caught_up(con, "one")
+    assert table(con, f"SELECT k, v FROM {relation} ORDER BY k") == [("a", 1.0), ("b", 2.0)]
+
+
+@pytest.mark.parametrize(
+    ("existing", "options"),
+    [
+        ("CREATE TABLE mine (k VARCHAR, v DOUBLE)", "connector = 'duckdb', table = 'MINE'"),
+        ("CREATE VIEW mine AS SELECT 1 AS x", "connector = 'duckdb', table = 'mine'"),
+        ("CREATE TABLE mine (x INTEGER)", "connector = 'json', path = '{out}', view = 'mine'"),
+    ],
+    ids=["table", "view", "file-sink-view"],
+)
+def test_a_sink_cannot_take_the_place_of_a_table_or_view_of_the_user(
+    con: streamsql.Connection, tmp_path: Path, existing: str, options: str
+) -> None:
+    con.execute(existing)
+    before = table(con, RELATIONS)
+    with pytest.raises(streamsql.ProgrammingError, match=r"(?i)'mine' exists already"):
+        con.execute(
+            f"CREATE SINK out WITH ({options.format(out=tmp_path / 'out')}) AS SELECT k, v FROM ev"
+        )
+    assert table(con, "SHOW SINKS") == []
+    assert table(con, RELATIONS) == before

@@ -256,11 +256,7 @@ def test_max_rows_per_trigger_splits_input_into_batches(
         else:
             query.process_all_available(timeout=30)
         assert [p.num_input_rows for p in query.recent_progress] == [2, 2, 1]
-        assert [p.sources[0]["end_offset"] for p in query.recent_progress] == [
-            {"rows": 2},
-            {"rows": 4},
-            {"rows": 5},
-        ]
+        assert [p.sources[0]["end_offset"]["rows"] for p in query.recent_progress] == [2, 4, 5]
         assert rows(con, "SELECT n, _batch_id FROM out ORDER BY n") == [
             (0, 0),
             (1, 0),

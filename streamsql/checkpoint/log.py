@@ -11,9 +11,12 @@ belongs to: another query is refused rather than resumed on it.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
+import os
+import signal
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -80,6 +83,16 @@ TABLES = (
 )
 
 
+# Tests set this to n to SIGKILL the process at the n-th kill point of `atomically` (before
+# each statement, before the COMMIT, after it): tests/test_crash.py kills DDL at every one.
+KILL_AT = "STREAMSQL_TEST_KILL_AT"
+_kill_points = itertools.count(1)
+
+Statements = Sequence[tuple[str, Sequence[Any]]]  # SQL with its bound parameters
+
+CHECKPOINT_TABLES = ("offsets", "commits", "metadata", "emitted_windows", "sink_files")
+
+
 def state_table(query: str) -> str:
     """Where a sink's query keeps its state."""
     return f"{SCHEMA}.{quote('state_' + query)}"
@@ -97,6 +110,39 @@ def transaction(cursor: duckdb.DuckDBPyConnection) -> Iterator[None]:
         with contextlib.suppress(duckdb.Error):
             cursor.execute("ROLLBACK").fetchall()
         raise
+
+
+def atomically(cursor: duckdb.DuckDBPyConnection, statements: Statements) -> None:
+    """Run `statements` in one transaction: after a crash all of them took effect or none
+    (the catalog's DDL: DROP SINK, CREATE OR REPLACE SINK)."""
+    with transaction(cursor):
+        for sql, params in statements:
+            _kill_point()
+            cursor.execute(sql, params).fetchall()
+        _kill_point()
+    _kill_point()
+
+
+def _kill_point() -> None:
+    at = os.environ.get(KILL_AT)
+    if at and next(_kill_points) == int(at):
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+@contextlib.contextmanager
+def registered(cursor: duckdb.DuckDBPyConnection, name: str, rows: Any) -> Iterator[None]:
+    """`rows` (Arrow) as the view `name` for the statements of the block. A statement that
+    fails inside a transaction makes DuckDB refuse every later one, the unregister too, until
+    the rollback: the statement's error is the one raised (registering the name again
+    replaces the view left behind)."""
+    cursor.register(name, rows)
+    try:
+        yield
+    except BaseException:
+        with contextlib.suppress(duckdb.Error):
+            cursor.unregister(name)
+        raise
+    cursor.unregister(name)
 
 
 @dataclass(frozen=True)
@@ -250,13 +296,19 @@ class Checkpoint:
                 [self.query, json.dumps(merged)],
             ).fetchall()
 
+    def forget_statements(self, dead_letters: bool = False) -> list[tuple[str, list[str]]]:
+        """What deletes the query's checkpoint (and its dead letters): DROP SINK runs them in
+        its transaction."""
+        tables = (*CHECKPOINT_TABLES, "dead_letters") if dead_letters else CHECKPOINT_TABLES
+        return [
+            (f"DELETE FROM {SCHEMA}.{table} WHERE lower(query) = ?", [self.query])
+            for table in tables
+        ]
+
     def forget(self) -> None:
-        """Drop the query's checkpoint (DROP SINK). Its dead letters stay: bad input is never
-        lost."""
-        for table in ("offsets", "commits", "metadata", "emitted_windows", "sink_files"):
-            self.cursor.execute(
-                f"DELETE FROM {SCHEMA}.{table} WHERE query = ?", [self.query]
-            ).fetchall()
+        """Drop the query's checkpoint (a push query's, a sink's that failed to start). Its
+        dead letters stay: bad input of a query that leaves no result is never lost."""
+        atomically(self.cursor, self.forget_statements())
 
 
 def _mismatch(stored: tuple[str, Fingerprint] | None, current: Fingerprint) -> list[str]:

@@ -21,7 +21,15 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from streamsql.checkpoint.fingerprint import fingerprint
-from streamsql.checkpoint.log import SCHEMA, Checkpoint, CommitRecord, PlannedBatch, transaction
+from streamsql.checkpoint.log import (
+    SCHEMA,
+    Checkpoint,
+    CommitRecord,
+    PlannedBatch,
+    atomically,
+    registered,
+    transaction,
+)
 from streamsql.errors import DataError, ProgrammingError, from_duckdb
 from streamsql.incremental.compiler import INPUT_VIEW, BatchProgram, Effect, Fetch, Step
 from streamsql.plan.plan import StreamingPlan
@@ -104,9 +112,10 @@ class MicroBatchExecution:
 
     def _discard(self, fresh: bool) -> None:
         if fresh:
-            self.checkpoint.forget()
+            statements = self.checkpoint.forget_statements()
             if self.program.state_table:
-                self.cursor.execute(f"DROP TABLE IF EXISTS {self.program.state_table}").fetchall()
+                statements.append((f"DROP TABLE IF EXISTS {self.program.state_table}", []))
+            atomically(self.cursor, statements)
 
     def _resume(self) -> None:
         self.cursor.register(INPUT_VIEW, self.source.schema.empty_table())
@@ -478,16 +487,13 @@ class MicroBatchExecution:
                 f"{first['offset']}: {first['error']} (on_error = 'fail')"
             )
         if policy == "dead_letter":
-            self.cursor.register("__dead", dead)
-            try:
+            with registered(self.cursor, "__dead", dead):
                 self.cursor.execute(
                     f'INSERT INTO {SCHEMA}.dead_letters (query, batch_id, source, "partition", '
                     f'"offset", raw, error) SELECT ?, ?, ?, "partition", "offset", raw, error '
                     f"FROM __dead",
                     [self.name, batch.batch_id, self.source.name],
                 ).fetchall()
-            finally:
-                self.cursor.unregister("__dead")
         return dead.num_rows
 
     def close(self) -> None:

@@ -29,6 +29,9 @@ class OutputSchema:
 
 class Sink(Configured, ABC):
     OPTIONS: ClassVar[tuple[str, ...]] = ("connector", "trigger")  # WITH (...) keys it reads
+    # The TABLE or VIEW the sink keeps in the engine database, and the option that names it
+    # (by default the sink's name): the sink's own, so DROP SINK drops it.
+    OUTPUT: ClassVar[tuple[str, str] | None] = None
 
     def __init__(self, name: str, options: dict[str, str]) -> None:
         """Read and check every option (the trigger too, which `--trigger` may override in
@@ -53,6 +56,12 @@ class Sink(Configured, ABC):
     @abstractmethod
     def write(self, cursor: duckdb.DuckDBPyConnection, batch_id: int, rows: pa.Table) -> None:
         """Apply one batch's rows. `cursor` is inside the batch's open transaction."""
+
+    @classmethod
+    def output(cls, name: str, options: dict[str, str]) -> tuple[str, ...]:
+        """The identifier parts of the sink's table or view in the engine database (none for
+        sinks that write elsewhere)."""
+        return (options.get(cls.OUTPUT[1], name),) if cls.OUTPUT else ()
 
     def require_keys(self, schema: OutputSchema, how: str, otherwise: str) -> None:
         """EMIT CHANGES applied per group (`how`) needs every group key among the outputs."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 import duckdb
 import pyarrow as pa
 
+from streamsql.checkpoint.log import registered
 from streamsql.errors import ProgrammingError
 from streamsql.plan.plan import Emit
 from streamsql.sinks.base import OutputSchema, Sink
@@ -21,6 +22,7 @@ EMITTED_VIEW = "__emitted"
 
 class DuckDBSink(Sink):
     OPTIONS = (*Sink.OPTIONS, "table", "changelog")
+    OUTPUT = ("TABLE", "table")
 
     def __init__(self, name: str, options: dict[str, str]) -> None:
         super().__init__(name, options)
@@ -31,9 +33,14 @@ class DuckDBSink(Sink):
         self._write_sql: list[str] = []
         self._replaces = False  # SNAPSHOT: an empty result empties the table
 
+    @classmethod
+    def output(cls, name: str, options: dict[str, str]) -> tuple[str, ...]:
+        """`table` may name a schema: 'schema.table'."""
+        return tuple(options.get("table", name).split("."))
+
     @property
     def qualified(self) -> str:
-        return ".".join(quote(part) for part in self.table.split("."))
+        return ".".join(quote(part) for part in self.output(self.name, self.options))
 
     def open(self, cursor: duckdb.DuckDBPyConnection, schema: OutputSchema, query_id: str) -> None:
         # refuses before creating anything
@@ -84,10 +91,7 @@ class DuckDBSink(Sink):
     def write(self, cursor: duckdb.DuckDBPyConnection, batch_id: int, rows: pa.Table) -> None:
         if rows.num_rows == 0 and not self._replaces:
             return
-        cursor.register(EMITTED_VIEW, rows)
-        try:
+        with registered(cursor, EMITTED_VIEW, rows):
             for sql in self._write_sql:
                 params = {"batch_id": batch_id} if "$batch_id" in sql else None
                 cursor.execute(sql, params).fetchall()
-        finally:
-            cursor.unregister(EMITTED_VIEW)

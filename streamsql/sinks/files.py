@@ -24,7 +24,7 @@ from pathlib import Path
 import duckdb
 import pyarrow as pa
 
-from streamsql.checkpoint.log import SINK_FILES, transaction
+from streamsql.checkpoint.log import SINK_FILES, registered, transaction
 from streamsql.errors import OperationalError, ProgrammingError
 from streamsql.options import Configured
 from streamsql.plan.plan import Emit
@@ -118,6 +118,7 @@ class FileSink(Sink):
         "changelog",
         "view",
     )
+    OUTPUT = ("VIEW", "view")
 
     def __init__(self, name: str, options: dict[str, str]) -> None:
         super().__init__(name, options)
@@ -155,7 +156,13 @@ class FileSink(Sink):
                 "the latest row per group",
                 "only append the changes",
             )
-        (self.directory / STAGING).mkdir(parents=True, exist_ok=True)
+        try:
+            (self.directory / STAGING).mkdir(parents=True, exist_ok=True)
+        except OSError as error:  # a parent that is a file, no permission, a full disk
+            raise OperationalError(
+                f"Sink {self.name}: cannot create its directory {self.directory}: "
+                f"{error.strerror or error}"
+            ) from None
         self._recover(cursor)
         self._check_columns(cursor)
         self._publish_view(cursor)
@@ -228,13 +235,10 @@ class FileSink(Sink):
                 [self.key],
             ).fetchall()
         if rows.num_rows:
-            cursor.register(ROWS_VIEW, rows)
-            try:
+            with registered(cursor, ROWS_VIEW, rows):
                 select = self._write_select(ROWS_VIEW, "$batch_id::BIGINT")
                 params = {"batch_id": batch_id} if self.appends_batch_id else None
                 self._publish(cursor, select, batch_id, batch_id, params)
-            finally:
-                cursor.unregister(ROWS_VIEW)
         self._changed = bool(rows.num_rows or replaces)
         if self._changed:
             self._publish_view(cursor)

@@ -25,6 +25,7 @@ from kafka.errors import KafkaConfigurationError, KafkaError
 from sqlglot import exp
 from sqlglot.errors import ParseError, TokenError
 
+from streamsql.checkpoint.log import registered
 from streamsql.errors import OperationalError, ProgrammingError, from_duckdb
 from streamsql.kafka_settings import client_settings, topic_names
 from streamsql.sinks.base import OutputSchema, Sink
@@ -103,15 +104,13 @@ class KafkaSink(Sink):
     def write(self, cursor: duckdb.DuckDBPyConnection, batch_id: int, rows: pa.Table) -> None:
         if rows.num_rows == 0:
             return
-        cursor.register(ROWS_VIEW, rows)
         try:
-            messages = cursor.execute(self._select).fetchall()
+            with registered(cursor, ROWS_VIEW, rows):
+                messages = cursor.execute(self._select).fetchall()
         except duckdb.Error as error:
             raise from_duckdb(
                 error, f"Sink {self.name}: the messages of batch {batch_id}"
             ) from None
-        finally:
-            cursor.unregister(ROWS_VIEW)
         headers = [
             ("streamsql.query", self.name.encode()),
             ("streamsql.query_id", self.query_id.encode()),

@@ -1,18 +1,19 @@
 """Rows appended by INSERT INTO <source>; offsets are row counts, as in Spark's MemoryStream.
 
 The rows live in this process only: a memory source is for tests, demos and notebooks.
-Queries over it resume from their checkpoint only while the process that holds the rows
-is alive.
+An offset names the source instance (`run`) whose rows it counts, so a query resumed from
+a checkpoint another process committed reads every row inserted in this process, once:
+the other process's count says nothing about this one's rows.
 """
 
 from __future__ import annotations
 
 import bisect
 import threading
+import uuid
 
 import pyarrow as pa
 
-from streamsql.errors import ProgrammingError
 from streamsql.sources.base import Offset, Source, SourceBatch
 
 
@@ -24,6 +25,7 @@ class MemorySource(Source):
         self._chunks: list[pa.Table] = []
         self._ends: list[int] = []  # cumulative row count after each chunk
         self._lock = threading.Lock()
+        self.run = uuid.uuid4().hex  # names this instance's rows in the offsets
         self.max_rows = self.option_int("max_rows_per_trigger")
         self.starting = self.option_choice("starting_offsets", ("earliest", "latest"), "earliest")
 
@@ -42,30 +44,35 @@ class MemorySource(Source):
         self.notify()
         return rows.num_rows
 
+    def _offset(self, rows: int) -> Offset:
+        return {"rows": rows, "run": self.run}
+
+    def _read_up_to(self, offset: Offset) -> int:
+        """The rows of this instance an offset covers: none when another process (or an
+        instance since replaced) committed it."""
+        return offset["rows"] if offset.get("run") == self.run else 0
+
     def initial_offset(self) -> Offset:
-        return {"rows": self.total if self.starting == "latest" else 0}
+        return self._offset(self.total if self.starting == "latest" else 0)
 
     def snapshot(self) -> Offset:
-        return {"rows": self.total}
+        return self._offset(self.total)
 
     def plan_batch(self, start: Offset, bound: Offset | None) -> Offset | None:
-        first = start["rows"]
-        end = self.total if bound is None else min(self.total, bound["rows"])
+        first = self._read_up_to(start)
+        end = self.total if bound is None else min(self.total, self._read_up_to(bound))
         if self.max_rows:
             end = min(end, first + self.max_rows)
-        return {"rows": end} if end > first else None
+        return self._offset(end) if end > first else None
 
     def backlog(self, end: Offset) -> int | None:
-        """Rows not read yet (unknown when the rows were lost with another process)."""
-        return self.total - end["rows"] if self.total >= end["rows"] else None
+        """Rows of this process not read yet."""
+        return self.total - self._read_up_to(end)
 
     def read(self, start: Offset, end: Offset) -> SourceBatch:
-        first, last = start["rows"], end["rows"]
-        if last > self.total:
-            raise ProgrammingError(
-                f"Memory source {self.name} holds {self.total} rows, but the checkpoint asks "
-                f"for rows up to {last}: its rows were lost with the process that inserted them"
-            )
+        """A batch another process planned and did not commit reads empty: its rows were
+        lost with that process (a memory source is not durable, as Spark's MemoryStream)."""
+        first, last = self._read_up_to(start), self._read_up_to(end)
         with self._lock:
             index = bisect.bisect_right(self._ends, first)
             pieces = []

@@ -21,6 +21,10 @@ Used by tests/test_crash.py (20 kills) and tests/soak/crash_soak.py (hundreds).
 - `differences`: a crashed run against the reference; `model_differences`: a run against
   `model`, the job's SQL evaluated over the input files in Python by Spark's rules for
   watermarks, late rows and emission.
+- DDL under kills: `ddl_script` (DROP SINK or CREATE OR REPLACE SINK of two of the sinks
+  `DDL_SETUP` creates) run by `run_killed` with STREAMSQL_TEST_KILL_AT = n, which SIGKILLs
+  the process at the n-th kill point of the engine's atomic DDL (before each statement,
+  before the COMMIT, after it); `sink_state` says what the database holds of a sink.
 """
 
 from __future__ import annotations
@@ -131,8 +135,13 @@ def _env() -> dict[str, str]:
     return env
 
 
-def spawn(run_dir: Path, log: Path, command: Sequence[str] = RUN) -> subprocess.Popen[bytes]:
-    """`streamsql <command>` in `run_dir`, its output in `log`."""
+def spawn(
+    run_dir: Path,
+    log: Path,
+    command: Sequence[str] = RUN,
+    env: dict[str, str] | None = None,
+) -> subprocess.Popen[bytes]:
+    """`streamsql <command>` in `run_dir`, its output in `log` (`env`: variables to add)."""
     log.parent.mkdir(parents=True, exist_ok=True)
     with log.open("wb") as out:
         return subprocess.Popen(
@@ -141,7 +150,7 @@ def spawn(run_dir: Path, log: Path, command: Sequence[str] = RUN) -> subprocess.
             stdout=out,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
-            env=_env(),
+            env={**_env(), **(env or {})},
         )
 
 
@@ -789,3 +798,113 @@ def model_differences(expected: Model, results: Results) -> list[str]:
             batches.get(batch, collections.Counter()),
         )
     return found
+
+
+# -- DDL under kills ------------------------------------------------------------------------------
+
+DDL_FILES = 4  # input files (of write_input) for the DDL tests: a few batches per sink
+DDL_SOURCE = """CREATE SOURCE events (
+    k VARCHAR, ts TIMESTAMP, amount BIGINT, WATERMARK FOR ts AS ts - INTERVAL '10 minutes'
+) WITH (connector = 'files', path = 'data', format = 'json', max_files_per_trigger = 1);
+"""
+# The sinks the DDL drops or replaces (old and new query), and one it leaves alone.
+DDL_SINKS = {
+    "counts": (
+        "CREATE SINK counts WITH (connector = 'duckdb', table = 'key_counts') AS "
+        "SELECT k, count(*) AS n, sum(amount) AS total FROM events GROUP BY k EMIT CHANGES",
+        "CREATE OR REPLACE SINK counts WITH (connector = 'duckdb', table = 'key_counts') AS "
+        "SELECT k, max(amount) AS top FROM events GROUP BY k EMIT CHANGES",
+    ),
+    "windows": (
+        "CREATE SINK windows WITH (connector = 'parquet', path = 'out/windows') AS "
+        "SELECT window_start, k, count(*) AS n FROM events "
+        "WINDOW TUMBLING (ts, INTERVAL '5 minutes') GROUP BY window_start, k EMIT FINAL",
+        "CREATE OR REPLACE SINK windows WITH (connector = 'parquet', path = 'out/windows') AS "
+        "SELECT window_start, count(*) AS n FROM events "
+        "WINDOW TUMBLING (ts, INTERVAL '10 minutes') GROUP BY window_start EMIT FINAL",
+    ),
+}
+DDL_OUTPUTS = {"counts": "key_counts", "windows": "windows", "keep": "keep"}
+DDL_KEEP = (
+    "CREATE SINK keep WITH (connector = 'duckdb') AS "
+    "SELECT k, count(*) AS n FROM events GROUP BY k EMIT CHANGES"
+)
+DDL_SETUP = DDL_SOURCE + "".join(f"{old};\n" for old, _ in DDL_SINKS.values()) + DDL_KEEP + ";\n"
+
+
+def ddl_script(kind: str) -> str:
+    """The source again (an identical CREATE is a no-op), then DROP SINK or CREATE OR
+    REPLACE SINK of each sink of DDL_SINKS."""
+    if kind == "drop":
+        return DDL_SOURCE + "".join(f"DROP SINK IF EXISTS {name};\n" for name in DDL_SINKS)
+    return DDL_SOURCE + "".join(f"{new};\n" for _, new in DDL_SINKS.values())
+
+
+def run_killed(run_dir: Path, script: str, kill_at: int, timeout: float = 120) -> int:
+    """Run `script` in `run_dir` (on app.db, available_now) with a kill at the `kill_at`-th
+    kill point; its exit code (-9 when killed there, 0 when it has fewer kill points)."""
+    (run_dir / "ddl.sql").write_text(script)
+    log = run_dir / "logs" / f"ddl-{kill_at:03d}.log"
+    command = ("run", "ddl.sql", "--db", "app.db", "--trigger", "available_now")
+    proc = spawn(run_dir, log, command, {"STREAMSQL_TEST_KILL_AT": str(kill_at)})
+    if wait_for(proc, time.monotonic() + timeout) is None:
+        proc.kill()
+        proc.wait()
+        raise HarnessError(f"the DDL run with a kill at point {kill_at} did not end in {timeout} s")
+    if proc.returncode not in (0, -signal.SIGKILL):
+        exited(proc, log, f"the DDL run with a kill at point {kill_at}")
+    return proc.returncode
+
+
+@dataclass(frozen=True)
+class SinkState:
+    """What the database holds of one sink, as a user and the engine read it."""
+
+    sql: str | None  # its catalog row
+    commits: tuple[int, ...]  # batch ids in the commit log
+    checkpoint_rows: int  # rows of any checkpoint table (metadata, offsets, ...)
+    state_rows: int | None  # None: no state table
+    dead_letters: int
+    output: tuple[Row, ...] | None  # its table or view, sorted; None: there is none
+
+    @property
+    def gone(self) -> bool:
+        """Dropped whole: nothing of it left."""
+        return self == SinkState(None, (), 0, None, 0, None)
+
+
+def sink_state(con: Any, name: str) -> SinkState:
+    """`con`: a streamsql connection (or a DuckDB one) on the engine database."""
+
+    def rows(sql: str, params: Sequence[Any] = ()) -> list[Row]:
+        return _rows(con.execute(sql, list(params)).fetchall())
+
+    catalog = rows("SELECT sql FROM _streamsql.catalog WHERE kind = 'SINK' AND name = ?", [name])
+    commits = rows("SELECT batch_id FROM _streamsql.commits WHERE query = ? ORDER BY 1", [name])
+    checkpoint = sum(
+        rows(f"SELECT count(*) FROM _streamsql.{table} WHERE query = ?", [name])[0][0]
+        for table in ("offsets", "commits", "metadata", "emitted_windows", "sink_files")
+    )
+    tables = {
+        table
+        for (table,) in rows(
+            "SELECT table_name FROM duckdb_tables() UNION ALL "
+            "SELECT view_name FROM duckdb_views() WHERE NOT internal"
+        )
+    }
+    state = f"state_{name}"
+    output = DDL_OUTPUTS[name]
+    return SinkState(
+        sql=catalog[0][0] if catalog else None,
+        commits=tuple(batch for (batch,) in commits),
+        checkpoint_rows=checkpoint,
+        state_rows=rows(f"SELECT count(*) FROM _streamsql.{state}")[0][0]
+        if state in tables
+        else None,
+        dead_letters=rows(
+            "SELECT count(*) FROM _streamsql.dead_letters WHERE lower(query) = ?", [name]
+        )[0][0],
+        output=tuple(rows(f"SELECT * FROM {_quote(output)} ORDER BY ALL"))
+        if output in tables
+        else None,
+    )

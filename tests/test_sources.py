@@ -292,10 +292,10 @@ def test_starting_offsets_latest_skips_rows_inserted_before_the_query(
 @pytest.mark.parametrize(
     ("options", "words"),
     [
-        ("max_rows_per_trigger = 0", "max_rows_per_trigger must be positive"),
-        ("max_rows_per_trigger = 'many'", "max_rows_per_trigger must be an integer"),
+        ("max_rows_per_trigger = 0", "max_rows_per_trigger = '0' is not an integer of at least 1"),
+        ("max_rows_per_trigger = 'many'", "max_rows_per_trigger = 'many' is not an integer"),
         ("starting_offsets = 'middle'", "starting_offsets"),
-        ("on_error = 'ignore'", "on_error must be one of"),
+        ("on_error = 'ignore'", "on_error = 'ignore' is not one of"),
     ],
 )
 def test_invalid_memory_source_options_are_refused(
@@ -506,9 +506,9 @@ def test_two_queries_over_one_files_source_each_read_every_file(
     ("options", "words"),
     [
         ("", "needs path"),
-        ("path = '{dir}', format = 'xml'", "format must be one of"),
-        ("path = '{dir}', max_files_per_trigger = 0", "max_files_per_trigger must be positive"),
-        ("path = '{dir}', on_error = 'retry'", "on_error must be one of"),
+        ("path = '{dir}', format = 'xml'", "format = 'xml' is not one of"),
+        ("path = '{dir}', max_files_per_trigger = 0", "max_files_per_trigger = '0' is not an"),
+        ("path = '{dir}', on_error = 'retry'", "on_error = 'retry' is not one of"),
     ],
 )
 def test_invalid_files_source_options_are_refused(

@@ -15,7 +15,7 @@ from typing import Any, ClassVar
 import pyarrow as pa
 
 from streamsql.errors import ProgrammingError
-from streamsql.format import parse_seconds
+from streamsql.options import Configured
 from streamsql.plan.catalog import SourceDef
 
 Offset = Any
@@ -40,7 +40,7 @@ class SourceBatch:
     dead_letters: pa.Table
 
 
-class Source(ABC):
+class Source(Configured, ABC):
     """One instance per source per engine, shared by the queries that read it."""
 
     OPTIONS: ClassVar[tuple[str, ...]] = ("connector", "on_error")  # WITH (...) keys it reads
@@ -51,11 +51,7 @@ class Source(ABC):
         self.definition = definition
         self.schema = schema  # the declared physical columns, as Arrow types
         self.options = definition.options
-        self.on_error = self.options.get("on_error", "dead_letter")
-        if self.on_error not in ON_ERROR:
-            raise ProgrammingError(
-                f"Source {definition.name}: on_error must be one of {', '.join(ON_ERROR)}"
-            )
+        self.on_error = self.option_choice("on_error", ON_ERROR, "dead_letter")
         for column in definition.columns:
             if column.metadata is not None and column.metadata not in self.METADATA:
                 offered = f"; it offers {', '.join(self.METADATA)}" if self.METADATA else ""
@@ -69,6 +65,10 @@ class Source(ABC):
     @property
     def name(self) -> str:
         return self.definition.name
+
+    @property
+    def owner(self) -> str:
+        return f"Source {self.name}"
 
     @abstractmethod
     def initial_offset(self) -> Offset:
@@ -105,16 +105,16 @@ class Source(ABC):
         """The backlog per partition, for sources that have partitions."""
         return None
 
-    def recover(self, planned_ends: list[Offset]) -> None:  # noqa: B027 - optional hook
+    def recover(self, planned_ends: list[Offset]) -> None:
         """Called when a query resumes, with every end offset it ever planned."""
 
-    def committed(self, end: Offset) -> None:  # noqa: B027 - optional hook
+    def committed(self, end: Offset) -> None:
         """Called after a batch reading up to `end` committed."""
 
-    def close(self) -> None:  # noqa: B027 - optional hook
+    def close(self) -> None:
         """Release connections when the query reading through this instance ends."""
 
-    def interrupt(self) -> None:  # noqa: B027 - optional hook
+    def interrupt(self) -> None:
         """From another thread, when a query must stop while a read is stuck: make the
         read fail now (the batch stays logged, to be read again when the query resumes)."""
 
@@ -136,34 +136,3 @@ class Source(ABC):
 
     def empty(self) -> SourceBatch:
         return SourceBatch(self.schema.empty_table(), DEAD_LETTER_SCHEMA.empty_table())
-
-    def option_bool(self, key: str, default: bool) -> bool:
-        value = self.options.get(key)
-        if value is None:
-            return default
-        if value.lower() not in ("true", "false"):
-            raise ProgrammingError(f"Source {self.name}: {key} must be true or false")
-        return value.lower() == "true"
-
-    def option_seconds(self, key: str, default: float) -> float:
-        value = self.options.get(key)
-        if value is None:
-            return default
-        seconds = parse_seconds(value)
-        if seconds is None or seconds <= 0:
-            raise ProgrammingError(
-                f"Source {self.name}: {key} must be a duration like '10 seconds', got {value!r}"
-            )
-        return seconds
-
-    def option_int(self, key: str, default: int | None = None) -> int | None:
-        value = self.options.get(key)
-        if value is None:
-            return default
-        try:
-            number = int(value)
-        except ValueError:
-            raise ProgrammingError(f"Source {self.name}: {key} must be an integer") from None
-        if number <= 0:
-            raise ProgrammingError(f"Source {self.name}: {key} must be positive")
-        return number

@@ -35,18 +35,12 @@ class FileSource(Source):
 
     def __init__(self, *args: object, **kwargs: object) -> None:
         super().__init__(*args, **kwargs)
-        if "path" not in self.options:
-            raise ProgrammingError(f"Source {self.name}: the files connector needs path = '...'")
-        self.directory = Path(self.options["path"])
-        self.format = self.options.get("format", "json").lower()
-        if self.format not in FORMATS:
-            raise ProgrammingError(
-                f"Source {self.name}: format must be one of {', '.join(FORMATS)}"
-            )
-        self.pattern = self.options.get("pattern", "*")
+        self.directory = Path(self.option_required("path", "files"))
+        self.format = self.option_choice("format", FORMATS, "json")
+        self.pattern = self.option_text("pattern", "*")
         self.max_files = self.option_int("max_files_per_trigger")
-        self.header = self.options.get("header", "true").lower() == "true"
-        self.delimiter = self.options.get("delimiter", ",")
+        self.header = self.option_bool("header", True)
+        self.delimiter = self.option_char("delimiter", ",")
         self.decoder = Decoder(self.definition.columns, self.schema)
         self._seen: set[str] = set()
         self._unread: int | None = None  # files left for later batches at the last planning

@@ -14,7 +14,6 @@ import uuid
 
 import pyarrow as pa
 
-from streamsql.errors import ProgrammingError
 from streamsql.sources.base import Offset, Source, SourceBatch
 
 
@@ -28,11 +27,7 @@ class MemorySource(Source):
         self._lock = threading.Lock()
         self.run = uuid.uuid4().hex  # names this instance's rows in the offsets
         self.max_rows = self.option_int("max_rows_per_trigger")
-        self.starting = self.options.get("starting_offsets", "earliest")
-        if self.starting not in ("earliest", "latest"):
-            raise ProgrammingError(
-                f"Source {self.name}: starting_offsets must be 'earliest' or 'latest'"
-            )
+        self.starting = self.option_choice("starting_offsets", ("earliest", "latest"), "earliest")
 
     @property
     def total(self) -> int:

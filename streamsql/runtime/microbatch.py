@@ -340,6 +340,7 @@ class MicroBatchExecution:
                     "num_input_rows": stats.input_rows,
                     "lag": self.source.backlog(batch.end),
                     "lag_by_partition": self.source.lag_by_partition(batch.end),
+                    **self.source.metrics(),
                 }
             ],
             sink={

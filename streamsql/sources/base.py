@@ -101,6 +101,10 @@ class Source(ABC):
         offsets that grow (row counts, Kafka offsets)."""
         return next((end for end in reversed(ends) if end is not None), None)
 
+    def metrics(self) -> dict[str, int]:
+        """Counters of the source's own, reported in each batch's progress."""
+        return {}
+
     def lag_by_partition(self, end: Offset) -> dict[str, int] | None:
         """The backlog per partition, for sources that have partitions."""
         return None

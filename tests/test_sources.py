@@ -17,6 +17,7 @@ import pytest
 
 import streamsql
 from streamsql.runtime.query import StreamingQuery
+from streamsql.sources.files import FileChangedWarning
 
 T0 = dt.datetime(2024, 1, 1)
 EVENTS = "CREATE SOURCE ev (k VARCHAR, ts TIMESTAMP, v DOUBLE) WITH (connector = 'memory'{opts})"
@@ -688,3 +689,237 @@ def test_on_error_fail_stops_the_query_naming_file_and_offset(
     assert rows(now, "SELECT k FROM out") == [("a",)]
     assert rows(now, DEAD_LETTERS) == []
     assert rows(now, "SELECT batch_id FROM _streamsql.commits WHERE query = 'out'") == [(0,)]
+
+
+# -- files source: hostile and irregular input (issue 10) -----------------------------------------
+
+
+def test_csv_reads_only_an_unquoted_empty_field_as_null(
+    now: streamsql.Connection, tmp_path: Path
+) -> None:
+    """Not pyarrow's null list: NA, null, N/A, NaN are values, "" is the empty string."""
+    directory = tmp_path / "in"
+    put(directory, "a.csv", 'k,v\nNA,NaN\nnull,nan\nN/A,1\n"NA",2\n"",3\n,\n')
+    files_source(now, directory, "k VARCHAR, v DOUBLE", "csv")
+    run_to_end(now, COPY_SINK.format(source="src"))
+    assert rows(now, "SELECT k, v::VARCHAR FROM out") == [
+        ("NA", "nan"),
+        ("null", "nan"),
+        ("N/A", "1.0"),
+        ("NA", "2.0"),
+        ("", "3.0"),
+        (None, None),
+    ]
+    assert rows(now, DEAD_LETTERS) == []
+
+
+def test_csv_null_value_and_nan_value_options_are_values_not_sql(
+    now: streamsql.Connection, tmp_path: Path
+) -> None:
+    """Spark's nullValue (any column, quoted or not) and nanValue (FLOAT/DOUBLE only)."""
+    directory = tmp_path / "in"
+    null = "$nan_value' OR TRUE --"
+    put(directory, "a.csv", f'k,v\n{null},-\n"{null}",1\n-,2\nx,\n')
+    sql_null = null.replace("'", "''")
+    files_source(now, directory, "k VARCHAR, v DOUBLE", "csv", null_value=sql_null, nan_value="-")
+    run_to_end(now, COPY_SINK.format(source="src"))
+    assert rows(now, "SELECT k, v::VARCHAR FROM out") == [
+        (None, "nan"),
+        (None, "1.0"),
+        ("-", "2.0"),  # nan_value is NaN in a DOUBLE column only
+        ("x", None),  # an unquoted empty field stays NULL
+    ]
+
+
+def test_csv_stray_quote_spoils_its_own_line_only_and_every_line_is_accounted_for(
+    now: streamsql.Connection, tmp_path: Path
+) -> None:
+    directory = tmp_path / "in"
+    lines = [
+        "k,n",
+        'x,"abc,1',  # unbalanced quote: used to swallow the next line
+        "y,2",
+        'a"b,3',
+        '"two',
+        'lines",4',
+        "z,5",
+        '"q,""uoted""",6',
+    ]
+    put(directory, "a.csv", "\n".join(lines) + "\n")
+    files_source(now, directory, "k VARCHAR, n INTEGER", "csv")
+    run_to_end(now, COPY_SINK.format(source="src"))
+    accepted = rows(now, "SELECT k, n FROM out")
+    assert accepted == [("y", 2), ("z", 5), ('q,"uoted"', 6)]
+    dead = rows(now, DEAD_LETTERS)
+    assert [(row[4], row[5]) for row in dead] == [
+        (2, b'x,"abc,1'),
+        (4, b'a"b,3'),
+        (5, b'"two'),
+        (6, b'lines",4'),
+    ]
+    # every line of the file is the header, a row's line or a dead letter's raw bytes
+    written = {"y,2", "z,5", '"q,""uoted""",6'}
+    assert sorted([lines[0], *written, *(row[5].decode() for row in dead)]) == sorted(lines)
+
+
+@pytest.mark.parametrize(
+    ("fmt", "data", "line"),
+    [
+        ("json", b'{"k": "a"}\n{"k": "b\xff"}\n{"k": "c"}\n', 2),
+        ("csv", b"k\na\nb\xff\nc\n", 3),
+    ],
+    ids=["json", "csv"],
+)
+def test_invalid_utf8_line_is_a_dead_letter_not_replaced(
+    now: streamsql.Connection,
+    tmp_path: Path,
+    fmt: str,
+    data: bytes,
+    line: int,
+) -> None:
+    directory = tmp_path / "in"
+    put(directory, f"a.{fmt}", data)
+    files_source(now, directory, "k VARCHAR", fmt)
+    run_to_end(now, COPY_SINK.format(source="src"))
+    assert rows(now, "SELECT k FROM out") == [("a",), ("c",)]
+    ((*_, partition, offset, raw, error),) = rows(now, DEAD_LETTERS)
+    assert (partition, offset) == (f"a.{fmt}", line)
+    assert raw == data.split(b"\n")[line - 1]
+    assert "UTF-8" in error
+
+
+@pytest.mark.parametrize(
+    ("fmt", "first"),
+    [
+        ("csv", "User_Id,NAME\n7,a\n"),
+        ("parquet", pa.table({"User_Id": [7], "NAME": ["a"]})),
+    ],
+    ids=["csv", "parquet"],
+)
+def test_file_columns_match_declared_ones_case_insensitively(
+    now: streamsql.Connection, tmp_path: Path, fmt: str, first: str | pa.Table
+) -> None:
+    directory = tmp_path / "in"
+    put(directory, f"a.{fmt}", first)
+    files_source(now, directory, "user_id BIGINT, name VARCHAR", fmt)
+    run_to_end(now, COPY_SINK.format(source="src"))
+    assert rows(now, "SELECT user_id, name FROM out") == [(7, "a")]
+    assert rows(now, DEAD_LETTERS) == []
+
+
+@pytest.mark.parametrize(
+    ("fmt", "unrelated"),
+    [
+        ("csv", "other,columns\n1,2\n"),
+        ("parquet", pa.table({"other": [1, 2], "columns": ["x", "y"]})),
+    ],
+    ids=["csv", "parquet"],
+)
+def test_file_sharing_no_declared_column_is_a_bad_file_not_null_rows(
+    now: streamsql.Connection, tmp_path: Path, fmt: str, unrelated: str | pa.Table
+) -> None:
+    directory = tmp_path / "in"
+    put(directory, f"a.{fmt}", unrelated)
+    put(directory, f"b.{fmt}", "user_id\n8\n" if fmt == "csv" else pa.table({"user_id": [8]}))
+    files_source(now, directory, "user_id BIGINT, name VARCHAR", fmt)
+    run_to_end(now, COPY_SINK.format(source="src"))
+    assert rows(now, "SELECT user_id, name FROM out") == [(8, None)]
+    ((*_, partition, offset, raw, error),) = rows(now, DEAD_LETTERS)
+    assert (partition, offset, raw) == (f"a.{fmt}", 0, b"")
+    assert "a." + fmt in error and "none of the declared" in error
+
+
+TRUNCATED_PARQUET = b"PAR1\x15\x00\x15"
+
+
+@pytest.mark.parametrize(
+    ("fmt", "files", "expected", "bad"),
+    [
+        (
+            "json",
+            {
+                "a.json": b'\xef\xbb\xbf{"k": "bom"}\n',
+                "b.json": '{"k": "utf16"}\n'.encode("utf-16"),
+                "c.json": b'{"k": "c"}\n',
+            },
+            [("bom",), ("c",)],
+            ["b.json"],
+        ),
+        (
+            "csv",
+            {
+                "a.csv": b"",
+                "b.csv": b"\xef\xbb\xbfk\nbom\n",
+                "c.csv": b"\xff\xfek\x00\n",
+                "d.csv": b"k\nd\n",
+            },
+            [("bom",), ("d",)],
+            ["c.csv"],
+        ),
+        (
+            "parquet",
+            {"a.parquet": TRUNCATED_PARQUET, "b.parquet": b"k\nnot parquet\n"},
+            [("c",)],
+            ["a.parquet", "b.parquet"],
+        ),
+    ],
+    ids=["json", "csv", "parquet"],
+)
+def test_a_file_that_cannot_be_decoded_is_one_dead_letter_and_the_stream_goes_on(
+    tmp_path: Path,
+    fmt: str,
+    files: dict[str, bytes],
+    expected: list[tuple[str]],
+    bad: list[str],
+) -> None:
+    directory = tmp_path / "in"
+    for name, data in files.items():
+        put(directory, name, data)
+    if fmt == "parquet":
+        put(directory, "c.parquet", pa.table({"k": ["c"]}))
+    now = connect(tmp_path, trigger="available_now")
+    files_source(now, directory, "k VARCHAR", fmt, max_files_per_trigger=1)
+    query = run_to_end(now, COPY_SINK.format(source="src"))
+    assert query.exception is None
+    assert rows(now, "SELECT k FROM out") == expected
+    dead = rows(now, DEAD_LETTERS)
+    assert [(row[3], row[4], row[5]) for row in dead] == [(name, 0, b"") for name in bad]
+    assert all(row[6].startswith(f"cannot read {row[3]} as {fmt}: ") for row in dead)
+    now.close()
+    # a restart does not stop on the bad files either
+    put(directory, f"z.{fmt}", pa.table({"k": ["z"]}) if fmt == "parquet" else "k\nz\n")
+    if fmt == "json":
+        put(directory, "z.json", '{"k": "z"}\n')
+    again = connect(tmp_path, trigger="available_now")
+    assert again.query("out").await_termination(30) is True
+    assert rows(again, "SELECT k FROM out") == [*expected, ("z",)]
+    again.close()
+
+
+def test_undecodable_file_under_on_error_fail_names_the_file(
+    now: streamsql.Connection, tmp_path: Path
+) -> None:
+    directory = tmp_path / "in"
+    put(directory, "broken.parquet", TRUNCATED_PARQUET)
+    files_source(now, directory, "k VARCHAR", "parquet", on_error="fail")
+    now.execute(COPY_SINK.format(source="src"))
+    with pytest.raises(streamsql.StreamingQueryError, match=r"broken\.parquet"):
+        now.query("out").await_termination(30)
+
+
+def test_a_file_changed_after_it_was_read_is_reported(
+    con: streamsql.Connection, tmp_path: Path
+) -> None:
+    directory = tmp_path / "in"
+    first = put(directory, "1.json", '{"k": "a"}\n')
+    files_source(con, directory, "k VARCHAR")
+    con.execute(COPY_SINK.format(source="src"))
+    query = caught_up(con)
+    assert query.last_progress.sources[0]["files_changed_after_read"] == 0
+    with pytest.warns(FileChangedWarning, match=r"1\.json changed after it was read"):
+        with first.open("a") as appended:
+            appended.write('{"k": "late"}\n')
+        put(directory, "2.json", '{"k": "b"}\n')
+        caught_up(con)
+    assert rows(con, "SELECT k FROM out") == [("a",), ("b",)]
+    assert query.last_progress.sources[0]["files_changed_after_read"] == 1

@@ -112,9 +112,9 @@ class Decoder:
         whole = f"array_to_string(__f, {literal(delimiter)}) = value"
         count = fields.width
         split = (
-            f"SELECT *, CASE WHEN value IS NULL THEN {_EMPTY} WHEN NOT {whole} THEN "
-            f"'malformed CSV record' WHEN len(__f) <> {count} THEN "
-            f"'expected {count} fields, got ' || len(__f) ELSE __error END AS __structure "
+            f"SELECT *, coalesce(__error, CASE WHEN value IS NULL THEN {_EMPTY} WHEN NOT "
+            f"{whole} THEN 'malformed CSV record' WHEN len(__f) <> {count} THEN "
+            f"'expected {count} fields, got ' || len(__f) END) AS __structure "
             f"FROM (SELECT *, {split_fields} AS __f FROM ({_text(raw)}))"
         )
         unquoted = ", ".join(

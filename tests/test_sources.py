@@ -923,3 +923,78 @@ def test_a_file_changed_after_it_was_read_is_reported(
         caught_up(con)
     assert rows(con, "SELECT k FROM out") == [("a",), ("b",)]
     assert query.last_progress.sources[0]["files_changed_after_read"] == 1
+
+
+# -- event times out of range (issue 10) ----------------------------------------------------------
+
+WINDOWED = (
+    "CREATE SINK out WITH (connector = 'duckdb') AS SELECT window_start, count(*) AS n "
+    "FROM src WATERMARK {time} DELAY OF INTERVAL '1 minute' "
+    "WINDOW TUMBLING ({time}, INTERVAL '5 minutes') GROUP BY window_start, window_end EMIT FINAL"
+)
+EXTREME = ["infinity", "294247-01-10 04:00:54", "-infinity", "10000-01-01 00:00:00"]
+
+
+def test_event_time_out_of_range_from_memory_is_a_dead_letter_not_watermark_input(
+    now: streamsql.Connection,
+) -> None:
+    now.execute("CREATE SOURCE src (k VARCHAR, ts TIMESTAMP) WITH (connector = 'memory')")
+    times = ["2024-01-01 00:00:00", *EXTREME, "2024-01-01 00:10:00"]
+    now.executemany("INSERT INTO src VALUES (?, ?)", [[str(i), t] for i, t in enumerate(times)])
+    query = run_to_end(now, WINDOWED.format(time="ts"))
+    assert query.exception is None
+    assert rows(now, "SELECT window_start, n FROM out") == [(T0, 1)]
+    assert query.recent_progress[0].num_dead_letters == 4
+    assert query.recent_progress[0].num_input_rows == 2
+    assert query.last_progress.next_watermark == "2024-01-01T00:09:00.000000Z"
+    dead = rows(now, DEAD_LETTERS)
+    assert [(row[3], row[4]) for row in dead] == [("src", 1), ("src", 2), ("src", 3), ("src", 4)]
+    assert dead[0][5] == b'{"k":"1","ts":"infinity"}'
+    assert all(
+        f"event time ts = {t} is outside 0001-01-01 .. 9999-12-31" in row[6]
+        for t, row in zip(EXTREME, dead, strict=True)
+    )
+
+
+def test_computed_event_time_out_of_range_is_a_dead_letter_and_restarts_work(
+    tmp_path: Path,
+) -> None:
+    """The computed column is evaluated in DuckDB (not the Arrow fast path); the bad records
+    are dead letters at their file and line, and the query runs again after a restart."""
+    directory = tmp_path / "in"
+    put(
+        directory,
+        "a.json",
+        '{"t": "2024-01-01 00:00:00"}\n{"t": "infinity"}\n{"t": "2024-01-01 00:10:00"}\n',
+    )
+    now = connect(tmp_path, trigger="available_now")
+    now.execute(
+        f"CREATE SOURCE src (t VARCHAR, ts AS CAST(t AS TIMESTAMP)) WITH (connector = 'files', "
+        f"path = '{directory}')"
+    )
+    query = run_to_end(now, WINDOWED.format(time="ts"))
+    assert query.exception is None
+    assert query.last_progress.next_watermark == "2024-01-01T00:09:00.000000Z"
+    ((*_, partition, offset, raw, error),) = rows(now, DEAD_LETTERS)
+    assert (partition, offset, raw) == ("a.json", 2, b'{"t": "infinity"}')
+    assert "event time ts = infinity is outside" in error
+    now.close()
+    put(directory, "b.json", '{"t": "2024-01-01 00:20:00"}\n')
+    again = connect(tmp_path, trigger="available_now")
+    assert again.query("out").await_termination(30) is True
+    assert rows(again, "SELECT window_start, n FROM out ORDER BY 1") == [
+        (T0, 1),
+        (T0 + dt.timedelta(minutes=10), 1),
+    ]
+    again.close()
+
+
+def test_event_time_out_of_range_under_on_error_fail_names_file_and_line(
+    now: streamsql.Connection, tmp_path: Path
+) -> None:
+    directory = tmp_path / "in"
+    put(directory, "a.json", '{"ts": "2024-01-01 00:00:00"}\n{"ts": "infinity"}\n')
+    files_source(now, directory, "ts TIMESTAMP", on_error="fail")
+    now.execute(WINDOWED.format(time="ts"))
+    with pytest.raises(streamsql.StreamingQueryError, match=r"a\.json offset 2: event time"):
+        now.query("out").await_termination(30)

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from streamsql.errors import ProgrammingError
 from streamsql.format import parse_seconds
@@ -32,12 +33,26 @@ DEAD_LETTER_SCHEMA = pa.schema(
 )
 
 
+ORIGIN_SCHEMA = pa.schema([f for f in DEAD_LETTER_SCHEMA if f.name != "error"])
+
+
 @dataclass(frozen=True)
 class SourceBatch:
-    """Decoded rows in the declared columns, and the records that could not be decoded."""
+    """Decoded rows in the declared columns, and the records that could not be decoded.
+
+    `origins` says, row for row, where each row came from (partition, offset and the raw
+    record as written; raw NULL where there is none): a row the runtime rejects after
+    decoding (an event time out of range) becomes a dead letter from it.
+    """
 
     rows: pa.Table
     dead_letters: pa.Table
+    origins: pa.Table | None = None
+
+
+def numbers(count: int, first: int = 1) -> pa.Array:
+    """first, first + 1, ... (count of them), as int64: line, row and record numbers."""
+    return pc.add(pc.cumulative_sum(pa.repeat(pa.scalar(1, pa.int64()), count)), first - 1)
 
 
 class Source(ABC):
@@ -139,7 +154,11 @@ class Source(ABC):
             listener()
 
     def empty(self) -> SourceBatch:
-        return SourceBatch(self.schema.empty_table(), DEAD_LETTER_SCHEMA.empty_table())
+        return SourceBatch(
+            self.schema.empty_table(),
+            DEAD_LETTER_SCHEMA.empty_table(),
+            ORIGIN_SCHEMA.empty_table(),
+        )
 
     def option_bool(self, key: str, default: bool) -> bool:
         value = self.options.get(key)

@@ -23,7 +23,7 @@ import pyarrow.parquet as pq
 
 from streamsql.errors import ProgrammingError
 from streamsql.plan.catalog import Column
-from streamsql.sources.base import DEAD_LETTER_SCHEMA, Offset, Source, SourceBatch
+from streamsql.sources.base import DEAD_LETTER_SCHEMA, Offset, Source, SourceBatch, numbers
 from streamsql.sources.formats import FORMATS, CsvFields, Decoder
 
 
@@ -143,6 +143,7 @@ class FileSource(Source):
         return SourceBatch(
             pa.concat_tables([b.rows for b in batches]),
             pa.concat_tables([b.dead_letters for b in batches]),
+            pa.concat_tables([b.origins for b in batches]),
         )
 
     def _read_file(self, name: str) -> SourceBatch:
@@ -162,9 +163,9 @@ class FileSource(Source):
         try:
             return reader[self.format](name, data)
         except (BadFile, OSError, pa.ArrowException) as error:
-            return SourceBatch(
-                self.schema.empty_table(),
-                pa.table(
+            return dataclasses.replace(
+                self.empty(),
+                dead_letters=pa.table(
                     {
                         "partition": [name],
                         "offset": [0],
@@ -189,9 +190,10 @@ class FileSource(Source):
             lines = lines.slice(0, len(lines) - 1)  # the final newline ends a line
         cr = pc.equal(pc.binary_slice(lines, -1), b"\r")
         lines = pc.if_else(cr, pc.binary_slice(lines, 0, -1), lines).cast(pa.binary())
-        numbers = pc.cumulative_sum(pa.repeat(pa.scalar(1, pa.int64()), len(lines)))
         keep = pc.invert(pc.match_substring_regex(lines, r"^[ \t]*$"))
-        return pa.table({"offset": pc.filter(numbers, keep), "raw": pc.filter(lines, keep)})
+        return pa.table(
+            {"offset": pc.filter(numbers(len(lines)), keep), "raw": pc.filter(lines, keep)}
+        )
 
     def _read_json(self, name: str, data: bytes) -> SourceBatch:
         lines = self._lines(data)
@@ -239,8 +241,13 @@ class FileSource(Source):
             c.name: table[names[p - 1]] if p else pa.nulls(table.num_rows)
             for c, p in zip(self.decoder.columns, positions, strict=True)
         }
-        numbers = pc.cumulative_sum(pa.repeat(pa.scalar(1, pa.int64()), table.num_rows))
-        raw = pa.table({**columns, "partition": pa.repeat(name, table.num_rows), "offset": numbers})
+        raw = pa.table(
+            {
+                **columns,
+                "partition": pa.repeat(name, table.num_rows),
+                "offset": numbers(table.num_rows),
+            }
+        )
         return self.decoder.decode_fields(raw)
 
 

@@ -17,7 +17,7 @@ import duckdb
 import pyarrow as pa
 
 from streamsql.plan.catalog import Column
-from streamsql.sources.base import DEAD_LETTER_SCHEMA, SourceBatch
+from streamsql.sources.base import DEAD_LETTER_SCHEMA, ORIGIN_SCHEMA, SourceBatch
 from streamsql.sql import literal, quote
 
 FORMATS = ("json", "csv", "parquet")  # of files; Kafka values are json, csv or raw
@@ -35,7 +35,8 @@ class Decoder:
     """Turns a table of raw records into a SourceBatch of typed rows and dead letters.
 
     The raw table carries `partition` (string), `offset` (int64) and `raw` (the record as
-    written, kept for dead letters), and either a `value` column (JSON, CSV or raw bytes;
+    written, bytes, kept for dead letters; absent for Parquet, whose rows are written as
+    JSON), and either a `value` column (JSON, CSV or raw bytes;
     string or binary) or one column per declared column (CSV strings, Parquet values).
     Columns declared METADATA are read from `__meta_<key>` columns the source adds.
     """
@@ -156,7 +157,7 @@ class Decoder:
                 f"THEN {_cannot_read(c, f'{field}::VARCHAR')} END"
             )
         record = ", ".join(f"{literal(c.name)}: {quote(c.name)}" for c in self.columns)
-        written = "raw" if "raw" in raw.column_names else f"to_json({{{record}}})::VARCHAR"
+        written = "raw" if "raw" in raw.column_names else f"encode(to_json({{{record}}})::VARCHAR)"
         metadata = "".join(f", {quote(_meta(c))}" for c in self.metadata)
         sql = (
             f'SELECT partition, "offset", {written} AS raw{metadata}, '
@@ -190,16 +191,22 @@ class Decoder:
                 f"{metadata[name]} AS {quote(name)}" if name in metadata else quote(name)
                 for name in self.names
             )
-            rows = cursor.sql(
-                f"SELECT {names} FROM __decoded WHERE __error IS NULL"
+            decoded = cursor.sql(
+                f'SELECT {names}, partition, "offset", raw '
+                "FROM __decoded WHERE __error IS NULL"
             ).to_arrow_table()
             dead = cursor.sql(
-                'SELECT partition, "offset", CAST(raw AS BLOB) AS raw, __error AS error '
+                'SELECT partition, "offset", raw, __error AS error '
                 "FROM __decoded WHERE __error IS NOT NULL"
             ).to_arrow_table()
         finally:
             cursor.unregister("__raw")
-        return SourceBatch(rows.cast(self.schema), dead.cast(DEAD_LETTER_SCHEMA))
+        width = len(self.names)
+        return SourceBatch(
+            decoded.select(range(width)).cast(self.schema),
+            dead.cast(DEAD_LETTER_SCHEMA),
+            decoded.select(range(width, width + 3)).cast(ORIGIN_SCHEMA),
+        )
 
 
 _EMPTY = "'empty message'"

@@ -13,7 +13,7 @@ import threading
 import pyarrow as pa
 
 from streamsql.errors import ProgrammingError
-from streamsql.sources.base import Offset, Source, SourceBatch
+from streamsql.sources.base import ORIGIN_SCHEMA, Offset, Source, SourceBatch, numbers
 
 
 class MemorySource(Source):
@@ -82,4 +82,13 @@ class MemorySource(Source):
                 position += take
                 index += 1
         rows = pa.concat_tables(pieces) if pieces else self.schema.empty_table()
-        return SourceBatch(rows, self.empty().dead_letters)
+        # A row's offset is its position, as a Kafka record's; it has no bytes as written.
+        origins = pa.table(
+            {
+                "partition": pa.repeat(self.name, rows.num_rows),
+                "offset": numbers(rows.num_rows, first),
+                "raw": pa.nulls(rows.num_rows, pa.binary()),
+            },
+            schema=ORIGIN_SCHEMA,
+        )
+        return SourceBatch(rows, self.empty().dead_letters, origins)

@@ -70,6 +70,22 @@ def files_source(
     )
 
 
+def read_files(
+    now: streamsql.Connection,
+    tmp_path: Path,
+    files: dict[str, str | bytes | pa.Table],
+    columns: str,
+    fmt: str = "json",
+    **options: object,
+) -> StreamingQuery:
+    """Put the files in a directory and copy them through a files source into `out`."""
+    directory = tmp_path / "in"
+    for name, data in files.items():
+        put(directory, name, data)
+    files_source(now, directory, columns, fmt, **options)
+    return run_to_end(now, COPY_SINK.format(source="src"))
+
+
 def run_to_end(con: streamsql.Connection, sql: str, name: str = "out") -> StreamingQuery:
     """Create a sink on an available_now engine and wait until its query has stopped."""
     con.execute(sql)
@@ -698,10 +714,13 @@ def test_csv_reads_only_an_unquoted_empty_field_as_null(
     now: streamsql.Connection, tmp_path: Path
 ) -> None:
     """Not pyarrow's null list: NA, null, N/A, NaN are values, "" is the empty string."""
-    directory = tmp_path / "in"
-    put(directory, "a.csv", 'k,v\nNA,NaN\nnull,nan\nN/A,1\n"NA",2\n"",3\n,\n')
-    files_source(now, directory, "k VARCHAR, v DOUBLE", "csv")
-    run_to_end(now, COPY_SINK.format(source="src"))
+    read_files(
+        now,
+        tmp_path,
+        {"a.csv": 'k,v\nNA,NaN\nnull,nan\nN/A,1\n"NA",2\n"",3\n,\n'},
+        "k VARCHAR, v DOUBLE",
+        "csv",
+    )
     assert rows(now, "SELECT k, v::VARCHAR FROM out") == [
         ("NA", "nan"),
         ("null", "nan"),
@@ -717,12 +736,11 @@ def test_csv_null_value_and_nan_value_options_are_values_not_sql(
     now: streamsql.Connection, tmp_path: Path
 ) -> None:
     """Spark's nullValue (any column, quoted or not) and nanValue (FLOAT/DOUBLE only)."""
-    directory = tmp_path / "in"
     null = "$nan_value' OR TRUE --"
-    put(directory, "a.csv", f'k,v\n{null},-\n"{null}",1\n-,2\nx,\n')
+    text = f'k,v\n{null},-\n"{null}",1\n-,2\nx,\n'
     sql_null = null.replace("'", "''")
-    files_source(now, directory, "k VARCHAR, v DOUBLE", "csv", null_value=sql_null, nan_value="-")
-    run_to_end(now, COPY_SINK.format(source="src"))
+    options = {"null_value": sql_null, "nan_value": "-"}
+    read_files(now, tmp_path, {"a.csv": text}, "k VARCHAR, v DOUBLE", "csv", **options)
     assert rows(now, "SELECT k, v::VARCHAR FROM out") == [
         (None, "nan"),
         (None, "1.0"),
@@ -734,7 +752,6 @@ def test_csv_null_value_and_nan_value_options_are_values_not_sql(
 def test_csv_stray_quote_spoils_its_own_line_only_and_every_line_is_accounted_for(
     now: streamsql.Connection, tmp_path: Path
 ) -> None:
-    directory = tmp_path / "in"
     lines = [
         "k,n",
         'x,"abc,1',  # unbalanced quote: used to swallow the next line
@@ -745,9 +762,7 @@ def test_csv_stray_quote_spoils_its_own_line_only_and_every_line_is_accounted_fo
         "z,5",
         '"q,""uoted""",6',
     ]
-    put(directory, "a.csv", "\n".join(lines) + "\n")
-    files_source(now, directory, "k VARCHAR, n INTEGER", "csv")
-    run_to_end(now, COPY_SINK.format(source="src"))
+    read_files(now, tmp_path, {"a.csv": "\n".join(lines) + "\n"}, "k VARCHAR, n INTEGER", "csv")
     accepted = rows(now, "SELECT k, n FROM out")
     assert accepted == [("y", 2), ("z", 5), ('q,"uoted"', 6)]
     dead = rows(now, DEAD_LETTERS)
@@ -777,10 +792,7 @@ def test_invalid_utf8_line_is_a_dead_letter_not_replaced(
     data: bytes,
     line: int,
 ) -> None:
-    directory = tmp_path / "in"
-    put(directory, f"a.{fmt}", data)
-    files_source(now, directory, "k VARCHAR", fmt)
-    run_to_end(now, COPY_SINK.format(source="src"))
+    read_files(now, tmp_path, {f"a.{fmt}": data}, "k VARCHAR", fmt)
     assert rows(now, "SELECT k FROM out") == [("a",), ("c",)]
     ((*_, partition, offset, raw, error),) = rows(now, DEAD_LETTERS)
     assert (partition, offset) == (f"a.{fmt}", line)
@@ -799,10 +811,7 @@ def test_invalid_utf8_line_is_a_dead_letter_not_replaced(
 def test_file_columns_match_declared_ones_case_insensitively(
     now: streamsql.Connection, tmp_path: Path, fmt: str, first: str | pa.Table
 ) -> None:
-    directory = tmp_path / "in"
-    put(directory, f"a.{fmt}", first)
-    files_source(now, directory, "user_id BIGINT, name VARCHAR", fmt)
-    run_to_end(now, COPY_SINK.format(source="src"))
+    read_files(now, tmp_path, {f"a.{fmt}": first}, "user_id BIGINT, name VARCHAR", fmt)
     assert rows(now, "SELECT user_id, name FROM out") == [(7, "a")]
     assert rows(now, DEAD_LETTERS) == []
 
@@ -818,11 +827,9 @@ def test_file_columns_match_declared_ones_case_insensitively(
 def test_file_sharing_no_declared_column_is_a_bad_file_not_null_rows(
     now: streamsql.Connection, tmp_path: Path, fmt: str, unrelated: str | pa.Table
 ) -> None:
-    directory = tmp_path / "in"
-    put(directory, f"a.{fmt}", unrelated)
-    put(directory, f"b.{fmt}", "user_id\n8\n" if fmt == "csv" else pa.table({"user_id": [8]}))
-    files_source(now, directory, "user_id BIGINT, name VARCHAR", fmt)
-    run_to_end(now, COPY_SINK.format(source="src"))
+    second = "user_id\n8\n" if fmt == "csv" else pa.table({"user_id": [8]})
+    files = {f"a.{fmt}": unrelated, f"b.{fmt}": second}
+    read_files(now, tmp_path, files, "user_id BIGINT, name VARCHAR", fmt)
     assert rows(now, "SELECT user_id, name FROM out") == [(8, None)]
     ((*_, partition, offset, raw, error),) = rows(now, DEAD_LETTERS)
     assert (partition, offset, raw) == (f"a.{fmt}", 0, b"")
@@ -858,7 +865,11 @@ TRUNCATED_PARQUET = b"PAR1\x15\x00\x15"
         ),
         (
             "parquet",
-            {"a.parquet": TRUNCATED_PARQUET, "b.parquet": b"k\nnot parquet\n"},
+            {
+                "a.parquet": TRUNCATED_PARQUET,
+                "b.parquet": b"k\nnot parquet\n",
+                "c.parquet": pa.table({"k": ["c"]}),
+            },
             [("c",)],
             ["a.parquet", "b.parquet"],
         ),
@@ -868,18 +879,12 @@ TRUNCATED_PARQUET = b"PAR1\x15\x00\x15"
 def test_a_file_that_cannot_be_decoded_is_one_dead_letter_and_the_stream_goes_on(
     tmp_path: Path,
     fmt: str,
-    files: dict[str, bytes],
+    files: dict[str, bytes | pa.Table],
     expected: list[tuple[str]],
     bad: list[str],
 ) -> None:
-    directory = tmp_path / "in"
-    for name, data in files.items():
-        put(directory, name, data)
-    if fmt == "parquet":
-        put(directory, "c.parquet", pa.table({"k": ["c"]}))
     now = connect(tmp_path, trigger="available_now")
-    files_source(now, directory, "k VARCHAR", fmt, max_files_per_trigger=1)
-    query = run_to_end(now, COPY_SINK.format(source="src"))
+    query = read_files(now, tmp_path, files, "k VARCHAR", fmt, max_files_per_trigger=1)
     assert query.exception is None
     assert rows(now, "SELECT k FROM out") == expected
     dead = rows(now, DEAD_LETTERS)
@@ -887,9 +892,9 @@ def test_a_file_that_cannot_be_decoded_is_one_dead_letter_and_the_stream_goes_on
     assert all(row[6].startswith(f"cannot read {row[3]} as {fmt}: ") for row in dead)
     now.close()
     # a restart does not stop on the bad files either
-    put(directory, f"z.{fmt}", pa.table({"k": ["z"]}) if fmt == "parquet" else "k\nz\n")
-    if fmt == "json":
-        put(directory, "z.json", '{"k": "z"}\n')
+    directory = tmp_path / "in"
+    last = {"json": '{"k": "z"}\n', "csv": "k\nz\n", "parquet": pa.table({"k": ["z"]})}[fmt]
+    put(directory, f"z.{fmt}", last)
     again = connect(tmp_path, trigger="available_now")
     assert again.query("out").await_termination(30) is True
     assert rows(again, "SELECT k FROM out") == [*expected, ("z",)]

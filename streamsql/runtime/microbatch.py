@@ -35,7 +35,7 @@ from streamsql.incremental.compiler import (
 from streamsql.plan.plan import StreamingPlan
 from streamsql.runtime.progress import QueryProgress, timestamp_of
 from streamsql.sinks.base import OutputSchema, Sink
-from streamsql.sources.base import Offset, Source, SourceBatch, numbers
+from streamsql.sources.base import Offset, Origins, Source, SourceBatch
 from streamsql.sql import quote
 
 # Appended partials are combined once they outnumber the rows of the last compaction and
@@ -430,26 +430,24 @@ class MicroBatchExecution:
         """Rows whose event or window time the engine cannot compute with become dead
         letters, where they came from, before they reach the watermark or any window."""
         errors = self.cursor.sql(self.program.statistics.bad_times).to_arrow_table()["__error"]
+        errors = errors.combine_chunks()
         bad = pc.is_valid(errors)
         origins = data.origins
         if origins is None:  # a source that cannot say: the row's position in the batch
-            origins = pa.table(
-                {
-                    "partition": pa.nulls(data.rows.num_rows, pa.string()),
-                    "offset": numbers(data.rows.num_rows, 0),
-                    "raw": pa.nulls(data.rows.num_rows, pa.binary()),
-                }
-            )
+            origins = Origins.positional(data.rows.num_rows, self.source.name, 0)
+        found = origins.take(bad)
         rejected = data.rows.filter(bad)
         self._register("__rejected", rejected)
-        written = self.cursor.sql(
-            "SELECT encode(to_json(__rejected)::VARCHAR) AS raw FROM __rejected"
-        ).to_arrow_table()["raw"]
+        written = (
+            self.cursor.sql("SELECT encode(to_json(__rejected)::VARCHAR) AS raw FROM __rejected")
+            .to_arrow_table()["raw"]
+            .combine_chunks()
+        )
         dead = pa.table(
             {
-                "partition": origins["partition"].filter(bad),
-                "offset": origins["offset"].filter(bad),
-                "raw": pc.coalesce(origins["raw"].filter(bad), written),
+                "partition": found["partition"],
+                "offset": found["offset"],
+                "raw": pc.coalesce(found["raw"], written),
                 "error": errors.filter(bad),
             },
             schema=data.dead_letters.schema,

@@ -17,7 +17,7 @@ import duckdb
 import pyarrow as pa
 
 from streamsql.plan.catalog import Column
-from streamsql.sources.base import DEAD_LETTER_SCHEMA, ORIGIN_SCHEMA, SourceBatch
+from streamsql.sources.base import DEAD_LETTER_SCHEMA, Origins, SourceBatch
 from streamsql.sql import literal, quote
 
 FORMATS = ("json", "csv", "parquet")  # of files; Kafka values are json, csv or raw
@@ -103,18 +103,22 @@ class Decoder:
         fields = fields or CsvFields(tuple(range(1, len(self.columns) + 1)))
         d = re.escape(delimiter)
         field = f'("(?:[^"]|"")*"|[^{d}"\\n]*)'
-        # Each field follows a delimiter (one is put before the first): a pattern that could
-        # match empty at the start would skip the delimiter after an empty first field.
+        # A record without quotes (or line ends) is split on the delimiter, as fast as
+        # DuckDB splits; others by a pattern that knows quoting, where each field follows a
+        # delimiter (one is put before the first: a pattern that could match empty at the
+        # start would skip the delimiter after an empty first field).
+        quoted = "(contains(value, '\"') OR contains(value, chr(10)))"
         split_fields = (
-            f"regexp_extract_all({literal(delimiter)} || value, {literal(f'{d}{field}')}, 1)"
+            f"CASE WHEN {quoted} THEN regexp_extract_all({literal(delimiter)} || value, "
+            f"{literal(f'{d}{field}')}, 1) ELSE string_split(value, {literal(delimiter)}) END"
         )
         # The fields, joined again, must give back the whole value: anything else (a stray
         # quote, a broken quoted field) is not CSV.
         whole = f"array_to_string(__f, {literal(delimiter)}) = value"
         count = fields.width
         split = (
-            f"SELECT *, coalesce(__error, CASE WHEN value IS NULL THEN {_EMPTY} WHEN NOT "
-            f"{whole} THEN 'malformed CSV record' WHEN len(__f) <> {count} THEN "
+            f"SELECT *, coalesce(__error, CASE WHEN value IS NULL THEN {_EMPTY} WHEN {quoted} "
+            f"AND NOT {whole} THEN 'malformed CSV record' WHEN len(__f) <> {count} THEN "
             f"'expected {count} fields, got ' || len(__f) END) AS __structure "
             f"FROM (SELECT *, {split_fields} AS __f FROM ({_text(raw)}))"
         )
@@ -191,9 +195,9 @@ class Decoder:
                 f"{metadata[name]} AS {quote(name)}" if name in metadata else quote(name)
                 for name in self.names
             )
+            # A row's position among the raw records is its rowid in __decoded.
             decoded = cursor.sql(
-                f'SELECT {names}, partition, "offset", raw '
-                "FROM __decoded WHERE __error IS NULL"
+                f"SELECT {names}, rowid AS __position FROM __decoded WHERE __error IS NULL"
             ).to_arrow_table()
             dead = cursor.sql(
                 'SELECT partition, "offset", raw, __error AS error '
@@ -201,11 +205,10 @@ class Decoder:
             ).to_arrow_table()
         finally:
             cursor.unregister("__raw")
-        width = len(self.names)
         return SourceBatch(
-            decoded.select(range(width)).cast(self.schema),
+            decoded.drop_columns("__position").cast(self.schema),
             dead.cast(DEAD_LETTER_SCHEMA),
-            decoded.select(range(width, width + 3)).cast(ORIGIN_SCHEMA),
+            Origins.of_records(raw, decoded["__position"].combine_chunks()),
         )
 
 

@@ -13,7 +13,7 @@ import threading
 import pyarrow as pa
 
 from streamsql.errors import ProgrammingError
-from streamsql.sources.base import ORIGIN_SCHEMA, Offset, Source, SourceBatch, numbers
+from streamsql.sources.base import Offset, Origins, Source, SourceBatch
 
 
 class MemorySource(Source):
@@ -83,12 +83,5 @@ class MemorySource(Source):
                 index += 1
         rows = pa.concat_tables(pieces) if pieces else self.schema.empty_table()
         # A row's offset is its position, as a Kafka record's; it has no bytes as written.
-        origins = pa.table(
-            {
-                "partition": pa.repeat(self.name, rows.num_rows),
-                "offset": numbers(rows.num_rows, first),
-                "raw": pa.nulls(rows.num_rows, pa.binary()),
-            },
-            schema=ORIGIN_SCHEMA,
-        )
+        origins = Origins.positional(rows.num_rows, self.name, first)
         return SourceBatch(rows, self.empty().dead_letters, origins)

@@ -530,6 +530,9 @@ def test_two_queries_over_one_files_source_each_read_every_file(
         ("path = '{dir}', format = 'xml'", "format must be one of"),
         ("path = '{dir}', max_files_per_trigger = 0", "max_files_per_trigger must be positive"),
         ("path = '{dir}', on_error = 'retry'", "on_error must be one of"),
+        ("path = '{dir}', header = 'yes'", "header must be true or false"),
+        ("path = '{dir}', delimiter = ''", "delimiter must be"),
+        ("path = '{dir}', delimiter = '\"'", "delimiter must be"),
     ],
 )
 def test_invalid_files_source_options_are_refused(

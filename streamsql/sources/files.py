@@ -59,8 +59,13 @@ class FileSource(Source):
             )
         self.pattern = self.options.get("pattern", "*")
         self.max_files = self.option_int("max_files_per_trigger")
-        self.header = self.options.get("header", "true").lower() == "true"
+        self.header = self.option_bool("header", True)
         self.delimiter = self.options.get("delimiter", ",")
+        if not self.delimiter or set(self.delimiter) & set('"\r\n'):
+            raise ProgrammingError(
+                f"Source {self.name}: delimiter must be one or more characters other than "
+                "a quote or a line end"
+            )
         self.decoder = Decoder(self.definition.columns, self.schema)
         self.csv_fields = CsvFields(
             tuple(range(1, len(self.decoder.columns) + 1)),
@@ -158,17 +163,16 @@ class FileSource(Source):
         dead letter naming it and why (offset 0), and the stream goes on."""
         path = self.directory / name
         try:
-            modified = path.stat().st_mtime_ns
-            data = path.read_bytes()
-            self._read_stats[name] = (len(data), modified)
+            status = path.stat()
         except FileNotFoundError:
             raise ProgrammingError(
                 f"Source {self.name}: file {path} was planned for this batch but is gone; "
                 "files must stay in place until every query has read them"
             ) from None
+        self._read_stats[name] = (status.st_size, status.st_mtime_ns)
         reader = {"json": self._read_json, "csv": self._read_csv, "parquet": self._read_parquet}
         try:
-            return reader[self.format](name, data)
+            return reader[self.format](name, path)
         except (BadFile, OSError, pa.ArrowException) as error:
             return dataclasses.replace(
                 self.empty(),
@@ -204,18 +208,18 @@ class FileSource(Source):
             {"offset": pc.filter(numbers(len(lines)), keep), "raw": pc.filter(lines, keep)}
         )
 
-    def _read_json(self, name: str, data: bytes) -> SourceBatch:
-        lines = self._lines(data)
+    def _read_json(self, name: str, path: Path) -> SourceBatch:
+        lines = self._lines(path.read_bytes())
         raw = lines.append_column("partition", pa.repeat(name, lines.num_rows)).append_column(
             "value", lines["raw"]
         )
         return self.decoder.decode_json(raw)
 
-    def _read_csv(self, name: str, data: bytes) -> SourceBatch:
+    def _read_csv(self, name: str, path: Path) -> SourceBatch:
         """One record per line, as in Spark (multiLine = false): a quoted field cannot span
         lines, so a stray quote spoils its own line only. A record's offset is its line
         number; the first non-blank line is the header when `header` is true."""
-        lines = self._lines(data)
+        lines = self._lines(path.read_bytes())
         fields = self.csv_fields
         if self.header and lines.num_rows:
             fields = self._header_fields(lines["raw"][0].as_py())
@@ -237,10 +241,10 @@ class FileSource(Source):
             raise BadFile(f"the header ({', '.join(names)}) names none of the declared columns")
         return dataclasses.replace(self.csv_fields, positions=positions, width=len(names))
 
-    def _read_parquet(self, name: str, data: bytes) -> SourceBatch:
+    def _read_parquet(self, name: str, path: Path) -> SourceBatch:
         """A Parquet record's offset is its row number (1-based) in the file. Columns are
         matched to the declared ones case-insensitively; a file with none of them is bad."""
-        file = pq.ParquetFile(pa.BufferReader(data))
+        file = pq.ParquetFile(path)
         names = file.schema_arrow.names
         positions = _positions(self.decoder.columns, names)
         if not any(positions):

@@ -851,9 +851,10 @@ TRUNCATED_PARQUET = b"PAR1\x15\x00\x15"
                 "a.json": b'\xef\xbb\xbf{"k": "bom"}\n',
                 "b.json": '{"k": "utf16"}\n'.encode("utf-16"),
                 "c.json": b'{"k": "c"}\n',
+                "d.json": '{"k": "utf16 without a byte-order mark"}\n'.encode("utf-16-le"),
             },
             [("bom",), ("c",)],
-            ["b.json"],
+            ["b.json", "d.json"],
         ),
         (
             "csv",

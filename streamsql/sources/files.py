@@ -194,8 +194,12 @@ class FileSource(Source):
         checked by the decoder: a line that is not UTF-8 is a dead letter."""
         if data.startswith(BOM_UTF8):
             data = data[len(BOM_UTF8) :]
-        elif data.startswith(OTHER_BOMS):
-            raise BadFile("the file is UTF-16 or UTF-32 (byte-order mark); only UTF-8 is read")
+        elif data.startswith(OTHER_BOMS) or b"\0" in data[:4]:
+            # As JSON's RFC 4627 tells encodings apart: text never starts with a NUL byte.
+            raise BadFile(
+                "the file is UTF-16 or UTF-32 (a byte-order mark or NUL bytes at the start); "
+                "only UTF-8 is read"
+            )
         lines = pc.list_flatten(pc.split_pattern(pa.array([data], pa.large_binary()), b"\n"))
         if len(lines) and lines[-1].as_py() == b"":
             lines = lines.slice(0, len(lines) - 1)  # the final newline ends a line

@@ -91,8 +91,8 @@ class FileSource(Source):
                 and fnmatch.fnmatch(entry.name, self.pattern)
             }
         for name, read in list(self._read_stats.items()):
-            entry = found.get(name)
-            now = (entry.stat().st_size, entry.stat().st_mtime_ns) if entry else read
+            status = found[name].stat() if name in found else None
+            now = (status.st_size, status.st_mtime_ns) if status else read
             if now != read:
                 self._read_stats[name] = now
                 self.files_changed_after_read += 1
@@ -212,12 +212,15 @@ class FileSource(Source):
             {"offset": pc.filter(numbers(len(lines)), keep), "raw": pc.filter(lines, keep)}
         )
 
-    def _read_json(self, name: str, path: Path) -> SourceBatch:
-        lines = self._lines(path.read_bytes())
-        raw = lines.append_column("partition", pa.repeat(name, lines.num_rows)).append_column(
+    @staticmethod
+    def _records(name: str, lines: pa.Table) -> pa.Table:
+        """Lines as the raw records the decoder reads: each line is a record's value."""
+        return lines.append_column("partition", pa.repeat(name, lines.num_rows)).append_column(
             "value", lines["raw"]
         )
-        return self.decoder.decode_json(raw)
+
+    def _read_json(self, name: str, path: Path) -> SourceBatch:
+        return self.decoder.decode_json(self._records(name, self._lines(path.read_bytes())))
 
     def _read_csv(self, name: str, path: Path) -> SourceBatch:
         """One record per line, as in Spark (multiLine = false): a quoted field cannot span
@@ -228,10 +231,7 @@ class FileSource(Source):
         if self.header and lines.num_rows:
             fields = self._header_fields(lines["raw"][0].as_py())
             lines = lines.slice(1)
-        raw = lines.append_column("partition", pa.repeat(name, lines.num_rows)).append_column(
-            "value", lines["raw"]
-        )
-        return self.decoder.decode_csv(raw, self.delimiter, fields)
+        return self.decoder.decode_csv(self._records(name, lines), self.delimiter, fields)
 
     def _header_fields(self, header: bytes) -> CsvFields:
         """Where the header puts each declared column, matched case-insensitively (Spark's
@@ -248,12 +248,12 @@ class FileSource(Source):
     def _read_parquet(self, name: str, path: Path) -> SourceBatch:
         """A Parquet record's offset is its row number (1-based) in the file. Columns are
         matched to the declared ones case-insensitively; a file with none of them is bad."""
-        file = pq.ParquetFile(path)
-        names = file.schema_arrow.names
-        positions = _positions(self.decoder.columns, names)
-        if not any(positions):
-            raise BadFile(f"its columns ({', '.join(names)}) include none of the declared ones")
-        table = file.read(columns=[names[p - 1] for p in positions if p])
+        with pq.ParquetFile(path) as file:
+            names = file.schema_arrow.names
+            positions = _positions(self.decoder.columns, names)
+            if not any(positions):
+                raise BadFile(f"its columns ({', '.join(names)}) include none of the declared ones")
+            table = file.read(columns=[names[p - 1] for p in positions if p])
         columns = {
             c.name: table[names[p - 1]] if p else pa.nulls(table.num_rows)
             for c, p in zip(self.decoder.columns, positions, strict=True)

@@ -36,8 +36,8 @@ class Decoder:
 
     The raw table carries `partition` (string), `offset` (int64) and `raw` (the record as
     written, bytes, kept for dead letters; absent for Parquet, whose rows are written as
-    JSON), and either a `value` column (JSON, CSV or raw bytes;
-    string or binary) or one column per declared column (CSV strings, Parquet values).
+    JSON), and either a `value` column (JSON, CSV or raw bytes; string or binary) or one
+    column per declared column (CSV strings, Parquet values).
     Columns declared METADATA are read from `__meta_<key>` columns the source adds.
     """
 
@@ -92,8 +92,9 @@ class Decoder:
         delimiter: str,
         fields: CsvFields | None = None,
     ) -> SourceBatch:
-        """One CSV record per value: fields split by a regular expression that knows
-        quoting, then cast as in decode_fields.
+        """One CSV record per value: fields split on the delimiter (by a regular expression
+        that knows quoting where there are quotes), then cast as in decode_fields. `fields`
+        says where each column is (default: one field per column, in order).
 
         As in Spark, an unquoted empty field is NULL and a quoted one (`""`) the empty
         string; a field equal to `fields.null_value` is NULL, and one equal to

@@ -367,8 +367,9 @@ def test_json_files_decode_into_the_declared_columns(
         ("n,ts,k\n1,2024-01-01 00:00:00,x\n,,y\n", {}),  # the header maps fields by name
         ("x,1,2024-01-01 00:00:00\ny,,\n", {"header": "false"}),
         ("k;n;ts\nx;1;2024-01-01 00:00:00\ny;;\n", {"delimiter": ";"}),
+        ("k,n,ts\r\nx,1,2024-01-01 00:00:00\r\ny,,\r\n", {}),
     ],
-    ids=["header", "header-reordered", "no-header", "semicolon"],
+    ids=["header", "header-reordered", "no-header", "semicolon", "crlf"],
 )
 def test_csv_files_decode_with_header_and_delimiter_options(
     now: streamsql.Connection, tmp_path: Path, text: str, options: dict[str, str]

@@ -465,6 +465,36 @@ def test_json_boolean_for_an_integer_column_is_a_dead_letter(
     assert [(r[3], r[4]) for r in rows(con, DEAD_LETTERS)] == [(f"{topic}-0", 0)]
 
 
+def test_event_time_out_of_range_is_a_dead_letter_at_its_partition_and_offset(
+    broker: Broker, producer: KafkaProducer, con: streamsql.Connection
+) -> None:
+    """Issue 10: `infinity` used to become the watermark (near int64 max) for good."""
+    topic = broker.create_topic(2)
+    values = [
+        (0, b'{"ts": "2024-01-01 00:00:00"}'),
+        (1, b'{"ts": "infinity"}'),
+        (0, b'{"ts": "294247-01-10 04:00:54"}'),
+        (1, b'{"ts": "2024-01-01 00:10:00"}'),
+    ]
+    produce(producer, topic, values)
+    con.execute(kafka_source(broker, topic, "ts TIMESTAMP"))
+    query = run_to_end(
+        con,
+        "CREATE SINK out WITH (connector = 'duckdb', trigger = 'available_now') AS "
+        "SELECT window_start, count(*) AS n FROM ev WATERMARK ts DELAY OF INTERVAL '1 minute' "
+        "WINDOW TUMBLING (ts, INTERVAL '5 minutes') GROUP BY window_start, window_end EMIT FINAL",
+    )
+    assert query.exception is None
+    assert rows(con, "SELECT window_start, n FROM out") == [(dt.datetime(2024, 1, 1), 1)]
+    assert query.recent_progress[0].next_watermark == "2024-01-01T00:09:00.000000Z"
+    dead = rows(con, DEAD_LETTERS)
+    assert [(r[3], r[4], r[5]) for r in dead] == [
+        (f"{topic}-0", 1, values[2][1]),
+        (f"{topic}-1", 0, values[1][1]),
+    ]
+    assert all("is outside 0001-01-01 .. 9999-12-31" in r[6] for r in dead)
+
+
 def test_metadata_that_does_not_fit_its_column_is_a_dead_letter(
     broker: Broker, producer: KafkaProducer, con: streamsql.Connection
 ) -> None:

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from streamsql.errors import ProgrammingError
 from streamsql.options import Configured
@@ -32,12 +33,67 @@ DEAD_LETTER_SCHEMA = pa.schema(
 )
 
 
+ORIGIN_SCHEMA = pa.schema([f for f in DEAD_LETTER_SCHEMA if f.name != "error"])
+
+
+@dataclass(frozen=True)
+class Origins:
+    """Where each row of a batch came from, kept cheap until asked: the source's records
+    (partition, offset, raw as written or NULL) and each row's position among them."""
+
+    records: pa.Table  # in ORIGIN_SCHEMA
+    positions: pa.Array  # int64, one per row
+
+    @staticmethod
+    def of_records(records: pa.Table, positions: pa.Array) -> Origins:
+        """From a source's raw records (with or without a `raw` column)."""
+        raw = records["raw"] if "raw" in records.column_names else pa.nulls(records.num_rows)
+        table = pa.table([records["partition"], records["offset"], raw], names=ORIGIN_SCHEMA.names)
+        return Origins(table.cast(ORIGIN_SCHEMA), positions)
+
+    @staticmethod
+    def positional(count: int, partition: str, first: int) -> Origins:
+        """`count` rows with no bytes as written, numbered from `first` in `partition`."""
+        records = pa.table(
+            {"partition": pa.repeat(partition, count), "offset": numbers(count, first)}
+        )
+        return Origins.of_records(records, numbers(count, 0))
+
+    def take(self, mask: pa.Array) -> pa.Table:
+        """The origins of the rows selected by the boolean `mask`."""
+        return self.records.take(self.positions.filter(mask))
+
+    def filter(self, mask: pa.Array) -> Origins:
+        return Origins(self.records, self.positions.filter(mask))
+
+    @staticmethod
+    def concat(parts: list[Origins]) -> Origins:
+        """Origins of the concatenated rows of `parts`."""
+        before = 0
+        positions = []
+        for part in parts:
+            positions.append(pc.add(part.positions, before))
+            before += part.records.num_rows
+        records = pa.concat_tables([part.records for part in parts])
+        return Origins(records, pa.concat_arrays(positions))
+
+
 @dataclass(frozen=True)
 class SourceBatch:
-    """Decoded rows in the declared columns, and the records that could not be decoded."""
+    """Decoded rows in the declared columns, and the records that could not be decoded.
+
+    `origins` says where each row came from: a row the runtime rejects after decoding (an
+    event time out of range) becomes a dead letter from it.
+    """
 
     rows: pa.Table
     dead_letters: pa.Table
+    origins: Origins | None = None
+
+
+def numbers(count: int, first: int = 1) -> pa.Array:
+    """first, first + 1, ... (count of them), as int64: line, row and record numbers."""
+    return pc.add(pc.cumulative_sum(pa.repeat(pa.scalar(1, pa.int64()), count)), first - 1)
 
 
 class Source(Configured, ABC):
@@ -101,6 +157,10 @@ class Source(Configured, ABC):
         offsets that grow (row counts, Kafka offsets)."""
         return next((end for end in reversed(ends) if end is not None), None)
 
+    def metrics(self) -> dict[str, int]:
+        """Counters of the source's own, reported in each batch's progress."""
+        return {}
+
     def lag_by_partition(self, end: Offset) -> dict[str, int] | None:
         """The backlog per partition, for sources that have partitions."""
         return None
@@ -135,4 +195,8 @@ class Source(Configured, ABC):
             listener()
 
     def empty(self) -> SourceBatch:
-        return SourceBatch(self.schema.empty_table(), DEAD_LETTER_SCHEMA.empty_table())
+        return SourceBatch(
+            self.schema.empty_table(),
+            DEAD_LETTER_SCHEMA.empty_table(),
+            Origins(ORIGIN_SCHEMA.empty_table(), pa.array([], pa.int64())),
+        )

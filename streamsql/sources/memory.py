@@ -14,7 +14,7 @@ import uuid
 
 import pyarrow as pa
 
-from streamsql.sources.base import Offset, Source, SourceBatch
+from streamsql.sources.base import Offset, Origins, Source, SourceBatch
 
 
 class MemorySource(Source):
@@ -85,4 +85,6 @@ class MemorySource(Source):
                 position += take
                 index += 1
         rows = pa.concat_tables(pieces) if pieces else self.schema.empty_table()
-        return SourceBatch(rows, self.empty().dead_letters)
+        # A row's offset is its position, as a Kafka record's; it has no bytes as written.
+        origins = Origins.positional(rows.num_rows, self.name, first)
+        return SourceBatch(rows, self.empty().dead_letters, origins)

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TextIO
 
 import streamsql
-from streamsql.engine import Engine
+from streamsql.engine import Engine, declared_paths
 from streamsql.errors import Error
 from streamsql.format import format_table
 from streamsql.runtime.query import StreamingQuery
@@ -36,17 +36,28 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--trigger",
         help="trigger of every query: '<n> seconds', 'available_now' (to completion), 'once'",
     )
+    run.add_argument(
+        "--restricted",
+        action="store_true",
+        help="run a file that is not trusted: DuckDB reaches only the directories its sources "
+        "and sinks name; ATTACH, INSTALL, LOAD, PRAGMA, SET and imported callbacks are refused",
+    )
     explain = commands.add_parser("explain", help="print each query's plan and per-batch SQL")
     explain.add_argument("file", type=Path)
     status = commands.add_parser("status", help="where each sink of a database stands")
     status.add_argument("db")
     shell = commands.add_parser("shell", help="the interactive SQL shell")
     shell.add_argument("db", nargs="?", help="engine database file (default: in memory)")
+    shell.add_argument(
+        "--restricted",
+        action="store_true",
+        help="DuckDB reaches only the directories the database's sources and sinks name",
+    )
     args = parser.parse_args(argv)
     if args.command == "shell":
         from streamsql.shell import main as shell_main  # prompt-toolkit, only when asked
 
-        return shell_main(args.db)
+        return shell_main(args.db, restricted=args.restricted)
     if args.command == "status":
         try:
             return print_status(args.db, sys.stdout)
@@ -61,7 +72,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "explain":
             return explain_file(sql, sys.stdout)
-        return run_file(sql, args.db, args.trigger, sys.stdout, sys.stderr)
+        return run_file(sql, args.db, args.trigger, sys.stdout, sys.stderr, args.restricted)
     except Error as error:
         print(f"Error: {error}", file=sys.stderr)
         return 1
@@ -70,11 +81,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
 
 
-def run_file(sql: str, db: str, trigger: str | None, out: TextIO, err: TextIO) -> int:
-    """Run every statement; then wait for the file's queries (until done, or Ctrl-C)."""
+def run_file(
+    sql: str, db: str, trigger: str | None, out: TextIO, err: TextIO, restricted: bool = False
+) -> int:
+    """Run every statement; then wait for the file's queries (until done, or Ctrl-C).
+    `restricted`: DuckDB may reach only the directories the file's sources and sinks name."""
+    allowed = declared_paths(parse(sql)) if restricted else []
     interrupted = threading.Event()
     previous = signal.signal(signal.SIGINT, lambda *_: interrupted.set())
-    con = streamsql.connect(db, trigger=trigger)
+    con = streamsql.connect(db, trigger=trigger, restricted=restricted, allowed_directories=allowed)
     try:
         with contextlib.redirect_stdout(out):  # console sinks print where the caller reads
             return _run_statements(con, sql, interrupted, out, err)

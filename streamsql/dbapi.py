@@ -30,6 +30,7 @@ from streamsql.errors import (
 )
 from streamsql.runtime.push import PushStream
 from streamsql.runtime.query import StreamingQuery
+from streamsql.secrets import redact
 from streamsql.sql import Statement, parse
 
 apilevel = "2.0"
@@ -46,13 +47,25 @@ def connect(
     *,
     trigger: str | None = None,
     config: dict[str, Any] | None = None,
+    restricted: bool = False,
+    allowed_directories: Sequence[str] = (),
 ) -> Connection:
     """Open (or create) an engine database; sinks recorded in it resume running.
 
     `trigger` overrides the trigger of every query (e.g. 'available_now'); `config` is
     passed to duckdb.connect (e.g. {'threads': 1, 'memory_limit': '2GB'}).
+    `restricted` runs SQL that is not trusted: DuckDB reaches only the directories the
+    stored sources and sinks name and `allowed_directories`, and ATTACH, INSTALL, LOAD,
+    PRAGMA, EXPORT, SET and callbacks not registered from Python are refused.
     """
-    return Connection(Engine(database, trigger=trigger, config=config))
+    engine = Engine(
+        database,
+        trigger=trigger,
+        config=config,
+        restricted=restricted,
+        allowed_directories=allowed_directories,
+    )
+    return Connection(engine)
 
 
 class Connection:
@@ -183,13 +196,18 @@ class Cursor:
         if parameters is not None and len(statements) > 1:
             raise ProgrammingError("Parameters can only be bound to a single statement")
         for statement in statements:
-            self._run(statement, parameters)
+            try:
+                self._run(statement, parameters)
+            except Error as error:
+                error.args = (redact(str(error), statement.text),)
+                raise
         return self
 
     def executemany(self, sql: str, seq_of_parameters: Sequence[Sequence[Any]]) -> Cursor:
         self._check()
         statement = _single(parse(sql))
         if self.connection.engine.handler(statement) is None:
+            self.connection.engine.admit(statement)
             self._end_stream()
             try:  # DuckDB's own executemany: one prepared statement, many parameter sets
                 self._duck.executemany(statement.text, seq_of_parameters)
@@ -212,6 +230,7 @@ class Cursor:
         self._position = 0
         self._result = None
         if handler is None:
+            self.connection.engine.admit(statement)
             try:
                 self._duck.execute(statement.text, parameters)
             except duckdb.Error as error:

@@ -15,7 +15,7 @@ import time
 import uuid
 import warnings
 import weakref
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,7 +37,14 @@ from streamsql.errors import Error, OperationalError, ProgrammingError, from_duc
 from streamsql.format import format_duration
 from streamsql.incremental.aggregates import MACROS
 from streamsql.incremental.compiler import BatchProgram, compile_plan
-from streamsql.plan.catalog import SinkDef, SourceDef, differences, sink_def, source_def
+from streamsql.plan.catalog import (
+    SinkDef,
+    SourceDef,
+    differences,
+    options_of,
+    sink_def,
+    source_def,
+)
 from streamsql.plan.plan import StreamingPlan
 from streamsql.plan.planner import Planner
 from streamsql.runtime.microbatch import MicroBatchExecution
@@ -45,6 +52,7 @@ from streamsql.runtime.progress import timestamp_of
 from streamsql.runtime.push import PushStream
 from streamsql.runtime.query import StreamingQuery
 from streamsql.runtime.triggers import Trigger
+from streamsql.secrets import shown
 from streamsql.sinks.base import Sink
 from streamsql.sinks.callback import BatchCallback, CallbackSink
 from streamsql.sinks.collect import CollectSink
@@ -56,7 +64,7 @@ from streamsql.sources.base import Source
 from streamsql.sources.files import FileSource
 from streamsql.sources.kafka import KafkaSource
 from streamsql.sources.memory import MemorySource
-from streamsql.sql import DIALECT, Statement, nodes, parse_one, quote
+from streamsql.sql import DIALECT, Statement, literal, nodes, parse_one, quote
 
 DuckCursor = duckdb.DuckDBPyConnection
 
@@ -74,6 +82,10 @@ SINK_CONNECTORS: dict[str, type[Sink]] = {
     "callback": CallbackSink,
     "console": ConsoleSink,
 }
+
+# DuckDB statement types restricted mode refuses (INSTALL and LOAD are LOAD; IMPORT DATABASE
+# and COPY FROM DATABASE are PRAGMA; SET, RESET and USE are SET).
+RESTRICTED_STATEMENTS = ("ATTACH", "DETACH", "LOAD", "EXTENSION", "PRAGMA", "EXPORT", "SET")
 
 STATUS_SECONDS = 1.0  # how often a running process publishes its status, at most
 
@@ -148,14 +160,41 @@ def status_file(database: str) -> Path:
     return Path(f"{database}.status.json")
 
 
+def declared_paths(statements: Iterable[Statement]) -> list[str]:
+    """The `path` options of the CREATE SOURCE and CREATE SINK statements among
+    `statements`: the directories restricted mode lets DuckDB reach."""
+    return [
+        path
+        for statement in statements
+        if isinstance(statement.expression, exp.Create)
+        and statement.expression.kind in ("SOURCE", "SINK")
+        and (path := options_of(statement.expression).get("path"))
+    ]
+
+
+def _directory(path: str) -> str:
+    """A directory as DuckDB's allowed_directories takes it: absolute, ending in a separator
+    (symbolic links are not resolved: DuckDB compares the paths it is given)."""
+    return os.path.join(os.path.abspath(path), "")
+
+
+def _spellings(path: str) -> set[str]:
+    """A directory as given and with symbolic links resolved: DuckDB is asked for both."""
+    return {_directory(path), _directory(os.path.realpath(path))}
+
+
 class Engine:
     def __init__(
         self,
         database: str = ":memory:",
         trigger: str | None = None,
         config: dict[str, Any] | None = None,
+        restricted: bool = False,
+        allowed_directories: Iterable[str] = (),
     ) -> None:
         self.database = database
+        self.restricted = restricted
+        self.allowed_directories: list[str] = []  # restricted mode: all DuckDB may reach
         self.trigger_override = Trigger.parse(trigger) if trigger else None  # CLI --trigger
         self.session_trigger = Trigger.parse(None)  # SET trigger = ...: sinks without one
         self._file = None if database == ":memory:" else Path(database).resolve()
@@ -173,11 +212,13 @@ class Engine:
             if self._file is not None:
                 _OPEN_FILES[self._file] = self
         try:
-            self.db.execute("SET TimeZone = 'UTC'").fetchall()
+            self.db.execute("SET GLOBAL TimeZone = 'UTC'").fetchall()
             Checkpoint.create_tables(self.db)
             for statement in (*MACROS, CATALOG):
                 self.db.execute(statement).fetchall()
             self._clear_leftovers()
+            if restricted:
+                self._restrict(allowed_directories)
         except BaseException:  # not an engine database we can write: not open after all
             self.db.close()
             self._release_file()
@@ -194,6 +235,61 @@ class Engine:
         self.closed = False
         _OPEN_ENGINES.add(self)
         self._load_catalog()
+
+    # -- restricted mode -------------------------------------------------------------------------
+
+    def _restrict(self, allowed_directories: Iterable[str]) -> None:
+        """Lock DuckDB out of everything but the directories the catalog's sources and sinks
+        name and `allowed_directories`, before any statement of the catalog runs. DuckDB
+        cannot widen the list once external access is off, so it is complete now; sources
+        and sinks declared later must name a directory in it."""
+        stored = [
+            Statement(parse_one(sql).expression, sql, 1)
+            for (sql,) in self.db.execute(f"SELECT sql FROM {SCHEMA}.catalog").fetchall()
+        ]
+        paths = [*declared_paths(stored), *allowed_directories]
+        self.allowed_directories = sorted(set().union(*map(_spellings, paths)))
+        listed = ", ".join(literal(directory) for directory in self.allowed_directories)
+        for setting in (
+            f"SET allowed_directories = [{listed}]",
+            "SET enable_external_access = false",
+            "SET lock_configuration = true",
+        ):
+            self.db.execute(setting).fetchall()
+
+    def _check_allowed(self, kind: str, definition: SourceDef | SinkDef) -> None:
+        """Restricted mode: a source or sink reads and writes only where DuckDB may."""
+        path = definition.options.get("path")
+        if not self.restricted or path is None:
+            return
+        if not any(_directory(path).startswith(d) for d in self.allowed_directories):
+            allowed = ", ".join(self.allowed_directories) or "none"
+            raise ProgrammingError(
+                f"{kind} {definition.name}: restricted mode: path {path!r} is not in a "
+                f"directory allowed when the database was opened ({allowed}); `streamsql run "
+                "--restricted` allows the paths its file declares, connect() the "
+                "allowed_directories it is given"
+            )
+
+    def admit(self, statement: Statement) -> None:
+        """Restricted mode: refuse the DuckDB statements that reach outside the database or
+        change its settings (DuckDB itself refuses files outside the allowed directories)."""
+        if not self.restricted:
+            return
+        try:
+            parsed = duckdb.extract_statements(statement.text)
+            kinds = [p.type.name for p in parsed]
+        except duckdb.Error as error:
+            raise from_duckdb(error) from None
+        except ValueError:  # a statement type the Python client does not name (UPDATE EXTENSIONS)
+            kinds = ["UNKNOWN"]
+        if len(kinds) != 1 or kinds[0] in RESTRICTED_STATEMENTS or kinds[0] == "UNKNOWN":
+            first = statement.text.split(None, 1)[0].upper() if statement.text.strip() else ""
+            raise ProgrammingError(
+                f"Restricted mode refuses {first} statements (line {statement.line}): "
+                "ATTACH, DETACH, INSTALL, LOAD, PRAGMA, EXPORT/IMPORT DATABASE, SET and RESET "
+                "reach outside the database or change its settings"
+            )
 
     # -- catalog ---------------------------------------------------------------------------------
 
@@ -335,6 +431,7 @@ class Engine:
             if existing is not None and self._unchanged(existing, create, statement.text):
                 return Result()
             definition = source_def(create, statement.text)
+            self._check_allowed("Source", definition)
             if existing is not None and not create.args.get("replace"):
                 raise ProgrammingError(
                     f"Source {name} already exists with a different definition "
@@ -375,6 +472,8 @@ class Engine:
                     self._set_running(name, True)
                 return Result()
             definition = sink_def(create, statement.text)
+            self._check_allowed("Sink", definition)
+            self._sink(definition)  # every option checked before anything runs or is stored
             self._check_outputs(definition, existing)
             if existing is not None and not create.args.get("replace"):
                 self._restart_changed(existing, definition)
@@ -496,7 +595,8 @@ class Engine:
     def cursor(self) -> DuckCursor:
         """A DuckDB cursor on the engine database, in UTC, closed with the engine."""
         cursor = self.db.cursor()
-        cursor.execute("SET TimeZone = 'UTC'").fetchall()
+        if not self.restricted:  # else the configuration is locked, in UTC
+            cursor.execute("SET TimeZone = 'UTC'").fetchall()
         self._cursors.add(cursor)
         return cursor
 
@@ -515,12 +615,17 @@ class Engine:
 
     def _execution(self, definition: SinkDef) -> MicroBatchExecution:
         plan = self.plan(definition.query)
+        sink = self._sink(definition)
+        return self._prepare(definition.name, plan, self.program(definition.name, plan), sink)
+
+    def _sink(self, definition: SinkDef) -> Sink:
+        """The connector's sink, its options checked (it connects to nothing yet)."""
         connector = _connector("Sink", definition, SINK_CONNECTORS)
         if connector is CallbackSink:
-            sink = CallbackSink(definition.name, definition.options, self.callbacks)
-        else:
-            sink = connector(definition.name, definition.options)
-        return self._prepare(definition.name, plan, self.program(definition.name, plan), sink)
+            return CallbackSink(
+                definition.name, definition.options, self.callbacks, not self.restricted
+            )
+        return connector(definition.name, definition.options)
 
     def _prepare(
         self, name: str, plan: StreamingPlan, program: BatchProgram, sink: Sink
@@ -646,7 +751,7 @@ class Engine:
         what = statement.expression.name.upper()
         if what == "SOURCES":
             return Result(
-                ["name", "connector", "columns", "watermark"],
+                ["name", "connector", "columns", "watermark", "options"],
                 [
                     (
                         s.name,
@@ -655,14 +760,18 @@ class Engine:
                         f"{s.watermark.column} - {s.watermark.delay.sql('duckdb')}"
                         if s.watermark
                         else None,
+                        _shown_options(s),
                     )
                     for s in self.sources.values()
                 ],
             )
         if what == "SINKS":
             return Result(
-                ["name", "connector", "query"],
-                [(s.name, s.connector, s.query.sql(DIALECT)) for s in self.sinks.values()],
+                ["name", "connector", "query", "options"],
+                [
+                    (s.name, s.connector, s.query.sql(DIALECT), _shown_options(s))
+                    for s in self.sinks.values()
+                ],
             )
         return Result(
             ["name", "status", "trigger", "last_batch", "watermark", "state_rows"],
@@ -853,6 +962,11 @@ def _same_relation(one: tuple[str, ...], other: tuple[str, ...]) -> bool:
 
 def _output_option(definition: SinkDef) -> str:
     return SINK_CONNECTORS[definition.connector.lower()].OUTPUT[1]
+
+
+def _shown_options(definition: SourceDef | SinkDef) -> str:
+    """A definition's options as SHOW lists them, secret values hidden."""
+    return ", ".join(f"{key} = {shown(key, value)}" for key, value in definition.options.items())
 
 
 def _setting(node: exp.Set) -> str | None:

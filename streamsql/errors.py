@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import duckdb
 
+from streamsql.secrets import redact
+
 
 class Warning(Exception):
     """Important warnings, e.g. data truncation."""
@@ -98,7 +100,7 @@ _DUCKDB_ERRORS: tuple[tuple[type[Exception], type[Error]], ...] = (
 
 def from_duckdb(error: duckdb.Error, context: str = "") -> Error:
     """The PEP 249 error for a DuckDB error, its message prefixed by `context`."""
-    message = f"{context}: {error}" if context else str(error)
+    message = redact(f"{context}: {error}" if context else str(error))
     if isinstance(error, duckdb.InvalidInputException) and "parameter" in str(error).lower():
         return ProgrammingError(message)  # PEP 249: a wrong number of parameters
     for duck, ours in _DUCKDB_ERRORS:

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from streamsql.errors import ProgrammingError
+from streamsql.options import shown
 
 PREFIX = "kafka."
+TOPIC = re.compile(r"[A-Za-z0-9._-]{1,249}")  # the names Kafka accepts
 INTEGER_OR_UNSET = ("receive_buffer_bytes", "send_buffer_bytes")  # default None, else int
 OBJECTS = ("ssl_context", "sasl_oauth_token_provider")  # their default is None
 
@@ -34,7 +37,9 @@ def client_settings(
         try:
             settings[setting] = _typed(text, kind)
         except ValueError:
-            raise ProgrammingError(f"{owner}: {option} = {text!r} is not {kind}") from None
+            raise ProgrammingError(
+                f"{owner}: {option} = {shown(option, text)} is not {kind}"
+            ) from None
     return settings
 
 
@@ -68,3 +73,14 @@ def _typed(text: str, kind: str) -> Any:
     if kind == "a version":  # '2.8' -> (2, 8)
         return tuple(int(part) for part in text.split("."))
     return text
+
+
+def topic_names(owner: str, text: str) -> list[str]:
+    """The topics of a comma-separated `topic` option, each a name Kafka accepts."""
+    topics = [topic.strip() for topic in text.split(",") if topic.strip()]
+    if not topics or not all(TOPIC.fullmatch(topic) for topic in topics):
+        raise ProgrammingError(
+            f"{owner}: topic = {text!r} is not a list of Kafka topic names (letters, digits, "
+            "'.', '_' and '-')"
+        )
+    return topics

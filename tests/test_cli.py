@@ -213,3 +213,18 @@ def test_progress_lines_on_a_pipe_are_plain(tmp_path: Path) -> None:
     assert len(lines) >= 4, result.stderr  # a report (every two seconds) and the last lines
     assert all(line.startswith(("totals: ", "copies: ")) for line in lines), result.stderr
     assert "\x1b" not in result.stderr
+
+
+def test_status_shows_a_watermark_out_of_range_instead_of_a_traceback(tmp_path: Path) -> None:
+    """A checkpoint poisoned by an older version (a watermark near int64 max)."""
+    db = tmp_path / "app.db"
+    done = streamsql(
+        "run", "queries/tumbling_windows.sql", "--db", str(db), "--trigger", "available_now"
+    )
+    assert done.returncode == 0, done.stderr
+    con = duckdb.connect(str(db))
+    con.execute("UPDATE _streamsql.commits SET next_watermark_us = 9223372036854000000")
+    con.close()
+    result = streamsql("status", str(db))
+    assert result.returncode == 0, result.stderr
+    assert "out of range (9223372036854000000" in result.stdout

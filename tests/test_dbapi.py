@@ -355,16 +355,22 @@ def test_show_sources_sinks_and_queries(events: streamsql.Connection) -> None:
     events.query("out").process_all_available(timeout=30)
 
     cursor = events.execute("SHOW SOURCES")
-    assert [d[0] for d in cursor.description] == ["name", "connector", "columns", "watermark"]
+    assert [d[0] for d in cursor.description] == [
+        "name",
+        "connector",
+        "columns",
+        "watermark",
+        "options",
+    ]
     sources = {row[0]: row for row in cursor.fetchall()}
     assert sources["ev"][:3] == ("ev", "memory", "k, ts, v")
     assert sources["ev"][3].startswith("ts - ")
     assert "minute" in sources["ev"][3].lower()
-    assert sources["plain"] == ("plain", "memory", "x", None)
+    assert sources["plain"] == ("plain", "memory", "x", None, "connector = 'memory'")
 
     cursor = events.execute("SHOW SINKS")
-    assert [d[0] for d in cursor.description] == ["name", "connector", "query"]
-    ((name, connector, query),) = cursor.fetchall()
+    assert [d[0] for d in cursor.description] == ["name", "connector", "query", "options"]
+    ((name, connector, query, _),) = cursor.fetchall()
     assert (name, connector) == ("out", "duckdb")
     assert "FROM ev" in query and "GROUP BY k" in query
 

@@ -341,8 +341,8 @@ def test_the_view_option_names_the_view_and_paths_may_hold_quotes(
 @pytest.mark.parametrize(
     ("option", "message"),
     [
-        ("compact_every = 'x'", "compact_every = 'x' is not a number of batches"),
-        ("compact_every = '-1'", "compact_every = '-1' is not a number of batches"),
+        ("compact_every = 'x'", "compact_every = 'x' is not an integer of at least 0"),
+        ("compact_every = '-1'", "compact_every = '-1' is not an integer of at least 0"),
         ("target_file_size = '12 parsecs'", "target_file_size = '12 parsecs' is not a size"),
         ("retention = 'soon'", "retention = 'soon' is not a duration"),
     ],

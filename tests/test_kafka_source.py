@@ -465,6 +465,36 @@ def test_json_boolean_for_an_integer_column_is_a_dead_letter(
     assert [(r[3], r[4]) for r in rows(con, DEAD_LETTERS)] == [(f"{topic}-0", 0)]
 
 
+def test_event_time_out_of_range_is_a_dead_letter_at_its_partition_and_offset(
+    broker: Broker, producer: KafkaProducer, con: streamsql.Connection
+) -> None:
+    """Issue 10: `infinity` used to become the watermark (near int64 max) for good."""
+    topic = broker.create_topic(2)
+    values = [
+        (0, b'{"ts": "2024-01-01 00:00:00"}'),
+        (1, b'{"ts": "infinity"}'),
+        (0, b'{"ts": "294247-01-10 04:00:54"}'),
+        (1, b'{"ts": "2024-01-01 00:10:00"}'),
+    ]
+    produce(producer, topic, values)
+    con.execute(kafka_source(broker, topic, "ts TIMESTAMP"))
+    query = run_to_end(
+        con,
+        "CREATE SINK out WITH (connector = 'duckdb', trigger = 'available_now') AS "
+        "SELECT window_start, count(*) AS n FROM ev WATERMARK ts DELAY OF INTERVAL '1 minute' "
+        "WINDOW TUMBLING (ts, INTERVAL '5 minutes') GROUP BY window_start, window_end EMIT FINAL",
+    )
+    assert query.exception is None
+    assert rows(con, "SELECT window_start, n FROM out") == [(dt.datetime(2024, 1, 1), 1)]
+    assert query.recent_progress[0].next_watermark == "2024-01-01T00:09:00.000000Z"
+    dead = rows(con, DEAD_LETTERS)
+    assert [(r[3], r[4], r[5]) for r in dead] == [
+        (f"{topic}-0", 1, values[2][1]),
+        (f"{topic}-1", 0, values[1][1]),
+    ]
+    assert all("is outside 0001-01-01 .. 9999-12-31" in r[6] for r in dead)
+
+
 def test_metadata_that_does_not_fit_its_column_is_a_dead_letter(
     broker: Broker, producer: KafkaProducer, con: streamsql.Connection
 ) -> None:
@@ -1227,7 +1257,8 @@ def test_a_topic_recreated_while_stopped_is_data_loss(
          "Source ev: kafka.group.id cannot be set: use the group_id option"),
         ("a INT", "topic = 't', kafka.max_in_flight_requests_per_connection = 'many'",
          "Source ev: kafka.max_in_flight_requests_per_connection = 'many' is not an integer"),
-        ("a INT", "topic = 't', format = 'xml'", "Source ev: format must be one of json, csv, raw"),
+        ("a INT", "topic = 't', format = 'xml'",
+         "Source ev: format = 'xml' is not one of json, csv, raw"),
         ("a BLOB, b VARCHAR", "topic = 't', format = 'raw'",
          "Source ev: format 'raw' puts the message value in one column (BLOB or VARCHAR); "
          "2 non-METADATA columns are declared"),
@@ -1240,19 +1271,19 @@ def test_a_topic_recreated_while_stopped_is_data_loss(
         ("a INT", "topic = 't', topic_pattern = 't.*'",
          "Source ev: the kafka connector needs either topic or topic_pattern"),
         ("a INT", "topic = 't', on_error = 'ignore'",
-         "Source ev: on_error must be one of dead_letter, skip, fail"),
+         "Source ev: on_error = 'ignore' is not one of dead_letter, skip, fail"),
         ("a INT", "topic = 't', fail_on_data_loss = 'maybe'",
-         "Source ev: fail_on_data_loss must be true or false"),
+         "Source ev: fail_on_data_loss = 'maybe' is not true or false"),
         ("a INT", "topic = 't', max_offsets_per_trigger = '0'",
-         "Source ev: max_offsets_per_trigger must be positive"),
+         "Source ev: max_offsets_per_trigger = '0' is not an integer of at least 1"),
         ("a INT", "topic = 't', max_offsets_per_trigger = 'lots'",
-         "Source ev: max_offsets_per_trigger must be an integer"),
+         "Source ev: max_offsets_per_trigger = 'lots' is not an integer of at least 1"),
         ("a INT", "topic = 't', connect_timeout = 'soon'",
-         "Source ev: connect_timeout must be a duration like '10 seconds', got 'soon'"),
+         "Source ev: connect_timeout = 'soon' is not a duration like '10 seconds'"),
         ("a INT", "topic = 't', request_timeout = '0 seconds'",
-         "Source ev: request_timeout must be a duration like '10 seconds', got '0 seconds'"),
+         "Source ev: request_timeout = '0 seconds' is not a duration like '10 seconds'"),
         ("a INT", "topic = 't', client = 'librdkafka'",
-         "Source ev: client must be one of kafka-python, confluent"),
+         "Source ev: client = 'librdkafka' is not one of kafka-python, confluent"),
     ],
 )  # fmt: skip
 def test_invalid_kafka_source_definitions_are_refused(

@@ -261,8 +261,8 @@ def test_description_of_engine_results_has_seven_items_name_first(
 ) -> None:
     cursor = events.cursor()
     for sql, names in (
-        ("SHOW SOURCES", ["name", "connector", "columns", "watermark"]),
-        ("SHOW SINKS", ["name", "connector", "query"]),
+        ("SHOW SOURCES", ["name", "connector", "columns", "watermark", "options"]),
+        ("SHOW SINKS", ["name", "connector", "query", "options"]),
         ("EXPLAIN SELECT k FROM ev", ["explain"]),
     ):
         cursor.execute(sql)

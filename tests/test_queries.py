@@ -42,12 +42,14 @@ def kafka_names(broker: Broker) -> dict[str, str]:
     }
 
 
-def run(path: Path, db: str, rename: dict[str, str] | None = None) -> tuple[int, str, str]:
+def run(
+    path: Path, db: str, rename: dict[str, str] | None = None, restricted: bool = False
+) -> tuple[int, str, str]:
     text = path.read_text()
     for name, value in (rename or {}).items():
         text = text.replace(name, value)
     out, err = io.StringIO(), io.StringIO()
-    code = run_file(text, db, "available_now", out, err)
+    code = run_file(text, db, "available_now", out, err, restricted)
     return code, out.getvalue(), err.getvalue()
 
 
@@ -76,15 +78,21 @@ def test_there_are_examples_for_every_seed_query() -> None:
     } <= names
 
 
+@pytest.mark.parametrize("restricted", [False, True], ids=["trusted", "restricted"])
 @pytest.mark.parametrize("path", QUERIES, ids=lambda p: p.stem)
 def test_every_example_parses_and_runs(
-    path: Path, tmp_path: Path, request: pytest.FixtureRequest
+    path: Path, tmp_path: Path, request: pytest.FixtureRequest, restricted: bool
 ) -> None:
+    """Also in restricted mode (`streamsql run --restricted`): the examples need nothing
+    beyond the directories their sources and sinks name."""
     assert parse(path.read_text())
     rename = request.getfixturevalue("kafka_names") if path.stem.startswith("kafka") else None
     if path.stem == "kafka_windows":  # reads what kafka_load.sql writes
-        assert run(ROOT / "queries" / "kafka_load.sql", str(tmp_path / "load.db"), rename)[0] == 0
-    code, _, err = run(path, str(tmp_path / "app.db"), rename)
+        load = run(
+            ROOT / "queries" / "kafka_load.sql", str(tmp_path / "load.db"), rename, restricted
+        )
+        assert load[0] == 0
+    code, _, err = run(path, str(tmp_path / "app.db"), rename, restricted)
     assert code == 0, err
     assert "failed" not in err
 

@@ -17,6 +17,7 @@ import pytest
 
 import streamsql
 from streamsql.runtime.query import StreamingQuery
+from streamsql.sources.files import FileChangedWarning
 
 T0 = dt.datetime(2024, 1, 1)
 EVENTS = "CREATE SOURCE ev (k VARCHAR, ts TIMESTAMP, v DOUBLE) WITH (connector = 'memory'{opts})"
@@ -67,6 +68,22 @@ def files_source(
         f"CREATE SOURCE src ({columns}) WITH (connector = 'files', path = '{directory}', "
         f"format = '{fmt}'{extra})"
     )
+
+
+def read_files(
+    now: streamsql.Connection,
+    tmp_path: Path,
+    files: dict[str, str | bytes | pa.Table],
+    columns: str,
+    fmt: str = "json",
+    **options: object,
+) -> StreamingQuery:
+    """Put the files in a directory and copy them through a files source into `out`."""
+    directory = tmp_path / "in"
+    for name, data in files.items():
+        put(directory, name, data)
+    files_source(now, directory, columns, fmt, **options)
+    return run_to_end(now, COPY_SINK.format(source="src"))
 
 
 def run_to_end(con: streamsql.Connection, sql: str, name: str = "out") -> StreamingQuery:
@@ -292,10 +309,10 @@ def test_starting_offsets_latest_skips_rows_inserted_before_the_query(
 @pytest.mark.parametrize(
     ("options", "words"),
     [
-        ("max_rows_per_trigger = 0", "max_rows_per_trigger must be positive"),
-        ("max_rows_per_trigger = 'many'", "max_rows_per_trigger must be an integer"),
+        ("max_rows_per_trigger = 0", "max_rows_per_trigger = '0' is not an integer of at least 1"),
+        ("max_rows_per_trigger = 'many'", "max_rows_per_trigger = 'many' is not an integer"),
         ("starting_offsets = 'middle'", "starting_offsets"),
-        ("on_error = 'ignore'", "on_error must be one of"),
+        ("on_error = 'ignore'", "on_error = 'ignore' is not one of"),
     ],
 )
 def test_invalid_memory_source_options_are_refused(
@@ -346,8 +363,9 @@ def test_json_files_decode_into_the_declared_columns(
         ("n,ts,k\n1,2024-01-01 00:00:00,x\n,,y\n", {}),  # the header maps fields by name
         ("x,1,2024-01-01 00:00:00\ny,,\n", {"header": "false"}),
         ("k;n;ts\nx;1;2024-01-01 00:00:00\ny;;\n", {"delimiter": ";"}),
+        ("k,n,ts\r\nx,1,2024-01-01 00:00:00\r\ny,,\r\n", {}),
     ],
-    ids=["header", "header-reordered", "no-header", "semicolon"],
+    ids=["header", "header-reordered", "no-header", "semicolon", "crlf"],
 )
 def test_csv_files_decode_with_header_and_delimiter_options(
     now: streamsql.Connection, tmp_path: Path, text: str, options: dict[str, str]
@@ -506,9 +524,12 @@ def test_two_queries_over_one_files_source_each_read_every_file(
     ("options", "words"),
     [
         ("", "needs path"),
-        ("path = '{dir}', format = 'xml'", "format must be one of"),
-        ("path = '{dir}', max_files_per_trigger = 0", "max_files_per_trigger must be positive"),
-        ("path = '{dir}', on_error = 'retry'", "on_error must be one of"),
+        ("path = '{dir}', format = 'xml'", "format = 'xml' is not one of"),
+        ("path = '{dir}', max_files_per_trigger = 0", "max_files_per_trigger = '0' is not an"),
+        ("path = '{dir}', on_error = 'retry'", "on_error = 'retry' is not one of"),
+        ("path = '{dir}', header = 'yes'", "header = 'yes' is not"),
+        ("path = '{dir}', delimiter = ''", "delimiter = '' is not"),
+        ("path = '{dir}', delimiter = '\"'", "delimiter = '\"' is not"),
     ],
 )
 def test_invalid_files_source_options_are_refused(
@@ -684,3 +705,302 @@ def test_on_error_fail_stops_the_query_naming_file_and_offset(
     assert rows(now, "SELECT k FROM out") == [("a",)]
     assert rows(now, DEAD_LETTERS) == []
     assert rows(now, "SELECT batch_id FROM _streamsql.commits WHERE query = 'out'") == [(0,)]
+
+
+# -- files source: hostile and irregular input (issue 10) -----------------------------------------
+
+
+def test_csv_reads_only_an_unquoted_empty_field_as_null(
+    now: streamsql.Connection, tmp_path: Path
+) -> None:
+    """Not pyarrow's null list: NA, null, N/A, NaN are values, "" is the empty string."""
+    read_files(
+        now,
+        tmp_path,
+        {"a.csv": 'k,v\nNA,NaN\nnull,nan\nN/A,1\n"NA",2\n"",3\n,\n'},
+        "k VARCHAR, v DOUBLE",
+        "csv",
+    )
+    assert rows(now, "SELECT k, v::VARCHAR FROM out") == [
+        ("NA", "nan"),
+        ("null", "nan"),
+        ("N/A", "1.0"),
+        ("NA", "2.0"),
+        ("", "3.0"),
+        (None, None),
+    ]
+    assert rows(now, DEAD_LETTERS) == []
+
+
+def test_csv_null_value_and_nan_value_options_are_values_not_sql(
+    now: streamsql.Connection, tmp_path: Path
+) -> None:
+    """Spark's nullValue (any column, quoted or not) and nanValue (FLOAT/DOUBLE only)."""
+    null = "$nan_value' OR TRUE --"
+    text = f'k,v\n{null},-\n"{null}",1\n-,2\nx,\n'
+    sql_null = null.replace("'", "''")
+    options = {"null_value": sql_null, "nan_value": "-"}
+    read_files(now, tmp_path, {"a.csv": text}, "k VARCHAR, v DOUBLE", "csv", **options)
+    assert rows(now, "SELECT k, v::VARCHAR FROM out") == [
+        (None, "nan"),
+        (None, "1.0"),
+        ("-", "2.0"),  # nan_value is NaN in a DOUBLE column only
+        ("x", None),  # an unquoted empty field stays NULL
+    ]
+
+
+def test_csv_stray_quote_spoils_its_own_line_only_and_every_line_is_accounted_for(
+    now: streamsql.Connection, tmp_path: Path
+) -> None:
+    lines = [
+        "k,n",
+        'x,"abc,1',  # unbalanced quote: used to swallow the next line
+        "y,2",
+        'a"b,3',
+        '"two',
+        'lines",4',
+        "z,5",
+        '"q,""uoted""",6',
+    ]
+    read_files(now, tmp_path, {"a.csv": "\n".join(lines) + "\n"}, "k VARCHAR, n INTEGER", "csv")
+    accepted = rows(now, "SELECT k, n FROM out")
+    assert accepted == [("y", 2), ("z", 5), ('q,"uoted"', 6)]
+    dead = rows(now, DEAD_LETTERS)
+    assert [(row[4], row[5]) for row in dead] == [
+        (2, b'x,"abc,1'),
+        (4, b'a"b,3'),
+        (5, b'"two'),
+        (6, b'lines",4'),
+    ]
+    # every line of the file is the header, a row's line or a dead letter's raw bytes
+    written = {"y,2", "z,5", '"q,""uoted""",6'}
+    assert sorted([lines[0], *written, *(row[5].decode() for row in dead)]) == sorted(lines)
+
+
+@pytest.mark.parametrize(
+    ("fmt", "data", "line"),
+    [
+        ("json", b'{"k": "a"}\n{"k": "b\xff"}\n{"k": "c"}\n', 2),
+        ("csv", b"k\na\nb\xff\nc\n", 3),
+    ],
+    ids=["json", "csv"],
+)
+def test_invalid_utf8_line_is_a_dead_letter_not_replaced(
+    now: streamsql.Connection,
+    tmp_path: Path,
+    fmt: str,
+    data: bytes,
+    line: int,
+) -> None:
+    read_files(now, tmp_path, {f"a.{fmt}": data}, "k VARCHAR", fmt)
+    assert rows(now, "SELECT k FROM out") == [("a",), ("c",)]
+    ((*_, partition, offset, raw, error),) = rows(now, DEAD_LETTERS)
+    assert (partition, offset) == (f"a.{fmt}", line)
+    assert raw == data.split(b"\n")[line - 1]
+    assert "UTF-8" in error
+
+
+@pytest.mark.parametrize(
+    ("fmt", "first"),
+    [
+        ("csv", "User_Id,NAME\n7,a\n"),
+        ("parquet", pa.table({"User_Id": [7], "NAME": ["a"]})),
+    ],
+    ids=["csv", "parquet"],
+)
+def test_file_columns_match_declared_ones_case_insensitively(
+    now: streamsql.Connection, tmp_path: Path, fmt: str, first: str | pa.Table
+) -> None:
+    read_files(now, tmp_path, {f"a.{fmt}": first}, "user_id BIGINT, name VARCHAR", fmt)
+    assert rows(now, "SELECT user_id, name FROM out") == [(7, "a")]
+    assert rows(now, DEAD_LETTERS) == []
+
+
+@pytest.mark.parametrize(
+    ("fmt", "unrelated"),
+    [
+        ("csv", "other,columns\n1,2\n"),
+        ("parquet", pa.table({"other": [1, 2], "columns": ["x", "y"]})),
+    ],
+    ids=["csv", "parquet"],
+)
+def test_file_sharing_no_declared_column_is_a_bad_file_not_null_rows(
+    now: streamsql.Connection, tmp_path: Path, fmt: str, unrelated: str | pa.Table
+) -> None:
+    second = "user_id\n8\n" if fmt == "csv" else pa.table({"user_id": [8]})
+    files = {f"a.{fmt}": unrelated, f"b.{fmt}": second}
+    read_files(now, tmp_path, files, "user_id BIGINT, name VARCHAR", fmt)
+    assert rows(now, "SELECT user_id, name FROM out") == [(8, None)]
+    ((*_, partition, offset, raw, error),) = rows(now, DEAD_LETTERS)
+    assert (partition, offset, raw) == (f"a.{fmt}", 0, b"")
+    assert "a." + fmt in error and "none of the declared" in error
+
+
+TRUNCATED_PARQUET = b"PAR1\x15\x00\x15"
+
+
+@pytest.mark.parametrize(
+    ("fmt", "files", "expected", "bad"),
+    [
+        (
+            "json",
+            {
+                "a.json": b'\xef\xbb\xbf{"k": "bom"}\n',
+                "b.json": '{"k": "utf16"}\n'.encode("utf-16"),
+                "c.json": b'{"k": "c"}\n',
+                "d.json": '{"k": "utf16 without a byte-order mark"}\n'.encode("utf-16-le"),
+            },
+            [("bom",), ("c",)],
+            ["b.json", "d.json"],
+        ),
+        (
+            "csv",
+            {
+                "a.csv": b"",
+                "b.csv": b"\xef\xbb\xbfk\nbom\n",
+                "c.csv": b"\xff\xfek\x00\n",
+                "d.csv": b"k\nd\n",
+            },
+            [("bom",), ("d",)],
+            ["c.csv"],
+        ),
+        (
+            "parquet",
+            {
+                "a.parquet": TRUNCATED_PARQUET,
+                "b.parquet": b"k\nnot parquet\n",
+                "c.parquet": pa.table({"k": ["c"]}),
+            },
+            [("c",)],
+            ["a.parquet", "b.parquet"],
+        ),
+    ],
+    ids=["json", "csv", "parquet"],
+)
+def test_a_file_that_cannot_be_decoded_is_one_dead_letter_and_the_stream_goes_on(
+    tmp_path: Path,
+    fmt: str,
+    files: dict[str, bytes | pa.Table],
+    expected: list[tuple[str]],
+    bad: list[str],
+) -> None:
+    now = connect(tmp_path, trigger="available_now")
+    query = read_files(now, tmp_path, files, "k VARCHAR", fmt, max_files_per_trigger=1)
+    assert query.exception is None
+    assert rows(now, "SELECT k FROM out") == expected
+    dead = rows(now, DEAD_LETTERS)
+    assert [(row[3], row[4], row[5]) for row in dead] == [(name, 0, b"") for name in bad]
+    assert all(row[6].startswith(f"cannot read {row[3]} as {fmt}: ") for row in dead)
+    now.close()
+    # a restart does not stop on the bad files either
+    directory = tmp_path / "in"
+    last = {"json": '{"k": "z"}\n', "csv": "k\nz\n", "parquet": pa.table({"k": ["z"]})}[fmt]
+    put(directory, f"z.{fmt}", last)
+    again = connect(tmp_path, trigger="available_now")
+    assert again.query("out").await_termination(30) is True
+    assert rows(again, "SELECT k FROM out") == [*expected, ("z",)]
+    again.close()
+
+
+def test_undecodable_file_under_on_error_fail_names_the_file(
+    now: streamsql.Connection, tmp_path: Path
+) -> None:
+    directory = tmp_path / "in"
+    put(directory, "broken.parquet", TRUNCATED_PARQUET)
+    files_source(now, directory, "k VARCHAR", "parquet", on_error="fail")
+    now.execute(COPY_SINK.format(source="src"))
+    with pytest.raises(streamsql.StreamingQueryError, match=r"broken\.parquet"):
+        now.query("out").await_termination(30)
+
+
+def test_a_file_changed_after_it_was_read_is_reported(
+    con: streamsql.Connection, tmp_path: Path
+) -> None:
+    directory = tmp_path / "in"
+    first = put(directory, "1.json", '{"k": "a"}\n')
+    files_source(con, directory, "k VARCHAR")
+    con.execute(COPY_SINK.format(source="src"))
+    query = caught_up(con)
+    assert query.last_progress.sources[0]["files_changed_after_read"] == 0
+    with pytest.warns(FileChangedWarning, match=r"1\.json changed after it was read"):
+        with first.open("a") as appended:
+            appended.write('{"k": "late"}\n')
+        put(directory, "2.json", '{"k": "b"}\n')
+        caught_up(con)
+    assert rows(con, "SELECT k FROM out") == [("a",), ("b",)]
+    assert query.last_progress.sources[0]["files_changed_after_read"] == 1
+
+
+# -- event times out of range (issue 10) ----------------------------------------------------------
+
+WINDOWED = (
+    "CREATE SINK out WITH (connector = 'duckdb') AS SELECT window_start, count(*) AS n "
+    "FROM src WATERMARK {time} DELAY OF INTERVAL '1 minute' "
+    "WINDOW TUMBLING ({time}, INTERVAL '5 minutes') GROUP BY window_start, window_end EMIT FINAL"
+)
+EXTREME = ["infinity", "294247-01-10 04:00:54", "-infinity", "10000-01-01 00:00:00"]
+
+
+def test_event_time_out_of_range_from_memory_is_a_dead_letter_not_watermark_input(
+    now: streamsql.Connection,
+) -> None:
+    now.execute("CREATE SOURCE src (k VARCHAR, ts TIMESTAMP) WITH (connector = 'memory')")
+    times = ["2024-01-01 00:00:00", *EXTREME, "2024-01-01 00:10:00"]
+    now.executemany("INSERT INTO src VALUES (?, ?)", [[str(i), t] for i, t in enumerate(times)])
+    query = run_to_end(now, WINDOWED.format(time="ts"))
+    assert query.exception is None
+    assert rows(now, "SELECT window_start, n FROM out") == [(T0, 1)]
+    assert query.recent_progress[0].num_dead_letters == 4
+    assert query.recent_progress[0].num_input_rows == 2
+    assert query.last_progress.next_watermark == "2024-01-01T00:09:00.000000Z"
+    dead = rows(now, DEAD_LETTERS)
+    assert [(row[3], row[4]) for row in dead] == [("src", 1), ("src", 2), ("src", 3), ("src", 4)]
+    assert dead[0][5] == b'{"k":"1","ts":"infinity"}'
+    assert all(
+        f"event time ts = {t} is outside 0001-01-01 .. 9999-12-31" in row[6]
+        for t, row in zip(EXTREME, dead, strict=True)
+    )
+
+
+def test_computed_event_time_out_of_range_is_a_dead_letter_and_restarts_work(
+    tmp_path: Path,
+) -> None:
+    """The computed column is evaluated in DuckDB (not the Arrow fast path); the bad records
+    are dead letters at their file and line, and the query runs again after a restart."""
+    directory = tmp_path / "in"
+    put(
+        directory,
+        "a.json",
+        '{"t": "2024-01-01 00:00:00"}\n{"t": "infinity"}\n{"t": "2024-01-01 00:10:00"}\n',
+    )
+    now = connect(tmp_path, trigger="available_now")
+    now.execute(
+        f"CREATE SOURCE src (t VARCHAR, ts AS CAST(t AS TIMESTAMP)) WITH (connector = 'files', "
+        f"path = '{directory}')"
+    )
+    query = run_to_end(now, WINDOWED.format(time="ts"))
+    assert query.exception is None
+    assert query.last_progress.next_watermark == "2024-01-01T00:09:00.000000Z"
+    ((*_, partition, offset, raw, error),) = rows(now, DEAD_LETTERS)
+    assert (partition, offset, raw) == ("a.json", 2, b'{"t": "infinity"}')
+    assert "event time ts = infinity is outside" in error
+    now.close()
+    put(directory, "b.json", '{"t": "2024-01-01 00:20:00"}\n')
+    again = connect(tmp_path, trigger="available_now")
+    assert again.query("out").await_termination(30) is True
+    assert rows(again, "SELECT window_start, n FROM out ORDER BY 1") == [
+        (T0, 1),
+        (T0 + dt.timedelta(minutes=10), 1),
+    ]
+    again.close()
+
+
+def test_event_time_out_of_range_under_on_error_fail_names_file_and_line(
+    now: streamsql.Connection, tmp_path: Path
+) -> None:
+    directory = tmp_path / "in"
+    put(directory, "a.json", '{"ts": "2024-01-01 00:00:00"}\n{"ts": "infinity"}\n')
+    files_source(now, directory, "ts TIMESTAMP", on_error="fail")
+    now.execute(WINDOWED.format(time="ts"))
+    with pytest.raises(streamsql.StreamingQueryError, match=r"a\.json offset 2: event time"):
+        now.query("out").await_termination(30)

@@ -32,8 +32,17 @@ from sqlglot import exp
 from streamsql.checkpoint.log import EMITTED_WINDOWS
 from streamsql.incremental.aggregates import StateColumn
 from streamsql.plan.plan import Emit, QueryKind, StreamingPlan
+from streamsql.sql import literal
 
 INPUT_VIEW = "__input"
+
+# Event and window times the engine computes with: years 1 to 9999, Spark's TimestampType
+# range. Far enough inside DuckDB's (and int64 microseconds') limits that a watermark delay,
+# a window's end or a session's gap added to them cannot overflow; a time outside it
+# (`infinity`, year 294247) is a bad record.
+MIN_EVENT_US = -62_135_596_800_000_000  # 0001-01-01 00:00:00
+MAX_EVENT_US = 253_402_300_799_999_999  # 9999-12-31 23:59:59.999999
+OUTSIDE = " is outside 0001-01-01 .. 9999-12-31, the range event times are computed in"
 PARAMETERS = ("late", "late_cutoff", "watermark", "query", "batch_id")
 
 
@@ -84,13 +93,16 @@ class Statistics:
     cutoff; the max of `event_time` drives the watermark; the min accepted `window_time`
     bounds the windows the batch opens. When both columns are plain microsecond
     timestamps the runtime measures them on the Arrow batch; otherwise the `sql` step
-    computes the same figures in DuckDB.
+    computes the same figures in DuckDB, and counts the rows whose times are outside
+    MIN_EVENT_US .. MAX_EVENT_US. `bad_times` gives those rows' errors, one per input row
+    (NULL for a good row), for the runtime to turn them into dead letters.
     """
 
     window_time: str | None
     event_time: str | None
     late: bool  # whether this query drops late rows (and so counts them)
     sql: Step | None
+    bad_times: str | None = None
 
 
 @dataclass(frozen=True)
@@ -220,12 +232,24 @@ class Compiler:
         window_time = plan.window.time_column if plan.window else None
         event_time = plan.event_time if plan.has_watermark else None
         late = self.drops_late_rows
+        outside = {
+            name: f"{ident(name)} IS NOT NULL AND coalesce(epoch_us({ident(name)}) NOT BETWEEN "
+            f"{MIN_EVENT_US} AND {MAX_EVENT_US}, TRUE)"
+            for name in (window_time, event_time)
+            if name is not None
+        }
+        errors = " ".join(
+            f"WHEN {condition} THEN {literal(f'event time {name} = ')} || "
+            f"{ident(name)}::VARCHAR || {literal(OUTSIDE)}"
+            for name, condition in outside.items()
+        )
+        bad_times = f"SELECT CASE {errors} END AS __error FROM {self.rows()}" if outside else None
         columns = {c.name.lower(): c.type for c in plan.source.columns}
         if all(
             name is None or columns.get(name.lower()) in ("TIMESTAMP", "TIMESTAMP WITH TIME ZONE")
             for name in (window_time, event_time)
         ):
-            return Statistics(window_time, event_time, late, None)
+            return Statistics(window_time, event_time, late, None, bad_times)
         time = self._time() if window_time else None
         accepted = f" FILTER (WHERE {time} >= $late_cutoff)" if late else ""
         figures = [
@@ -234,9 +258,11 @@ class Compiler:
             f"count(*) FILTER (WHERE {time} < $late_cutoff)" if late else "0",
             f"max(epoch_us({ident(event_time)}))" if event_time else "NULL",
             f"min({time}){accepted}" if time else "NULL",
+            f"count(*) FILTER (WHERE {' OR '.join(outside.values())})",
         ]
         sql = f"SELECT {', '.join(figures)} FROM {self.rows()}"
-        return Statistics(window_time, event_time, late, Step("batch statistics", sql, Fetch.STATS))
+        step = Step("batch statistics", sql, Fetch.STATS)
+        return Statistics(window_time, event_time, late, step, bad_times)
 
     def windowed_rows(self) -> str:
         """Rows with their window bounds; a hopping row appears once per window it is in."""

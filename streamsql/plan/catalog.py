@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from sqlglot import exp
 
 from streamsql.errors import PlanningError
+from streamsql.secrets import shown
 from streamsql.sql import DIALECT
 from streamsql.sql.nodes import MetadataColumnConstraint
 
@@ -164,7 +165,7 @@ def sink_def(create: exp.Create, sql: str) -> SinkDef:
 def differences(old: SourceDef | SinkDef, new: SourceDef | SinkDef) -> list[str]:
     """What a new definition changes, one phrase each: "option topic: 'a' -> 'b'"."""
     changed = [
-        f"option {key}: {_shown(old.options.get(key))} -> {_shown(new.options.get(key))}"
+        f"option {key}: {shown(key, old.options.get(key))} -> {shown(key, new.options.get(key))}"
         for key in dict.fromkeys([*old.options, *new.options])
         if old.options.get(key) != new.options.get(key)
     ]
@@ -186,7 +187,3 @@ def differences(old: SourceDef | SinkDef, new: SourceDef | SinkDef) -> list[str]
         for part, describe in parts.items()
         if describe(old) != describe(new)
     ] + changed
-
-
-def _shown(value: str | None) -> str:
-    return "unset" if value is None else repr(value)

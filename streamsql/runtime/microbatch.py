@@ -31,11 +31,19 @@ from streamsql.checkpoint.log import (
     transaction,
 )
 from streamsql.errors import DataError, ProgrammingError, from_duckdb
-from streamsql.incremental.compiler import INPUT_VIEW, BatchProgram, Effect, Fetch, Step
+from streamsql.incremental.compiler import (
+    INPUT_VIEW,
+    MAX_EVENT_US,
+    MIN_EVENT_US,
+    BatchProgram,
+    Effect,
+    Fetch,
+    Step,
+)
 from streamsql.plan.plan import StreamingPlan
 from streamsql.runtime.progress import QueryProgress, timestamp_of
 from streamsql.sinks.base import OutputSchema, Sink
-from streamsql.sources.base import Offset, Source, SourceBatch
+from streamsql.sources.base import Offset, Origins, Source, SourceBatch
 from streamsql.sql import quote
 
 # Appended partials are combined once they outnumber the rows of the last compaction and
@@ -53,6 +61,7 @@ class BatchStats:
     late_rows: int = 0
     max_event_us: int | None = None
     min_time_us: int | None = None  # earliest accepted window time
+    bad_times: int = 0  # rows whose event or window time is out of range (none are counted)
 
 
 class MicroBatchExecution:
@@ -275,7 +284,7 @@ class MicroBatchExecution:
         state_rows, earliest_end = self.state_rows, self.earliest_end
         try:
             with transaction(self.cursor):
-                stats, emitted = self._execute_steps(batch, data.rows)
+                stats, emitted, data = self._execute_steps(batch, data)
                 timings["execute"] = _ms_since(mark)
                 mark = time.perf_counter()
                 dead = self._dead_letters(batch, data)
@@ -349,6 +358,7 @@ class MicroBatchExecution:
                     "num_input_rows": stats.input_rows,
                     "lag": self.source.backlog(batch.end),
                     "lag_by_partition": self.source.lag_by_partition(batch.end),
+                    **self.source.metrics(),
                 }
             ],
             sink={
@@ -371,7 +381,12 @@ class MicroBatchExecution:
             }
         ]
 
-    def _execute_steps(self, batch: PlannedBatch, rows: pa.Table) -> tuple[BatchStats, pa.Table]:
+    def _execute_steps(
+        self, batch: PlannedBatch, data: SourceBatch
+    ) -> tuple[BatchStats, pa.Table, SourceBatch]:
+        """Run the batch's steps; returns their figures, the emitted rows, and the input with
+        the rows whose times are out of range moved to its dead letters."""
+        rows = data.rows
         self._register(INPUT_VIEW, rows)
         window = self.plan.window
         late = batch.late_threshold_us
@@ -384,6 +399,10 @@ class MicroBatchExecution:
             "batch_id": batch.batch_id,
         }
         stats = self._statistics(rows, values)
+        if stats.bad_times:
+            data = self._reject_bad_times(data)
+            self._register(INPUT_VIEW, data.rows)
+            stats = self._statistics(data.rows, values)
         if window and stats.min_time_us is not None:
             opened = window.first_end(stats.min_time_us)
             self.earliest_end = (
@@ -414,7 +433,39 @@ class MicroBatchExecution:
             for step in self.program.compaction:
                 self._apply(step, values, churn=False)
             self.compacted_rows = self.state_rows
-        return stats, self.empty_output if emitted is None else emitted
+        return stats, self.empty_output if emitted is None else emitted, data
+
+    def _reject_bad_times(self, data: SourceBatch) -> SourceBatch:
+        """Rows whose event or window time the engine cannot compute with become dead
+        letters, where they came from, before they reach the watermark or any window."""
+        errors = self.cursor.sql(self.program.statistics.bad_times).to_arrow_table()["__error"]
+        errors = errors.combine_chunks()
+        bad = pc.is_valid(errors)
+        origins = data.origins
+        if origins is None:  # a source that cannot say: the row's position in the batch
+            origins = Origins.positional(data.rows.num_rows, self.source.name, 0)
+        found = origins.take(bad)
+        rejected = data.rows.filter(bad)
+        self._register("__rejected", rejected)
+        written = (
+            self.cursor.sql("SELECT encode(to_json(__rejected)::VARCHAR) AS raw FROM __rejected")
+            .to_arrow_table()["raw"]
+            .combine_chunks()
+        )
+        dead = pa.table(
+            {
+                "partition": found["partition"],
+                "offset": found["offset"],
+                "raw": pc.coalesce(found["raw"], written),
+                "error": errors.filter(bad),
+            },
+            schema=data.dead_letters.schema,
+        )
+        return SourceBatch(
+            data.rows.filter(pc.invert(bad)),
+            pa.concat_tables([data.dead_letters, dead]),
+            origins.filter(pc.invert(bad)),
+        )
 
     def _apply(self, step: Step, values: dict[str, int | None], churn: bool = True) -> Any:
         """Run a step and account for the state rows it adds, updates or removes (`churn`:
@@ -449,6 +500,12 @@ class MicroBatchExecution:
             if column.lower() not in extremes:
                 values = rows[names[column.lower()]].cast(pa.int64())
                 extremes[column.lower()] = {"values": values, **pc.min_max(values).as_py()}
+        if any(
+            e["min"] is not None and (e["min"] < MIN_EVENT_US or e["max"] > MAX_EVENT_US)
+            for e in extremes.values()
+        ):
+            stats.bad_times = 1  # at least; the rows are rejected and measured again
+            return stats
         if statistics.window_time:
             times = extremes[statistics.window_time.lower()]
             stats.null_event_times = times["values"].null_count

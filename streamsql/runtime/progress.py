@@ -11,7 +11,10 @@ def timestamp_of(micros: int | None) -> str | None:
     """Epoch microseconds as an ISO-8601 UTC string, as Spark prints event-time watermarks."""
     if micros is None:
         return None
-    moment = dt.datetime(1970, 1, 1, tzinfo=dt.UTC) + dt.timedelta(microseconds=micros)
+    try:
+        moment = dt.datetime(1970, 1, 1, tzinfo=dt.UTC) + dt.timedelta(microseconds=micros)
+    except OverflowError:  # a watermark committed from an event time out of range
+        return f"out of range ({micros} microseconds from 1970-01-01)"
     return moment.isoformat(timespec="microseconds").replace("+00:00", "Z")
 
 

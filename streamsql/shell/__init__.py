@@ -26,15 +26,17 @@ def main(
     input: Input | None = None,
     output: Output | None = None,
     stdout: TextIO | None = None,
+    restricted: bool = False,
 ) -> int:
     """Open `database` (in memory if None; a file's running sinks resume), read statements
     until .quit or Ctrl-D, then close it: queries stop after the batch in flight commits.
 
     `input` and `output` are prompt-toolkit's (None: the terminal); results go to `stdout`.
+    `restricted`: DuckDB reaches only the directories the database's sources and sinks name.
     """
     out = stdout or sys.stdout
     try:
-        con = streamsql.connect(database or ":memory:")
+        con = streamsql.connect(database or ":memory:", restricted=restricted)
     except (streamsql.Error, duckdb.Error) as error:
         out.write(f"Error: {error}\n")
         return 1

@@ -10,7 +10,9 @@ import duckdb
 import pyarrow as pa
 
 from streamsql.errors import PlanningError, ProgrammingError
+from streamsql.options import Configured
 from streamsql.plan.plan import Emit
+from streamsql.runtime.triggers import Trigger
 
 
 @dataclass(frozen=True)
@@ -25,15 +27,26 @@ class OutputSchema:
     keys_complete: bool  # every group key (and the window) is among the outputs
 
 
-class Sink(ABC):
+class Sink(Configured, ABC):
     OPTIONS: ClassVar[tuple[str, ...]] = ("connector", "trigger")  # WITH (...) keys it reads
     # The TABLE or VIEW the sink keeps in the engine database, and the option that names it
     # (by default the sink's name): the sink's own, so DROP SINK drops it.
     OUTPUT: ClassVar[tuple[str, str] | None] = None
 
     def __init__(self, name: str, options: dict[str, str]) -> None:
+        """Read and check every option (the trigger too, which `--trigger` may override in
+        this run but not in the next)."""
         self.name = name
         self.options = options
+        if "trigger" in options:
+            try:
+                Trigger.parse(options["trigger"])
+            except ProgrammingError as error:
+                raise ProgrammingError(f"{self.owner}: {error}") from None
+
+    @property
+    def owner(self) -> str:
+        return f"Sink {self.name}"
 
     @abstractmethod
     def open(self, cursor: duckdb.DuckDBPyConnection, schema: OutputSchema, query_id: str) -> None:
@@ -60,12 +73,12 @@ class Sink(ABC):
                 rule="changes-sink-needs-keys",
             )
 
-    def committed(self, cursor: duckdb.DuckDBPyConnection, batch_id: int) -> None:  # noqa: B027
+    def committed(self, cursor: duckdb.DuckDBPyConnection, batch_id: int) -> None:
         """Called after the batch's transaction commits (optional hook)."""
 
     def compact(self, cursor: duckdb.DuckDBPyConnection) -> tuple[int, int]:
         """Rewrite small output files into fewer; returns (files replaced, files written)."""
         raise ProgrammingError(f"Sink {self.name}: only file sinks can be compacted")
 
-    def close(self) -> None:  # noqa: B027 - optional hook
+    def close(self) -> None:
         """Release resources when the query stops."""

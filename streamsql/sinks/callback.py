@@ -7,7 +7,8 @@ is idempotent by batch id (write to a place named after it, or skip ids already 
 
 `callback = 'name'` names a function registered on the connection
 (`Connection.register_callback`); `callback = 'package.module:function'` imports one, which
-also works from `streamsql run` and when the database is opened again.
+also works from `streamsql run` and when the database is opened again, except in restricted
+mode, which calls only registered functions.
 """
 
 from __future__ import annotations
@@ -29,14 +30,26 @@ class CallbackSink(Sink):
     OPTIONS = (*Sink.OPTIONS, "callback")
 
     def __init__(
-        self, name: str, options: dict[str, str], callbacks: Mapping[str, BatchCallback]
+        self,
+        name: str,
+        options: dict[str, str],
+        callbacks: Mapping[str, BatchCallback],
+        importable: bool = True,
     ) -> None:
+        """`importable`: whether a 'package.module:function' reference may be imported
+        (not in restricted mode, where only functions registered from Python are called)."""
         super().__init__(name, options)
         reference = options.get("callback")
         if not reference:
             raise ProgrammingError(
                 f"Sink {name}: the callback connector needs callback = 'name' (registered with "
                 "Connection.register_callback) or 'package.module:function'"
+            )
+        if reference not in callbacks and not importable:
+            raise ProgrammingError(
+                f"Sink {name}: restricted mode calls only callbacks registered with "
+                f"Connection.register_callback, and {reference!r} is not one (modules are "
+                "not imported)"
             )
         self.function = callbacks.get(reference) or _import(name, reference)
 

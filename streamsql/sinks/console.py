@@ -19,7 +19,7 @@ class ConsoleSink(Sink):
         super().__init__(name, options)
         self.stream = stream  # None: whatever sys.stdout is when a batch is printed
         self.names: tuple[str, ...] = ()
-        self.print_empty = options.get("print_empty", "false").lower() == "true"
+        self.print_empty = self.option_bool("print_empty", False)
 
     def open(self, cursor: duckdb.DuckDBPyConnection, schema: OutputSchema, query_id: str) -> None:
         self.names = schema.names

@@ -15,7 +15,7 @@ from streamsql.checkpoint.log import registered
 from streamsql.errors import ProgrammingError
 from streamsql.plan.plan import Emit
 from streamsql.sinks.base import OutputSchema, Sink
-from streamsql.sql import quote
+from streamsql.sql import one_statement, quote
 
 EMITTED_VIEW = "__emitted"
 
@@ -26,8 +26,10 @@ class DuckDBSink(Sink):
 
     def __init__(self, name: str, options: dict[str, str]) -> None:
         super().__init__(name, options)
-        self.table = options.get("table", name)
-        self.changelog = options.get("changelog", "false").lower() == "true"
+        self.table = self.option_text("table", name)
+        if not all(part.strip() for part in self.table.split(".")) or self.table.count(".") > 2:
+            raise self._invalid("table", "a name: table, schema.table or catalog.schema.table")
+        self.changelog = self.option_bool("changelog", False)
         self._write_sql: list[str] = []
         self._replaces = False  # SNAPSHOT: an empty result empties the table
 
@@ -41,7 +43,8 @@ class DuckDBSink(Sink):
         return ".".join(quote(part) for part in self.output(self.name, self.options))
 
     def open(self, cursor: duckdb.DuckDBPyConnection, schema: OutputSchema, query_id: str) -> None:
-        self._write_sql = self._statements(schema)  # refuses before creating anything
+        # refuses before creating anything
+        self._write_sql = [one_statement(sql) for sql in self._statements(schema)]
         columns = [f"{quote(n)} {t}" for n, t in zip(schema.names, schema.types, strict=True)]
         if self.changelog:
             columns.append("_batch_id BIGINT")

@@ -19,19 +19,17 @@ import contextlib
 import json
 import os
 import re
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import duckdb
 import pyarrow as pa
 
 from streamsql.checkpoint.log import SINK_FILES, registered, transaction
 from streamsql.errors import OperationalError, ProgrammingError
-from streamsql.format import parse_bytes, parse_seconds
+from streamsql.options import Configured
 from streamsql.plan.plan import Emit
 from streamsql.sinks.base import OutputSchema, Sink
-from streamsql.sql import literal, quote
+from streamsql.sql import literal, one_statement, quote
 
 ROWS_VIEW = "__file_rows"
 STAGING = ".staging"
@@ -44,8 +42,8 @@ class FileFormat:
     extension: str
     reader: str
 
-    def __init__(self, options: dict[str, str]) -> None:
-        self.options = options
+    def __init__(self, sink: Configured) -> None:
+        """Read (and check) the sink's options of this format."""
 
     def copy_options(self) -> str:
         raise NotImplementedError
@@ -64,8 +62,11 @@ class FileFormat:
 class Parquet(FileFormat):
     extension, reader = "parquet", "read_parquet"
 
+    def __init__(self, sink: Configured) -> None:
+        self.compression = sink.option_choice("compression", PARQUET_CODECS, "zstd")
+
     def copy_options(self) -> str:
-        return f"FORMAT parquet, COMPRESSION {self.options.get('compression', 'zstd')}"
+        return f"FORMAT parquet, COMPRESSION {self.compression}"  # a word of PARQUET_CODECS
 
     def read_options(self, columns: list[tuple[str, str]]) -> str:
         return ""  # Parquet files carry their types
@@ -78,12 +79,11 @@ class Parquet(FileFormat):
 class CSV(FileFormat):
     extension, reader = "csv", "read_csv"
 
+    def __init__(self, sink: Configured) -> None:
+        self.delimiter = sink.option_char("delimiter", ",")
+
     def copy_options(self) -> str:
         return f"FORMAT csv, HEADER true, DELIMITER {literal(self.delimiter)}"
-
-    @property
-    def delimiter(self) -> str:
-        return self.options.get("delimiter", ",")
 
     def read_options(self, columns: list[tuple[str, str]]) -> str:
         delimiter = literal(self.delimiter)
@@ -102,6 +102,7 @@ class JSONLines(FileFormat):
         return ", format = 'newline_delimited'" + super().read_options(columns)
 
 
+PARQUET_CODECS = ("zstd", "snappy", "gzip", "brotli", "lz4", "lz4_raw", "uncompressed")
 FILE_FORMATS: dict[str, type[FileFormat]] = {"parquet": Parquet, "csv": CSV, "json": JSONLines}
 
 
@@ -121,32 +122,18 @@ class FileSink(Sink):
 
     def __init__(self, name: str, options: dict[str, str]) -> None:
         super().__init__(name, options)
-        if "path" not in options:
-            raise ProgrammingError(f"Sink {name}: the {self.format_name} connector needs path")
-        self.directory = Path(options["path"])
-        self.format = FILE_FORMATS[self.format_name](options)
+        self.directory = Path(self.option_required("path", self.format_name))
+        self.format = FILE_FORMATS[self.format_name](self)
         self.key = name.lower()  # the query's key in the checkpoint tables
-        self.view = options.get("view", name)
-        self.compact_every = self._option("compact_every", int, "a number of batches", 10)
-        self.target_size = self._option("target_file_size", parse_bytes, "a size", "128MB")
-        self.retention = self._option("retention", parse_seconds, "a duration", "1 minute")
-        self.fsync = options.get("fsync", "true").lower() == "true"
-        self.changelog = options.get("changelog", "").lower() == "true"
+        self.view = self.option_text("view", name)
+        self.compact_every = self.option_int("compact_every", 10, minimum=0)
+        self.target_size = self.option_size("target_file_size", 128 << 20)
+        self.retention = self.option_seconds("retention", 60.0, allow_zero=True)
+        self.fsync = self.option_bool("fsync", True)
+        self.changelog = self.option_bool("changelog", False)
         self.schema: OutputSchema | None = None
         self.query_id = ""
         self._changed = False  # the batch in flight changed the live files
-
-    def _option(
-        self, key: str, parse: Callable[[str], float | None], expected: str, default: str
-    ) -> Any:
-        text = self.options.get(key, default)
-        try:
-            value = parse(text)
-        except ValueError:  # int('x')
-            value = None
-        if value is None or value < 0:
-            raise ProgrammingError(f"Sink {self.name}: {key} = {text!r} is not {expected}")
-        return value
 
     # -- naming ----------------------------------------------------------------------------
 
@@ -214,12 +201,10 @@ class FileSink(Sink):
         if not files:
             return
         last = literal(str(self.directory / files[-1][0]))
-        found = [
-            row[0]
-            for row in cursor.execute(
-                f"DESCRIBE SELECT * FROM {self.format.reader}({last}{self.format.read_options([])})"
-            ).fetchall()
-        ]
+        describe = (
+            f"DESCRIBE SELECT * FROM {self.format.reader}({last}{self.format.read_options([])})"
+        )
+        found = [row[0] for row in cursor.execute(one_statement(describe)).fetchall()]
         expected = [name for name, _ in self.columns]
         if [n.lower() for n in found] != [n.lower() for n in expected]:
             raise ProgrammingError(
@@ -282,10 +267,8 @@ class FileSink(Sink):
         (in the caller's transaction)."""
         name = self._file_name(first, last)
         staged = self.directory / STAGING / name
-        rows = cursor.execute(
-            f"COPY ({select}) TO {literal(str(staged))} ({self.format.copy_options()})",
-            params,
-        ).fetchall()[0][0]
+        copy = f"COPY ({select}) TO {literal(str(staged))} ({self.format.copy_options()})"
+        rows = cursor.execute(one_statement(copy), params).fetchall()[0][0]
         if self.fsync:
             _sync(staged)
         os.replace(staged, self.directory / name)
@@ -333,7 +316,8 @@ class FileSink(Sink):
                 f"SELECT * EXCLUDE (_batch_id) FROM ({select}) QUALIFY row_number() OVER "
                 f"({f'PARTITION BY {keys} ' if keys else ''}ORDER BY _batch_id DESC) = 1"
             )
-        cursor.execute(f"CREATE OR REPLACE VIEW {quote(self.view)} AS {select}").fetchall()
+        view = f"CREATE OR REPLACE VIEW {quote(self.view)} AS {select}"
+        cursor.execute(one_statement(view)).fetchall()
 
     def _write_manifest(self, cursor: duckdb.DuckDBPyConnection) -> None:
         """The live files, for readers outside the engine (written after each commit)."""

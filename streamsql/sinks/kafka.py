@@ -22,13 +22,14 @@ import duckdb
 import pyarrow as pa
 from kafka import KafkaProducer
 from kafka.errors import KafkaConfigurationError, KafkaError
+from sqlglot import exp
+from sqlglot.errors import ParseError, TokenError
 
 from streamsql.checkpoint.log import registered
 from streamsql.errors import OperationalError, ProgrammingError, from_duckdb
-from streamsql.format import parse_seconds
-from streamsql.kafka_settings import client_settings
+from streamsql.kafka_settings import client_settings, topic_names
 from streamsql.sinks.base import OutputSchema, Sink
-from streamsql.sql import literal, quote
+from streamsql.sql import DIALECT, literal, one_statement, quote
 
 ROWS_VIEW = "__kafka_rows"
 FORMATS = ("json", "csv")
@@ -50,23 +51,15 @@ class KafkaSink(Sink):
 
     def __init__(self, name: str, options: dict[str, str]) -> None:
         super().__init__(name, options)
-        missing = [key for key in ("bootstrap_servers", "topic") if not options.get(key)]
-        if missing:
-            raise ProgrammingError(f"Sink {name}: the kafka connector needs {missing[0]}")
-        self.servers = options["bootstrap_servers"]
-        self.topic = options["topic"]
-        self.format = options.get("format", "json").lower()
-        if self.format not in FORMATS:
-            raise ProgrammingError(
-                f"Sink {name}: format = {self.format!r} is not one of {', '.join(FORMATS)}"
-            )
-        self.key = options.get("key")
-        text = options.get("timeout", "30 seconds")
-        timeout = parse_seconds(text)
-        if timeout is None or timeout <= 0:
-            raise ProgrammingError(f"Sink {name}: timeout = {text!r} is not a duration")
-        self.timeout = timeout
-        self._timeout_text = text
+        self.servers = self.option_required("bootstrap_servers", "kafka")
+        topics = topic_names(self.owner, self.option_required("topic", "kafka"))
+        if len(topics) != 1:
+            raise self._invalid("topic", "one topic: a sink writes to one")
+        self.topic = topics[0]
+        self.format = self.option_choice("format", FORMATS, "json")
+        self.key = _key_expression(self, options.get("key"))
+        self.timeout = self.option_seconds("timeout", 30.0)
+        self._timeout_text = options.get("timeout", "30 seconds")
         self.client_options = client_settings(
             f"Sink {name}", options, KafkaProducer.DEFAULT_CONFIG, OWNED
         )
@@ -87,7 +80,8 @@ class KafkaSink(Sink):
         key_type, what = "BLOB", f"key = {self.key!r}"
         try:
             if self.key:
-                described = cursor.execute(f"DESCRIBE SELECT ({self.key}) FROM {empty}").fetchall()
+                describe = one_statement(f"DESCRIBE SELECT ({self.key}) FROM {empty}")
+                described = cursor.execute(describe).fetchall()
                 key_type = described[0][1]
             what = "the message value"
             columns = f"encode({self._value(schema)}) AS value, {_key(self.key, key_type)} AS key"
@@ -97,7 +91,7 @@ class KafkaSink(Sink):
                 f"Sink {self.name}: {what} is not an expression over the output columns "
                 f"({', '.join(schema.names)}): {str(error).splitlines()[0]}"
             ) from None
-        self._select = f"SELECT {columns} FROM {ROWS_VIEW}"
+        self._select = one_statement(f"SELECT {columns} FROM {ROWS_VIEW}")
 
     def _value(self, schema: OutputSchema) -> str:
         """The VARCHAR expression of a row's message value."""
@@ -191,6 +185,20 @@ def _csv_field(column: str) -> str:
         f"WHEN {text} = '' OR regexp_matches({text}, '[\",\\r\\n]') "
         f"THEN '\"' || replace({text}, '\"', '\"\"') || '\"' ELSE {text} END"
     )
+
+
+def _key_expression(sink: KafkaSink, text: str | None) -> str | None:
+    """The `key` option as the one SQL expression it must be, rendered by sqlglot: an
+    expression over the output columns, never a query or a second statement."""
+    if text is None:
+        return None
+    try:
+        parsed = DIALECT.parse_into(exp.Expr, text)
+    except (ParseError, TokenError):
+        parsed = []
+    if len(parsed) != 1 or parsed[0] is None or parsed[0].find(exp.Query, exp.Table):
+        raise sink._invalid("key", "an expression over the output columns")
+    return parsed[0].sql("duckdb")
 
 
 def _key(key: str | None, type_: str) -> str:

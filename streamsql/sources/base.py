@@ -13,9 +13,10 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from streamsql.errors import ProgrammingError
-from streamsql.format import parse_seconds
+from streamsql.options import Configured
 from streamsql.plan.catalog import SourceDef
 
 Offset = Any
@@ -32,15 +33,70 @@ DEAD_LETTER_SCHEMA = pa.schema(
 )
 
 
+ORIGIN_SCHEMA = pa.schema([f for f in DEAD_LETTER_SCHEMA if f.name != "error"])
+
+
+@dataclass(frozen=True)
+class Origins:
+    """Where each row of a batch came from, kept cheap until asked: the source's records
+    (partition, offset, raw as written or NULL) and each row's position among them."""
+
+    records: pa.Table  # in ORIGIN_SCHEMA
+    positions: pa.Array  # int64, one per row
+
+    @staticmethod
+    def of_records(records: pa.Table, positions: pa.Array) -> Origins:
+        """From a source's raw records (with or without a `raw` column)."""
+        raw = records["raw"] if "raw" in records.column_names else pa.nulls(records.num_rows)
+        table = pa.table([records["partition"], records["offset"], raw], names=ORIGIN_SCHEMA.names)
+        return Origins(table.cast(ORIGIN_SCHEMA), positions)
+
+    @staticmethod
+    def positional(count: int, partition: str, first: int) -> Origins:
+        """`count` rows with no bytes as written, numbered from `first` in `partition`."""
+        records = pa.table(
+            {"partition": pa.repeat(partition, count), "offset": numbers(count, first)}
+        )
+        return Origins.of_records(records, numbers(count, 0))
+
+    def take(self, mask: pa.Array) -> pa.Table:
+        """The origins of the rows selected by the boolean `mask`."""
+        return self.records.take(self.positions.filter(mask))
+
+    def filter(self, mask: pa.Array) -> Origins:
+        return Origins(self.records, self.positions.filter(mask))
+
+    @staticmethod
+    def concat(parts: list[Origins]) -> Origins:
+        """Origins of the concatenated rows of `parts`."""
+        before = 0
+        positions = []
+        for part in parts:
+            positions.append(pc.add(part.positions, before))
+            before += part.records.num_rows
+        records = pa.concat_tables([part.records for part in parts])
+        return Origins(records, pa.concat_arrays(positions))
+
+
 @dataclass(frozen=True)
 class SourceBatch:
-    """Decoded rows in the declared columns, and the records that could not be decoded."""
+    """Decoded rows in the declared columns, and the records that could not be decoded.
+
+    `origins` says where each row came from: a row the runtime rejects after decoding (an
+    event time out of range) becomes a dead letter from it.
+    """
 
     rows: pa.Table
     dead_letters: pa.Table
+    origins: Origins | None = None
 
 
-class Source(ABC):
+def numbers(count: int, first: int = 1) -> pa.Array:
+    """first, first + 1, ... (count of them), as int64: line, row and record numbers."""
+    return pc.add(pc.cumulative_sum(pa.repeat(pa.scalar(1, pa.int64()), count)), first - 1)
+
+
+class Source(Configured, ABC):
     """One instance per source per engine, shared by the queries that read it."""
 
     OPTIONS: ClassVar[tuple[str, ...]] = ("connector", "on_error")  # WITH (...) keys it reads
@@ -51,11 +107,7 @@ class Source(ABC):
         self.definition = definition
         self.schema = schema  # the declared physical columns, as Arrow types
         self.options = definition.options
-        self.on_error = self.options.get("on_error", "dead_letter")
-        if self.on_error not in ON_ERROR:
-            raise ProgrammingError(
-                f"Source {definition.name}: on_error must be one of {', '.join(ON_ERROR)}"
-            )
+        self.on_error = self.option_choice("on_error", ON_ERROR, "dead_letter")
         for column in definition.columns:
             if column.metadata is not None and column.metadata not in self.METADATA:
                 offered = f"; it offers {', '.join(self.METADATA)}" if self.METADATA else ""
@@ -69,6 +121,10 @@ class Source(ABC):
     @property
     def name(self) -> str:
         return self.definition.name
+
+    @property
+    def owner(self) -> str:
+        return f"Source {self.name}"
 
     @abstractmethod
     def initial_offset(self) -> Offset:
@@ -101,20 +157,24 @@ class Source(ABC):
         offsets that grow (row counts, Kafka offsets)."""
         return next((end for end in reversed(ends) if end is not None), None)
 
+    def metrics(self) -> dict[str, int]:
+        """Counters of the source's own, reported in each batch's progress."""
+        return {}
+
     def lag_by_partition(self, end: Offset) -> dict[str, int] | None:
         """The backlog per partition, for sources that have partitions."""
         return None
 
-    def recover(self, planned_ends: list[Offset]) -> None:  # noqa: B027 - optional hook
+    def recover(self, planned_ends: list[Offset]) -> None:
         """Called when a query resumes, with every end offset it ever planned."""
 
-    def committed(self, end: Offset) -> None:  # noqa: B027 - optional hook
+    def committed(self, end: Offset) -> None:
         """Called after a batch reading up to `end` committed."""
 
-    def close(self) -> None:  # noqa: B027 - optional hook
+    def close(self) -> None:
         """Release connections when the query reading through this instance ends."""
 
-    def interrupt(self) -> None:  # noqa: B027 - optional hook
+    def interrupt(self) -> None:
         """From another thread, when a query must stop while a read is stuck: make the
         read fail now (the batch stays logged, to be read again when the query resumes)."""
 
@@ -135,35 +195,8 @@ class Source(ABC):
             listener()
 
     def empty(self) -> SourceBatch:
-        return SourceBatch(self.schema.empty_table(), DEAD_LETTER_SCHEMA.empty_table())
-
-    def option_bool(self, key: str, default: bool) -> bool:
-        value = self.options.get(key)
-        if value is None:
-            return default
-        if value.lower() not in ("true", "false"):
-            raise ProgrammingError(f"Source {self.name}: {key} must be true or false")
-        return value.lower() == "true"
-
-    def option_seconds(self, key: str, default: float) -> float:
-        value = self.options.get(key)
-        if value is None:
-            return default
-        seconds = parse_seconds(value)
-        if seconds is None or seconds <= 0:
-            raise ProgrammingError(
-                f"Source {self.name}: {key} must be a duration like '10 seconds', got {value!r}"
-            )
-        return seconds
-
-    def option_int(self, key: str, default: int | None = None) -> int | None:
-        value = self.options.get(key)
-        if value is None:
-            return default
-        try:
-            number = int(value)
-        except ValueError:
-            raise ProgrammingError(f"Source {self.name}: {key} must be an integer") from None
-        if number <= 0:
-            raise ProgrammingError(f"Source {self.name}: {key} must be positive")
-        return number
+        return SourceBatch(
+            self.schema.empty_table(),
+            DEAD_LETTER_SCHEMA.empty_table(),
+            Origins(ORIGIN_SCHEMA.empty_table(), pa.array([], pa.int64())),
+        )

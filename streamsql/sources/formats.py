@@ -11,12 +11,13 @@ from __future__ import annotations
 import json
 import re
 import threading
+from dataclasses import dataclass
 
 import duckdb
 import pyarrow as pa
 
 from streamsql.plan.catalog import Column
-from streamsql.sources.base import DEAD_LETTER_SCHEMA, SourceBatch
+from streamsql.sources.base import DEAD_LETTER_SCHEMA, Origins, SourceBatch
 from streamsql.sql import literal, quote
 
 FORMATS = ("json", "csv", "parquet")  # of files; Kafka values are json, csv or raw
@@ -25,6 +26,7 @@ INTEGER_TYPES = {
     "UTINYINT", "USMALLINT", "UINTEGER", "UBIGINT", "UHUGEINT",
 }  # fmt: skip
 NUMBER_TYPES = {"FLOAT", "REAL", "DOUBLE", "DECIMAL", "NUMERIC"}
+FLOAT_TYPES = {"FLOAT", "REAL", "DOUBLE", "FLOAT4", "FLOAT8"}
 TEXT_TYPES = {"VARCHAR", "TEXT", "STRING"}
 AS_IS = "SELECT *, NULL::VARCHAR AS __error FROM __raw"  # the raw records, no error yet
 
@@ -33,8 +35,9 @@ class Decoder:
     """Turns a table of raw records into a SourceBatch of typed rows and dead letters.
 
     The raw table carries `partition` (string), `offset` (int64) and `raw` (the record as
-    written, kept for dead letters), and either a `value` column (JSON, CSV or raw bytes;
-    string or binary) or one column per declared column (CSV strings, Parquet values).
+    written, bytes, kept for dead letters; absent for Parquet, whose rows are written as
+    JSON), and either a `value` column (JSON, CSV or raw bytes; string or binary) or one
+    column per declared column (CSV strings, Parquet values).
     Columns declared METADATA are read from `__meta_<key>` columns the source adds.
     """
 
@@ -83,32 +86,55 @@ class Decoder:
         )
         return self._split(raw, sql)
 
-    def decode_csv(self, raw: pa.Table, delimiter: str) -> SourceBatch:
-        """One CSV record (no header) per value: fields split by a regular expression that
-        knows quoting, then cast as in decode_fields."""
+    def decode_csv(
+        self,
+        raw: pa.Table,
+        delimiter: str,
+        fields: CsvFields | None = None,
+    ) -> SourceBatch:
+        """One CSV record per value: fields split on the delimiter (by a regular expression
+        that knows quoting where there are quotes), then cast as in decode_fields. `fields`
+        says where each column is (default: one field per column, in order).
+
+        As in Spark, an unquoted empty field is NULL and a quoted one (`""`) the empty
+        string; a field equal to `fields.null_value` is NULL, and one equal to
+        `fields.nan_value` is NaN in a FLOAT or DOUBLE column. The option values are bound
+        as parameters, never written into the SQL.
+        """
+        fields = fields or CsvFields(tuple(range(1, len(self.columns) + 1)))
         d = re.escape(delimiter)
         field = f'("(?:[^"]|"")*"|[^{d}"\\n]*)'
-        fields = f"regexp_extract_all(value, {literal(f'(?:^|{d}){field}')}, 1)"
+        # A record without quotes (or line ends) is split on the delimiter, as fast as
+        # DuckDB splits; others by a pattern that knows quoting, where each field follows a
+        # delimiter (one is put before the first: a pattern that could match empty at the
+        # start would skip the delimiter after an empty first field).
+        quoted = "(contains(value, '\"') OR contains(value, chr(10)))"
+        split_fields = (
+            f"CASE WHEN {quoted} THEN regexp_extract_all({literal(delimiter)} || value, "
+            f"{literal(f'{d}{field}')}, 1) ELSE string_split(value, {literal(delimiter)}) END"
+        )
         # The fields, joined again, must give back the whole value: anything else (a stray
         # quote, a broken quoted field) is not CSV.
         whole = f"array_to_string(__f, {literal(delimiter)}) = value"
-        count = len(self.columns)
+        count = fields.width
         split = (
-            f"SELECT *, CASE WHEN value IS NULL THEN {_EMPTY} WHEN NOT {whole} THEN "
-            f"'malformed CSV record' WHEN len(__f) <> {count} THEN "
-            f"'expected {count} fields, got ' || len(__f) ELSE __error END AS __structure "
-            f"FROM (SELECT *, {fields} AS __f FROM ({_text(raw)}))"
+            f"SELECT *, coalesce(__error, CASE WHEN value IS NULL THEN {_EMPTY} WHEN {quoted} "
+            f"AND NOT {whole} THEN 'malformed CSV record' WHEN len(__f) <> {count} THEN "
+            f"'expected {count} fields, got ' || len(__f) END) AS __structure "
+            f"FROM (SELECT *, {split_fields} AS __f FROM ({_text(raw)}))"
         )
         unquoted = ", ".join(
-            f"CASE WHEN __f[{i}] LIKE '\"%' THEN replace(__f[{i}][2:-2], '\"\"', '\"') "
-            f"ELSE nullif(__f[{i}], '') END AS {quote(c.name)}"
-            for i, c in enumerate(self.columns, start=1)
+            f"{_csv_field(f'__f[{i}]', c.type)} AS {quote(c.name)}"
+            if i is not None
+            else f"NULL::VARCHAR AS {quote(c.name)}"
+            for i, c in zip(fields.positions, self.columns, strict=True)
         )
         fields_sql = (
             f"SELECT * EXCLUDE (__f, value, __error), __structure AS __error"
             f"{', ' if unquoted else ''}{unquoted} FROM ({split})"
         )
-        return self.decode_fields(raw, fields_sql)
+        params = {"null_value": fields.null_value, "nan_value": fields.nan_value}
+        return self.decode_fields(raw, fields_sql, params)
 
     def decode_raw(self, raw: pa.Table) -> SourceBatch:
         """The value itself is the one value column (BLOB, or VARCHAR when valid UTF-8)."""
@@ -119,8 +145,11 @@ class Decoder:
         )
         return self._split(raw, sql)
 
-    def decode_fields(self, raw: pa.Table, fields_sql: str = AS_IS) -> SourceBatch:
-        """Cast per-column fields (strings from CSV, typed values from Parquet)."""
+    def decode_fields(
+        self, raw: pa.Table, fields_sql: str = AS_IS, params: dict[str, object] | None = None
+    ) -> SourceBatch:
+        """Cast per-column fields (strings from CSV, typed values from Parquet); `params`
+        are the values `fields_sql` binds."""
         casts = [f"try_cast({quote(c.name)} AS {c.type}) AS {quote(c.name)}" for c in self.columns]
         checks = []
         for c in self.columns:
@@ -133,16 +162,18 @@ class Decoder:
                 f"THEN {_cannot_read(c, f'{field}::VARCHAR')} END"
             )
         record = ", ".join(f"{literal(c.name)}: {quote(c.name)}" for c in self.columns)
-        written = "raw" if "raw" in raw.column_names else f"to_json({{{record}}})::VARCHAR"
+        written = "raw" if "raw" in raw.column_names else f"encode(to_json({{{record}}})::VARCHAR)"
         metadata = "".join(f", {quote(_meta(c))}" for c in self.metadata)
         sql = (
             f'SELECT partition, "offset", {written} AS raw{metadata}, '
             f"coalesce(__error, {', '.join(checks) or 'NULL'}) AS __error"
             f"{', ' if casts else ''}{', '.join(casts)} FROM ({fields_sql})"
         )
-        return self._split(raw, sql)
+        return self._split(raw, sql, params)
 
-    def _split(self, raw: pa.Table, sql: str) -> SourceBatch:
+    def _split(
+        self, raw: pa.Table, sql: str, params: dict[str, object] | None = None
+    ) -> SourceBatch:
         cursor = self._cursor
         cursor.register("__raw", raw)
         metadata = {c.name: _cast(raw, _meta(c), c.type) for c in self.metadata}
@@ -152,29 +183,65 @@ class Decoder:
             for c in self.metadata
         ]
         error = f"coalesce(__error, {', '.join(checks)})" if checks else "__error"
+        # DuckDB refuses a value for a parameter the statement does not use
+        params = {k: v for k, v in (params or {}).items() if re.search(rf"\${k}\b", sql)}
         try:
             # DuckDB keeps insertion order, so rows stay in the order they arrived.
             cursor.execute(
                 f"CREATE OR REPLACE TEMP TABLE __decoded AS SELECT * EXCLUDE (__error), "
-                f"{error} AS __error FROM ({sql})"
+                f"{error} AS __error FROM ({sql})",
+                params or None,
             ).fetchall()
             names = ", ".join(
                 f"{metadata[name]} AS {quote(name)}" if name in metadata else quote(name)
                 for name in self.names
             )
-            rows = cursor.sql(
-                f"SELECT {names} FROM __decoded WHERE __error IS NULL"
+            # A row's position among the raw records is its rowid in __decoded.
+            decoded = cursor.sql(
+                f"SELECT {names}, rowid AS __position FROM __decoded WHERE __error IS NULL"
             ).to_arrow_table()
             dead = cursor.sql(
-                'SELECT partition, "offset", CAST(raw AS BLOB) AS raw, __error AS error '
+                'SELECT partition, "offset", raw, __error AS error '
                 "FROM __decoded WHERE __error IS NOT NULL"
             ).to_arrow_table()
         finally:
             cursor.unregister("__raw")
-        return SourceBatch(rows.cast(self.schema), dead.cast(DEAD_LETTER_SCHEMA))
+        return SourceBatch(
+            decoded.drop_columns("__position").cast(self.schema),
+            dead.cast(DEAD_LETTER_SCHEMA),
+            Origins.of_records(raw, decoded["__position"].combine_chunks()),
+        )
 
 
 _EMPTY = "'empty message'"
+
+
+@dataclass(frozen=True)
+class CsvFields:
+    """Where each declared column is in a CSV record, and which field texts mean NULL or
+    NaN (Spark's nullValue and nanValue)."""
+
+    positions: tuple[int | None, ...]  # 1-based field of each value column; None: absent
+    width: int | None = None  # fields per record (the header's); default: one per column
+    null_value: str | None = None
+    nan_value: str = "NaN"
+
+    def __post_init__(self) -> None:
+        if self.width is None:
+            object.__setattr__(self, "width", len(self.positions))
+
+
+def _csv_field(field: str, type_: str) -> str:
+    """A CSV field's text: unquoted, NULL when empty and unquoted or when it is the
+    null value, 'NaN' when it is the NaN value of a FLOAT or DOUBLE column."""
+    text = (
+        f"CASE WHEN {field} LIKE '\"%' THEN replace({field}[2:-2], '\"\"', '\"') "
+        f"ELSE nullif({field}, '') END"
+    )
+    text = f"nullif({text}, $null_value)"
+    if type_.upper() in FLOAT_TYPES:
+        text = f"CASE WHEN {text} = $nan_value THEN 'NaN' ELSE {text} END"
+    return text
 
 
 def _meta(column: Column) -> str:

@@ -12,6 +12,7 @@ import contextlib
 import copy
 import json
 import math
+import re
 import threading
 from typing import Any
 
@@ -21,7 +22,7 @@ import pyarrow.compute as pc
 from kafka import KafkaConsumer, TopicPartition
 
 from streamsql.errors import DataError, OperationalError, ProgrammingError
-from streamsql.kafka_settings import PREFIX, client_settings
+from streamsql.kafka_settings import PREFIX, client_settings, topic_names
 from streamsql.sources.base import Offset, Source, SourceBatch
 from streamsql.sources.formats import Decoder
 from streamsql.sources.kafka_client import (
@@ -82,40 +83,33 @@ class KafkaSource(Source):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         options = self.options
-        if "bootstrap_servers" not in options:
-            raise ProgrammingError(
-                f"Source {self.name}: the kafka connector needs bootstrap_servers"
-            )
+        self.option_required("bootstrap_servers", "kafka")
         if ("topic" in options) == ("topic_pattern" in options):
             raise ProgrammingError(
                 f"Source {self.name}: the kafka connector needs either topic or topic_pattern"
             )
-        self.topics = [t.strip() for t in options.get("topic", "").split(",") if t.strip()] or None
-        self.pattern = options.get("topic_pattern")
-        self.format = options.get("format", "json").lower()
-        if self.format not in FORMATS:
-            raise ProgrammingError(
-                f"Source {self.name}: format must be one of {', '.join(FORMATS)}"
-            )
+        self.topics = topic_names(self.owner, options["topic"]) if "topic" in options else None
+        self.pattern = self.option_text("topic_pattern")
+        if self.pattern is not None:
+            try:
+                re.compile(self.pattern)
+            except re.error:
+                raise self._invalid("topic_pattern", "a regular expression") from None
+        self.format = self.option_choice("format", FORMATS, "json")
         values = [c for c in self.definition.columns if c.metadata is None]
         if self.format == "raw" and len(values) != 1:
             raise ProgrammingError(
                 f"Source {self.name}: format 'raw' puts the message value in one column "
                 f"(BLOB or VARCHAR); {len(values)} non-METADATA columns are declared"
             )
-        self.delimiter = options.get("delimiter", ",")
+        self.delimiter = self.option_char("delimiter", ",")
         self.max_offsets = self.option_int("max_offsets_per_trigger")
         self.fail_on_data_loss = self.option_bool("fail_on_data_loss", True)
-        self.group_id = options.get("group_id")
+        self.group_id = self.option_text("group_id")
         self.starting = options.get("starting_offsets", "latest").strip()
         if self.starting.lower() not in ("earliest", "latest"):
             self._specific_offsets()  # refuse bad JSON now, not when a query starts
-        client = options.get("client", "kafka-python").lower()
-        if client not in CLIENTS:
-            raise ProgrammingError(
-                f"Source {self.name}: client must be one of {', '.join(CLIENTS)}"
-            )
-        self._client_class = _client_class(client)
+        self._client_class = _client_class(self.option_choice("client", CLIENTS, "kafka-python"))
         self.keep_headers = any(c.metadata == "headers" for c in self.definition.columns)
         self.decoder = Decoder(self.definition.columns, self.schema)
         self.client = self._new_client()

@@ -14,8 +14,7 @@ import uuid
 
 import pyarrow as pa
 
-from streamsql.errors import ProgrammingError
-from streamsql.sources.base import Offset, Source, SourceBatch
+from streamsql.sources.base import Offset, Origins, Source, SourceBatch
 
 
 class MemorySource(Source):
@@ -28,11 +27,7 @@ class MemorySource(Source):
         self._lock = threading.Lock()
         self.run = uuid.uuid4().hex  # names this instance's rows in the offsets
         self.max_rows = self.option_int("max_rows_per_trigger")
-        self.starting = self.options.get("starting_offsets", "earliest")
-        if self.starting not in ("earliest", "latest"):
-            raise ProgrammingError(
-                f"Source {self.name}: starting_offsets must be 'earliest' or 'latest'"
-            )
+        self.starting = self.option_choice("starting_offsets", ("earliest", "latest"), "earliest")
 
     @property
     def total(self) -> int:
@@ -90,4 +85,6 @@ class MemorySource(Source):
                 position += take
                 index += 1
         rows = pa.concat_tables(pieces) if pieces else self.schema.empty_table()
-        return SourceBatch(rows, self.empty().dead_letters)
+        # A row's offset is its position, as a Kafka record's; it has no bytes as written.
+        origins = Origins.positional(rows.num_rows, self.name, first)
+        return SourceBatch(rows, self.empty().dead_letters, origins)

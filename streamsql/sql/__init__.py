@@ -6,11 +6,13 @@ import logging
 import re
 from dataclasses import dataclass
 
+import duckdb
 from sqlglot import exp
 from sqlglot.errors import ParseError, TokenError
 from sqlglot.tokens import Token, TokenType
 
-from streamsql.errors import SQLSyntaxError
+from streamsql.errors import InternalError, SQLSyntaxError
+from streamsql.secrets import redact
 from streamsql.sql.dialect import StreamSQL
 
 # sqlglot logs a warning whenever it keeps a statement as an opaque command; for us that is
@@ -38,6 +40,19 @@ def literal(text: str) -> str:
     """A DuckDB string literal, for the few places (file paths in COPY and readers) where a
     statement cannot take a parameter."""
     return "'" + text.replace("'", "''") + "'"
+
+
+def one_statement(sql: str) -> str:
+    """`sql`, checked by DuckDB's parser to be exactly one statement: for generated SQL that
+    holds option values (paths, names, codecs, the Kafka key), which DuckDB's execute would
+    otherwise run as several statements if a value ever broke out of its quoting."""
+    try:
+        count = len(duckdb.extract_statements(sql))
+    except duckdb.Error:
+        count = 1  # one statement that does not parse: executing it reports the error
+    if count != 1:
+        raise InternalError(f"Generated SQL is {count} statements, not one: {sql[:200]!r}")
+    return sql
 
 
 def parse(sql: str) -> list[Statement]:
@@ -91,7 +106,10 @@ def _syntax_error(sql: str, error: ParseError) -> SQLSyntaxError:
     col = max((detail.get("col") or 1) - len(detail.get("highlight") or " ") + 1, 1)
     description = _readable(detail.get("description") or str(error))
     return SQLSyntaxError(
-        f"Syntax error at line {line}, column {col}: {description}\n{_pointer(sql, line, col)}",
+        redact(
+            f"Syntax error at line {line}, column {col}: {description}\n{_pointer(sql, line, col)}",
+            sql,
+        ),
         line=line,
         col=col,
     )
@@ -102,8 +120,11 @@ def _token_error(sql: str) -> SQLSyntaxError:
     line = sql.count("\n", 0, offset) + 1
     col = offset - (sql.rfind("\n", 0, offset) + 1) + 1
     return SQLSyntaxError(
-        f"Syntax error at line {line}, column {col}: unterminated string, identifier or comment"
-        f"\n{_pointer(sql, line, col)}",
+        redact(
+            f"Syntax error at line {line}, column {col}: unterminated string, identifier or "
+            f"comment\n{_pointer(sql, line, col)}",
+            sql,
+        ),
         line=line,
         col=col,
     )

@@ -451,6 +451,21 @@ def test_ddl_statements_say_what_they_did(
     ]
 
 
+def test_schema_hides_the_values_of_secret_options(
+    memory_con: streamsql.Connection, pipe: PipeInput
+) -> None:
+    source = (
+        "CREATE SOURCE ks (k VARCHAR) WITH (connector = 'kafka', bootstrap_servers = "
+        "'127.0.0.1:1', topic = 't', kafka.sasl_plain_password = 'hunter2-s3cr3t')"
+    )
+    memory_con.execute(source)
+    text = run_shell(memory_con, pipe, ".schema ks", ".schema nothing")
+    assert text.splitlines() == [
+        source.replace("'hunter2-s3cr3t'", "'***'") + ";",
+        "Error: no source, sink, table or view is named nothing",
+    ]
+
+
 def test_highlighting_knows_the_streaming_keywords() -> None:
     tokens = list(StreamSQLLexer().get_tokens("SELECT a FROM s WINDOW TUMBLING (t, i) EMIT final"))
     kinds = {text: kind for kind, text in tokens}

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from streamsql.checkpoint.log import SCHEMA
+from streamsql.secrets import redact
 from streamsql.shell.render import MODES
 
 if TYPE_CHECKING:
@@ -110,7 +111,8 @@ def list_tables(shell: Shell, _: str) -> None:
 
 
 def show_schema(shell: Shell, name: str) -> None:
-    """The CREATE statements of everything `.tables` lists, or of what is called NAME."""
+    """The CREATE statements of everything `.tables` lists, or of what is called NAME; the
+    values of secret options hidden."""
     engine = shell.con.engine
     statements = [
         *((s.name, s.sql) for s in engine.sources.values()),
@@ -120,7 +122,7 @@ def show_schema(shell: Shell, name: str) -> None:
     found = [sql for relation, sql in statements if not name or relation.lower() == name.lower()]
     if not found:
         raise CommandError(f"no source, sink, table or view is named {name}")
-    shell.write("\n".join(sql.strip().rstrip(";") + ";" for sql in found))
+    shell.write("\n".join(redact(sql.strip().rstrip(";")) + ";" for sql in found))
 
 
 def _relations(shell: Shell) -> list[tuple[str, str, str]]:

@@ -296,6 +296,9 @@ def test_a_clause_keyword_completes_after_the_relation_in_from(
     completer = SQLCompleter(memory_con.engine)
     assert completions(completer, "SELECT * FROM events WIN") == {"WINDOW": "keyword"}
     assert completions(completer, "SELECT user_id FROM events e win") == {"window": "keyword"}
+    memory_con.execute("CREATE TABLE Visits (n INT)")
+    completer.refresh()
+    assert completions(completer, "SELECT n FROM visits WH") == {"WHERE": "keyword"}
     assert list(completions(completer, "SELECT * FROM events AS e W")) == [
         "WATERMARK",
         "WINDOW",

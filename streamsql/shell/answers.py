@@ -31,6 +31,7 @@ class Catalog:
 
     @classmethod
     def of(cls, engine: Engine) -> Catalog:
+        """The engine's catalog now (copies: the engine's dicts change as statements run)."""
         return cls(dict(engine.sources), dict(engine.sinks), dict(engine.queries))
 
     def answer(self, node: exp.Expr, engine: Engine) -> str | None:

@@ -150,7 +150,7 @@ class SQLCompleter(Completer):
 
     def _is_relation(self, name: str, alias: str | None) -> bool:
         """`name` is a source or table, and `alias` (if any) no keyword: a clause comes next."""
-        known = name.lower() in self.engine.sources or name in self.tables
+        known = name.lower() in self.engine.sources or name.lower() in map(str.lower, self.tables)
         return known and (alias is None or alias.upper() not in self.keywords)
 
     def _names(self, kind: str | None) -> list[Candidate]:

@@ -31,6 +31,7 @@ Rows = Sequence[Sequence[Any]]
 
 
 def table(names: Sequence[str], types: Sequence[str], rows: Rows, settings: Settings) -> str:
+    """The boxed table of DuckDB's CLI, cut beyond `.maxrows` rows."""
     return format_table(
         names,
         rows,

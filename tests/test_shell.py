@@ -43,6 +43,7 @@ from streamsql.sinks.base import OutputSchema
 from streamsql.sinks.files import ParquetSink
 
 WAIT_SECONDS = 10
+TERMINAL_SECONDS = 30  # a terminal test's wait for the screen: the shell starts a Python first
 
 EVENTS = "CREATE SOURCE events (user_id BIGINT, page VARCHAR) WITH (connector = 'memory')"
 TOTALS = (
@@ -666,7 +667,7 @@ class Terminal:
         return self.wait_until(ready, f"prompt {count}")
 
     def wait_until(self, condition: Callable[[str], bool], what: str) -> str:
-        deadline = time.monotonic() + WAIT_SECONDS
+        deadline = time.monotonic() + TERMINAL_SECONDS
         while not condition(screen := self.screen()):
             assert time.monotonic() < deadline, f"{what} not on the screen:\n{screen.rstrip()}"
             time.sleep(0.05)

@@ -66,7 +66,7 @@ def _from_checkpoint(
 ) -> dict[str, Any]:
     checkpoint = Checkpoint(con, name)
     last = checkpoint.last_commit()
-    end = checkpoint.planned(last.batch_id).end if last else None
+    end = checkpoint.planned(last.batch_id).end if last else checkpoint.first_start()
     state_rows = None
     if con.execute(
         "SELECT 1 FROM duckdb_tables() WHERE schema_name = ? AND lower(table_name) = ?",

@@ -550,6 +550,29 @@ def test_starting_offsets_earliest_latest_and_the_default(
     assert offsets(progress[-1])[1] == {topic: {"0": 5, "1": 4}}
 
 
+def test_latest_is_resolved_when_the_query_starts_and_kept_across_a_stop_before_any_batch(
+    broker: Broker, producer: KafkaProducer, db_path: str
+) -> None:
+    topic = broker.create_topic(2)
+    produce(producer, topic, [(0, b'{"user_id": -1}')])  # before the query: not read
+    with streamsql.connect(db_path) as con:
+        con.execute(kafka_source(broker, topic, "user_id BIGINT", starting_offsets="latest"))
+        con.execute(copy_sink(trigger=None))  # the query starts; stopped before any batch
+        assert con.query("out").last_progress is None
+        recorded = rows(
+            con, "SELECT end_offset FROM _streamsql.offsets WHERE query = 'out' AND batch_id = -1"
+        )
+        assert [json.loads(end) for (end,) in recorded] == [{topic: {"0": 1, "1": 0}}]
+    produce(producer, topic, [(i % 2, b'{"user_id": %d}' % i) for i in range(50)])
+    with streamsql.connect(db_path) as con:
+        query = caught_up(con)
+        produce(producer, topic, [(i % 2, b'{"user_id": %d}' % i) for i in range(50, 70)])
+        caught_up(con)
+        assert rows(con, "SELECT user_id FROM out ORDER BY 1") == [(i,) for i in range(70)]
+        assert offsets(query.recent_progress[0])[0] == {topic: {"0": 1, "1": 0}}
+    assert database_status(db_path)[1][0]["committed_offsets"] == {topic: {"0": 36, "1": 35}}
+
+
 def test_starting_offsets_per_partition_json(
     broker: Broker, producer: KafkaProducer, con: streamsql.Connection
 ) -> None:
@@ -884,7 +907,7 @@ def test_offsets_are_checkpointed_in_spark_form_and_a_restart_goes_on_without_lo
         logged = rows(
             con,
             "SELECT batch_id, start_offset, end_offset FROM _streamsql.offsets "
-            "WHERE query = 'out' ORDER BY batch_id",
+            "WHERE query = 'out' AND batch_id >= 0 ORDER BY batch_id",
         )
         return [(b, json.loads(start), json.loads(end)) for b, start, end in logged]
 
@@ -965,7 +988,9 @@ def test_a_failed_batch_is_replayed_over_exactly_its_logged_offsets(
     with pytest.raises(streamsql.StreamingQueryError, match="could not deliver batch 1"):
         caught_up(con)
     logged = rows(
-        con, "SELECT end_offset FROM _streamsql.offsets WHERE query = 'out' ORDER BY batch_id"
+        con,
+        "SELECT end_offset FROM _streamsql.offsets WHERE query = 'out' AND batch_id >= 0 "
+        "ORDER BY batch_id",
     )
     assert [json.loads(end) for (end,) in logged] == [
         {topic: {"0": 2, "1": 2}},

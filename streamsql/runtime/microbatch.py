@@ -118,7 +118,10 @@ class MicroBatchExecution:
         if self.plan.has_watermark:
             self.watermark = self.late_threshold = 0
         if last is None:
-            self.committed_end = self.source.initial_offset()
+            self.committed_end = self.checkpoint.first_start()
+            if self.committed_end is None:  # a new query: its start is part of its checkpoint
+                self.committed_end = self.source.initial_offset()
+                self.checkpoint.log_initial(self.committed_end)
         else:
             done = self.checkpoint.planned(last.batch_id)
             self.batch_id = last.batch_id + 1

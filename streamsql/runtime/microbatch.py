@@ -218,7 +218,7 @@ class MicroBatchExecution:
         return {
             "sink": self.name,
             "last_batch": self.last_committed,
-            "committed_offsets": self.committed_end,
+            "committed_offsets": self.source.public_offset(self.committed_end),
             "lag": self.source.lag_by_partition(self.committed_end)
             or self.source.backlog(self.committed_end),
             "watermark": timestamp_of(self.watermark),
@@ -338,11 +338,12 @@ class MicroBatchExecution:
                 {
                     "source": self.source.name,
                     "connector": self.source.definition.connector,
-                    "start_offset": batch.start,
-                    "end_offset": batch.end,
+                    "start_offset": self.source.public_offset(batch.start),
+                    "end_offset": self.source.public_offset(batch.end),
                     "num_input_rows": stats.input_rows,
                     "lag": self.source.backlog(batch.end),
                     "lag_by_partition": self.source.lag_by_partition(batch.end),
+                    "warnings": self.source.take_warnings(),
                 }
             ],
             sink={

@@ -7,6 +7,7 @@ decodes the record sets with kafka_records, without a Python object per message.
 
 from __future__ import annotations
 
+import base64
 import re
 import time
 from collections import defaultdict
@@ -37,6 +38,14 @@ NETWORK_ERRORS = (
     ConnectionError,
     TimeoutError,
 )
+
+
+def topic_id_text(raw: bytes) -> str | None:
+    """A topic id as Kafka's tools print it (URL-safe base64 of its 16 bytes, unpadded);
+    None for the zero id, which a broker sends when it has none."""
+    if not any(raw):
+        return None
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
 
 
 def partition_name(tp: TopicPartition) -> str:
@@ -137,6 +146,17 @@ class KafkaPythonClient:
                 )
             found.extend(TopicPartition(topic, p) for p in sorted(numbers))
         return found
+
+    def topic_ids(self, topics: set[str]) -> dict[str, str]:
+        """Each topic's id, for the topics the broker reports one for (Metadata v10+), as of
+        the metadata of the last partitions() call."""
+        cluster = self._manager.cluster
+        ids = {topic: cluster.topic_id(topic) for topic in topics}
+        return {
+            topic: text
+            for topic, uuid in ids.items()
+            if uuid is not None and (text := topic_id_text(uuid.bytes)) is not None
+        }
 
     def watermarks(self, partitions: list[TopicPartition]) -> dict[TopicPartition, Watermarks]:
         """Each partition's log start and high watermark. ListOffsets(latest) under-reports on

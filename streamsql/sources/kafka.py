@@ -287,8 +287,8 @@ class KafkaSource(Source):
         }
         if self.max_offsets:
             until = self._rate_limit(begin, until)
-        if all(until[tp] == positions.get(tp) for tp in until):
-            return None
+        if not gone and all(until[tp] == positions.get(tp) for tp in until):
+            return None  # (deleted partitions are dropped from the offsets by a batch)
         self._planned = self._offset(
             {**{tp: p for tp, p in positions.items() if tp not in gone}, **until}, ids
         )

@@ -189,7 +189,7 @@ def run_reference(run_dir: Path, timeout: float = 600) -> Timing:
     try:
         rows = con.execute(
             "SELECT query, epoch(min(planned_at)), epoch(max(planned_at)), count(*) "
-            "FROM _streamsql.offsets GROUP BY query"
+            "FROM _streamsql.offsets WHERE batch_id >= 0 GROUP BY query"  # batches only
         ).fetchall()
     finally:
         con.close()
@@ -402,7 +402,7 @@ def inspect(run_dir: Path, kill: Kill, spawned: float) -> Kill:
         kill.started = dict(
             con.execute(
                 "SELECT query, epoch(min(planned_at)) - ? FROM _streamsql.offsets "
-                "WHERE epoch(planned_at) >= ? GROUP BY query",
+                "WHERE epoch(planned_at) >= ? AND batch_id >= 0 GROUP BY query",
                 [spawned, spawned],
             ).fetchall()
         )

@@ -1100,11 +1100,15 @@ def test_group_id_gets_a_copy_of_the_committed_offsets(
 # -- broker trouble ------------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("listener", ["closed port", "plaintext listener, SSL client"])
 def test_an_unreachable_broker_fails_create_sink_quickly_naming_the_address(
-    con: streamsql.Connection,
+    broker: Broker, con: streamsql.Connection, listener: str
 ) -> None:
-    address = f"127.0.0.1:{free_port()}"
-    con.execute(kafka_source(address, "t", connect_timeout="1 second"))
+    if listener == "closed port":
+        address, security = f"127.0.0.1:{free_port()}", {}
+    else:  # the TLS handshake is never answered: kafka-python alone would wait forever
+        address, security = broker.bootstrap_servers, {"kafka.security_protocol": "SSL"}
+    con.execute(kafka_source(address, "t", connect_timeout="1 second", **security))
     began = time.monotonic()
     with pytest.raises(streamsql.OperationalError) as caught:
         con.execute(copy_sink(trigger=None))

@@ -15,19 +15,17 @@ once skip batch ids of a query id they have seen.
 from __future__ import annotations
 
 import contextlib
-import socket
-import threading
 import time
 from typing import Any, ClassVar
 
 import duckdb
 import pyarrow as pa
 from kafka import KafkaProducer
-from kafka.errors import KafkaConfigurationError, KafkaError, KafkaTimeoutError
-from kafka.net.compat import KafkaNetClient
+from kafka.errors import KafkaConfigurationError, KafkaError
 
 from streamsql.errors import OperationalError, ProgrammingError, from_duckdb
 from streamsql.format import parse_seconds
+from streamsql.kafka_net import NetworkClients, within
 from streamsql.kafka_settings import client_settings
 from streamsql.sinks.base import OutputSchema, Sink
 from streamsql.sql import literal, quote
@@ -144,18 +142,10 @@ class KafkaSink(Sink):
             ) from None
 
     def _connect(self) -> KafkaProducer:
-        """A producer connected within `timeout`. KafkaProducer() bootstraps on the calling
-        thread and kafka-python bounds neither a TLS handshake nor an answer-less broker
-        there (SASL_SSL against a plaintext listener waits forever), so it is built on a
-        thread of its own; past the timeout its broker sockets are shut down, which ends the
-        bootstrap with an error, and the batch fails naming the servers."""
+        """A producer connected within `timeout`: KafkaProducer() bootstraps on the calling
+        thread, where kafka-python does not bound every wait (kafka_net)."""
         millis = max(int(self.timeout * 1000), 1)
-        clients: list[KafkaNetClient] = []
-
-        def network_client(**settings: Any) -> KafkaNetClient:
-            clients.append(KafkaNetClient(**settings))
-            return clients[-1]
-
+        clients = NetworkClients()
         config: dict[str, Any] = {
             "bootstrap_servers": self.servers,
             "client_id": f"streamsql-{self.name}",
@@ -165,37 +155,18 @@ class KafkaSink(Sink):
             "max_block_ms": millis,
             "request_timeout_ms": min(millis, KafkaProducer.DEFAULT_CONFIG["request_timeout_ms"]),
             **self.client_options,
-            "kafka_client": network_client,
+            "kafka_client": clients,
         }
-        built: dict[str, Any] = {}
-
-        def build() -> None:
-            try:
-                built["producer"] = KafkaProducer(**config)
-            except BaseException as error:  # handed to the sink's thread
-                built["error"] = error
-
-        thread = threading.Thread(target=build, name=f"streamsql-{self.name}-connect", daemon=True)
-        thread.start()
-        thread.join(self.timeout)
-        if thread.is_alive():
-            for client in clients:
-                _hang_up(client)
-            thread.join(FORCE_CLOSE_SECONDS)
-            if "producer" in built:
-                _close(built["producer"], 0)
-            raise KafkaTimeoutError(
-                f"no connection within the timeout (security_protocol "
-                f"{config.get('security_protocol', 'PLAINTEXT')}: does the listener speak it?)"
+        try:
+            self._producer = within(
+                self.timeout, lambda: KafkaProducer(**config), clients, lambda p: _close(p, 0)
             )
-        error = built.get("error")
-        if isinstance(error, KafkaConfigurationError | ValueError):
+        except (KafkaConfigurationError, ValueError) as error:
             raise ProgrammingError(f"Sink {self.name}: Kafka client options: {error}") from None
-        if error is not None:
+        except KafkaError:
             for client in clients:
                 client.close()
-            raise error
-        self._producer = built["producer"]
+            raise
         return self._producer
 
     def _abandon(self) -> None:
@@ -242,19 +213,6 @@ def _key(key: str | None, type_: str) -> str:
     if type_.upper() == "BLOB":
         return f"CAST(({key}) AS BLOB)"
     return f"encode(CAST(({key}) AS VARCHAR))"
-
-
-def _hang_up(client: KafkaNetClient) -> None:
-    """From another thread: shut down the client's broker sockets, so that a wait for a
-    broker's answer that kafka-python does not bound ends now, with a connection error."""
-    keys = []
-    with contextlib.suppress(RuntimeError):  # the loop changed its socket map meanwhile
-        keys = list(client._manager._net._selector.get_map().values())  # no public call
-    for key in keys:
-        sock = key.fileobj
-        if isinstance(sock, socket.socket) and sock.family in (socket.AF_INET, socket.AF_INET6):
-            with contextlib.suppress(OSError):
-                sock.shutdown(socket.SHUT_RDWR)
 
 
 def _close(producer: KafkaProducer, timeout: float) -> None:

@@ -20,6 +20,7 @@ from kafka.net.compat import KafkaNetClient
 from kafka.protocol.consumer import FetchRequest, ListOffsetsRequest
 
 from streamsql.errors import SourceUnavailable
+from streamsql.kafka_net import NetworkClients, within
 from streamsql.sources.kafka_records import RecordColumns
 
 FETCH_VERSION = 12  # the last Fetch version that names topics (13+ use topic ids)
@@ -97,7 +98,9 @@ class KafkaPythonClient:
             )
             client._manager._net.start()
             try:
-                client._manager.bootstrap(connect_ms)
+                # kafka-python's bootstrap does not bound a TLS handshake: kafka_net does
+                bootstrap = client._manager.bootstrap
+                within(self.connect_timeout, lambda: bootstrap(connect_ms), [client])
             except kafka_errors.KafkaError as error:
                 client.close()
                 raise SourceUnavailable(
@@ -295,14 +298,21 @@ class KafkaPythonClient:
 
     def commit(self, group_id: str, offsets: dict[TopicPartition, int]) -> None:
         """Record `offsets` as the group's position, for lag tools; never read back."""
-        if self._committer is None:
-            self._committer = KafkaConsumer(
-                bootstrap_servers=self.bootstrap_servers,
-                group_id=group_id,
-                enable_auto_commit=False,
-                **self.config,
-            )
+        clients = NetworkClients()
         try:
+            if self._committer is None:
+                self._committer = within(
+                    self.connect_timeout,
+                    lambda: KafkaConsumer(
+                        bootstrap_servers=self.bootstrap_servers,
+                        group_id=group_id,
+                        enable_auto_commit=False,
+                        kafka_client=clients,
+                        **self.config,
+                    ),
+                    clients,
+                    KafkaConsumer.close,
+                )
             self._committer.commit({tp: OffsetAndMetadata(o, "", -1) for tp, o in offsets.items()})
         except kafka_errors.KafkaError as error:
             raise SourceUnavailable(f"Kafka at {self.bootstrap_servers}: {error}") from None

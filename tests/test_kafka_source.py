@@ -1076,6 +1076,53 @@ def test_a_topic_recreated_under_a_logged_batch_is_data_loss_when_it_is_replayed
     assert list(DELIVERED) == [(0, [0, 1]), (1, [2, 3]), (1, []), (2, new_topic)]
 
 
+@pytest.mark.parametrize("fail_on_data_loss", ["true", "false"])
+def test_a_logged_batch_beyond_the_end_of_its_partition_is_data_loss_when_it_is_replayed(
+    broker: Broker,
+    admin: KafkaAdminClient,
+    producer: KafkaProducer,
+    db_path: str,
+    fail_on_data_loss: str,
+) -> None:
+    """No topic id to tell by (an offset log of an older version): the replayed range 2 to 3
+    lies past the end of the recreated partition."""
+    topic = broker.create_topic(1)
+    produce(producer, topic, [(0, b'{"user_id": %d}' % i) for i in range(2)])
+    with streamsql.connect(db_path) as con:
+        source = kafka_source(broker, topic, "user_id BIGINT", fail_on_data_loss=fail_on_data_loss)
+        start_flaky(con, source)
+        produce(producer, topic, [(0, b'{"user_id": %d}' % i) for i in range(2, 4)])
+        with pytest.raises(streamsql.StreamingQueryError, match="could not deliver batch 1"):
+            caught_up(con)
+    strip_topic_ids(db_path)
+    admin.delete_topics([topic])
+    broker.create_topic(1, topic)
+    produce(producer, topic, [(0, b'{"user_id": 100}')])
+    FAIL_AT.clear()
+    with streamsql.connect(db_path) as con:
+        con.execute(FLAKY_SINK)  # replays batch 1
+        query = con.query("out")
+        loss = (
+            f"{topic}-0 ends at offset 1, before the offsets 2 to 3 the batch planned to read "
+            "(was the topic recreated?)"
+        )
+        if fail_on_data_loss == "true":
+            with pytest.raises(streamsql.StreamingQueryError) as caught:
+                query.await_termination(30)
+            assert f"Source ev: {loss}" in str(caught.value)
+            return
+        query.process_all_available(timeout=30)
+        replayed, following = query.recent_progress
+        assert (replayed.batch_id, replayed.num_input_rows) == (1, 0)
+        assert replayed.sources[0]["warnings"] == [f"data loss: {loss}"]
+        # then Spark's rule, with no id to tell by: reading goes on from the partition's end
+        assert following.sources[0]["warnings"] == [
+            f"data loss: {topic}-0 ends at offset 1, before the checkpoint's 4 "
+            "(was the topic recreated?)"
+        ]
+    assert DELIVERED[-2:] == [(1, []), (2, [])]
+
+
 def test_group_id_gets_a_copy_of_the_committed_offsets(
     broker: Broker, admin: KafkaAdminClient, producer: KafkaProducer, con: streamsql.Connection
 ) -> None:

@@ -190,7 +190,8 @@ class KafkaSource(Source):
             return offset
         return {topic: positions for topic, positions in offset.items() if topic != TOPIC_IDS}
 
-    def _recreated(self, before: dict[str, str], now: dict[str, str]) -> list[str]:
+    @staticmethod
+    def _recreated(before: dict[str, str], now: dict[str, str]) -> list[str]:
         """Topics whose id changed between two offsets: deleted and created again."""
         return sorted(t for t, topic_id in before.items() if now.get(t, topic_id) != topic_id)
 
@@ -348,8 +349,8 @@ class KafkaSource(Source):
         # A topic created again before the batch was planned is read from its start.
         switched = set(self._recreated(self._ids(start), self._ids(end)))
         begin = {tp: p for tp, p in begin.items() if tp.topic not in switched}
-        if end != self._planned:  # planned by an earlier run: is it still the same topic?
-            until = self._still_there(until, self._ids(end))
+        if end != self._planned:  # planned by an earlier run: does the broker still have it?
+            until = self._still_there(begin, until, self._ids(end))
         new = [tp for tp in until if tp not in begin]
         if new:  # partitions that appeared in this batch are read from their start
             marks = self.client.watermarks(new)
@@ -363,6 +364,8 @@ class KafkaSource(Source):
                 break
             except PartitionError as error:
                 ranges = self._after_partition_error(error, ranges)
+        if not fetched:  # every range was lost (fail_on_data_loss = false)
+            return self.empty()
         tables = []
         for tp in sorted(fetched):
             table = fetched[tp].table()
@@ -376,14 +379,18 @@ class KafkaSource(Source):
         return self._decode(pa.concat_tables(tables))
 
     def _still_there(
-        self, until: dict[TopicPartition, int], planned: dict[str, str]
+        self,
+        begin: dict[TopicPartition, int],
+        until: dict[TopicPartition, int],
+        ids: dict[str, str],
     ) -> dict[TopicPartition, int]:
-        """The ranges of a batch planned before a restart whose topics are the ones it was
-        planned on: a topic created again since is data loss (its ranges are dropped, and the
-        next batch reads the new topic from its start)."""
-        self._partitions(missing_ok=True)  # fresh metadata, for the ids
-        now = self.client.topic_ids(set(planned))
-        recreated = self._recreated(planned, now)
+        """The ranges of a batch planned before a restart that the broker still has. A topic
+        created again since (its id changed) or a partition that now ends before the range
+        is data loss: those ranges are dropped, and the next batch reads on from the
+        partition as it is (a new topic from its start)."""
+        partitions = set(self._partitions(missing_ok=True))  # fresh metadata, for the ids
+        now = self.client.topic_ids(set(ids))
+        recreated = self._recreated(ids, now)
         for topic in recreated:
             self._data_loss(
                 f"topic {topic} was deleted and created again (its id is {now[topic]}) after "
@@ -393,9 +400,19 @@ class KafkaSource(Source):
                     for tp, o in sorted(until.items())
                     if tp.topic == topic
                 )
-                + f" from the topic with id {planned[topic]}"
+                + f" from the topic with id {ids[topic]}"
             )
-        return {tp: o for tp, o in until.items() if tp.topic not in recreated}
+        kept = {tp: o for tp, o in until.items() if tp.topic not in recreated}
+        started = [tp for tp in kept if tp in begin and tp in partitions and kept[tp] > begin[tp]]
+        for tp, mark in self.client.watermarks(started).items():
+            if begin[tp] >= mark.high:
+                self._data_loss(
+                    f"{partition_name(tp)} ends at offset {mark.high}, before the offsets "
+                    f"{begin[tp]} to {kept[tp] - 1} the batch planned to read (was the topic "
+                    "recreated?)"
+                )
+                del kept[tp]
+        return kept
 
     def _after_partition_error(
         self, error: PartitionError, ranges: dict[TopicPartition, tuple[int, int]]
@@ -408,12 +425,6 @@ class KafkaSource(Source):
         if error.error is kafka_errors.OffsetOutOfRangeError:
             start, end = ranges[tp]
             mark = self.client.watermarks([tp])[tp]
-            if start >= mark.high:  # the log ends before the range: not retention
-                self._data_loss(
-                    f"{partition_name(tp)} ends at offset {mark.high}, before the offsets "
-                    f"{start} to {end - 1} the batch planned to read (was the topic recreated?)"
-                )
-                return {p: r for p, r in ranges.items() if p != tp}
             self._data_loss(
                 f"offsets {start} to {min(end, mark.log_start) - 1} of {partition_name(tp)} are "
                 "no longer on the broker (retention)"

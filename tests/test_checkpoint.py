@@ -535,6 +535,7 @@ def test_a_planned_uncommitted_batch_is_replayed_over_exactly_its_logged_range(
             "FROM _streamsql.offsets WHERE query = 'out' ORDER BY 1",
         )
         assert [(b, json.loads(end)) for b, _, end, *_ in logged] == [
+            (-1, {"files": []}),  # where the query started, recorded when it was created
             (0, {"files": ["0.json"]}),
             (1, {"files": ["1.json"]}),
             (2, {"files": ["2.json"]}),
@@ -550,7 +551,7 @@ def test_a_planned_uncommitted_batch_is_replayed_over_exactly_its_logged_range(
         query = caught_up(con)  # resumed when the database opened: it was running
         replayed, following = query.recent_progress
         assert replayed.batch_id == 2
-        assert replayed.sources[0]["start_offset"] == json.loads(logged[2][1])
+        assert replayed.sources[0]["start_offset"] == json.loads(logged[3][1])
         assert replayed.sources[0]["end_offset"] == {"files": ["2.json"]}  # not 3.json, 4.json
         assert replayed.num_input_rows == 2
         assert (following.batch_id, following.sources[0]["end_offset"]) == (

@@ -161,6 +161,46 @@ def test_status_of_a_running_process_and_ctrl_c_stops_it_with_the_checkpoint_com
     assert not (tmp_path / "app.db.status.json").exists()
 
 
+def test_a_second_ctrl_c_exits_at_once_while_a_batch_is_stuck(tmp_path: Path) -> None:
+    from streamsql.testing.broker import Broker
+
+    with Broker() as broker:
+        # the README's SASL_SSL sink against a plaintext listener: batch 0 waits the whole
+        # timeout for a TLS handshake the broker never answers
+        script = tmp_path / "stuck.sql"
+        script.write_text(
+            "CREATE SOURCE ev (k VARCHAR) WITH (connector = 'memory');\n"
+            "CREATE SINK out WITH (connector = 'kafka', "
+            f"bootstrap_servers = '{broker.bootstrap_servers}', topic = 't', "
+            "timeout = '120 seconds', kafka.security_protocol = 'SASL_SSL', "
+            "kafka.sasl_mechanism = 'PLAIN', kafka.sasl_plain_username = 'app', "
+            "kafka.sasl_plain_password = 'secret') AS SELECT k FROM ev;\n"
+            "INSERT INTO ev VALUES ('a');\n"
+        )
+        running = subprocess.Popen(
+            [sys.executable, "-m", "streamsql.cli", "run", str(script), "--db", ":memory:"],
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            time.sleep(3)  # batch 0 is connecting
+            running.send_signal(signal.SIGINT)
+            time.sleep(1.5)
+            assert running.poll() is None  # the first Ctrl-C waits for the batch in flight
+            running.send_signal(signal.SIGINT)
+            began = time.monotonic()
+            _, err = running.communicate(timeout=30)
+            exited_after = time.monotonic() - began
+        finally:
+            running.kill()
+    assert running.returncode == 130, err
+    assert exited_after < 5
+    assert "Interrupted: stopping after the batches in flight commit (Ctrl-C again" in err
+    assert "Interrupted again: exiting now" in err
+
+
 def test_progress_lines_are_redrawn_in_place_on_a_terminal() -> None:
     class Terminal(io.StringIO):
         def isatty(self) -> bool:

@@ -202,6 +202,24 @@ class Checkpoint:
         batch, start, end, watermark, late = row[0]
         return PlannedBatch(batch, _load(start), _load(end), watermark, late)
 
+    def first_start(self) -> Any | None:
+        """Where the first batch in the log starts: the initial offset recorded when the query
+        was created (Spark's initial offset log), or the offsets truncation merged; None for a
+        query that has none recorded yet."""
+        row = self.cursor.execute(
+            f"SELECT end_offset FROM {SCHEMA}.offsets WHERE query = ? AND batch_id = -1",
+            [self.query],
+        ).fetchall()
+        return _load(row[0][0]) if row else None
+
+    def log_initial(self, offset: Any) -> None:
+        """Record where a new query starts, before any batch: a query stopped before its first
+        batch resumes from here, not from wherever `latest` points by then."""
+        self.cursor.execute(
+            f"INSERT INTO {SCHEMA}.offsets (query, batch_id, end_offset) VALUES (?, -1, ?)",
+            [self.query, json.dumps(offset)],
+        ).fetchall()
+
     def planned_ends(self) -> list[Any]:
         """Every end offset planned, in batch order (the batches truncated away merged into
         one, first): what a file source has seen."""

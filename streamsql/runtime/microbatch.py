@@ -136,7 +136,10 @@ class MicroBatchExecution:
         if self.plan.has_watermark:
             self.watermark = self.late_threshold = 0
         if last is None:
-            self.committed_end = self.source.initial_offset()
+            self.committed_end = self.checkpoint.first_start()
+            if self.committed_end is None:  # a new query: its start is part of its checkpoint
+                self.committed_end = self.source.initial_offset()
+                self.checkpoint.log_initial(self.committed_end)
         else:
             done = self.checkpoint.planned(last.batch_id)
             self.batch_id = last.batch_id + 1
@@ -233,7 +236,7 @@ class MicroBatchExecution:
         return {
             "sink": self.name,
             "last_batch": self.last_committed,
-            "committed_offsets": self.committed_end,
+            "committed_offsets": self.source.public_offset(self.committed_end),
             "lag": self.source.lag_by_partition(self.committed_end)
             or self.source.backlog(self.committed_end),
             "watermark": timestamp_of(self.watermark),
@@ -353,12 +356,13 @@ class MicroBatchExecution:
                 {
                     "source": self.source.name,
                     "connector": self.source.definition.connector,
-                    "start_offset": batch.start,
-                    "end_offset": batch.end,
+                    "start_offset": self.source.public_offset(batch.start),
+                    "end_offset": self.source.public_offset(batch.end),
                     "num_input_rows": stats.input_rows,
                     "lag": self.source.backlog(batch.end),
                     "lag_by_partition": self.source.lag_by_partition(batch.end),
                     **self.source.metrics(),
+                    "warnings": self.source.take_warnings(),
                 }
             ],
             sink={

@@ -6,6 +6,7 @@ JSON values that only the source interprets; the runtime logs them before readin
 
 from __future__ import annotations
 
+import logging
 import threading
 from abc import ABC, abstractmethod
 from collections.abc import Callable
@@ -20,6 +21,8 @@ from streamsql.options import Configured
 from streamsql.plan.catalog import SourceDef
 
 Offset = Any
+
+log = logging.getLogger(__name__)
 
 ON_ERROR = ("dead_letter", "skip", "fail")
 
@@ -117,6 +120,7 @@ class Source(Configured, ABC):
                 )
         self._listeners: list[Callable[[], None]] = []
         self._listeners_lock = threading.Lock()
+        self._warnings: list[str] = []
 
     @property
     def name(self) -> str:
@@ -146,6 +150,11 @@ class Source(Configured, ABC):
     def snapshot(self) -> Offset:
         """A bound covering everything available now (trigger available_now)."""
         return None
+
+    def public_offset(self, offset: Offset) -> Offset:
+        """An offset as progress records and status show it: without what only the source
+        itself needs (Kafka: the topic ids)."""
+        return offset
 
     def backlog(self, end: Offset) -> int | None:
         """How much is available beyond `end` (records, files), as far as the source knows
@@ -177,6 +186,17 @@ class Source(Configured, ABC):
     def interrupt(self) -> None:
         """From another thread, when a query must stop while a read is stuck: make the
         read fail now (the batch stays logged, to be read again when the query resumes)."""
+
+    def warn(self, message: str) -> None:
+        """Something the user must hear of that does not stop the query (data loss accepted
+        with fail_on_data_loss = false): logged now, and in the next batch's progress."""
+        log.warning("Source %s: %s", self.name, message)
+        self._warnings.append(message)
+
+    def take_warnings(self) -> list[str]:
+        """The warnings since the last call, for the progress record of the batch."""
+        warnings, self._warnings = self._warnings, []
+        return warnings
 
     def subscribe(self, listener: Callable[[], None]) -> None:
         """Call `listener` when new data arrives (sources that can tell; others are polled)."""

@@ -200,6 +200,15 @@ class Checkpoint:
             ],
         ).fetchall()
 
+    def forget_emitted_windows(self, through: int) -> None:
+        """Drop the windows emitted by batches up to `through`, in the transaction of the batch
+        that retires them from the logs: only an uncommitted batch is ever replayed, and it
+        emits only windows closing at its own watermark, which no retired batch emitted."""
+        self.cursor.execute(
+            f"DELETE FROM {EMITTED_WINDOWS} WHERE query = ? AND batch_id <= ?",
+            [self.query, through],
+        ).fetchall()
+
     def _metadata(self) -> tuple[str, Fingerprint] | None:
         row = self.cursor.execute(
             f"SELECT id, fingerprint FROM {SCHEMA}.metadata WHERE query = ?", [self.query]

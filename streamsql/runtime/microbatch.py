@@ -264,6 +264,7 @@ class MicroBatchExecution:
         timings["read"] = _ms_since(began)
         mark = time.perf_counter()
         state_rows, earliest_end = self.state_rows, self.earliest_end
+        retired = self._retired_through(batch.batch_id)
         try:
             with transaction(self.cursor):
                 stats, emitted = self._execute_steps(batch, data.rows)
@@ -289,6 +290,8 @@ class MicroBatchExecution:
                         emitted.num_rows,
                     )
                 )
+                if retired is not None:
+                    self.checkpoint.forget_emitted_windows(retired)
         except BaseException:
             self.state_rows, self.earliest_end = state_rows, earliest_end
             raise
@@ -298,8 +301,8 @@ class MicroBatchExecution:
             self._registered.clear()
         self.sink.committed(self.cursor, batch.batch_id)
         self.source.committed(batch.end)
-        if batch.batch_id >= RETAINED_BATCHES and batch.batch_id % RETAINED_BATCHES == 0:
-            self.checkpoint.truncate(batch.batch_id - RETAINED_BATCHES, self.source.merge_ends)
+        if retired is not None:
+            self.checkpoint.truncate(retired, self.source.merge_ends)
         timings["commit"] = _ms_since(mark)
         timings["total"] = round(timings["plan"] + _ms_since(began), 3)
         self.batch_id = batch.batch_id + 1
@@ -348,6 +351,14 @@ class MicroBatchExecution:
                 "num_output_rows": emitted.num_rows,
             },
         )
+
+    @staticmethod
+    def _retired_through(batch_id: int) -> int | None:
+        """The last batch the logs drop once `batch_id` commits (every RETAINED_BATCHES
+        batches), or None."""
+        if batch_id >= RETAINED_BATCHES and batch_id % RETAINED_BATCHES == 0:
+            return batch_id - RETAINED_BATCHES
+        return None
 
     def _state_operators(self) -> list[dict[str, Any]]:
         """Spark's stateOperators: the state store of the query's one stateful operator."""

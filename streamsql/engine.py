@@ -24,6 +24,7 @@ import duckdb
 import pyarrow as pa
 from sqlglot import exp
 
+from streamsql.checkpoint import dead_letters
 from streamsql.checkpoint.fingerprint import fingerprint
 from streamsql.checkpoint.log import SCHEMA, Checkpoint, state_table
 from streamsql.errors import Error, ProgrammingError, from_duckdb
@@ -152,6 +153,7 @@ class Engine:
             raise from_duckdb(error, f"Cannot open {database}") from None
         self.db.execute("SET TimeZone = 'UTC'").fetchall()
         Checkpoint.create_tables(self.db)
+        dead_letters.create_tables(self.db)
         for statement in (*MACROS, CATALOG):
             self.db.execute(statement).fetchall()
         self.sources: dict[str, SourceDef] = {}

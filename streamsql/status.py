@@ -15,6 +15,7 @@ from typing import Any
 import duckdb
 from sqlglot import exp
 
+from streamsql.checkpoint import dead_letters
 from streamsql.checkpoint.log import SCHEMA, Checkpoint, state_table
 from streamsql.engine import source_instance, status_file
 from streamsql.errors import OperationalError
@@ -81,7 +82,7 @@ def _from_checkpoint(
         "lag": _lag(con, checkpoint, sql, end),
         "watermark": timestamp_of(last.next_watermark_us) if last else None,
         "state_rows": state_rows,
-        "dead_letters": checkpoint.dead_letters(),
+        "dead_letters": dead_letters.count(con, name),
     }
 
 

@@ -68,15 +68,6 @@ TABLES = (
         bytes BIGINT NOT NULL,
         retired_at TIMESTAMPTZ,     -- replaced (compaction, a newer snapshot); deleted later
         PRIMARY KEY (query, file))""",
-    f"""CREATE TABLE IF NOT EXISTS {SCHEMA}.dead_letters (
-        query VARCHAR,
-        batch_id BIGINT,
-        source VARCHAR,
-        "partition" VARCHAR,
-        "offset" BIGINT,
-        raw BLOB,
-        error VARCHAR,
-        recorded_at TIMESTAMPTZ DEFAULT current_timestamp)""",
 )
 
 
@@ -164,11 +155,6 @@ class Checkpoint:
             [self.query],
         ).fetchall()
         return [_load(end) for (end,) in rows]
-
-    def dead_letters(self) -> int:
-        return self.cursor.execute(
-            f"SELECT count(*) FROM {SCHEMA}.dead_letters WHERE lower(query) = ?", [self.query]
-        ).fetchall()[0][0]
 
     def log_offsets(self, batch: PlannedBatch) -> None:
         """Write-ahead: durable before the batch reads its input."""
@@ -260,8 +246,8 @@ class Checkpoint:
             ).fetchall()
 
     def forget(self) -> None:
-        """Drop the query's checkpoint (DROP SINK). Its dead letters stay: bad input is never
-        lost."""
+        """Drop the query's checkpoint (DROP SINK). Its dead letters stay (until the source's
+        dead_letter_retention): bad input is never lost."""
         for table in ("offsets", "commits", "metadata", "emitted_windows", "sink_files"):
             self.cursor.execute(
                 f"DELETE FROM {SCHEMA}.{table} WHERE query = ?", [self.query]

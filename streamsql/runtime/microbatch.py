@@ -20,8 +20,9 @@ import duckdb
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from streamsql.checkpoint.dead_letters import DeadLetters
 from streamsql.checkpoint.fingerprint import fingerprint
-from streamsql.checkpoint.log import SCHEMA, Checkpoint, CommitRecord, PlannedBatch, transaction
+from streamsql.checkpoint.log import Checkpoint, CommitRecord, PlannedBatch, transaction
 from streamsql.errors import DataError, ProgrammingError, from_duckdb
 from streamsql.incremental.compiler import INPUT_VIEW, BatchProgram, Effect, Fetch, Step
 from streamsql.plan.plan import StreamingPlan
@@ -66,6 +67,9 @@ class MicroBatchExecution:
         self.sink = sink
         self.cursor = cursor  # this query's own connection to the engine database, in UTC
         self.checkpoint = Checkpoint(self.cursor, name)
+        self.dead_letter_store = DeadLetters(
+            self.cursor, name, source.name, source.dead_letter_retention
+        )
         self.batch_id = 0
         self.committed_end: Offset = None
         self.watermark: int | None = None  # W for the next batch
@@ -132,7 +136,7 @@ class MicroBatchExecution:
                 self.earliest_end = self._scalar(self.program.earliest_end_sql)
             self._create_state_views()
         self.source.recover(self.checkpoint.planned_ends())
-        self.dead_letters = self.checkpoint.dead_letters()
+        self.dead_letters = self.dead_letter_store.resume()
         self.output = self._describe_output()
 
     def _create_state_views(self) -> None:
@@ -265,12 +269,14 @@ class MicroBatchExecution:
         mark = time.perf_counter()
         state_rows, earliest_end = self.state_rows, self.earliest_end
         retired = self._retired_through(batch.batch_id)
+        dead = self._dead_letters(data)
+        stored = dead if self.source.on_error == "dead_letter" else dead.slice(0, 0)
         try:
-            with transaction(self.cursor):
+            with self.dead_letter_store.lock_for(stored), transaction(self.cursor):
                 stats, emitted = self._execute_steps(batch, data.rows)
                 timings["execute"] = _ms_since(mark)
                 mark = time.perf_counter()
-                dead = self._dead_letters(batch, data)
+                expired = self.dead_letter_store.store(batch.batch_id, stored)
                 max_event = self.max_event_us
                 if stats.max_event_us is not None:
                     truncated = stats.max_event_us // 1000 * 1000  # Spark keeps ms
@@ -310,7 +316,7 @@ class MicroBatchExecution:
         self.late_threshold = batch.watermark_us
         self.watermark = next_watermark
         self.max_event_us = max_event
-        self.dead_letters += dead if self.source.on_error == "dead_letter" else 0
+        self.dead_letters += stored.num_rows - expired
         seconds = max(timings["total"] / 1000, 1e-9)
         since_last = began - self.last_started if self.last_started is not None else seconds
         self.last_started = began
@@ -323,7 +329,7 @@ class MicroBatchExecution:
             num_input_rows=stats.input_rows,
             num_late_rows=stats.late_rows,
             num_null_event_times=stats.null_event_times,
-            num_dead_letters=dead,
+            num_dead_letters=dead.num_rows,
             num_output_rows=emitted.num_rows,
             watermark=timestamp_of(batch.watermark_us),
             late_threshold=timestamp_of(batch.late_threshold_us),
@@ -477,29 +483,17 @@ class MicroBatchExecution:
         self.cursor.register(view, rows)
         self._registered.add(view)
 
-    def _dead_letters(self, batch: PlannedBatch, data: SourceBatch) -> int:
+    def _dead_letters(self, data: SourceBatch) -> pa.Table:
+        """The batch's bad records; an error, before the batch writes anything, under
+        on_error = 'fail'."""
         dead = data.dead_letters
-        if dead.num_rows == 0:
-            return 0
-        policy = self.source.on_error
-        if policy == "fail":
+        if dead.num_rows and self.source.on_error == "fail":
             first = dead.slice(0, 1).to_pylist()[0]
             raise DataError(
                 f"Source {self.source.name}: bad record at {first['partition']} offset "
                 f"{first['offset']}: {first['error']} (on_error = 'fail')"
             )
-        if policy == "dead_letter":
-            self.cursor.register("__dead", dead)
-            try:
-                self.cursor.execute(
-                    f'INSERT INTO {SCHEMA}.dead_letters (query, batch_id, source, "partition", '
-                    f'"offset", raw, error) SELECT ?, ?, ?, "partition", "offset", raw, error '
-                    f"FROM __dead",
-                    [self.name, batch.batch_id, self.source.name],
-                ).fetchall()
-            finally:
-                self.cursor.unregister("__dead")
-        return dead.num_rows
+        return dead
 
     def close(self) -> None:
         try:

@@ -21,6 +21,7 @@ from streamsql.plan.catalog import SourceDef
 Offset = Any
 
 ON_ERROR = ("dead_letter", "skip", "fail")
+DEAD_LETTER_RETENTION = 7 * 86400.0  # seconds: a week, as Kafka keeps a topic's messages
 
 DEAD_LETTER_SCHEMA = pa.schema(
     [
@@ -43,7 +44,8 @@ class SourceBatch:
 class Source(ABC):
     """One instance per source per engine, shared by the queries that read it."""
 
-    OPTIONS: ClassVar[tuple[str, ...]] = ("connector", "on_error")  # WITH (...) keys it reads
+    # WITH (...) keys it reads
+    OPTIONS: ClassVar[tuple[str, ...]] = ("connector", "on_error", "dead_letter_retention")
     OPTION_PREFIXES: ClassVar[tuple[str, ...]] = ()  # and keys passed on to a client library
     METADATA: ClassVar[tuple[str, ...]] = ()  # what METADATA columns can be filled from
 
@@ -56,6 +58,12 @@ class Source(ABC):
             raise ProgrammingError(
                 f"Source {definition.name}: on_error must be one of {', '.join(ON_ERROR)}"
             )
+        # How long dead letters are kept, in seconds (None: for ever)
+        self.dead_letter_retention: float | None = (
+            None
+            if self.options.get("dead_letter_retention", "").lower() == "forever"
+            else self.option_seconds("dead_letter_retention", DEAD_LETTER_RETENTION)
+        )
         for column in definition.columns:
             if column.metadata is not None and column.metadata not in self.METADATA:
                 offered = f"; it offers {', '.join(self.METADATA)}" if self.METADATA else ""

@@ -50,7 +50,7 @@ from streamsql.sources.base import Source
 from streamsql.sources.files import FileSource
 from streamsql.sources.kafka import KafkaSource
 from streamsql.sources.memory import MemorySource
-from streamsql.sql import DIALECT, Statement, nodes, parse_one, quote
+from streamsql.sql import DIALECT, Statement, nesting_room, nodes, parse_one, quote
 
 DuckCursor = duckdb.DuckDBPyConnection
 
@@ -184,7 +184,8 @@ class Engine:
                 self.sinks[definition.name.lower()] = definition
                 if running:
                     try:
-                        self._start(definition)
+                        with nesting_room(1):  # planned again, as deep as when created
+                            self._start(definition)
                     except Error as error:  # the database opens; this sink waits to be fixed
                         warnings.warn(
                             f"Sink {definition.name} did not resume: {error}", stacklevel=4

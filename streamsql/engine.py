@@ -476,7 +476,10 @@ class Engine:
         self, statement: Statement, params: Sequence[Any] | None, cursor: DuckCursor
     ) -> Result:
         target = statement.expression.this
-        select = target.expression if isinstance(target, exp.Create) else target
+        # a sink's query, checked as CREATE SINK checks it (one without AS SELECT, say)
+        select = (
+            sink_def(target, statement.text).query if isinstance(target, exp.Create) else target
+        )
         name = target.this.name if isinstance(target, exp.Create) else "query"
         plan = self.plan(select)
         program = self.program(name, plan)

@@ -638,6 +638,8 @@ class Engine:
                 "derived, not inserted)"
             )
         values = node.expression
+        if values is None:
+            raise ProgrammingError(f"INSERT INTO {source.name} needs VALUES or a query")
         names = ", ".join(quote(f"c{i}") for i in range(len(targets)))
         given = {t.lower(): f"c{i}" for i, t in enumerate(targets)}
         casts = ", ".join(

@@ -111,3 +111,33 @@ def test_a_foreign_exception_that_stops_a_query_is_named_with_its_batch(
     assert str(caught.value) == "Query s failed: IndexError in batch 0: list index out of range"
     assert isinstance(caught.value.__cause__, IndexError)
     assert con.query("s").status["error"] == "IndexError in batch 0: list index out of range"
+
+
+@pytest.mark.parametrize(
+    ("sql", "error", "message"),
+    [
+        (
+            "EXPLAIN CREATE SINK k",
+            streamsql.PlanningError,
+            "CREATE SINK k needs AS SELECT ...",
+        ),
+        (
+            "SELECT * FROM ev WATERMARK t DELAY OF INTERVAL NULL",
+            streamsql.PlanningError,
+            "WATERMARK delay INTERVAL (NULL) is NULL, not an interval [bad-interval]",
+        ),
+        ("INSERT INTO ev ", streamsql.ProgrammingError, "INSERT INTO ev needs VALUES or a query"),
+        (
+            "SELECT " + "[" * 70 + "k" + "]" * 70 + " AS deep FROM ev",
+            streamsql.NotSupportedError,
+            "returns rows that Arrow cannot carry: Recursion level in ArrowSchema struct exceeded",
+        ),
+    ],
+    ids=["explain-sink-without-query", "null-interval", "insert-without-rows", "lists-70-deep"],
+)
+def test_what_the_fuzzer_found_is_a_streamsql_error(
+    con: streamsql.Connection, sql: str, error: type[streamsql.Error], message: str
+) -> None:
+    with pytest.raises(error) as caught:
+        con.execute(sql).fetchall()
+    assert str(caught.value).endswith(message)

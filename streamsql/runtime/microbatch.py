@@ -23,7 +23,7 @@ import pyarrow.compute as pc
 from streamsql.checkpoint.dead_letters import DeadLetters
 from streamsql.checkpoint.fingerprint import fingerprint
 from streamsql.checkpoint.log import Checkpoint, CommitRecord, PlannedBatch, transaction
-from streamsql.errors import DataError, ProgrammingError, from_duckdb
+from streamsql.errors import DataError, NotSupportedError, ProgrammingError, from_duckdb
 from streamsql.incremental.compiler import INPUT_VIEW, BatchProgram, Effect, Fetch, Step
 from streamsql.plan.plan import StreamingPlan
 from streamsql.runtime.progress import QueryProgress, timestamp_of
@@ -197,6 +197,10 @@ class MicroBatchExecution:
         except duckdb.Error as error:
             raise ProgrammingError(
                 f"Query {self.name} does not run on DuckDB: {str(error).splitlines()[0]}"
+            ) from None
+        except pa.ArrowException as error:  # a type Arrow cannot carry (lists 64 deep, ...)
+            raise NotSupportedError(
+                f"Query {self.name} returns rows that Arrow cannot carry: {error}"
             ) from None
         finally:
             self.cursor.execute("ROLLBACK").fetchall()

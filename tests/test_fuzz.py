@@ -140,9 +140,15 @@ def run_case(con: streamsql.Connection, sql: str) -> str | None:
                 cursor.fetchall()
             outcome.append(None)
         except streamsql.Error as error:
-            outcome.append(
-                None if str(error).strip() else f"{type(error).__name__} without a message"
-            )
+            cause = error.__cause__
+            if not str(error).strip():
+                outcome.append(f"{type(error).__name__} without a message")
+            elif isinstance(error, streamsql.StreamingQueryError) and not isinstance(
+                cause, streamsql.Error
+            ):  # a push query's thread failed with a raw exception
+                outcome.append("".join(traceback.format_exception(cause, limit=-6)))
+            else:
+                outcome.append(None)
         except BaseException:  # what the test is looking for
             outcome.append(traceback.format_exc(limit=-6))
 

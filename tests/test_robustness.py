@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
+import duckdb
 import pyarrow as pa
 import pytest
 
@@ -141,3 +142,19 @@ def test_what_the_fuzzer_found_is_a_streamsql_error(
     with pytest.raises(error) as caught:
         con.execute(sql).fetchall()
     assert str(caught.value).endswith(message)
+
+
+def test_a_duckdb_error_that_stops_a_query_is_a_streamsql_error_with_its_batch(
+    con: streamsql.Connection,
+) -> None:
+    con.execute("INSERT INTO ev VALUES ('abc', NULL, 1)")
+    con.execute(
+        "CREATE SINK s WITH (connector = 'duckdb') AS SELECT CAST(k AS INTEGER) AS n FROM ev"
+    )
+    with pytest.raises(streamsql.StreamingQueryError) as caught:
+        con.query("s").await_termination(60)
+    failure = con.query("s").exception
+    assert isinstance(failure, streamsql.DataError)
+    assert str(failure).startswith("batch 0: Conversion Error: Could not convert string 'abc'")
+    assert isinstance(failure.__cause__, duckdb.ConversionException)
+    assert caught.value.__cause__ is failure

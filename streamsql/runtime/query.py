@@ -15,7 +15,9 @@ from collections.abc import Callable
 from concurrent.futures import Future
 from typing import Any, TypeVar
 
-from streamsql.errors import Error, SourceUnavailable, StreamingQueryError
+import duckdb
+
+from streamsql.errors import Error, SourceUnavailable, StreamingQueryError, from_duckdb
 from streamsql.runtime.microbatch import MicroBatchExecution
 from streamsql.runtime.progress import QueryProgress
 from streamsql.runtime.triggers import Trigger, TriggerKind
@@ -242,6 +244,11 @@ class StreamingQuery:
     def _loop(self) -> None:
         try:
             self._run()
+        except duckdb.Error as error:  # as the PEP 249 error it is, saying in which batch
+            self.failed_batch = self.execution.batch_id
+            self.exception = from_duckdb(error, f"batch {self.failed_batch}")
+            self.exception.__cause__ = error
+            self._state = "failed"
         except BaseException as error:  # reported through status and await_termination
             self.exception, self.failed_batch = error, self.execution.batch_id
             self._state = "failed"

@@ -55,7 +55,8 @@ VIEW_SQL = f"""CREATE VIEW IF NOT EXISTS {VIEW} AS
     FROM {LOG} AS log
     LEFT JOIN {RECORDS} AS records ON records.source = log.source AND records.digest = log.digest"""
 
-# Earlier versions kept dead letters in one table, each query's rows with their own bytes.
+# Earlier versions kept dead letters in one table (named as the view is now), each query's
+# rows with their own bytes.
 MIGRATION = (
     f"""INSERT INTO {RECORDS} (source, digest, raw)
         SELECT coalesce(source, ''), {DIGEST}, any_value(raw) FROM {VIEW} GROUP BY ALL""",

@@ -120,7 +120,7 @@ def _run_statements(
     _wait(con.engine, interrupted, err)
     failed = [q for q in con.engine.queries.values() if q.exception is not None]
     for query in failed:
-        print(f"Error: query {query.name} failed: {query.exception}", file=err)
+        print(f"Error: query {query.name} failed: {query.error}", file=err)
     return 1 if failed else 0
 
 

@@ -7,7 +7,18 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
+import duckdb
+import pyarrow as pa
+
 MAX_WIDTH = 40
+
+_ROWS = duckdb.connect()  # converts Arrow batches to Python rows (a cursor per call)
+
+
+def python_rows(table: pa.Table) -> list[tuple[Any, ...]]:
+    """An Arrow table's rows as DuckDB's fetchall gives them: pyarrow's to_pylist fails on
+    timestamps beyond Python's year 9999, which DuckDB gives as text."""
+    return _ROWS.cursor().from_arrow(table).fetchall()
 
 
 def render_value(value: Any, max_width: int = MAX_WIDTH) -> str:
@@ -94,6 +105,7 @@ SECONDS = {
     **dict.fromkeys(("s", "sec", "secs", "second", "seconds"), 1.0),
     **dict.fromkeys(("min", "mins", "minute", "minutes"), 60.0),
     **dict.fromkeys(("h", "hour", "hours"), 3600.0),
+    **dict.fromkeys(("d", "day", "days"), 86400.0),
 }
 BYTES = {
     "b": 1,

@@ -15,6 +15,7 @@ from typing import Any
 import duckdb
 from sqlglot import exp
 
+from streamsql.checkpoint import dead_letters
 from streamsql.checkpoint.log import SCHEMA, Checkpoint, state_table
 from streamsql.engine import source_instance, status_file
 from streamsql.errors import OperationalError
@@ -53,10 +54,21 @@ def database_status(database: str) -> tuple[str, list[dict[str, Any]]]:
         return source, snapshot["sinks"]
     try:
         con.execute("SET TimeZone = 'UTC'").fetchall()
+        if not con.execute(
+            "SELECT 1 FROM duckdb_tables() WHERE schema_name = ? AND table_name = 'catalog'",
+            [SCHEMA],
+        ).fetchall():
+            raise OperationalError(
+                f"{database} is not a streamsql database: it has no {SCHEMA}.catalog (a plain "
+                "DuckDB file, or one whose engine was stopped before it was set up; "
+                "streamsql.connect sets it up)"
+            )
         sinks = con.execute(
             f"SELECT name, sql, running FROM {SCHEMA}.catalog WHERE kind = 'SINK' ORDER BY name"
         ).fetchall()
         return "from the checkpoint", [_from_checkpoint(con, *sink) for sink in sinks]
+    except duckdb.Error as error:  # tables of a version that did not finish setting them up
+        raise OperationalError(f"Cannot read the checkpoint of {database}: {error}") from None
     finally:
         con.close()
 
@@ -82,7 +94,7 @@ def _from_checkpoint(
         "lag": lag,
         "watermark": timestamp_of(last.next_watermark_us) if last else None,
         "state_rows": state_rows,
-        "dead_letters": checkpoint.dead_letters(),
+        "dead_letters": dead_letters.count(con, name),
     }
 
 

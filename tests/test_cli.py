@@ -122,6 +122,38 @@ def test_status_reads_a_database_no_process_has_open(tmp_path: Path) -> None:
     assert cells[5].startswith("2024-01-01T") and watermark > 0
 
 
+def test_status_of_a_file_that_is_not_a_streamsql_database_exits_1_with_a_message(
+    tmp_path: Path,
+) -> None:
+    plain = tmp_path / "plain.db"
+    con = duckdb.connect(str(plain))
+    con.execute("CREATE TABLE t AS SELECT 1 AS a")
+    con.close()
+    # an engine killed while it was creating its tables: the checkpoint's, not the catalog
+    half = tmp_path / "half.db"
+    killed = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import os, sys, duckdb\n"
+            "from streamsql.checkpoint.log import Checkpoint\n"
+            "Checkpoint.create_tables(duckdb.connect(sys.argv[1]))\n"
+            "os.kill(os.getpid(), 9)",
+            str(half),
+        ],
+        cwd=ROOT,
+    )
+    assert killed.returncode == -9
+    for db in (plain, half):
+        result = streamsql("status", str(db))
+        assert result.returncode == 1, result.stdout
+        assert result.stderr == (
+            f"Error: {db} is not a streamsql database: it has no _streamsql.catalog (a plain "
+            "DuckDB file, or one whose engine was stopped before it was set up; "
+            "streamsql.connect sets it up)\n"
+        )
+
+
 def test_status_of_a_running_process_and_ctrl_c_stops_it_with_the_checkpoint_committed(
     tmp_path: Path,
 ) -> None:

@@ -201,6 +201,8 @@ class Planner:
             raise PlanningError(
                 f"{what} {text} is not an interval: {_first_line(error)}", rule="bad-interval"
             ) from None
+        if micros is None:
+            raise PlanningError(f"{what} {text} is NULL, not an interval", rule="bad-interval")
         if months:
             raise PlanningError(
                 f"{what} {text} has months or years, which have no fixed length; "

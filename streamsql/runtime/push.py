@@ -9,6 +9,7 @@ from typing import Any
 
 import pyarrow as pa
 
+from streamsql.format import python_rows
 from streamsql.runtime.query import StreamingQuery
 from streamsql.sinks.collect import CollectSink
 
@@ -41,8 +42,8 @@ class PushStream:
         """Rows as DuckDB's own fetchall gives them: Arrow carries a HUGEINT as a DECIMAL."""
         types = self.sink.schema.types if self.sink.schema else ()
         integral = [i for i, type_ in enumerate(types) if type_ in ("HUGEINT", "UHUGEINT")]
-        for row in batch.to_pylist():
-            values = list(row.values())
+        for row in python_rows(batch):
+            values = list(row)
             for i in integral:
                 if values[i] is not None:
                     values[i] = int(values[i])

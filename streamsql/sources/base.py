@@ -7,6 +7,7 @@ JSON values that only the source interprets; the runtime logs them before readin
 from __future__ import annotations
 
 import logging
+import math
 import threading
 from abc import ABC, abstractmethod
 from collections.abc import Callable
@@ -17,6 +18,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from streamsql.errors import ProgrammingError
+from streamsql.format import parse_seconds
 from streamsql.options import Configured
 from streamsql.plan.catalog import SourceDef
 
@@ -25,6 +27,7 @@ Offset = Any
 log = logging.getLogger(__name__)
 
 ON_ERROR = ("dead_letter", "skip", "fail")
+DEAD_LETTER_RETENTION = 7 * 86400.0  # seconds: a week, as Kafka keeps a topic's messages
 
 DEAD_LETTER_SCHEMA = pa.schema(
     [
@@ -102,7 +105,8 @@ def numbers(count: int, first: int = 1) -> pa.Array:
 class Source(Configured, ABC):
     """One instance per source per engine, shared by the queries that read it."""
 
-    OPTIONS: ClassVar[tuple[str, ...]] = ("connector", "on_error")  # WITH (...) keys it reads
+    # WITH (...) keys it reads
+    OPTIONS: ClassVar[tuple[str, ...]] = ("connector", "on_error", "dead_letter_retention")
     OPTION_PREFIXES: ClassVar[tuple[str, ...]] = ()  # and keys passed on to a client library
     METADATA: ClassVar[tuple[str, ...]] = ()  # what METADATA columns can be filled from
 
@@ -111,6 +115,13 @@ class Source(Configured, ABC):
         self.schema = schema  # the declared physical columns, as Arrow types
         self.options = definition.options
         self.on_error = self.option_choice("on_error", ON_ERROR, "dead_letter")
+        # How long dead letters are kept, in seconds (inf: for ever)
+        self.dead_letter_retention: float = self._parsed(
+            "dead_letter_retention",
+            DEAD_LETTER_RETENTION,
+            _retention,
+            "a duration like '30 days', or 'forever'",
+        )
         for column in definition.columns:
             if column.metadata is not None and column.metadata not in self.METADATA:
                 offered = f"; it offers {', '.join(self.METADATA)}" if self.METADATA else ""
@@ -220,3 +231,10 @@ class Source(Configured, ABC):
             DEAD_LETTER_SCHEMA.empty_table(),
             Origins(ORIGIN_SCHEMA.empty_table(), pa.array([], pa.int64())),
         )
+
+
+def _retention(text: str) -> float | None:
+    if text.strip().lower() == "forever":
+        return math.inf
+    seconds = parse_seconds(text)
+    return seconds if seconds is not None and seconds > 0 else None

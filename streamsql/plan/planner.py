@@ -420,6 +420,15 @@ class Planner:
                 rule="windowed-final-needs-watermark",
                 position=at,
             )
+        if emit is Emit.CHANGES and kind is QueryKind.SESSION:
+            raise PlanningError(
+                "EMIT CHANGES on a session window: a session that merges with a later one "
+                "would leave its earlier row behind, which an update cannot take back (Spark "
+                "refuses update mode for session windows too). Use EMIT FINAL (each session "
+                "once, when the watermark passes its end) or EMIT SNAPSHOT",
+                rule="session-changes",
+                position=at,
+            )
         if emit is Emit.SNAPSHOT and kind is QueryKind.STATELESS:
             raise PlanningError(
                 "EMIT SNAPSHOT (complete mode) needs an aggregation: the whole result of a "

@@ -13,10 +13,9 @@ A part whose empty value is NULL merges NULL-safely: a batch in which a group ha
 non-NULL input leaves the state as it was (count_if over NULL conditions is NULL, as in
 DuckDB, and must not turn a count into NULL).
 
-Variance merges the way DuckDB combines its own Welford states (Chan's parallel form),
-never with a sum of squares; distinct counts keep the distinct values;
-approx_count_distinct keeps HyperLogLog registers (see MACROS), so its result does not
-depend on batch boundaries.
+Variance keeps Welford states merged with Chan's parallel form, never a sum of squares;
+distinct counts keep the distinct values; approx_count_distinct keeps HyperLogLog
+registers (see MACROS), so its result does not depend on batch boundaries.
 """
 
 from __future__ import annotations
@@ -151,18 +150,34 @@ _ARGUMENTS = "list_transform({s[top]}, lambda e: e.a)"
 TOP_ARG_MAX = _top_n("arg_max({{'k': {1}, 'a': {0}}}, {1}, {n}){filter}", "DESC", _ARGUMENTS, 2)
 TOP_ARG_MIN = _top_n("arg_min({{'k': {1}, 'a': {0}}}, {1}, {n}){filter}", "ASC", _ARGUMENTS, 2)
 
-# Welford state (n, mean, m2), merged as DuckDB combines two of its variance states, so
-# that infinities, NaN and squares beyond the DOUBLE range come out as DuckDB's. DuckDB's
-# m2 of one row x is (x - x) * x: 0, or NaN for an infinite x, which then spreads.
+# Welford state (n, mean, m2), merged with Chan's parallel update, so that infinities, NaN
+# and squares beyond the DOUBLE range come out as in DuckDB, which runs Welford's update
+# row by row. Its m2 of one row x is (x - x) * x: 0, or NaN for an infinite x, which then
+# spreads. A mean of equal values is that value exactly (DuckDB's is): a mean off by one
+# rounding step from another equal one would square a difference of 1e284 into inf.
 _EMPTY = "CASE WHEN {a[n]} = 0 THEN {b[NAME]} WHEN {b[n]} = 0 THEN {a[NAME]} ELSE "
+
+
+def _pooled_mean(over: str) -> str:
+    """The mean of many states ({p[...]} rows), `over` a window or not; states without
+    rows are left out, and equal means pool to themselves."""
+    only = f" FILTER (WHERE {{p[n]}} > 0){over}"
+    low, high = f"min({{p[mean]}}){only}", f"max({{p[mean]}}){only}"
+    return (
+        f"coalesce(CASE WHEN {low} = {high} THEN {low} "
+        f"ELSE sum({{p[n]}} * {{p[mean]}}){over} / nullif(sum({{p[n]}}){over}, 0) END, 0)"
+    )
+
+
 WELFORD_PARTS = (
     _additive("n", "count({0}){filter}"),
     Part(
         "mean",
-        "coalesce(avg({0}::DOUBLE){filter}, 0)",
+        "coalesce(CASE WHEN min({0}::DOUBLE){filter} = max({0}::DOUBLE){filter} "
+        "THEN min({0}::DOUBLE){filter} ELSE avg({0}::DOUBLE){filter} END, 0)",
         merge=_EMPTY.replace("NAME", "mean")
-        + "({b[n]}::DOUBLE * {b[mean]} + {a[n]}::DOUBLE * {a[mean]}) / ({a[n]} + {b[n]}) END",
-        combine="coalesce(sum({p[n]} * {p[mean]}) / nullif(sum({p[n]}), 0), 0)",
+        + "{a[mean]} + ({b[mean]} - {a[mean]}) * {b[n]} / ({a[n]} + {b[n]}) END",
+        combine=_pooled_mean(""),
     ),
     Part(
         "m2",
@@ -177,10 +192,7 @@ WELFORD_PARTS = (
         "FILTER (WHERE {p[n]} > 0), 0)",
     ),
 )
-WELFORD_GROUP = {
-    "mean": "coalesce(sum({p[n]} * {p[mean]}) OVER __group "
-    "/ nullif(sum({p[n]}) OVER __group, 0), 0)"
-}
+WELFORD_GROUP = {"mean": _pooled_mean(" OVER __group")}
 # DuckDB: var_pop of one row is 0 (even of an infinite one), var_samp needs two.
 _VAR_POP = "CASE WHEN {s[n]} > 1 THEN {s[m2]} / {s[n]} WHEN {s[n]} = 1 THEN 0.0 END"
 _VAR_SAMP = "CASE WHEN {s[n]} > 1 THEN {s[m2]} / ({s[n]} - 1) END"

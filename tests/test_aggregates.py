@@ -8,13 +8,12 @@ batch query over the same rows.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import duckdb
 import pytest
+from test_incremental_properties import same_value
 
 import streamsql
 from streamsql.errors import PlanningError
@@ -57,15 +56,6 @@ def batch(columns: str, rows: list[str], query: str) -> tuple[list[tuple], list[
         return result.fetchall(), [str(t) for t in result.types]
     finally:
         db.close()
-
-
-def same(actual: Any, expected: Any) -> bool:
-    """Equal values; floats within rounding, NaN equal to NaN, infinities exact."""
-    if isinstance(actual, float) and isinstance(expected, float):
-        if math.isnan(expected):
-            return math.isnan(actual)
-        return math.isclose(actual, expected, rel_tol=1e-9, abs_tol=1e-12)
-    return actual == expected and type(actual) is type(expected)
 
 
 # -- 1. count_if over conditions that are all NULL in a batch ------------------------------
@@ -294,7 +284,7 @@ def test_variance_of_huge_and_infinite_values_is_duckdbs(
     run = stream(tmp_path, columns, rows, query, batch_rows)
     got = run.rows[-1][-6:-1] if emit == "CHANGES" else run.rows[0][-6:-1]
     expected, _ = batch("x DOUBLE", [f"({x})" for x in values], f"SELECT {VARIANCE} FROM ev")
-    assert all(same(a, b) for a, b in zip(got, expected[0], strict=True)), (got, expected[0])
+    assert all(same_value(a, b) for a, b in zip(got, expected[0], strict=True)), (got, expected[0])
 
 
 # -- 14. HUGEINT columns keep their type in a duckdb sink ----------------------------------

@@ -328,3 +328,9 @@ def test_session_windows_refuse_emit_changes(con: streamsql.Connection) -> None:
     assert caught.value.rule == "session-changes"
     assert (caught.value.line, caught.value.col) == (1, sql.index("EMIT") + 1)
     assert len(con.execute(sql.replace("CHANGES", "SNAPSHOT")).description) == 3
+    # without a watermark, the way out it suggests is SNAPSHOT, not CHANGES
+    con.execute("CREATE SOURCE raw (k VARCHAR, ts TIMESTAMP) WITH (connector = 'memory')")
+    with pytest.raises(PlanningError) as caught:
+        con.execute(sql.replace(" FROM ev", " FROM raw").replace(" EMIT CHANGES", ""))
+    assert caught.value.rule == "windowed-final-needs-watermark"
+    assert "ask for EMIT SNAPSHOT explicitly" in str(caught.value)

@@ -256,7 +256,7 @@ class MicroBatchExecution:
     def needs_no_data_batch(self) -> bool:
         """The watermark moved past the one in force during the last batch."""
         return (
-            self.plan.watermark_bounds_state
+            self.plan.runs_no_data_batches
             and self.watermark is not None
             and self.watermark > self.late_threshold
         )

@@ -87,6 +87,14 @@ class Stage:
         text = text.replace("localhost:9092", self.bootstrap_servers)
         return re.sub(r"(topic\s*=\s*')([^']+)'", rf"\g<1>\g<2>-{self.topic_suffix}'", text)
 
+    def run(self, block: Block, command: list[str]) -> str:
+        """Run a block's command here; what it printed."""
+        run = subprocess.run(
+            command, cwd=self.root, env=self.env, capture_output=True, text=True, timeout=120
+        )
+        assert run.returncode == 0, f"README.md:{block.line}: {run.stderr}"
+        return run.stdout
+
 
 @pytest.fixture
 def stage(tmp_path: Path, broker: Broker, monkeypatch: pytest.MonkeyPatch) -> Stage:
@@ -196,27 +204,16 @@ def test_sql_blocks_run_in_order(stage: Stage) -> None:
 
 
 def test_python_blocks_run(stage: Stage) -> None:
+    outputs = []
     for block in runnable("python"):
         script = stage.root / f"readme_{block.line}.py"
         script.write_text(block.text)
-        run = subprocess.run(
-            [sys.executable, script.name],
-            cwd=stage.root,
-            env=stage.env,
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
-        assert run.returncode == 0, f"README.md:{block.line}: {run.stderr}"
+        outputs.append(stage.run(block, [sys.executable, script.name]))
     # the callback example: one file per batch, whose counts end at the totals of batch SQL
+    assert outputs[-1] == "['0.parquet', '1.parquet', '2.parquet']\n"
     batches = duckdb.sql("SELECT event_type, max(n) FROM 'out/batches/*.parquet' GROUP BY ALL")
     totals = "SELECT event_type, count(*) FROM 'queries/data/events/*.jsonl' GROUP BY ALL"
     assert sorted(batches.fetchall()) == sorted(duckdb.sql(totals).fetchall())
-    assert sorted(p.name for p in Path("out/batches").iterdir()) == [
-        "0.parquet",
-        "1.parquet",
-        "2.parquet",
-    ]
     assert_ignored_by_git(stage)
 
 
@@ -226,16 +223,7 @@ def test_sh_blocks_run(stage: Stage) -> None:
         if block.text.strip() == BROKER_COMMAND:
             continue  # the test broker is up already: test_broker_command_starts_and_stops
         text = re.sub(r"^python3 -m pip install \S+ && ", "", block.text, flags=re.M)
-        run = subprocess.run(
-            ["sh", "-e", "-c", stage.localize(text)],
-            cwd=stage.root,
-            env=stage.env,
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
-        assert run.returncode == 0, f"README.md:{block.line}: {run.stderr}"
-        outputs.append(run.stdout)
+        outputs.append(stage.run(block, ["sh", "-e", "-c", stage.localize(text)]))
     # the quickstart: the 09:00-09:05 window of clicks, read back from the topic
     rows = [[c.strip() for c in line.split("│")[1:-1]] for line in outputs[-1].splitlines()]
     clicks = [row for row in rows if row[:1] == ["2024-01-01 09:00:00+00:00"] and "click" in row]

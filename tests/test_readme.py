@@ -142,7 +142,16 @@ def assert_ignored_by_git(stage: Stage) -> None:
     ]
     assert written
     check = subprocess.run(
-        ["git", "-C", str(ROOT), "check-ignore", "--no-index", "--verbose", "--non-matching"],
+        [
+            "git",
+            "-C",
+            str(ROOT),
+            "check-ignore",
+            "--stdin",
+            "--no-index",
+            "--verbose",
+            "--non-matching",
+        ],
         input="\n".join(written),
         capture_output=True,
         text=True,

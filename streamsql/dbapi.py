@@ -5,6 +5,7 @@ Parameters use the qmark style and are bound by DuckDB, never formatted into SQL
 
 from __future__ import annotations
 
+import re
 import threading
 import weakref
 from collections.abc import Callable, Iterator, Sequence
@@ -196,11 +197,20 @@ class Cursor:
         if parameters is not None and len(statements) > 1:
             raise ProgrammingError("Parameters can only be bound to a single statement")
         for statement in statements:
-            try:
-                self._run(statement, parameters)
-            except Error as error:
-                error.args = (redact(str(error), statement.text),)
-                raise
+            self.execute_statement(statement, parameters)
+        return self
+
+    def execute_statement(
+        self, statement: Statement, parameters: Sequence[Any] | None = None
+    ) -> Cursor:
+        """Run one statement parsed from a larger script (`streamsql run`), so its errors
+        point at the script's lines, not the statement's."""
+        self._check()
+        try:
+            self._run(statement, parameters)
+        except Error as error:
+            error.args = (_in_script(redact(str(error), statement.text), statement.line),)
+            raise
         return self
 
     def executemany(self, sql: str, seq_of_parameters: Sequence[Sequence[Any]]) -> Cursor:
@@ -341,6 +351,13 @@ class Cursor:
 def _acknowledges(description: list[tuple[Any, ...]] | None) -> bool:
     """DuckDB's answer to statements without a result: one column, Count or Success."""
     return bool(description) and len(description) == 1 and description[0][0] in ACKNOWLEDGEMENTS
+
+
+def _in_script(message: str, line: int) -> str:
+    """DuckDB's `LINE n:` counts from the statement's first line: count from the script's."""
+    return re.sub(
+        r"^LINE (\d+):", lambda m: f"LINE {int(m.group(1)) + line - 1}:", message, flags=re.M
+    )
 
 
 def _single(statements: list[Statement]) -> Statement:

@@ -89,6 +89,7 @@ SINK_CONNECTORS: dict[str, type[Sink]] = {
 RESTRICTED_STATEMENTS = ("ATTACH", "DETACH", "LOAD", "EXTENSION", "PRAGMA", "EXPORT", "SET")
 
 STATUS_SECONDS = 1.0  # how often a running process publishes its status, at most
+PUSH_LABEL_WIDTH = 60  # characters of a push query's first line its errors quote
 
 CATALOG = f"""CREATE TABLE IF NOT EXISTS {SCHEMA}.catalog (
     kind VARCHAR NOT NULL,          -- SOURCE | SINK
@@ -920,7 +921,9 @@ class Engine:
         program = compile_plan(plan, quote(f"state_{name}"), temporary=True)
         sink = CollectSink(name, {})
         trigger = self.trigger_override or self.session_trigger
-        query = StreamingQuery(self._prepare(name, plan, program, sink), trigger)
+        query = StreamingQuery(
+            self._prepare(name, plan, program, sink), trigger, label=_push_label(statement)
+        )
         self.queries[name] = query.start()
 
         def forget() -> None:
@@ -952,6 +955,14 @@ class Engine:
         with _OPEN_FILES_LOCK:
             if _OPEN_FILES.get(self._file) is self:
                 del _OPEN_FILES[self._file]
+
+
+def _push_label(statement: Statement) -> str:
+    """What a push query's errors call it: its SQL's first line, and where it starts."""
+    first = statement.text.strip().splitlines()[0]
+    if len(first) > PUSH_LABEL_WIDTH:
+        first = first[: PUSH_LABEL_WIDTH - 3] + "..."
+    return f"Push query `{first}` (line {statement.line})"
 
 
 def _output(definition: SinkDef) -> tuple[str, tuple[str, ...]] | None:

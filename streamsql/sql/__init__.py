@@ -192,7 +192,9 @@ def _duckdb_judges(sql: str, tokens: list[Token], expression: exp.Expr, edits: l
         word = next(token for token in tokens if token.token_type == TokenType.SOURCE)
         edits = [*edits, (word.start, word.end + 1, "TABLE")]
     start, end = tokens[0].start, tokens[-1].end + 1
-    pieces: list[tuple[int, int, str]] = []  # (offset in the text DuckDB reads, script offset, text)
+    pieces: list[
+        tuple[int, int, str]
+    ] = []  # (offset in the text DuckDB reads, script offset, text)
     text_offset, position = 0, start
     for edit_start, edit_end, replacement in sorted(set(edits)):
         if edit_start < position:

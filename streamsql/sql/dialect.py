@@ -130,8 +130,7 @@ class StreamSQLParser(DuckDBParser):
         if kind and self._curr and self._prev.token_type != TokenType.ALIAS:
             if kind == "SOURCE":
                 self.raise_error(
-                    "a ';' is probably missing after the CREATE SOURCE: a new statement starts "
-                    "here"
+                    "a ';' is probably missing after the CREATE SOURCE: a new statement starts here"
                 )
             self.raise_error("Expected AS before the query of CREATE SINK")
         if kind == "SINK" and self._curr:
@@ -145,7 +144,9 @@ class StreamSQLParser(DuckDBParser):
         column = super()._parse_column_def(this, computed_column)
         tokens = self._tokens[start : self._index]
         if column and column.find(exp.ComputedColumnConstraint) and tokens:
-            first = next((i for i, tk in enumerate(tokens) if tk.token_type == TokenType.ALIAS), None)
+            first = next(
+                (i for i, tk in enumerate(tokens) if tk.token_type == TokenType.ALIAS), None
+            )
             last = len(tokens) - 1
             while last > 0 and tokens[last].text.upper() in ("STORED", "VIRTUAL"):
                 last -= 1

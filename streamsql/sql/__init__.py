@@ -188,8 +188,11 @@ def _duckdb_judges(sql: str, tokens: list[Token], expression: exp.Expr, edits: l
     """DuckDB's parser reads the statement as DuckDB would run it (our clauses edited out or
     into DuckDB's words), so what sqlglot's lenient parser lets through (an empty list item,
     `> >`, an alias without its expression) is a syntax error here too, where DuckDB says."""
-    if isinstance(expression, exp.Create) and expression.kind == "SOURCE":
-        word = next(token for token in tokens if token.token_type == TokenType.SOURCE)
+    create = expression.this if isinstance(expression, nodes.Explain) else expression
+    if isinstance(create, exp.Create) and create.kind in ("SOURCE", "SINK"):
+        # CREATE TABLE takes DuckDB's reading of the columns, options and query
+        kind = TokenType[create.kind]
+        word = next(token for token in tokens if token.token_type == kind)
         edits = [*edits, (word.start, word.end + 1, "TABLE")]
     start, end = tokens[0].start, tokens[-1].end + 1
     pieces: list[

@@ -128,15 +128,27 @@ class StreamSQLParser(DuckDBParser):
     def _parse_ddl_select(self) -> exp.Expr | None:
         kind = self._creating()
         if kind and self._curr and self._prev.token_type != TokenType.ALIAS:
-            if kind == "SOURCE":
+            if kind == "SINK":
+                self.raise_error("Expected AS before the query of CREATE SINK")
+            if start := self._query_start():
                 self.raise_error(
-                    "a ';' is probably missing after the CREATE SOURCE: a new statement starts here"
+                    "a ';' is probably missing after the CREATE SOURCE: a new statement starts "
+                    "here",
+                    token=start,
                 )
-            self.raise_error("Expected AS before the query of CREATE SINK")
-        if kind == "SINK" and self._curr:
-            # DuckDB judges the sink's query alone: everything before it is ours.
-            self.duckdb_edits.append((self._tokens[0].start, self._curr.start, ""))
+            self.raise_error(f"unexpected {self._curr.text!r}")
         return super()._parse_ddl_select()
+
+    def _query_start(self) -> Token | None:
+        """Where a query starts here: SELECT, FROM or `WITH name AS` (whose WITH the options
+        parser may have taken already), not a repeated WITH (...)."""
+        if self._curr.token_type in (TokenType.SELECT, TokenType.FROM):
+            return self._curr
+        index = self._index - (self._prev.token_type == TokenType.WITH)
+        kinds = [token.token_type for token in self._tokens[index : index + 3]]
+        if kinds[:1] == [TokenType.WITH] and kinds[2:] == [TokenType.ALIAS]:
+            return self._tokens[index]
+        return None
 
     def _parse_column_def(self, this: exp.Expr | None, computed_column: bool = True) -> t.Any:
         """A computed column `name AS expr` is DuckDB's `name AS (expr)`."""

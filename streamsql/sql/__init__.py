@@ -240,7 +240,11 @@ def _syntax_error(sql: str, tokens: list[Token], error: ParseError) -> SQLSyntax
     # sqlglot points at the last character of the offending token; point at its first.
     line = detail.get("line") or 1
     col = max((detail.get("col") or 1) - len(detail.get("highlight") or " ") + 1, 1)
-    return _located(sql, tokens, line, col, _readable(detail.get("description") or str(error)))
+    description = _readable(detail.get("description") or str(error))
+    if description.startswith("Required keyword") and detail.get("highlight"):
+        # sqlglot built a node without an operand: DuckDB's words for it
+        description = f'syntax error at or near "{detail["highlight"]}"'
+    return _located(sql, tokens, line, col, description)
 
 
 def _located(

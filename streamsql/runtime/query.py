@@ -118,7 +118,8 @@ class StreamingQuery:
         while chain[-1].__cause__ is not None and len(chain) < MAX_CAUSES:
             chain.append(chain[-1].__cause__)
         messages = [_message(error) for error in reversed(chain)]
-        said = [m for m in dict.fromkeys(messages[1:]) if m and m not in messages[0]]
+        # what a layer added, not the cause again with a prefix
+        said = [m for m in dict.fromkeys(messages[1:]) if m and messages[0] not in m]
         batch = "" if self.failed_batch is None else f" in batch {self.failed_batch}"
         return "\n".join([f"{self.label} failed{batch}: {messages[0]}", *said])
 
@@ -256,7 +257,7 @@ class StreamingQuery:
             self._run()
         except duckdb.Error as error:  # as the PEP 249 error it is, saying in which batch
             self.failed_batch = self.execution.batch_id
-            self.exception = from_duckdb(error)
+            self.exception = from_duckdb(error, f"batch {self.failed_batch}")
             self.exception.__cause__ = error
             self._state = "failed"
         except BaseException as error:  # reported through status and await_termination

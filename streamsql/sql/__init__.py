@@ -190,10 +190,18 @@ def _duckdb_judges(sql: str, tokens: list[Token], expression: exp.Expr, edits: l
     `> >`, an alias without its expression) is a syntax error here too, where DuckDB says."""
     create = expression.this if isinstance(expression, nodes.Explain) else expression
     if isinstance(create, exp.Create) and create.kind in ("SOURCE", "SINK"):
-        # CREATE TABLE takes DuckDB's reading of the columns, options and query
+        if create.kind == "SINK" and create.expression is None:
+            return  # the engine says what is missing: AS SELECT ...
+        # CREATE TABLE takes DuckDB's reading of the columns, options and query; the name is
+        # ours (a sink may be called `show`), not a DuckDB table's
         kind = TokenType[create.kind]
-        word = next(token for token in tokens if token.token_type == kind)
-        edits = [*edits, (word.start, word.end + 1, "TABLE")]
+        at = next(i for i, token in enumerate(tokens) if token.token_type == kind)
+        name = next(t for t in tokens[at + 1 :] if t.text.upper() not in ("IF", "NOT", "EXISTS"))
+        edits = [
+            *edits,
+            (tokens[at].start, tokens[at].end + 1, "TABLE"),
+            (name.start, name.end + 1, "t"),
+        ]
     start, end = tokens[0].start, tokens[-1].end + 1
     pieces: list[
         tuple[int, int, str]

@@ -265,7 +265,7 @@ class Engine:
         cannot widen the list once external access is off, so it is complete now; sources
         and sinks declared later must name a directory in it."""
         stored = [
-            Statement(parse_one(sql).expression, sql, 1)
+            Statement(parse_one(sql, stored=True).expression, sql, 1)
             for (sql,) in self.db.execute(f"SELECT sql FROM {SCHEMA}.catalog").fetchall()
         ]
         paths = [*declared_paths(stored), *allowed_directories]
@@ -339,7 +339,7 @@ class Engine:
             f"SELECT kind, sql, running FROM {SCHEMA}.catalog ORDER BY kind DESC, name"
         ).fetchall()
         for kind, sql, running in rows:
-            create = parse_one(sql).expression
+            create = parse_one(sql, stored=True).expression
             if kind == "SOURCE":
                 self._register_source(source_def(create, sql))
             else:
@@ -1068,7 +1068,7 @@ def _setting(node: exp.Set) -> str | None:
 
 
 def _canonical(sql: str) -> str:
-    node = parse_one(sql).expression.copy()
+    node = parse_one(sql, stored=True).expression.copy()  # SQL accepted already
     node.set("exists", False)
     node.set("replace", False)
     return node.sql(DIALECT)

@@ -7,6 +7,7 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+import duckdb
 import pytest
 from test_aggregates import batch, stream
 
@@ -445,3 +446,18 @@ def test_a_failed_push_query_is_named_by_its_sql() -> None:
         "Could not convert string 'x' to INT32 when casting from source column k"
     )
     assert "__push_" not in str(caught.value)
+
+
+def test_a_database_whose_catalog_duckdb_would_now_refuse_still_opens(tmp_path: Path) -> None:
+    """Stored statements were accepted when created: DuckDB's parser does not judge them
+    again (an older version took an unquoted reserved word as a column name)."""
+    database = str(tmp_path / "app.db")
+    with streamsql.connect(database) as con:
+        con.execute("""CREATE SOURCE s ("order" INT) WITH (connector = 'memory')""")
+    with duckdb.connect(database) as db:
+        db.execute("UPDATE _streamsql.catalog SET sql = replace(sql, '\"order\"', 'order')")
+    with pytest.raises(SQLSyntaxError, match='syntax error at or near "order"'):
+        streamsql.connect().execute("CREATE SOURCE s (order INT) WITH (connector = 'memory')")
+    with streamsql.connect(database, trigger="available_now") as con:
+        con.execute("INSERT INTO s VALUES (7)")
+        assert con.execute("SELECT * FROM s").fetchall() == [(7,)]

@@ -19,7 +19,7 @@ from sqlglot.tokens import Token, TokenType
 from streamsql.errors import InternalError, SQLSyntaxError
 from streamsql.secrets import redact
 from streamsql.sql import nodes
-from streamsql.sql.dialect import StreamSQL, StreamSQLParser
+from streamsql.sql.dialect import Edit, StreamSQL, StreamSQLParser
 
 # sqlglot logs a warning whenever it keeps a statement as an opaque command; for us that is
 # the normal path of DuckDB statements we pass through untouched.
@@ -88,17 +88,20 @@ def one_statement(sql: str) -> str:
     return sql
 
 
-def parse(sql: str) -> list[Statement]:
-    """Split a script on semicolons and parse every statement; positions are script-relative."""
+def parse(sql: str, stored: bool = False) -> list[Statement]:
+    """Split a script on semicolons and parse every statement; positions are script-relative.
+    `stored`: SQL the catalog kept, accepted when it was created; DuckDB's parser, which may
+    judge more strictly than an older streamsql did, does not judge it again, so a database
+    always opens."""
     try:
         tokens = DIALECT.tokenize(sql)
     except TokenError:
         raise _token_error(sql) from None
-    return [_parse_chunk(sql, chunk) for chunk in _split(tokens)]
+    return [_parse_chunk(sql, chunk, stored) for chunk in _split(tokens)]
 
 
-def parse_one(sql: str) -> Statement:
-    statements = parse(sql)
+def parse_one(sql: str, stored: bool = False) -> Statement:
+    statements = parse(sql, stored)
     if len(statements) != 1:
         raise SQLSyntaxError(f"Expected one SQL statement, found {len(statements)}")
     return statements[0]
@@ -162,7 +165,7 @@ def _check_nesting(sql: str, tokens: list[Token]) -> None:
             )
 
 
-def _parse_chunk(sql: str, tokens: list[Token]) -> Statement:
+def _parse_chunk(sql: str, tokens: list[Token], stored: bool) -> Statement:
     _check_nesting(sql, tokens)
     parser = DIALECT.parser()
     first = tokens[0]
@@ -174,7 +177,7 @@ def _parse_chunk(sql: str, tokens: list[Token]) -> Statement:
             raise _error_at(sql, tokens, first.start, f"unknown statement {first.text}") from None
         raise _syntax_error(sql, tokens, error) from None
     expression = expressions[0]
-    if not isinstance(expression, OUR_STATEMENTS) and not _drops_ours(expression):
+    if not (stored or isinstance(expression, OUR_STATEMENTS) or _drops_ours(expression)):
         _duckdb_judges(sql, tokens, expression, parser.duckdb_edits)
     text = sql[first.start : tokens[-1].end + 1]
     return Statement(expression=expression, text=text, line=first.line)
@@ -184,7 +187,7 @@ def _drops_ours(expression: exp.Expr) -> bool:
     return isinstance(expression, exp.Drop) and expression.kind in ("SOURCE", "SINK")
 
 
-def _duckdb_judges(sql: str, tokens: list[Token], expression: exp.Expr, edits: list) -> None:
+def _duckdb_judges(sql: str, tokens: list[Token], expression: exp.Expr, edits: list[Edit]) -> None:
     """DuckDB's parser reads the statement as DuckDB would run it (our clauses edited out or
     into DuckDB's words), so what sqlglot's lenient parser lets through (an empty list item,
     `> >`, an alias without its expression) is a syntax error here too, where DuckDB says."""
@@ -203,9 +206,8 @@ def _duckdb_judges(sql: str, tokens: list[Token], expression: exp.Expr, edits: l
             (name.start, name.end + 1, "t"),
         ]
     start, end = tokens[0].start, tokens[-1].end + 1
-    pieces: list[
-        tuple[int, int, str]
-    ] = []  # (offset in the text DuckDB reads, script offset, text)
+    # (offset in the text DuckDB reads, offset in the script, text)
+    pieces: list[tuple[int, int, str]] = []
     text_offset, position = 0, start
     for edit_start, edit_end, replacement in sorted(set(edits)):
         if edit_start < position:

@@ -25,6 +25,7 @@ from streamsql.errors import (
     InternalError,
     NotSupportedError,
     OperationalError,
+    PlanningError,
     ProgrammingError,
     Warning,
     from_duckdb,
@@ -32,7 +33,7 @@ from streamsql.errors import (
 from streamsql.runtime.push import PushStream
 from streamsql.runtime.query import StreamingQuery
 from streamsql.secrets import redact
-from streamsql.sql import Statement, nesting_room, parse
+from streamsql.sql import Statement, nesting_room, nodes, parse
 
 apilevel = "2.0"
 threadsafety = 1  # threads may share the module; each thread should use its own connection
@@ -209,7 +210,13 @@ class Cursor:
         try:
             self._run(statement, parameters)
         except Error as error:
-            error.args = (_in_script(redact(str(error), statement.text), statement.line),)
+            message = _in_script(redact(str(error), statement.text), statement.line)
+            node = statement.expression
+            node = node.this if isinstance(node, nodes.Explain) else node
+            sink = node.this.name if isinstance(node, exp.Create) and node.kind == "SINK" else ""
+            if isinstance(error, PlanningError) and sink and sink not in message:
+                message = f"CREATE SINK {sink}: {message}"  # which one, as syntax errors say
+            error.args = (message,)
             raise
         return self
 

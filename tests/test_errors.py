@@ -389,7 +389,8 @@ AS SELECT window_start,
         # a binder error: its line was counted from the statement's start
         (
             ", sum(amountx)",
-            'Error: Invalid query: Binder Error: Referenced column "amountx" not found in FROM '
+            "Error: CREATE SINK clicks_per_window: Invalid query: Binder Error: Referenced column "
+            '"amountx" not found in FROM '
             "clause! (line 13, column 17)",
         ),
     ],

@@ -210,7 +210,9 @@ class Cursor:
         try:
             self._run(statement, parameters)
         except Error as error:
-            message = _in_script(redact(str(error), statement.text), statement.line)
+            message = redact(str(error), statement.text)
+            if self.connection.engine.handler(statement) is None:  # DuckDB read its text
+                message = _in_script(message, statement.line)
             node = statement.expression
             node = node.this if isinstance(node, nodes.Explain) else node
             sink = node.this.name if isinstance(node, exp.Create) and node.kind == "SINK" else ""

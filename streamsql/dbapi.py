@@ -313,6 +313,11 @@ class Cursor:
         self._duck.register(name, data)
         return self
 
+    def interrupt(self) -> None:
+        """Interrupt the statement running on this cursor, from another thread (it fails
+        with DuckDB's InterruptException): what a PostgreSQL client's cancel request does."""
+        self._duck.interrupt()
+
     def setinputsizes(self, sizes: Any) -> None:
         """Accepted and ignored, as PEP 249 allows."""
 

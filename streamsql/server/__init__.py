@@ -1,0 +1,97 @@
+"""A SQL endpoint on a running engine (the PostgreSQL wire protocol) and the file that
+advertises it next to the database, so that other processes find it."""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+from pathlib import Path
+from typing import Any
+
+from streamsql import dbapi
+from streamsql.errors import OperationalError
+from streamsql.server.pgwire import Endpoint
+
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+def endpoint_file(database: str) -> Path:
+    """Where a process serving an engine database says where to connect."""
+    return Path(f"{database}.endpoint.json")
+
+
+def read_endpoint(database: str) -> dict[str, Any] | None:
+    """The endpoint a live process advertises for `database` (None: none, or its process
+    is gone)."""
+    try:
+        advertised = json.loads(endpoint_file(database).read_text())
+        os.kill(advertised["pid"], 0)  # the process is alive (signal 0 sends nothing)
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return advertised
+
+
+def parse_address(address: str) -> tuple[str, int]:
+    """'[HOST:]PORT' -> (host, port); the host is 127.0.0.1 unless given."""
+    host, _, port = address.rpartition(":")
+    if not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise OperationalError(f"--serve {address!r}: expected [HOST:]PORT, a port 0..65535")
+    return host.strip("[]") or "127.0.0.1", int(port)
+
+
+class Server:
+    """The endpoint of a connection's engine, served from a thread, advertised next to a
+    file database while it runs."""
+
+    def __init__(
+        self,
+        connection: dbapi.Connection,
+        host: str = "127.0.0.1",
+        port: int = 5432,
+        password: str | None = None,
+        allow_writes: bool = False,
+    ) -> None:
+        if host not in LOOPBACK and password is None:
+            raise OperationalError(
+                f"Serving on {host} needs a password (--password-env VAR): only 127.0.0.1 "
+                "is served without one"
+            )
+        self.database = connection.engine.database
+        try:
+            self.endpoint = Endpoint(connection, host, port, password, allow_writes)
+        except OSError as error:
+            raise OperationalError(f"Cannot serve on {host}:{port}: {error.strerror}") from None
+        self.host, self.port = host, self.endpoint.port
+        self._thread = threading.Thread(
+            target=self.endpoint.serve_forever, name=f"pgwire {host}:{self.port}", daemon=True
+        )
+
+    def start(self) -> Server:
+        self._thread.start()
+        if self.database != ":memory:":
+            advertised = {
+                "host": self.host,
+                "port": self.port,
+                "pid": os.getpid(),
+                "password": self.endpoint.password is not None,
+                "allow_writes": self.endpoint.allow_writes,
+            }
+            endpoint_file(self.database).write_text(json.dumps(advertised))
+        return self
+
+    def close(self) -> None:
+        """Stop accepting clients and withdraw the advertisement."""
+        if self.database != ":memory:":
+            endpoint_file(self.database).unlink(missing_ok=True)
+        self.endpoint.shutdown()
+        self.endpoint.server_close()
+
+    def __enter__(self) -> Server:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+__all__ = ["Server", "endpoint_file", "parse_address", "read_endpoint"]

@@ -49,6 +49,7 @@ def connect(
     config: dict[str, Any] | None = None,
     restricted: bool = False,
     allowed_directories: Sequence[str] = (),
+    read_only: bool = False,
 ) -> Connection:
     """Open (or create) an engine database; sinks recorded in it resume running.
 
@@ -57,6 +58,8 @@ def connect(
     `restricted` runs SQL that is not trusted: DuckDB reaches only the directories the
     stored sources and sinks name and `allowed_directories`, and ATTACH, INSTALL, LOAD,
     PRAGMA, EXPORT, SET and callbacks not registered from Python are refused.
+    `read_only` inspects a database no process holds (a stopped engine): DuckDB opens it
+    read-only and no sink resumes.
     """
     engine = Engine(
         database,
@@ -64,6 +67,7 @@ def connect(
         config=config,
         restricted=restricted,
         allowed_directories=allowed_directories,
+        read_only=read_only,
     )
     return Connection(engine)
 

@@ -64,6 +64,7 @@ CLIENT_SETTINGS = frozenset(
 # defines it (every object is owned by "streamsql") and the qualified calls are pointed at it.
 _CATALOG_SHIMS = ("CREATE OR REPLACE TEMP MACRO pg_get_userbyid(id) AS 'streamsql'",)
 _SHIMMED = re.compile(r"\bpg_catalog\.(pg_get_userbyid)\s*\(", re.IGNORECASE)
+_DEALLOCATE = re.compile(r"\s*DEALLOCATE\s+(?:PREPARE\s+)?\"?(\w+)\"?\s*;?\s*$", re.IGNORECASE)
 _SETTING = re.compile(r"\s*(?:SET|RESET)\s+(?:SESSION\s+|LOCAL\s+)?\"?(\w+)\"?", re.IGNORECASE)
 
 # What a read-only endpoint runs: DuckDB statements of these types, and our statements
@@ -525,6 +526,15 @@ class Session(socketserver.BaseRequestHandler):
         setting = _SETTING.match(statement.text)
         if setting and setting.group(1).lower() in CLIENT_SETTINGS:
             portal.tag, portal.done = statement.text.split(None, 1)[0].upper(), True
+            return
+        deallocate = _DEALLOCATE.match(statement.text)
+        if deallocate:  # the protocol's prepared statements, which psycopg drops by SQL
+            name = deallocate.group(1)
+            if name.upper() == "ALL":
+                self.prepared.clear()
+            else:
+                self.prepared.pop(name, None)
+            portal.tag, portal.done = "DEALLOCATE" + " ALL" * (name.upper() == "ALL"), True
             return
         assert self.cursor is not None
         if not self.server.allow_writes:

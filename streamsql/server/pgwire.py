@@ -615,9 +615,9 @@ def _parameter_count(statement: Statement | None) -> int:
     if statement is None:
         return 0
     numbers = [
-        int(node.name)
-        for node in statement.expression.find_all(exp.Parameter)
-        if node.name.isdigit()
+        int(node.this)
+        for node in statement.expression.find_all(exp.Placeholder)
+        if str(node.this).isdigit()
     ]
     return max(numbers, default=0)
 

@@ -415,3 +415,22 @@ def test_connect_read_only_inspects_without_resuming_sinks(tmp_path: Path) -> No
         assert "k" in again.engine.queries
     finally:
         again.close()
+
+
+def test_status_reads_a_served_database_before_its_first_batch(tmp_path: Path) -> None:
+    directory = tmp_path / "in"
+    directory.mkdir()  # no file yet: no batch, so no status published
+    with serving(tmp_path, FILES_JOB.format(input=directory)) as endpoint:
+        with connect(endpoint, "out"):
+            pass
+        assert not (tmp_path / "app.db.status.json").exists()
+        status = subprocess.run(
+            [sys.executable, "-m", "streamsql.cli", "status", endpoint["db"]],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            cwd=ROOT,
+        )
+        assert status.returncode == 0, status.stderr
+        assert f"live, served by process {endpoint['pid']}" in status.stdout
+        assert "│ out " in status.stdout

@@ -193,6 +193,7 @@ def test_writes_are_refused_unless_allowed(tmp_path: Path) -> None:
                 "CREATE TABLE t (x INT)",
                 "INSERT INTO out VALUES (1, 'x')",
                 "DELETE FROM out",
+                "EXPLAIN ANALYZE DELETE FROM out",
                 "DROP SINK out",
                 "CREATE SINK other WITH (connector = 'duckdb') AS SELECT id FROM src",
                 "CHECKPOINT",
@@ -203,6 +204,7 @@ def test_writes_are_refused_unless_allowed(tmp_path: Path) -> None:
                 assert refused.value.sqlstate == "25006"
                 assert "read-only endpoint" in str(refused.value)
             assert conn.execute("SHOW SINKS").fetchall()[0][0] == "out"
+            assert conn.execute("EXPLAIN ANALYZE SELECT count(*) FROM out").fetchall()
             assert conn.execute("SELECT count(*) FROM out").fetchone() == (0,)
             conn.execute("SET application_name = 'grafana'")  # clients' settings are fine
         with pytest.raises(AssertionError, match="read-only endpoint"):

@@ -69,7 +69,7 @@ _SETTING = re.compile(r"\s*(?:SET|RESET)\s+(?:SESSION\s+|LOCAL\s+)?\"?(\w+)\"?",
 
 # What a read-only endpoint runs: DuckDB statements of these types, and our statements
 # that only look (SHOW SINKS, DESCRIBE QUERY, EXPLAIN).
-READ_STATEMENTS = frozenset({"SELECT", "EXPLAIN", "TRANSACTION"})
+READ_STATEMENTS = frozenset({"SELECT", "TRANSACTION"})
 
 # SQLSTATE codes by exception class, the most specific first (DuckDB's, then ours).
 _SQLSTATES: tuple[tuple[type[BaseException], str], ...] = (
@@ -622,15 +622,26 @@ def _parameter_count(statement: Statement | None) -> int:
     return max(numbers, default=0)
 
 
-def _duckdb_kinds(statement: Statement) -> list[str]:
+_EXPLAINED = re.compile(r"\s*EXPLAIN\s+(?:ANALYZE\s+|\(.*?\)\s*)?(.*)", re.IGNORECASE | re.DOTALL)
+
+
+def _duckdb_kinds(text: str) -> list[str]:
+    """DuckDB's statement types in `text`; EXPLAIN ANALYZE runs what it explains, so an
+    EXPLAIN counts as the statement it explains."""
     try:
-        return [parsed.type.name for parsed in duckdb.extract_statements(statement.text)]
+        kinds = [parsed.type.name for parsed in duckdb.extract_statements(text)]
     except (duckdb.Error, ValueError):  # DuckDB's parser does not know it
         return ["UNKNOWN"]
+    explained = _EXPLAINED.match(text)
+    if kinds == ["EXPLAIN"] and explained and explained.group(1).strip():
+        return _duckdb_kinds(explained.group(1))
+    return kinds
 
 
 def _is_duckdb_read(statement: Statement, connection: dbapi.Connection) -> bool:
-    return connection.engine.handler(statement) is None and _duckdb_kinds(statement) == ["SELECT"]
+    return connection.engine.handler(statement) is None and _duckdb_kinds(statement.text) == [
+        "SELECT"
+    ]
 
 
 def _check_read_only(statement: Statement, connection: dbapi.Connection) -> None:
@@ -642,7 +653,7 @@ def _check_read_only(statement: Statement, connection: dbapi.Connection) -> None
     if handler is not None:
         if handler in (engine.show, engine.describe_query, engine.explain, engine.push_query):
             return
-    elif set(_duckdb_kinds(statement)) <= READ_STATEMENTS:
+    elif set(_duckdb_kinds(statement.text)) <= READ_STATEMENTS:
         return
     first = statement.text.split(None, 1)[0].upper()
     raise Refused(

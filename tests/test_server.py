@@ -436,3 +436,33 @@ def test_status_reads_a_served_database_before_its_first_batch(tmp_path: Path) -
         assert status.returncode == 0, status.stderr
         assert f"live, served by process {endpoint['pid']}" in status.stdout
         assert "│ out " in status.stdout
+
+
+def test_serve_opens_a_database_resumes_its_sinks_and_stops_on_sigterm(tmp_path: Path) -> None:
+    db = str(tmp_path / "app.db")
+    con = streamsql.connect(db)
+    con.execute("CREATE SOURCE s (x INT) WITH (connector = 'memory')")
+    con.execute("CREATE SINK k WITH (connector = 'duckdb') AS SELECT x FROM s")
+    con.execute("INSERT INTO s VALUES (1), (2)")
+    con.query("k").process_all_available()
+    con.close()
+    running = subprocess.Popen(
+        [sys.executable, "-m", "streamsql.cli", "serve", db, "--port", "0"],
+        cwd=ROOT,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert running.stderr is not None
+        line = running.stderr.readline()
+        assert line.startswith(f"Serving {db} on postgresql://127.0.0.1:"), line
+        endpoint = json.loads(endpoint_file(db).read_text())
+        assert endpoint["pid"] == running.pid
+        answer = psql(endpoint, "SELECT sum(x) FROM k", "SHOW QUERIES").split()
+        assert answer[0] == "3" and answer[1].startswith("k|")  # the sink resumed
+        running.send_signal(signal.SIGTERM)
+        assert running.wait(timeout=60) == 0
+        assert not endpoint_file(db).exists()
+    finally:
+        running.kill()
+        running.wait()

@@ -466,3 +466,19 @@ def test_serve_opens_a_database_resumes_its_sinks_and_stops_on_sigterm(tmp_path:
     finally:
         running.kill()
         running.wait()
+
+
+def test_a_restricted_engine_keeps_its_clients_to_its_directories(tmp_path: Path) -> None:
+    con = streamsql.connect(":memory:", restricted=True, allowed_directories=[str(tmp_path)])
+    (tmp_path / "inside.csv").write_text("a\n1\n")
+    try:
+        with (
+            Server(con, ServeOptions(port=0)) as server,
+            psycopg.connect(host="127.0.0.1", port=server.port, autocommit=True) as conn,
+        ):
+            inside = conn.execute("SELECT a FROM read_csv(%s)", [str(tmp_path / "inside.csv")])
+            assert inside.fetchall() == [(1,)]
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                conn.execute("SELECT * FROM read_csv('/etc/passwd')")
+    finally:
+        con.close()

@@ -4,7 +4,7 @@ psycopg, JDBC and the dashboards built on them read its tables while its queries
 The subset clients need, written against PostgreSQL's "Frontend/Backend Protocol" chapter:
 startup (SSL and GSS encryption declined), trust or password authentication (SCRAM-SHA-256),
 the simple and the extended query protocol (Parse, Bind, Describe, Execute, Close, Flush,
-Sync), text and binary results (see `types`), cancel requests and errors with SQLSTATE codes.
+Sync), text and binary results (see `pgtypes`), cancel requests and errors with SQLSTATE codes.
 One thread per client connection, each with its own cursor on the engine's database: every
 statement outside BEGIN ... COMMIT is its own DuckDB transaction, so it sees committed batches
 only.
@@ -30,7 +30,7 @@ import duckdb
 from sqlglot import exp
 
 from streamsql import dbapi, errors
-from streamsql.server import types
+from streamsql.server import pgtypes
 from streamsql.sql import Statement, parse
 
 PROTOCOL_3 = 196608
@@ -459,9 +459,9 @@ class Session(socketserver.BaseRequestHandler):
         for index in range(reader.int16()):
             size = reader.int32()
             data = None if size < 0 else reader.bytes(size)
-            binary = (formats[index] if len(formats) > 1 else (formats or [0])[0]) == 1
+            binary = _format_of(formats, index) == 1
             oid = prepared.parameter_types[index] if index < len(prepared.parameter_types) else 0
-            values.append(types.decode_parameter(data, oid, binary))
+            values.append(pgtypes.decode_parameter(data, oid, binary))
         results = [reader.int16() for _ in range(reader.int16())]
         self.portals[portal] = Portal(prepared, values, results)
 
@@ -470,10 +470,10 @@ class Session(socketserver.BaseRequestHandler):
         parameters under LIMIT 0 (for a read; anything else describes no rows)."""
         statement = prepared.statement
         count = _parameter_count(statement)
-        oids = [*prepared.parameter_types, *[types.TEXT] * count][
+        oids = [*prepared.parameter_types, *[pgtypes.TEXT] * count][
             : max(count, len(prepared.parameter_types))
         ]
-        oids = [oid or types.TEXT for oid in oids]
+        oids = [oid or pgtypes.TEXT for oid in oids]
         self.send(message(b"t", struct.pack(f"!h{len(oids)}i", len(oids), *oids)))
         if statement is None or not _is_duckdb_read(statement, self.server.connection):
             self.send(message(b"n"))
@@ -483,7 +483,7 @@ class Session(socketserver.BaseRequestHandler):
             f"SELECT * FROM ({statement.text.rstrip(';')}) LIMIT 0", [None] * len(oids)
         )
         portal = Portal(prepared, [], [])
-        portal.columns = [(c[0], types.oid_of(c[1])) for c in self.cursor.description or []]
+        portal.columns = [(c[0], pgtypes.oid_of(c[1])) for c in self.cursor.description or []]
         self.cursor.fetchall()
         self.send(self._row_description(portal))
 
@@ -550,7 +550,7 @@ class Session(socketserver.BaseRequestHandler):
         self._track_transaction(statement)
         description = self.cursor.description
         if description:
-            portal.columns = [(c[0], types.oid_of(c[1])) for c in description]
+            portal.columns = [(c[0], pgtypes.oid_of(c[1])) for c in description]
             portal.rows = iter(lambda: self.cursor.fetchmany(FETCH_ROWS), [])
         else:
             portal.tag, portal.done = _tag(statement, self.cursor.rowcount), True
@@ -574,8 +574,7 @@ class Session(socketserver.BaseRequestHandler):
         assert portal.columns is not None and portal.rows is not None
         encoders = []
         for index, (_, oid) in enumerate(portal.columns):
-            fmt = portal.formats[index] if len(portal.formats) > 1 else (portal.formats or [0])[0]
-            encoders.append(types.encoder(oid, fmt == 1))
+            encoders.append(pgtypes.encoder(oid, _format_of(portal.formats, index) == 1))
         sent = 0
         head = struct.pack("!h", len(encoders))
         while not limit or sent < limit:
@@ -603,11 +602,19 @@ class Session(socketserver.BaseRequestHandler):
         assert portal.columns is not None
         body = struct.pack("!h", len(portal.columns))
         for index, (name, oid) in enumerate(portal.columns):
-            fmt = portal.formats[index] if len(portal.formats) > 1 else (portal.formats or [0])[0]
+            fmt = _format_of(portal.formats, index)
             body += _cstring(name) + struct.pack(
-                "!ihihih", 0, 0, oid, types.type_size(oid), -1, fmt
+                "!ihihih", 0, 0, oid, pgtypes.type_size(oid), -1, fmt
             )
         return message(b"T", body)
+
+
+def _format_of(formats: list[int], index: int) -> int:
+    """The format code of a parameter or column: one code per value, one for all, or none
+    (text), as Bind gives them."""
+    if len(formats) > 1:
+        return formats[index]
+    return formats[0] if formats else 0
 
 
 def _parameter_count(statement: Statement | None) -> int:

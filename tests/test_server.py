@@ -395,7 +395,8 @@ def test_the_shell_attaches_to_a_running_process(tmp_path: Path) -> None:
         assert "read-only endpoint" in text
 
 
-def test_connect_read_only_inspects_without_resuming_sinks(tmp_path: Path) -> None:
+def stopped_engine(tmp_path: Path) -> str:
+    """An engine database whose sink k (a duckdb table) holds 1 and 2, closed."""
     db = str(tmp_path / "app.db")
     con = streamsql.connect(db)
     con.execute("CREATE SOURCE s (x INT) WITH (connector = 'memory')")
@@ -403,6 +404,11 @@ def test_connect_read_only_inspects_without_resuming_sinks(tmp_path: Path) -> No
     con.execute("INSERT INTO s VALUES (1), (2)")
     con.query("k").process_all_available()
     con.close()
+    return db
+
+
+def test_connect_read_only_inspects_without_resuming_sinks(tmp_path: Path) -> None:
+    db = stopped_engine(tmp_path)
     inspect = streamsql.connect(db, read_only=True)
     try:
         assert inspect.engine.queries == {}
@@ -439,13 +445,7 @@ def test_status_reads_a_served_database_before_its_first_batch(tmp_path: Path) -
 
 
 def test_serve_opens_a_database_resumes_its_sinks_and_stops_on_sigterm(tmp_path: Path) -> None:
-    db = str(tmp_path / "app.db")
-    con = streamsql.connect(db)
-    con.execute("CREATE SOURCE s (x INT) WITH (connector = 'memory')")
-    con.execute("CREATE SINK k WITH (connector = 'duckdb') AS SELECT x FROM s")
-    con.execute("INSERT INTO s VALUES (1), (2)")
-    con.query("k").process_all_available()
-    con.close()
+    db = stopped_engine(tmp_path)
     running = subprocess.Popen(
         [sys.executable, "-m", "streamsql.cli", "serve", db, "--port", "0"],
         cwd=ROOT,

@@ -9,6 +9,8 @@ import io
 import json
 import os
 import signal
+import socket
+import struct
 import subprocess
 import sys
 import threading
@@ -482,3 +484,62 @@ def test_a_restricted_engine_keeps_its_clients_to_its_directories(tmp_path: Path
                 conn.execute("SELECT * FROM read_csv('/etc/passwd')")
     finally:
         con.close()
+
+
+class RawClient:
+    """The protocol's messages by hand, as JDBC and Go's pgx send them: describe a named
+    statement before binding it, and fetch a portal a few rows at a time."""
+
+    def __init__(self, port: int) -> None:
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=30)
+        startup = struct.pack("!i", 196608) + b"user\x00jdbc\x00database\x00app\x00\x00"
+        self.sock.sendall(struct.pack("!i", len(startup) + 4) + startup)
+        self.until(b"Z")
+
+    def send(self, kind: bytes, payload: bytes) -> None:
+        self.sock.sendall(kind + struct.pack("!i", len(payload) + 4) + payload)
+
+    def receive(self) -> tuple[bytes, bytes]:
+        head = self.sock.recv(5, socket.MSG_WAITALL)
+        (length,) = struct.unpack("!i", head[1:])
+        body = self.sock.recv(length - 4, socket.MSG_WAITALL) if length > 4 else b""
+        return head[:1], body
+
+    def until(self, last: bytes) -> list[tuple[bytes, bytes]]:
+        messages = []
+        while True:
+            messages.append(self.receive())
+            if messages[-1][0] == last:
+                return messages
+
+
+def test_describe_statement_and_a_portal_fetched_in_parts(
+    served: tuple[streamsql.Connection, int],
+) -> None:
+    client = RawClient(served[1])
+    sql = b"SELECT id, s FROM typed WHERE id >= $1 ORDER BY id\x00"
+    client.send(b"P", b"st\x00" + sql + struct.pack("!hi", 1, 20))  # $1 declared int8
+    client.send(b"D", b"Sst\x00")
+    client.send(b"S", b"")
+    kinds = client.until(b"Z")
+    assert [kind for kind, _ in kinds] == [b"1", b"t", b"T", b"Z"]
+    assert struct.unpack("!hi", kinds[1][1]) == (1, 20)  # ParameterDescription
+    fields = kinds[2][1]
+    assert fields.startswith(b"\x00\x02id\x00") and b"s\x00" in fields
+    value = b"1"
+    bind = b"p\x00st\x00" + struct.pack("!hh", 0, 1) + struct.pack("!i", 1) + value
+    client.send(b"B", bind + struct.pack("!h", 0))
+    client.send(b"E", b"p\x00" + struct.pack("!i", 1))  # one row at a time
+    client.send(b"E", b"p\x00" + struct.pack("!i", 1))
+    client.send(b"E", b"p\x00" + struct.pack("!i", 1))
+    client.send(b"S", b"")
+    kinds = client.until(b"Z")
+    assert [kind for kind, _ in kinds] == [b"2", b"D", b"s", b"D", b"s", b"C", b"Z"]
+    text = "héllo".encode()
+    assert kinds[1][1] == b"\x00\x02" + struct.pack("!i", 1) + b"1" + struct.pack("!i", 6) + text
+    assert kinds[3][1] == b"\x00\x02" + struct.pack("!i", 1) + b"2" + b"\xff" * 4  # NULL
+    assert kinds[5][1] == b"SELECT 2\x00"
+    client.send(b"Q", b"SELEC 1\x00")  # an error, then the session goes on
+    kinds = client.until(b"Z")
+    assert kinds[0][0] == b"E" and b"C42601\x00" in kinds[0][1]
+    client.send(b"X", b"")

@@ -20,6 +20,7 @@ from streamsql.engine import Engine, declared_paths
 from streamsql.errors import Error
 from streamsql.format import format_table
 from streamsql.runtime.query import StreamingQuery
+from streamsql.server import ServeOptions, Server
 from streamsql.sql import Statement, nodes, parse
 from streamsql.status import COLUMNS, database_status
 
@@ -44,6 +45,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="run a file that is not trusted: DuckDB reaches only the directories its sources "
         "and sinks name; ATTACH, INSTALL, LOAD, PRAGMA, SET and imported callbacks are refused",
     )
+    run.add_argument(
+        "--serve",
+        metavar="[HOST:]PORT",
+        help="serve the database over the PostgreSQL protocol while the file runs (psql, "
+        "psycopg, JDBC connect; 127.0.0.1 unless a host is given)",
+    )
+    _serving_arguments(run)
+    serve = commands.add_parser(
+        "serve", help="open a database (its sinks resume) and serve it over the PostgreSQL protocol"
+    )
+    serve.add_argument("db")
+    serve.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, default=5432, help="port (default 5432; 0: any free)")
+    _serving_arguments(serve)
     explain = commands.add_parser("explain", help="print each query's plan and per-batch SQL")
     explain.add_argument("file", type=Path)
     status = commands.add_parser("status", help="where each sink of a database stands")
@@ -60,6 +75,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         from streamsql.shell import main as shell_main  # prompt-toolkit, only when asked
 
         return shell_main(args.db, restricted=args.restricted)
+    if args.command == "serve":
+        try:
+            options = ServeOptions.parse(
+                f"{args.host}:{args.port}", args.password_env, args.allow_writes
+            )
+            return serve_database(args.db, options, sys.stderr)
+        except Error as error:
+            print(f"Error: {error}", file=sys.stderr)
+            return 1
     if args.command == "status":
         try:
             return print_status(args.db, sys.stdout)
@@ -74,7 +98,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "explain":
             return explain_file(sql, sys.stdout)
-        return run_file(sql, args.db, args.trigger, sys.stdout, sys.stderr, args.restricted)
+        serving = (
+            ServeOptions.parse(args.serve, args.password_env, args.allow_writes)
+            if args.serve
+            else None
+        )
+        return run_file(
+            sql, args.db, args.trigger, sys.stdout, sys.stderr, args.restricted, serving
+        )
     except Error as error:
         print(f"Error: {error}", file=sys.stderr)
         return 1
@@ -83,11 +114,32 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
 
 
+def _serving_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--password-env",
+        metavar="VAR",
+        help="clients must give the password in this environment variable (SCRAM-SHA-256); "
+        "required to bind an address other than 127.0.0.1",
+    )
+    parser.add_argument(
+        "--allow-writes",
+        action="store_true",
+        help="clients may change the database (DML, DDL, CREATE SINK); read-only by default",
+    )
+
+
 def run_file(
-    sql: str, db: str, trigger: str | None, out: TextIO, err: TextIO, restricted: bool = False
+    sql: str,
+    db: str,
+    trigger: str | None,
+    out: TextIO,
+    err: TextIO,
+    restricted: bool = False,
+    serving: ServeOptions | None = None,
 ) -> int:
     """Run every statement; then wait for the file's queries (until done, or Ctrl-C).
-    `restricted`: DuckDB may reach only the directories the file's sources and sinks name."""
+    `restricted`: DuckDB may reach only the directories the file's sources and sinks name;
+    `serving`: where to serve the database over the PostgreSQL protocol meanwhile."""
     allowed = declared_paths(parse(sql)) if restricted else []
     interrupted = threading.Event()
 
@@ -102,11 +154,33 @@ def run_file(
     previous = signal.signal(signal.SIGINT, on_interrupt)
     con = streamsql.connect(db, trigger=trigger, restricted=restricted, allowed_directories=allowed)
     try:
-        with contextlib.redirect_stdout(out):  # console sinks print where the caller reads
-            return _run_statements(con, sql, interrupted, out, err)
+        with contextlib.ExitStack() as stack:
+            if serving is not None:
+                server = stack.enter_context(Server(con, serving))
+                print(f"Serving {db} on {server.url}", file=err, flush=True)
+            with contextlib.redirect_stdout(out):  # console sinks print where the caller reads
+                return _run_statements(con, sql, interrupted, out, err)
     finally:
         con.close()
         signal.signal(signal.SIGINT, previous)
+
+
+def serve_database(db: str, serving: ServeOptions, err: TextIO) -> int:
+    """Open `db` (its sinks resume) and serve it until Ctrl-C or SIGTERM."""
+    stop = threading.Event()
+    previous = {
+        sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)
+    }
+    con = streamsql.connect(db)
+    try:
+        with Server(con, serving) as server:
+            print(f"Serving {db} on {server.url}; Ctrl-C stops", file=err, flush=True)
+            stop.wait()
+        return 0
+    finally:
+        con.close()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def _run_statements(

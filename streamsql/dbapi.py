@@ -51,6 +51,7 @@ def connect(
     config: dict[str, Any] | None = None,
     restricted: bool = False,
     allowed_directories: Sequence[str] = (),
+    read_only: bool = False,
 ) -> Connection:
     """Open (or create) an engine database; sinks recorded in it resume running.
 
@@ -59,6 +60,8 @@ def connect(
     `restricted` runs SQL that is not trusted: DuckDB reaches only the directories the
     stored sources and sinks name and `allowed_directories`, and ATTACH, INSTALL, LOAD,
     PRAGMA, EXPORT, SET and callbacks not registered from Python are refused.
+    `read_only` inspects a database no process holds (a stopped engine): DuckDB opens it
+    read-only and no sink resumes.
     """
     engine = Engine(
         database,
@@ -66,6 +69,7 @@ def connect(
         config=config,
         restricted=restricted,
         allowed_directories=allowed_directories,
+        read_only=read_only,
     )
     return Connection(engine)
 
@@ -331,6 +335,11 @@ class Cursor:
         self._check()
         self._duck.register(name, data)
         return self
+
+    def interrupt(self) -> None:
+        """Interrupt the statement running on this cursor, from another thread (it fails
+        with DuckDB's InterruptException): what a PostgreSQL client's cancel request does."""
+        self._duck.interrupt()
 
     def setinputsizes(self, sizes: Any) -> None:
         """Accepted and ignored, as PEP 249 allows."""

@@ -211,8 +211,10 @@ class Engine:
         config: dict[str, Any] | None = None,
         restricted: bool = False,
         allowed_directories: Iterable[str] = (),
+        read_only: bool = False,
     ) -> None:
         self.database = database
+        self.read_only = read_only
         self.restricted = restricted
         self.allowed_directories: list[str] = []  # restricted mode: all DuckDB may reach
         self.trigger_override = Trigger.parse(trigger) if trigger else None  # CLI --trigger
@@ -226,18 +228,26 @@ class Engine:
                     "or close it first"
                 )
             try:
-                self.db = duckdb.connect(database, config=config or {})
+                self.db = duckdb.connect(database, read_only=read_only, config=config or {})
             except duckdb.Error as error:  # a directory, a file another process holds, ...
                 raise from_duckdb(error, f"Cannot open {database}") from None
             if self._file is not None:
                 _OPEN_FILES[self._file] = self
         try:
             self.db.execute("SET GLOBAL TimeZone = 'UTC'").fetchall()
-            Checkpoint.create_tables(self.db)
-            dead_letters.create_tables(self.db)
-            for statement in (*MACROS, CATALOG):
-                self.db.execute(statement).fetchall()
-            self._clear_leftovers()
+            if not read_only:
+                Checkpoint.create_tables(self.db)
+                dead_letters.create_tables(self.db)
+                for statement in (*MACROS, CATALOG):
+                    self.db.execute(statement).fetchall()
+                self._clear_leftovers()
+            elif not self.db.execute(
+                "SELECT 1 FROM duckdb_tables() WHERE schema_name = ? AND table_name = 'catalog'",
+                [SCHEMA],
+            ).fetchall():
+                raise OperationalError(
+                    f"{database} is not a streamsql database: it has no {SCHEMA}.catalog"
+                )
             if restricted:
                 self._restrict(allowed_directories)
         except BaseException:  # not an engine database we can write: not open after all
@@ -345,7 +355,7 @@ class Engine:
             else:
                 definition = sink_def(create, sql)
                 self.sinks[definition.name.lower()] = definition
-                if running:
+                if running and not self.read_only:
                     try:
                         with nesting_room(1):  # planned again, as deep as when created
                             self._start(definition)
@@ -649,6 +659,11 @@ class Engine:
     def _start(
         self, definition: SinkDef, execution: MicroBatchExecution | None = None
     ) -> StreamingQuery:
+        if self.read_only:
+            raise OperationalError(
+                f"Sink {definition.name} cannot run: {self.database} is open read-only "
+                "(connect(read_only=True) inspects a database without resuming its sinks)"
+            )
         execution = execution or self._execution(definition)
         given = definition.options.get("trigger")
         trigger = self.trigger_override or (Trigger.parse(given) if given else self.session_trigger)
@@ -984,7 +999,7 @@ class Engine:
         for cursor in list(self._cursors):
             cursor.close()
         self.db.close()
-        if self.database != ":memory:":
+        if self.database != ":memory:" and not self.read_only:
             status_file(self.database).unlink(missing_ok=True)  # the database says it now
         _OPEN_ENGINES.discard(self)
         self._release_file()

@@ -2,7 +2,8 @@
 
 Read from the database's checkpoint when no process has it open. A process running queries
 holds DuckDB's lock on the file; it publishes the same figures, from its live queries, to
-`<database>.status.json` (after a batch, at most once a second), and those are read instead.
+`<database>.status.json` (after a batch, at most once a second), and those are read instead;
+before it has, the checkpoint tables are read through its PostgreSQL endpoint if it serves one.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from streamsql.engine import source_instance, status_file
 from streamsql.errors import OperationalError
 from streamsql.plan.catalog import source_def
 from streamsql.runtime.progress import timestamp_of
+from streamsql.server import read_endpoint
 from streamsql.sql import parse_one
 
 COLUMNS = (
@@ -44,9 +46,11 @@ def database_status(database: str) -> tuple[str, list[dict[str, Any]]]:
     except (duckdb.IOException, duckdb.ConnectionException) as error:
         # Another process holds the database (a lock), or this one does (a connection).
         published = status_file(database)
-        if not published.exists() or not (
-            "lock" in str(error).lower() or isinstance(error, duckdb.ConnectionException)
-        ):
+        held = "lock" in str(error).lower() or isinstance(error, duckdb.ConnectionException)
+        endpoint = read_endpoint(database) if held else None
+        if held and not published.exists() and endpoint is not None:
+            return _from_endpoint(endpoint)
+        if not held or not published.exists():
             raise OperationalError(f"Cannot read {database}: {error}") from None
         snapshot = json.loads(published.read_text())
         age = time.time() - snapshot["written_at"]
@@ -71,6 +75,42 @@ def database_status(database: str) -> tuple[str, list[dict[str, Any]]]:
         raise OperationalError(f"Cannot read the checkpoint of {database}: {error}") from None
     finally:
         con.close()
+
+
+def _from_endpoint(endpoint: dict[str, Any]) -> tuple[str, list[dict[str, Any]]]:
+    """Before the process holding the database has published a status (no batch yet), the
+    checkpoint tables as its PostgreSQL endpoint serves them (no lag or state rows: those
+    need the sources and state of the running process)."""
+    import psycopg  # only when another process serves the database
+
+    address = f"{endpoint['host']}:{endpoint['port']}"
+    try:
+        with psycopg.connect(host=endpoint["host"], port=endpoint["port"]) as conn:
+            rows = conn.execute(
+                f"""SELECT c.name, c.running, m.batch_id, o.end_offset, m.next_watermark_us,
+                       (SELECT count(*) FROM {SCHEMA}.dead_letters d
+                        WHERE lower(d.query) = lower(c.name))
+                FROM {SCHEMA}.catalog c
+                LEFT JOIN (SELECT query, max(batch_id) AS batch_id,
+                                  arg_max(next_watermark_us, batch_id) AS next_watermark_us
+                           FROM {SCHEMA}.commits GROUP BY query) m
+                       ON lower(m.query) = lower(c.name)
+                LEFT JOIN {SCHEMA}.offsets o ON o.query = m.query AND o.batch_id = m.batch_id
+                WHERE c.kind = 'SINK' ORDER BY c.name"""
+            ).fetchall()
+    except psycopg.Error as error:
+        raise OperationalError(f"Cannot read the endpoint at {address}: {error}") from None
+    sinks = [
+        dict(
+            zip(
+                COLUMNS,
+                (name, running, batch, end, None, timestamp_of(wm), None, dead),
+                strict=True,
+            )
+        )
+        for name, running, batch, end, wm, dead in rows
+    ]
+    return f"live, served by process {endpoint['pid']} at {address}", sinks
 
 
 def _from_checkpoint(

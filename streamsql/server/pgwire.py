@@ -162,6 +162,13 @@ class Reader:
         return value
 
 
+def _parse(sql: str) -> list[Statement]:
+    """A client's statements. `DEALLOCATE ALL`, which DuckDB's parser does not take, is
+    answered by the endpoint itself, so DuckDB's parser does not judge it."""
+    sql = _SHIMMED.sub(r"\1(", sql)
+    return parse(sql, stored=_DEALLOCATE.match(sql) is not None)
+
+
 @dataclass
 class Prepared:
     """A parsed statement of the extended protocol."""
@@ -413,9 +420,9 @@ class Session(socketserver.BaseRequestHandler):
 
     def _extended(self, kind: bytes, reader: Reader) -> None:
         if kind == b"P":
-            name, sql = reader.string(), _SHIMMED.sub(r"\1(", reader.string())
+            name, sql = reader.string(), reader.string()
             oids = [reader.int32() for _ in range(reader.int16())]
-            statements = parse(sql)
+            statements = _parse(sql)
             if len(statements) > 1:
                 raise Refused("cannot insert multiple commands into a prepared statement", "42601")
             self.prepared[name] = Prepared(statements[0] if statements else None, oids)
@@ -491,7 +498,7 @@ class Session(socketserver.BaseRequestHandler):
 
     def _simple_query(self, sql: str) -> None:
         try:
-            statements = parse(_SHIMMED.sub(r"\1(", sql))
+            statements = _parse(sql)
         except Exception as error:
             self._failed()
             self.send(error_response(error))

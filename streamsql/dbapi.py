@@ -5,10 +5,12 @@ Parameters use the qmark style and are bound by DuckDB, never formatted into SQL
 
 from __future__ import annotations
 
+import importlib
 import threading
+import warnings
 import weakref
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 import duckdb
 import pyarrow as pa
@@ -40,6 +42,8 @@ paramstyle = "qmark"
 # The one column DuckDB answers statements without a result set with (DML and DDL; SET,
 # PRAGMA, BEGIN and the like).
 ACKNOWLEDGEMENTS = ("Count", "Success")
+
+T = TypeVar("T")
 
 
 def connect(
@@ -298,6 +302,60 @@ class Cursor:
             raise ProgrammingError("The last statement produced no rows to fetch")
         return self._result.rows
 
+    # -- DuckDB's result methods ------------------------------------------------------------------
+
+    def fetch_arrow_table(self) -> pa.Table:
+        """The rows fetchall() would return, as one Arrow table with DuckDB's types (a push
+        query: waits until it stops, as fetchall does)."""
+        self._check()
+        if self._from_duckdb:
+            return self._from_duck(lambda duck: duck.to_arrow_table())
+        if self._stream is not None:
+            return self._stream.fetch_arrow()
+        rows = self._rows()[self._position :]
+        self._position += len(rows)
+        names = [column[0] for column in self.description]
+        return pa.Table.from_arrays(
+            [pa.array(column) for column in zip(*rows, strict=True)] or [pa.nulls(0)] * len(names),
+            names=names,
+        )
+
+    arrow = fetch_arrow_table
+
+    def fetch_record_batch(self, rows_per_batch: int = 1_000_000) -> pa.RecordBatchReader:
+        """The rows fetchall() would return, as a stream of Arrow record batches; a push
+        query's batches come as it emits them, until it stops."""
+        self._check()
+        if self._from_duckdb:
+            return self._from_duck(lambda duck: duck.to_arrow_reader(rows_per_batch))
+        if self._stream is not None:
+            schema = self._stream.sink.arrow_schema
+            return pa.RecordBatchReader.from_batches(schema, self._stream.record_batches())
+        table = self.fetch_arrow_table()
+        return pa.RecordBatchReader.from_batches(table.schema, table.to_batches(rows_per_batch))
+
+    def df(self) -> Any:
+        """fetch_arrow_table() as a pandas DataFrame (needs pandas)."""
+        _require("pandas", "df()")
+        return self.fetch_arrow_table().to_pandas()
+
+    fetchdf = fetch_df = df
+
+    def pl(self) -> Any:
+        """fetch_arrow_table() as a polars DataFrame (needs polars)."""
+        polars = _require("polars", "pl()")
+        return polars.from_arrow(self.fetch_arrow_table())
+
+    def _from_duck(self, fetch: Callable[[duckdb.DuckDBPyConnection], T]) -> T:
+        """Arrow from DuckDB's own result. DuckDB warns that Arrow from a DB-API result
+        copies the rows, which a cursor cannot avoid: its statement already ran."""
+        try:
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", "Arrow output on a DB-API result", UserWarning)
+                return fetch(self._duck)
+        except duckdb.Error as error:
+            raise from_duckdb(error) from None
+
     def __iter__(self) -> Iterator[tuple[Any, ...]]:
         while (row := self.fetchone()) is not None:
             yield row
@@ -341,6 +399,16 @@ class Cursor:
 def _acknowledges(description: list[tuple[Any, ...]] | None) -> bool:
     """DuckDB's answer to statements without a result: one column, Count or Success."""
     return bool(description) and len(description) == 1 and description[0][0] in ACKNOWLEDGEMENTS
+
+
+def _require(package: str, method: str) -> Any:
+    """An optional package a result method needs, or an error naming it."""
+    try:
+        return importlib.import_module(package)
+    except ImportError:
+        raise NotSupportedError(
+            f"Cursor.{method} needs {package}, which is not installed: pip install {package}"
+        ) from None
 
 
 def _single(statements: list[Statement]) -> Statement:

@@ -44,6 +44,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="run a file that is not trusted: DuckDB reaches only the directories its sources "
         "and sinks name; ATTACH, INSTALL, LOAD, PRAGMA, SET and imported callbacks are refused",
     )
+    run.add_argument(
+        "--metrics-port",
+        type=int,
+        help="serve Prometheus metrics at http://HOST:PORT/metrics while it runs (0: a free port)",
+    )
+    run.add_argument(
+        "--metrics-host", default="127.0.0.1", help="address of --metrics-port (default 127.0.0.1)"
+    )
     explain = commands.add_parser("explain", help="print each query's plan and per-batch SQL")
     explain.add_argument("file", type=Path)
     status = commands.add_parser("status", help="where each sink of a database stands")
@@ -74,7 +82,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "explain":
             return explain_file(sql, sys.stdout)
-        return run_file(sql, args.db, args.trigger, sys.stdout, sys.stderr, args.restricted)
+        metrics = None if args.metrics_port is None else (args.metrics_host, args.metrics_port)
+        return run_file(
+            sql, args.db, args.trigger, sys.stdout, sys.stderr, args.restricted, metrics
+        )
     except Error as error:
         print(f"Error: {error}", file=sys.stderr)
         return 1
@@ -84,10 +95,17 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def run_file(
-    sql: str, db: str, trigger: str | None, out: TextIO, err: TextIO, restricted: bool = False
+    sql: str,
+    db: str,
+    trigger: str | None,
+    out: TextIO,
+    err: TextIO,
+    restricted: bool = False,
+    metrics: tuple[str, int] | None = None,
 ) -> int:
     """Run every statement; then wait for the file's queries (until done, or Ctrl-C).
-    `restricted`: DuckDB may reach only the directories the file's sources and sinks name."""
+    `restricted`: DuckDB may reach only the directories the file's sources and sinks name;
+    `metrics`: (host, port) to serve Prometheus metrics on."""
     allowed = declared_paths(parse(sql)) if restricted else []
     interrupted = threading.Event()
 
@@ -102,6 +120,10 @@ def run_file(
     previous = signal.signal(signal.SIGINT, on_interrupt)
     con = streamsql.connect(db, trigger=trigger, restricted=restricted, allowed_directories=allowed)
     try:
+        if metrics is not None:
+            host, port = metrics
+            port = con.serve_metrics(port, host)
+            print(f"Metrics at http://{host}:{port}/metrics", file=err, flush=True)
         with contextlib.redirect_stdout(out):  # console sinks print where the caller reads
             return _run_statements(con, sql, interrupted, out, err)
     finally:

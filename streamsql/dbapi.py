@@ -53,6 +53,8 @@ def connect(
     config: dict[str, Any] | None = None,
     restricted: bool = False,
     allowed_directories: Sequence[str] = (),
+    metrics_port: int | None = None,
+    metrics_host: str = "127.0.0.1",
 ) -> Connection:
     """Open (or create) an engine database; sinks recorded in it resume running.
 
@@ -61,6 +63,7 @@ def connect(
     `restricted` runs SQL that is not trusted: DuckDB reaches only the directories the
     stored sources and sinks name and `allowed_directories`, and ATTACH, INSTALL, LOAD,
     PRAGMA, EXPORT, SET and callbacks not registered from Python are refused.
+    `metrics_port` serves Prometheus metrics on `metrics_host` (see serve_metrics).
     """
     engine = Engine(
         database,
@@ -69,7 +72,14 @@ def connect(
         restricted=restricted,
         allowed_directories=allowed_directories,
     )
-    return Connection(engine)
+    connection = Connection(engine)
+    if metrics_port is not None:
+        try:
+            connection.serve_metrics(metrics_port, metrics_host)
+        except Error:
+            connection.close()
+            raise
+    return connection
 
 
 class Connection:
@@ -119,6 +129,12 @@ class Connection:
         `CREATE SINK s WITH (connector = 'callback', callback = 'name') AS ...`."""
         self._check()
         self.engine.register_callback(name, function)
+
+    def serve_metrics(self, port: int = 0, host: str = "127.0.0.1") -> int:
+        """Serve the sinks' Prometheus metrics at http://host:port/metrics until the
+        connection closes (port 0: a free one); returns the port."""
+        self._check()
+        return self.engine.metrics.serve(port, host)
 
     def query(self, name: str) -> StreamingQuery:
         """The running query of sink `name`."""

@@ -7,6 +7,7 @@ import datetime as dt
 import decimal
 import importlib.util
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pyarrow as pa
@@ -51,7 +52,7 @@ PUSH_SCHEMA = pa.schema(
 
 
 @pytest.fixture
-def con(tmp_path: Path) -> streamsql.Connection:
+def con(tmp_path: Path) -> Iterator[streamsql.Connection]:
     with streamsql.connect(str(tmp_path / "engine.db"), trigger="available_now") as con:
         con.execute(SOURCE)
         con.execute(ROWS)
@@ -174,3 +175,18 @@ def test_pl_of_a_push_query(con: streamsql.Connection) -> None:
     frame = con.cursor().execute("SELECT k, n FROM ev").pl()
     assert frame["k"].to_list() == ["a", "b", "a"]
     assert str(frame["n"].dtype) == "UInt8"
+
+
+def test_record_batches_of_a_running_push_query_come_as_it_emits(tmp_path: Path) -> None:
+    with streamsql.connect(str(tmp_path / "engine.db")) as con:  # runs until stopped
+        con.execute(SOURCE)
+        cursor = con.cursor()
+        cursor.execute("SELECT k, n FROM ev")
+        reader = cursor.fetch_record_batch()
+        con.execute("INSERT INTO ev (k, n) VALUES ('x', 7)")
+        first = reader.read_next_batch()
+        assert first.schema == pa.schema([("k", pa.string()), ("n", pa.uint8())])
+        assert first.to_pylist() == [{"k": "x", "n": 7}]
+        con.execute("INSERT INTO ev (k, n) VALUES ('y', 8), ('z', 9)")
+        assert reader.read_next_batch().to_pylist() == [{"k": "y", "n": 8}, {"k": "z", "n": 9}]
+        cursor.close()

@@ -202,3 +202,58 @@ def test_kafka_lag_per_partition(broker: Broker, producer: KafkaProducer, tmp_pa
     labels = dict(next(labels for name, labels in samples if name == "streamsql_kafka_lag_records"))
     assert labels == {"query": "out", "source": "ev", "topic": topic, "partition": "0"}
     assert value(samples, "streamsql_input_rows_total", query="out") == 8
+
+
+def test_source_availability_follows_a_broker_outage(tmp_path: Path) -> None:
+    with Broker() as private, KafkaProducer(bootstrap_servers=private.bootstrap_servers) as send:
+        topic = private.create_topic(1)
+        send.send(topic, b'{"user_id": 1}').get(timeout=30)
+        with streamsql.connect(str(tmp_path / "engine.db")) as con:
+            port = con.serve_metrics(0)
+            con.execute(
+                "CREATE SOURCE ev (user_id BIGINT) WITH (connector = 'kafka', "
+                f"bootstrap_servers = '{private.bootstrap_servers}', topic = '{topic}', "
+                "format = 'json', starting_offsets = 'earliest', "
+                "request_timeout = '1 second', connect_timeout = '1 second')"
+            )
+            con.execute(
+                "CREATE SINK out WITH (connector = 'duckdb', trigger = '100 ms') "
+                "AS SELECT user_id FROM ev"
+            )
+            query = con.query("out")
+            query.process_all_available(60)
+            available = {"query": "out", "source": "ev"}
+            assert value(scrape(port), "streamsql_source_available", **available) == 1
+            send.send(topic, b'{"user_id": 2}').get(timeout=30)
+            private.pause()
+            try:
+                deadline = time.monotonic() + 15
+                while query.status["source_available"] and time.monotonic() < deadline:
+                    time.sleep(0.05)
+                assert value(scrape(port), "streamsql_source_available", **available) == 0
+            finally:
+                private.resume()
+            query.process_all_available(60)
+            samples = scrape(port)
+    assert value(samples, "streamsql_source_available", **available) == 1
+    assert value(samples, "streamsql_input_rows_total", query="out") == 2
+
+
+def test_counters_count_from_the_process_start_not_from_the_checkpoint(tmp_path: Path) -> None:
+    """A reopened database resumes its sink: its counters start at 0 and count the batches
+    this process runs (Prometheus takes the drop as a counter reset)."""
+    put_files(tmp_path / "in")
+    db = str(tmp_path / "engine.db")
+    with streamsql.connect(db, trigger="available_now") as con:
+        con.execute(SOURCE.format(path=tmp_path / "in"))
+        con.execute(SINK)
+        con.query("counts").await_termination(60)
+    (tmp_path / "in" / "b3.json").write_text('{"k": "c", "ts": "2024-01-01 00:20:00"}\n')
+    with streamsql.connect(db, trigger="available_now", metrics_port=0) as con:
+        query = con.query("counts")
+        query.await_termination(60)
+        samples = scrape(con.engine.metrics.port)
+        progress = list(query.recent_progress)
+    assert [p.batch_id for p in progress] == [4, 5]  # the new file, then a no-data batch
+    assert value(samples, "streamsql_input_rows_total", query="counts") == 1
+    assert value(samples, "streamsql_batch_duration_seconds_count", query="counts") == 2

@@ -30,6 +30,7 @@ from streamsql.errors import (
     Warning,
     from_duckdb,
 )
+from streamsql.format import relation
 from streamsql.runtime.push import PushStream
 from streamsql.runtime.query import StreamingQuery
 from streamsql.secrets import redact
@@ -351,16 +352,17 @@ class Cursor:
         return pa.RecordBatchReader.from_batches(table.schema, table.to_batches(rows_per_batch))
 
     def df(self) -> Any:
-        """fetch_arrow_table() as a pandas DataFrame (needs pandas)."""
+        """fetch_arrow_table() as a pandas DataFrame, converted as DuckDB's df() converts
+        (a DECIMAL becomes float64); needs pandas."""
         _require("pandas", "df()")
-        return self.fetch_arrow_table().to_pandas()
+        return relation(self.fetch_arrow_table()).df()
 
     fetchdf = fetch_df = df
 
     def pl(self) -> Any:
-        """fetch_arrow_table() as a polars DataFrame (needs polars)."""
-        polars = _require("polars", "pl()")
-        return polars.from_arrow(self.fetch_arrow_table())
+        """fetch_arrow_table() as a polars DataFrame, as DuckDB's pl() gives it; needs polars."""
+        _require("polars", "pl()")
+        return relation(self.fetch_arrow_table()).pl()
 
     def _from_duck(self, fetch: Callable[[duckdb.DuckDBPyConnection], T]) -> T:
         """Arrow from DuckDB's own result. DuckDB warns that Arrow from a DB-API result
@@ -417,10 +419,10 @@ def _acknowledges(description: list[tuple[Any, ...]] | None) -> bool:
     return bool(description) and len(description) == 1 and description[0][0] in ACKNOWLEDGEMENTS
 
 
-def _require(package: str, method: str) -> Any:
-    """An optional package a result method needs, or an error naming it."""
+def _require(package: str, method: str) -> None:
+    """Check that an optional package a result method needs is installed, naming it if not."""
     try:
-        return importlib.import_module(package)
+        importlib.import_module(package)
     except ImportError:
         raise NotSupportedError(
             f"Cursor.{method} needs {package}, which is not installed: pip install {package}"

@@ -20,7 +20,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from streamsql.errors import OperationalError
+from streamsql.errors import OperationalError, ProgrammingError
 from streamsql.runtime.query import StreamingQuery
 
 # From a millisecond batch to a stalled one of minutes.
@@ -80,6 +80,8 @@ class EngineMetrics:
 
     def serve(self, port: int, host: str = "127.0.0.1") -> int:
         """Serve /metrics over HTTP on host:port (0: any free port); returns the port."""
+        if not 0 <= port <= 65535:
+            raise ProgrammingError(f"Metrics port {port} is not a TCP port (0 to 65535)")
         if self._server is not None:
             raise OperationalError(f"Metrics are already served on port {self.port}")
         try:

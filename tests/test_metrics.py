@@ -120,6 +120,16 @@ def test_a_port_in_use_is_refused(tmp_path: Path) -> None:
     streamsql.connect(str(tmp_path / "two.db")).close()
 
 
+def test_a_port_out_of_range_is_refused_by_the_command(tmp_path: Path) -> None:
+    sql = tmp_path / "job.sql"
+    sql.write_text("SELECT 1;\n")
+    command = [sys.executable, "-m", "streamsql.cli", "run", str(sql), "--metrics-port", "70000"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    done = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert done.returncode == 1
+    assert done.stderr == "Error: Metrics port 70000 is not a TCP port (0 to 65535)\n"
+
+
 def test_streamsql_run_serves_metrics_while_it_runs(tmp_path: Path) -> None:
     put_files(tmp_path / "in")
     sql = tmp_path / "job.sql"

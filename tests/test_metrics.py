@@ -177,6 +177,21 @@ def test_streamsql_run_serves_metrics_while_it_runs(tmp_path: Path) -> None:
     assert value(samples, "streamsql_dead_letters_total", query="counts") == 1
 
 
+def kafka_copy(
+    con: streamsql.Connection, broker: Broker, topic: str, trigger: str, options: str
+) -> None:
+    """Source `ev` on the topic, and sink `out` copying it with `trigger`."""
+    con.execute(
+        "CREATE SOURCE ev (user_id BIGINT) WITH (connector = 'kafka', "
+        f"bootstrap_servers = '{broker.bootstrap_servers}', topic = '{topic}', "
+        f"format = 'json', starting_offsets = 'earliest', {options})"
+    )
+    con.execute(
+        f"CREATE SINK out WITH (connector = 'duckdb', trigger = '{trigger}') "
+        "AS SELECT user_id FROM ev"
+    )
+
+
 @pytest.fixture
 def producer(broker: Broker) -> Iterator[KafkaProducer]:
     client = KafkaProducer(bootstrap_servers=broker.bootstrap_servers)
@@ -192,15 +207,7 @@ def test_kafka_lag_per_partition(broker: Broker, producer: KafkaProducer, tmp_pa
     producer.flush()
     with streamsql.connect(str(tmp_path / "engine.db")) as con:
         port = con.serve_metrics(0)
-        con.execute(
-            "CREATE SOURCE ev (user_id BIGINT) WITH (connector = 'kafka', "
-            f"bootstrap_servers = '{broker.bootstrap_servers}', topic = '{topic}', "
-            "format = 'json', starting_offsets = 'earliest', max_offsets_per_trigger = 8)"
-        )
-        con.execute(
-            "CREATE SINK out WITH (connector = 'duckdb', trigger = 'once') "
-            "AS SELECT user_id FROM ev"
-        )
+        kafka_copy(con, broker, topic, "once", "max_offsets_per_trigger = 8")
         assert con.query("out").await_termination(30) is True
         samples = scrape(port)
     lag = {
@@ -220,16 +227,8 @@ def test_source_availability_follows_a_broker_outage(tmp_path: Path) -> None:
         send.send(topic, b'{"user_id": 1}').get(timeout=30)
         with streamsql.connect(str(tmp_path / "engine.db")) as con:
             port = con.serve_metrics(0)
-            con.execute(
-                "CREATE SOURCE ev (user_id BIGINT) WITH (connector = 'kafka', "
-                f"bootstrap_servers = '{private.bootstrap_servers}', topic = '{topic}', "
-                "format = 'json', starting_offsets = 'earliest', "
-                "request_timeout = '1 second', connect_timeout = '1 second')"
-            )
-            con.execute(
-                "CREATE SINK out WITH (connector = 'duckdb', trigger = '100 ms') "
-                "AS SELECT user_id FROM ev"
-            )
+            options = "request_timeout = '1 second', connect_timeout = '1 second'"
+            kafka_copy(con, private, topic, "100 ms", options)
             query = con.query("out")
             query.process_all_available(60)
             available = {"query": "out", "source": "ev"}

@@ -46,6 +46,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         "and sinks name; ATTACH, INSTALL, LOAD, PRAGMA, SET and imported callbacks are refused",
     )
     run.add_argument(
+        "--metrics-port",
+        type=int,
+        help="serve Prometheus metrics at http://HOST:PORT/metrics while it runs (0: a free port)",
+    )
+    run.add_argument(
+        "--metrics-host", default="127.0.0.1", help="address of --metrics-port (default 127.0.0.1)"
+    )
+    run.add_argument(
         "--serve",
         metavar="[HOST:]PORT",
         help="serve the database over the PostgreSQL protocol while the file runs (psql, "
@@ -103,8 +111,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             if args.serve
             else None
         )
+        metrics = None if args.metrics_port is None else (args.metrics_host, args.metrics_port)
         return run_file(
-            sql, args.db, args.trigger, sys.stdout, sys.stderr, args.restricted, serving
+            sql, args.db, args.trigger, sys.stdout, sys.stderr, args.restricted, serving, metrics
         )
     except Error as error:
         print(f"Error: {error}", file=sys.stderr)
@@ -136,10 +145,12 @@ def run_file(
     err: TextIO,
     restricted: bool = False,
     serving: ServeOptions | None = None,
+    metrics: tuple[str, int] | None = None,
 ) -> int:
     """Run every statement; then wait for the file's queries (until done, or Ctrl-C).
     `restricted`: DuckDB may reach only the directories the file's sources and sinks name;
-    `serving`: where to serve the database over the PostgreSQL protocol meanwhile."""
+    `serving`: where to serve the database over the PostgreSQL protocol meanwhile;
+    `metrics`: (host, port) to serve Prometheus metrics on."""
     allowed = declared_paths(parse(sql)) if restricted else []
     interrupted = threading.Event()
 
@@ -154,6 +165,10 @@ def run_file(
     previous = signal.signal(signal.SIGINT, on_interrupt)
     con = streamsql.connect(db, trigger=trigger, restricted=restricted, allowed_directories=allowed)
     try:
+        if metrics is not None:
+            host, port = metrics
+            port = con.serve_metrics(port, host)
+            print(f"Metrics at http://{host}:{port}/metrics", file=err, flush=True)
         with contextlib.ExitStack() as stack:
             if serving is not None:
                 server = stack.enter_context(Server(con, serving))

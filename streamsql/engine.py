@@ -44,6 +44,7 @@ from streamsql.errors import (
 from streamsql.format import format_duration
 from streamsql.incremental.aggregates import MACROS
 from streamsql.incremental.compiler import BatchProgram, compile_plan
+from streamsql.metrics import EngineMetrics
 from streamsql.plan.catalog import (
     SinkDef,
     SourceDef,
@@ -263,6 +264,10 @@ class Engine:
         self._cursors: weakref.WeakSet[DuckCursor] = weakref.WeakSet()
         self._status_lock = threading.Lock()
         self._status_published = float("-inf")
+        # Counted from the start, so that metrics served later include the resumed sinks.
+        self.metrics = EngineMetrics(
+            lambda: [q for name, q in list(self.queries.items()) if name in self.sinks]
+        )
         self.closed = False
         _OPEN_ENGINES.add(self)
         self._load_catalog()
@@ -667,7 +672,7 @@ class Engine:
         execution = execution or self._execution(definition)
         given = definition.options.get("trigger")
         trigger = self.trigger_override or (Trigger.parse(given) if given else self.session_trigger)
-        query = StreamingQuery(execution, trigger, self._publish_status)
+        query = StreamingQuery(execution, trigger, self._progressed)
         self.queries[definition.name.lower()] = query.start()
         return query
 
@@ -690,6 +695,11 @@ class Engine:
     ) -> MicroBatchExecution:
         source = self.source(plan.source.name).for_query()
         return MicroBatchExecution(name, self.cursor(), plan, program, source, sink)
+
+    def _progressed(self, query: StreamingQuery) -> None:
+        """After each batch of a sink's query (and when it waits for its source or ends)."""
+        self.metrics.observe(query)
+        self._publish_status(query)
 
     def _publish_status(self, query: StreamingQuery) -> None:
         """Publish where the sinks stand for `streamsql status`, which cannot open the
@@ -996,6 +1006,7 @@ class Engine:
         for query in list(self.queries.values()):
             query.stop()
         self.queries.clear()
+        self.metrics.close()
         for cursor in list(self._cursors):
             cursor.close()
         self.db.close()

@@ -16,12 +16,13 @@ commit of its own; the files it replaces stay on disk until a VACUUM, as in Spar
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import duckdb
 import pyarrow as pa
 from deltalake import CommitProperties, DeltaTable, Schema, Transaction, write_deltalake
 from deltalake.exceptions import DeltaError, TableNotFoundError
+from deltalake.schema import PrimitiveType
 
 from streamsql.checkpoint.log import kill_point, registered
 from streamsql.errors import OperationalError, ProgrammingError
@@ -140,8 +141,8 @@ class DeltaSink(Sink):
                 f"{protocol.min_reader_version} ({features}); the sink's view reads the "
                 "table's Parquet files and cannot apply those. Write to another path"
             )
-        found = {f.name: str(f.type) for f in self.table.schema().fields}
-        wanted = {f.name: str(f.type) for f in Schema.from_arrow(expected).fields}
+        found = {f.name: _type_name(f.type) for f in self.table.schema().fields}
+        wanted = {f.name: _type_name(f.type) for f in Schema.from_arrow(expected).fields}
         changes = [
             f"{name}: {found[name]} in the table, {wanted[name]} from the query"
             for name in wanted
@@ -235,6 +236,11 @@ class DeltaSink(Sink):
 
     def _error(self, what: str, error: BaseException) -> OperationalError:
         return OperationalError(f"Sink {self.name}: {what} {self.path}: {_first_line(error)}")
+
+
+def _type_name(type_: PrimitiveType | Any) -> str:
+    """A Delta type as the Delta log spells it: `long`, or the JSON of a nested type."""
+    return type_.type if isinstance(type_, PrimitiveType) else type_.to_json()
 
 
 def _first_line(error: BaseException) -> str:

@@ -21,6 +21,7 @@ Every other block must run:
 
 from __future__ import annotations
 
+import ast
 import io
 import os
 import re
@@ -215,13 +216,23 @@ def test_sql_blocks_run_in_order(stage: Stage) -> None:
 
 
 def test_python_blocks_run(stage: Stage) -> None:
-    outputs = []
+    outputs = {}
     for block in runnable("python"):
         script = stage.root / f"readme_{block.line}.py"
         script.write_text(block.text)
-        outputs.append(stage.run(block, [sys.executable, script.name]))
+        outputs[block.text] = stage.run(block, [sys.executable, script.name])
     # the callback example: one file per batch, whose counts end at the totals of batch SQL
-    assert outputs[-1] == "['0.parquet', '1.parquet', '2.parquet']\n"
+    (callback,) = [out for text, out in outputs.items() if "register_callback" in text]
+    assert callback == "['0.parquet', '1.parquet', '2.parquet']\n"
+    # the Delta example: the view, deltalake and pyarrow read the same rows; a version per
+    # batch with rows, after the one that created the table
+    (delta,) = [out for text, out in outputs.items() if "connector = 'delta'" in text]
+    view, versions, files, history = delta.splitlines()
+    rows = int(files)
+    assert rows > 20 and view == f"[({rows},)]" and versions.split()[1] == files
+    operations = ast.literal_eval(history)
+    assert operations[-1] == "CREATE TABLE" and set(operations[:-1]) == {"WRITE"}
+    assert int(versions.split()[0]) == len(operations) - 1
     batches = duckdb.sql("SELECT event_type, max(n) FROM 'out/batches/*.parquet' GROUP BY ALL")
     totals = "SELECT event_type, count(*) FROM 'queries/data/events/*.jsonl' GROUP BY ALL"
     assert sorted(batches.fetchall()) == sorted(duckdb.sql(totals).fetchall())

@@ -310,15 +310,21 @@ def test_a_batch_replayed_after_a_kill_between_delta_and_duckdb_commits_adds_no_
 # -- compaction, schema checks, options -----------------------------------------------------------
 
 
-def test_compact_every_optimizes_in_a_commit_of_its_own(
-    con: streamsql.Connection, tmp_path: Path
-) -> None:
+def copy_sink(con: streamsql.Connection, tmp_path: Path, options: str = "") -> Path:
+    """The files source `ev` and a delta sink `out` of its (k, v); returns the table's path."""
     con.execute(SOURCE.format(path=tmp_path / "in"))
     out = tmp_path / "delta"
     con.execute(
-        f"CREATE SINK out WITH (connector = 'delta', path = '{out}', compact_every = 3) AS "
+        f"CREATE SINK out WITH (connector = 'delta', path = '{out}'{options}) AS "
         "SELECT k, v FROM ev"
     )
+    return out
+
+
+def test_compact_every_optimizes_in_a_commit_of_its_own(
+    con: streamsql.Connection, tmp_path: Path
+) -> None:
+    out = copy_sink(con, tmp_path, ", compact_every = 3")
     for i in range(3):
         put(tmp_path / "in", f"{i}.json", [{"k": "a", "ts": T0, "v": i}])
     con.query("out").process_all_available(timeout=60)
@@ -339,11 +345,7 @@ def test_compact_every_optimizes_in_a_commit_of_its_own(
 def test_a_table_with_other_columns_is_refused_naming_what_changed(
     con: streamsql.Connection, tmp_path: Path
 ) -> None:
-    con.execute(SOURCE.format(path=tmp_path / "in"))
-    out = tmp_path / "delta"
-    con.execute(
-        f"CREATE SINK out WITH (connector = 'delta', path = '{out}') AS SELECT k, v FROM ev"
-    )
+    out = copy_sink(con, tmp_path)
     put(tmp_path / "in", "1.json", [{"k": "a", "ts": T0, "v": 1}])
     con.query("out").process_all_available(timeout=60)
     with pytest.raises(

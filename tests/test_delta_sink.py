@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -360,6 +361,24 @@ def test_a_table_with_other_columns_is_refused_naming_what_changed(
     put(tmp_path / "in", "2.json", [{"k": "b", "ts": T0, "v": 2}])
     con.query("out").process_all_available(timeout=60)  # the old sink keeps running
     assert delta_rows(out) == Counter({("a", 1): 1, ("b", 2): 1})
+
+
+def test_a_table_deleted_by_hand_stops_the_sink_instead_of_starting_it_anew(
+    db_path: str, tmp_path: Path
+) -> None:
+    con = streamsql.connect(db_path)
+    out = copy_sink(con, tmp_path)
+    put(tmp_path / "in", "1.json", [{"k": "a", "ts": T0, "v": 1}])
+    con.query("out").process_all_available(timeout=60)
+    con.close()
+    shutil.rmtree(out)
+    with pytest.warns(UserWarning, match=r"holds no batch of this query, but batch 0 committed"):
+        con = streamsql.connect(db_path)
+    try:
+        assert "out" not in [row[0] for row in con.execute("SHOW QUERIES").fetchall()]
+        assert not out.exists()
+    finally:
+        con.close()
 
 
 def test_a_column_delta_has_no_type_for_is_refused_naming_it(

@@ -24,7 +24,7 @@ from deltalake import CommitProperties, DeltaTable, Schema, Transaction, write_d
 from deltalake.exceptions import DeltaError, TableNotFoundError
 from deltalake.schema import PrimitiveType
 
-from streamsql.checkpoint.log import kill_point, registered
+from streamsql.checkpoint.log import SCHEMA, kill_point, registered
 from streamsql.errors import OperationalError, ProgrammingError
 from streamsql.plan.plan import Emit
 from streamsql.sinks.base import OutputSchema, Sink
@@ -101,21 +101,25 @@ class DeltaSink(Sink):
         empty = cursor.sql(f"SELECT {nulls} WHERE false").to_arrow_table()
         with registered(cursor, ROWS_VIEW, empty):
             expected = self._rows(cursor, 0).schema
-        self.table = self._table(expected)
-        self._check_table(expected)
-        version = self.table.transaction_version(query_id)
+        existing = self._existing()
+        version = existing.transaction_version(query_id) if existing else None
         self.applied = -1 if version is None else version
+        self._check_committed(cursor)  # before a missing table is created anew
+        self.table = existing or self._create(expected)
+        self._check_table(expected)
         if self.changelog:
             self.columns.append(("_batch_id", "BIGINT"))
         self._publish_view(cursor)
 
-    def _table(self, expected: pa.Schema) -> DeltaTable:
+    def _existing(self) -> DeltaTable | None:
         try:
             return DeltaTable(self.path, storage_options=self.storage or None)
         except TableNotFoundError:
-            pass
+            return None
         except (DeltaError, OSError) as error:
             raise self._error("cannot open the table at", error) from None
+
+    def _create(self, expected: pa.Schema) -> DeltaTable:
         try:
             delta_schema = Schema.from_arrow(expected)
         except Exception as error:  # deltalake raises a bare Exception for unmapped types
@@ -155,6 +159,22 @@ class DeltaSink(Sink):
                 f"Sink {self.name}: the Delta table at {self.path} has other columns than the "
                 f"query emits ({'; '.join(changes)}); write to another path, or "
                 "CREATE OR REPLACE SINK with the table's columns"
+            )
+
+    def _check_committed(self, cursor: duckdb.DuckDBPyConnection) -> None:
+        """Every batch the checkpoint says emitted rows must be in the table: one that is
+        not was lost with a table deleted or replaced outside streamsql."""
+        (emitted,) = cursor.execute(
+            f"SELECT max(batch_id) FROM {SCHEMA}.commits WHERE lower(query) = ? "
+            "AND output_rows > 0",
+            [self.name.lower()],
+        ).fetchone()
+        if emitted is not None and emitted > self.applied:
+            held = f"up to batch {self.applied}" if self.applied >= 0 else "no batch"
+            raise OperationalError(
+                f"Sink {self.name}: the Delta table at {self.path} holds {held} of this query, "
+                f"but batch {emitted} committed rows to it; the table was deleted or replaced "
+                f"outside streamsql. DROP SINK {self.name} to start over"
             )
 
     # -- one batch -----------------------------------------------------------------------------

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import duckdb
+import pyarrow as pa
 import pyarrow.dataset as ds
 import pytest
 from deltalake import DeltaTable
@@ -379,6 +380,39 @@ def test_a_table_deleted_by_hand_stops_the_sink_instead_of_starting_it_anew(
         assert not out.exists()
     finally:
         con.close()
+
+
+def test_a_table_with_deletion_vectors_is_refused_the_view_could_not_apply_them(
+    con: streamsql.Connection, tmp_path: Path
+) -> None:
+    DeltaTable.create(
+        str(tmp_path / "delta"),
+        pa.schema([("k", pa.string()), ("v", pa.int64())]),
+        configuration={"delta.enableDeletionVectors": "true"},
+    )
+    with pytest.raises(streamsql.ProgrammingError, match=r"needs a reader that applies deletion"):
+        copy_sink(con, tmp_path)
+
+
+def test_timestamps_nested_in_lists_and_structs_round_trip_as_timestamp_ntz(
+    con: streamsql.Connection, tmp_path: Path
+) -> None:
+    """Top-level TIMESTAMPs are Delta `timestamp` (protocol 1/2); nested ones need
+    `timestamp_ntz`, a reader feature the view reads."""
+    con.execute(SOURCE.format(path=tmp_path / "in"))
+    out = tmp_path / "delta"
+    con.execute(
+        f"CREATE SINK out WITH (connector = 'delta', path = '{out}') AS "
+        "SELECT k, ts, {'t': ts, 'v': v} AS s, [ts, ts] AS l FROM ev"
+    )
+    put(tmp_path / "in", "1.json", [{"k": "a", "ts": T0, "v": 1}])
+    con.query("out").process_all_available(timeout=60)
+    row = ("a", T0, {"t": T0, "v": 1}, [T0, T0])
+    assert con.execute("SELECT * FROM out").fetchall() == [row]
+    table = DeltaTable(str(out))
+    assert table.protocol().reader_features == ["timestampNtz"]
+    read = table.to_pyarrow_table().to_pylist()
+    assert [tuple(_naive(v) for v in r.values()) for r in read] == [row]
 
 
 def test_a_column_delta_has_no_type_for_is_refused_naming_it(

@@ -49,6 +49,11 @@ WRITE_TYPES = {
     "TIMESTAMP_NS": "TIMESTAMPTZ",
 }
 
+# Reader features the view (Parquet files as listed, cast to the query's types) reads right:
+# not deletion vectors or column mapping, which change what a file's rows or columns are.
+# A TIMESTAMP inside a LIST or STRUCT is written as timestamp_ntz (reader 3 / writer 7).
+READABLE_FEATURES = {"timestampNtz", "typeWidening", "v2Checkpoint", "vacuumProtocolCheck"}
+
 
 class DeltaSink(Sink):
     OPTIONS = (
@@ -138,12 +143,13 @@ class DeltaSink(Sink):
     def _check_table(self, expected: pa.Schema) -> None:
         """The table must have the query's columns, and a protocol the view can read."""
         protocol = self.table.protocol()
-        if protocol.min_reader_version > 1:
-            features = ", ".join(protocol.reader_features or []) or "column mapping"
+        features = set(protocol.reader_features or [])
+        if protocol.min_reader_version == 2 or features - READABLE_FEATURES:
+            needs = ", ".join(sorted(features - READABLE_FEATURES)) or "column mapping"
             raise ProgrammingError(
-                f"Sink {self.name}: the Delta table at {self.path} needs reader version "
-                f"{protocol.min_reader_version} ({features}); the sink's view reads the "
-                "table's Parquet files and cannot apply those. Write to another path"
+                f"Sink {self.name}: the Delta table at {self.path} needs a reader that "
+                f"applies {needs}; the sink's view reads the table's Parquet files as they "
+                "are. Write to another path"
             )
         found = {f.name: _type_name(f.type) for f in self.table.schema().fields}
         wanted = {f.name: _type_name(f.type) for f in Schema.from_arrow(expected).fields}
@@ -181,7 +187,8 @@ class DeltaSink(Sink):
 
     def write(self, cursor: duckdb.DuckDBPyConnection, batch_id: int, rows: pa.Table) -> None:
         """Commit the batch to the table with txn(query id, batch id), unless the table has it
-        already (a replay after a crash), and point the view at the table's new version."""
+        already (a replay after a crash: the view `open` made shows it), and point the view
+        at the table's new version."""
         if batch_id > self.applied and (rows.num_rows or self._empties_table()):
             with registered(cursor, ROWS_VIEW, rows):
                 data = self._rows(cursor, batch_id)
@@ -195,7 +202,7 @@ class DeltaSink(Sink):
                 raise self._error(f"batch {batch_id} was not committed to", error) from None
             self.applied = batch_id
             kill_point()  # tests: a crash after the Delta commit, before the batch's commit
-        self._publish_view(cursor)
+            self._publish_view(cursor)
 
     def _empties_table(self) -> bool:
         """SNAPSHOT with no rows: the overwrite empties a table that has rows."""

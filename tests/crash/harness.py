@@ -229,7 +229,7 @@ class Kill:
     compaction: bool = False  # a new leftover is a compacted file (part-a-b, a < b)
     callback_ahead: int = 0  # callback batch files this attempt wrote, of batches not committed
     callback_temporary: int = 0  # temporary files of a callback write cut short
-    delta_ahead: int = 0  # Delta sinks whose table has a batch the database did not commit
+    delta_ahead: int = 0  # Delta sinks this attempt committed a batch to, that the database did not
 
     @property
     def where(self) -> str:
@@ -432,8 +432,8 @@ def inspect(run_dir: Path, kill: Kill, spawned: float) -> Kill:
             if not directory.is_dir():
                 continue
             if name.endswith("_delta"):
-                versions = [batch for _, batch in delta_transactions(directory)]
-                kill.delta_ahead += max(versions, default=-1) > committed.get(name, -1)
+                versions = [batch for _, batch in delta_transactions(directory, since=spawned)]
+                kill.delta_ahead += any(v > committed.get(name, -1) for v in versions)
                 continue
             if name.endswith("_callback"):
                 for entry in os.scandir(directory):
@@ -626,10 +626,13 @@ def _collect_file_sink(
     results.notes.append(f"{name}: {len(live)} live files, {retired} retired pending deletion")
 
 
-def delta_transactions(table: Path) -> list[tuple[str, int]]:
-    """(app id, version) of the txn action of each commit in a Delta log that has one."""
+def delta_transactions(table: Path, since: float = 0.0) -> list[tuple[str, int]]:
+    """(app id, version) of the txn action of each commit in a Delta log that has one
+    (of the commits written at the wall-clock time `since` or later)."""
     found = []
     for entry in sorted((table / "_delta_log").glob("*.json")):
+        if entry.stat().st_mtime < since:
+            continue
         for line in entry.read_text().splitlines():
             txn = json.loads(line).get("txn")
             if txn is not None:

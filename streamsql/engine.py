@@ -65,6 +65,7 @@ from streamsql.sinks.base import Sink
 from streamsql.sinks.callback import BatchCallback, CallbackSink
 from streamsql.sinks.collect import CollectSink
 from streamsql.sinks.console import ConsoleSink
+from streamsql.sinks.delta import DeltaSink
 from streamsql.sinks.duckdb import DuckDBSink
 from streamsql.sinks.files import CSVSink, JSONSink, ParquetSink
 from streamsql.sinks.kafka import KafkaSink
@@ -98,6 +99,7 @@ SINK_CONNECTORS: dict[str, type[Sink]] = {
     "parquet": ParquetSink,
     "csv": CSVSink,
     "json": JSONSink,
+    "delta": DeltaSink,
     "kafka": KafkaSink,
     "callback": CallbackSink,
     "console": ConsoleSink,

@@ -21,6 +21,7 @@ Every other block must run:
 
 from __future__ import annotations
 
+import ast
 import io
 import os
 import re
@@ -232,6 +233,14 @@ def test_python_blocks_run(stage: Stage) -> None:
     # the endpoint example: windows read over the PostgreSQL protocol, a write refused
     served = output_of("--serve")
     assert "[('click', " in served and "read-only endpoint" in served
+    # the Delta example: the view, deltalake and pyarrow read the same rows; a version per
+    # batch with rows, after the one that created the table
+    view, versions, files, history = output_of("connector = 'delta'").splitlines()
+    rows = int(files)
+    assert rows > 20 and view == f"[({rows},)]" and versions.split()[1] == files
+    operations = ast.literal_eval(history)
+    assert operations[-1] == "CREATE TABLE" and set(operations[:-1]) == {"WRITE"}
+    assert int(versions.split()[0]) == len(operations) - 1
     batches = duckdb.sql("SELECT event_type, max(n) FROM 'out/batches/*.parquet' GROUP BY ALL")
     totals = "SELECT event_type, count(*) FROM 'queries/data/events/*.jsonl' GROUP BY ALL"
     assert sorted(batches.fetchall()) == sorted(duckdb.sql(totals).fetchall())

@@ -234,6 +234,7 @@ class Engine:
         self._cursors: weakref.WeakSet[DuckCursor] = weakref.WeakSet()
         self._status_lock = threading.Lock()
         self._status_published = float("-inf")
+        self._status_timer: threading.Timer | None = None  # a publish due at the second's end
         self.closed = False
         _OPEN_ENGINES.add(self)
         self._load_catalog()
@@ -639,26 +640,41 @@ class Engine:
 
     def _publish_status(self, query: StreamingQuery) -> None:
         """Publish where the sinks stand for `streamsql status`, which cannot open the
-        database while this process holds it: after a batch (at most once a second) and
-        whenever a query terminates."""
+        database while this process holds it: when a query commits a batch or changes its
+        state, at most once a second; what comes within the second is published at its end,
+        so the file never stays behind a query gone idle. At once when a query terminates."""
         if self.database == ":memory:" or self.closed:
             return
         with self._status_lock:
-            now = time.monotonic()
-            if query.is_active and now - self._status_published < STATUS_SECONDS:
+            wait = STATUS_SECONDS - (time.monotonic() - self._status_published)
+            if query.is_active and wait > 0:
+                if self._status_timer is None:
+                    self._status_timer = threading.Timer(wait, self._publish_pending)
+                    self._status_timer.daemon = True
+                    self._status_timer.start()
                 return
-            self._status_published = now
-            sinks = [
-                {**q.execution.position(), "running": q.is_active}
-                for name, q in sorted(list(self.queries.items()))
-                if name in self.sinks
-            ]
-            target = status_file(self.database)
-            staged = target.with_name(f".{target.name}.tmp")
-            snapshot = {"pid": os.getpid(), "written_at": time.time(), "sinks": sinks}
-            with contextlib.suppress(OSError):  # a status not written never stops a query
-                staged.write_text(json.dumps(snapshot, default=str))
-                os.replace(staged, target)
+            self._write_status()
+
+    def _publish_pending(self) -> None:
+        with self._status_lock:
+            self._status_timer = None
+            if not self.closed:
+                self._write_status()
+
+    def _write_status(self) -> None:
+        """The status file, replaced whole (under `_status_lock`)."""
+        self._status_published = time.monotonic()
+        sinks = [
+            {**q.execution.position(), "running": q.is_active, "status": q.status}
+            for name, q in sorted(list(self.queries.items()))
+            if name in self.sinks
+        ]
+        target = status_file(self.database)
+        staged = target.with_name(f".{target.name}.tmp")
+        snapshot = {"pid": os.getpid(), "written_at": time.time(), "sinks": sinks}
+        with contextlib.suppress(OSError):  # a status not written never stops a query
+            staged.write_text(json.dumps(snapshot, default=str))
+            os.replace(staged, target)
 
     def register_callback(self, name: str, function: BatchCallback) -> None:
         """Name a function for callback sinks: `WITH (connector = 'callback', callback = name)`."""
@@ -802,20 +818,48 @@ class Engine:
     def describe_query(
         self, statement: Statement, params: Sequence[Any] | None, cursor: DuckCursor
     ) -> Result:
+        """One row per property, each once: the query, its state, where it stands, the
+        totals of this run, then its last batch under Spark's progress names. Structured
+        values are JSON."""
         query = self.query(statement.expression.this.name)
+        status = query.status
+        totals = query.totals
+        properties: dict[str, Any] = {
+            "name": query.name,
+            "id": query.id,
+            "run_id": query.run_id,
+            "status": status["message"],
+            "since": status["since"],
+            "batch_in_flight": status["batch"],
+            "trigger": status["trigger"],
+            "error": status["error"],
+            **{k: v for k, v in query.execution.position().items() if k != "sink"},
+            "run_batches": totals.batches,
+            "run_input_rows": totals.input_rows,
+            "run_output_rows": totals.output_rows,
+            "run_late_rows": totals.late_rows,
+            "run_dead_letters": totals.dead_letters,
+        }
         progress = query.last_progress
-        rows = [
-            ("status", str(query.status)),
-            ("id", query.id),
-            ("run_id", query.run_id),
-            ("last_committed_batch", str(query.execution.last_committed)),
-            ("watermark", str(timestamp_of(query.execution.watermark))),
-        ]
-        position = query.execution.position()
-        rows += [(key, json.dumps(position[key])) for key in ("committed_offsets", "lag")]
         if progress is not None:
-            rows += [(key, str(value)) for key, value in progress.to_dict().items()]
-        return Result(["property", "value"], rows)
+            shown = {"id", "run_id", "name", "batch_id", "state_rows", "next_watermark"}
+            last = {k: v for k, v in progress.to_dict().items() if k not in shown}
+            last["batch_watermark"] = last.pop("watermark")
+            properties |= last
+        return Result(
+            ["property", "value"],
+            [
+                (
+                    key,
+                    None
+                    if value is None
+                    else json.dumps(value)
+                    if isinstance(value, dict | list)
+                    else str(value),
+                )
+                for key, value in properties.items()
+            ],
+        )
 
     def stop_query(
         self, statement: Statement, params: Sequence[Any] | None, cursor: DuckCursor
@@ -940,6 +984,9 @@ class Engine:
         for query in list(self.queries.values()):
             query.stop()
         self.queries.clear()
+        with self._status_lock:
+            if self._status_timer is not None:
+                self._status_timer.cancel()
         for cursor in list(self._cursors):
             cursor.close()
         self.db.close()

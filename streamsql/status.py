@@ -1,13 +1,16 @@
 """Where each sink of an engine database stands, for `streamsql status app.db`.
 
-Read from the database's checkpoint when no process has it open. A process running queries
-holds DuckDB's lock on the file; it publishes the same figures, from its live queries, to
-`<database>.status.json` (after a batch, at most once a second), and those are read instead.
+Read from the database's checkpoint when no process has it open: then no query runs. A
+process running queries holds DuckDB's lock on the file; it publishes the same figures, from
+its live queries, to `<database>.status.json` (when a query commits a batch or changes its
+state, at most once a second), and those are read instead, as long as that process lives.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import json
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -26,6 +29,7 @@ from streamsql.sql import parse_one
 COLUMNS = (
     "sink",
     "running",
+    "status",
     "last_batch",
     "committed_offsets",
     "lag",
@@ -48,10 +52,7 @@ def database_status(database: str) -> tuple[str, list[dict[str, Any]]]:
             "lock" in str(error).lower() or isinstance(error, duckdb.ConnectionException)
         ):
             raise OperationalError(f"Cannot read {database}: {error}") from None
-        snapshot = json.loads(published.read_text())
-        age = time.time() - snapshot["written_at"]
-        source = f"live, published by process {snapshot['pid']} {age:.0f} s ago"
-        return source, snapshot["sinks"]
+        return _published(json.loads(published.read_text()))
     try:
         con.execute("SET TimeZone = 'UTC'").fetchall()
         if not con.execute(
@@ -66,11 +67,69 @@ def database_status(database: str) -> tuple[str, list[dict[str, Any]]]:
         sinks = con.execute(
             f"SELECT name, sql, running FROM {SCHEMA}.catalog WHERE kind = 'SINK' ORDER BY name"
         ).fetchall()
-        return "from the checkpoint", [_from_checkpoint(con, *sink) for sink in sinks]
+        return "from the checkpoint: no process has it open", [
+            _from_checkpoint(con, *sink) for sink in sinks
+        ]
     except duckdb.Error as error:  # tables of a version that did not finish setting them up
         raise OperationalError(f"Cannot read the checkpoint of {database}: {error}") from None
     finally:
         con.close()
+
+
+def _published(snapshot: dict[str, Any]) -> tuple[str, list[dict[str, Any]]]:
+    """The figures a process published; its queries run only while that process lives."""
+    now = time.time()
+    age = elapsed_text(now - snapshot["written_at"])
+    pid = snapshot["pid"]
+    alive = _alive(pid)
+    origin = (
+        f"live, published by process {pid} {age} ago"
+        if alive
+        else f"published by process {pid} {age} ago, which has exited: nothing runs"
+    )
+    sinks = []
+    for sink in snapshot["sinks"]:
+        status = sink["status"]
+        running = sink["running"] and alive
+        sinks.append({**sink, "running": running, "status": state_text(status, running, now)})
+    return origin, sinks
+
+
+def _alive(pid: int) -> bool:
+    """Whether process `pid` exists (signal 0 checks without sending anything)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # it exists, run by another user
+        return True
+    return True
+
+
+def state_text(status: dict[str, Any], running: bool, now: float) -> str:
+    """'processing batch 7 for 3m12s', 'waiting for next trigger for 4s', 'failed: ...'."""
+    if not running and status["is_active"]:
+        return "stopped: its process exited"
+    since = dt.datetime.fromisoformat(status["since"]).timestamp()
+    state = status["message"]
+    if status["batch"] is not None:
+        state += f" batch {status['batch']}"
+    if status["error"]:
+        return f"{state}: {status['error']}"
+    return state if not running else f"{state} for {elapsed_text(now - since)}"
+
+
+def elapsed_text(seconds: float) -> str:
+    """A duration as people read it: '0.4s', '12s', '3m12s', '2h05m'."""
+    if seconds < 10:
+        return f"{max(seconds, 0):.1f}s"
+    whole = round(seconds)
+    if whole < 60:
+        return f"{whole}s"
+    minutes, rest = divmod(whole, 60)
+    if minutes < 60:
+        return f"{minutes}m{rest:02d}s"
+    return f"{minutes // 60}h{minutes % 60:02d}m"
 
 
 def _from_checkpoint(
@@ -88,7 +147,8 @@ def _from_checkpoint(
     shown, lag = _lag(con, checkpoint, sql, end)
     return {
         "sink": name,
-        "running": running,
+        "running": False,  # no process has the database open
+        "status": "stopped, resumes when the database is opened" if running else "stopped",
         "last_batch": last.batch_id if last else None,
         "committed_offsets": shown,
         "lag": lag,

@@ -110,13 +110,15 @@ def state_text(status: dict[str, Any], running: bool, now: float) -> str:
     """'processing batch 7 for 3m12s', 'waiting for next trigger for 4s', 'failed: ...'."""
     if not running and status["is_active"]:
         return "stopped: its process exited"
-    since = dt.datetime.fromisoformat(status["since"]).timestamp()
     state = status["message"]
     if status["batch"] is not None:
         state += f" batch {status['batch']}"
     if status["error"]:
         return f"{state}: {status['error']}"
-    return state if not running else f"{state} for {elapsed_text(now - since)}"
+    if not running:
+        return state
+    since = dt.datetime.fromisoformat(status["since"]).timestamp()
+    return f"{state} for {elapsed_text(now - since)}"
 
 
 def elapsed_text(seconds: float) -> str:

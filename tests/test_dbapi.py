@@ -406,7 +406,7 @@ def test_describe_query_reports_progress(events: streamsql.Connection) -> None:
     assert described["num_output_rows"] == "2"
     assert described["state_rows"] == "2"
     assert described["watermark"] == "2023-12-31T23:59:20.000000Z"
-    assert described["batch_watermark"] is None  # none was in force during batch 0
+    assert described["batch_watermark"] == "1970-01-01T00:00:00.000000Z"  # W_0 = 0, as in Spark
     assert json.loads(described["duration_ms"])["total"] > 0  # structured values are JSON
     with pytest.raises(streamsql.ProgrammingError):
         events.execute("DESCRIBE QUERY nothing")

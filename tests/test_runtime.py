@@ -168,7 +168,7 @@ def test_two_sinks_run_concurrently_and_one_stops_while_the_other_goes_on(
         con.execute(WINDOWS)  # submitted again: resumes from where it stopped
         (windows,) = caught_up(con, "windows")
         assert windows.id == ids["windows"]
-        assert windows.recent_progress[0].batch_id == int(stopped["batch_id"]) + 1
+        assert windows.recent_progress[0].batch_id == int(stopped["last_batch"]) + 1
         assert read_files(windows) == ["3.json", "4.json"]
         assert rows(con, "SELECT window_start, n FROM windows ORDER BY 1") == [
             (window(0), 3),
@@ -366,7 +366,7 @@ def test_a_failed_query_keeps_its_error_and_await_termination_raises_it(
         query.await_termination(0)  # every time it is asked
     assert [p.batch_id for p in query.recent_progress] == [0]  # batch 1 never committed
     assert shown(con)["s"][0] == "failed"
-    assert "sink refused batch 1" in described(con, "s")["status"]
+    assert "sink refused batch 1" in described(con, "s")["error"]
 
 
 # -- progress records ---------------------------------------------------------------------------
@@ -455,3 +455,57 @@ def test_recent_progress_keeps_the_last_batches_only(con: streamsql.Connection) 
     batch_ids = [p.batch_id for p in query.recent_progress]
     assert batch_ids == list(range(extra, RECENT_PROGRESS + extra))
     assert all(p.num_input_rows == 1 for p in query.recent_progress)
+
+
+def test_status_shows_a_batch_in_flight_and_is_published_after_the_last_batch(
+    tmp_path: Path,
+) -> None:
+    """Issue 11 item 19: `streamsql status` (which reads what the process publishes) shows a
+    batch stuck in flight and for how long, and the state after the last batch within a
+    second, also when batches came faster than the once-a-second publishing."""
+    from streamsql.status import database_status
+
+    release = threading.Event()
+
+    def stuck_second_batch(batch_id: int, batch: pa.Table) -> None:
+        if batch_id == 1:
+            release.wait(30)
+
+    db = str(tmp_path / "app.db")
+    con = streamsql.connect(db)
+    try:
+        con.register_callback("stuck", stuck_second_batch)
+        con.execute("CREATE SOURCE ev (n BIGINT) WITH (connector = 'memory')")
+        con.execute(
+            "CREATE SINK out WITH (connector = 'callback', callback = 'stuck') AS SELECT n FROM ev"
+        )
+        query = con.query("out")
+        con.execute("INSERT INTO ev VALUES (1)")
+        query.process_all_available(timeout=30)
+        con.execute("INSERT INTO ev VALUES (2)")
+
+        def published() -> dict[str, Any]:
+            origin, sinks = database_status(db)
+            assert origin.startswith(f"live, published by process {os.getpid()} ")
+            return sinks[0] if sinks else {"status": "not published yet"}
+
+        deadline = time.monotonic() + 10
+        while not published()["status"].startswith("processing batch 1 for "):
+            assert time.monotonic() < deadline, published()
+            time.sleep(0.1)
+        time.sleep(1.5)  # still stuck: the time it has been in flight grows
+        stuck = published()
+        assert stuck["running"] is True and stuck["last_batch"] == 0
+        assert float(stuck["status"].removeprefix("processing batch 1 for ").rstrip("s")) >= 1.4
+        release.set()
+        query.process_all_available(timeout=30)
+        for n in (3, 4):  # two batches within the second
+            con.execute(f"INSERT INTO ev VALUES ({n})")
+            query.process_all_available(timeout=30)
+        assert query.last_progress.batch_id == 3
+        time.sleep(1.5)
+        idle = published()
+        assert idle["last_batch"] == 3 and idle["status"].startswith("waiting for data for ")
+    finally:
+        release.set()
+        con.close()

@@ -61,6 +61,7 @@ class RunTotals:
     late_rows: int = 0
     dead_letters: int = 0
     started: float = field(default_factory=time.monotonic)
+    ended: float | None = None  # when the query terminated
 
     def add(self, progress: QueryProgress) -> None:
         self.batches += 1
@@ -71,5 +72,5 @@ class RunTotals:
 
     @property
     def elapsed(self) -> float:
-        """Seconds since the query started."""
-        return time.monotonic() - self.started
+        """Seconds the query has run (until it terminated)."""
+        return (self.ended or time.monotonic()) - self.started

@@ -272,6 +272,7 @@ class StreamingQuery:
         else:
             self._enter("stopped")
         finally:
+            self.totals.ended = time.monotonic()
             self.execution.source.unsubscribe(self._wake.set)
             self.execution.close()
             self._terminated.set()

@@ -892,3 +892,19 @@ def test_terminal_completes_in_context_and_keeps_indentation(
         "      ...>     6 AS f;",
     ]
     assert "│ 4 │ 5 │ 6 │" in screen
+
+
+def test_describe_query_shows_each_property_once_and_whole(
+    memory_con: streamsql.Connection, pipe: PipeInput
+) -> None:
+    """Issue 11 item 20: no value of DESCRIBE QUERY ends in '…', whatever `.maxwidth`."""
+    memory_con.execute(TOTALS)
+    memory_con.execute("INSERT INTO events VALUES (1, 'a'), (2, 'b'), (1, 'c')")
+    memory_con.query("totals").process_all_available()
+    (described,) = tables(run_shell(memory_con, pipe, "DESCRIBE QUERY totals;"))
+    names = [name for name, _ in described[1:]]
+    assert len(names) == len(set(names))
+    properties = dict(described[1:])
+    assert properties["status"] == "waiting for data" and properties["last_batch"] == "0"
+    (source,) = json.loads(properties["sources"])  # whole, so it parses
+    assert (source["source"], source["end_offset"]["rows"]) == ("events", 3)

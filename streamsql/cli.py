@@ -8,6 +8,7 @@ import contextlib
 import importlib.metadata
 import json
 import os
+import shlex
 import shutil
 import signal
 import sys
@@ -126,7 +127,7 @@ def run_statements(database: str, sql: str, restricted: bool = False) -> int:
         shell.settings.max_width = shell.settings.max_rows = 0  # for scripts: values whole
         shell.run_sql(sql)
         return 0
-    except Error as error:
+    except (Error, duckdb.Error) as error:
         print(f"Error: {error}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
@@ -169,7 +170,7 @@ def _run_statements(
         cursor.execute(statement.text)
         if cursor.description:
             _print_rows(cursor, interrupted, out)
-    queries = [q for q in con.engine.queries.values() if q.is_active]
+    queries = list(con.engine.queries.values())  # also those done already (available_now)
     _wait(queries, interrupted, err)
     for query in queries:
         err.write(_summary(query, con.engine.database) + "\n")
@@ -280,9 +281,10 @@ def _summary(query: StreamingQuery, database: str) -> str:
         return line + " (skipped: the source has on_error = 'skip')"
     if database == ":memory:":
         return line + " (kept in the in-memory database only: run with --db to keep them)"
+    name = query.name.replace("'", "''")
     return (
-        f"{line}: see them with streamsql sql {database} "
-        f"\"SELECT * FROM _streamsql.dead_letters WHERE query = '{query.name}'\""
+        f"{line}: see them with streamsql sql {shlex.quote(database)} "
+        f"\"SELECT * FROM _streamsql.dead_letters WHERE query = '{name}'\""
     )
 
 
@@ -308,7 +310,7 @@ def print_status(database: str, out: TextIO, *, as_json: bool = False) -> int:
     if out.isatty() and max(map(len, text.splitlines())) > columns:
         from streamsql.shell.render import Settings, line
 
-        text = line(COLUMNS, [""] * len(COLUMNS), rows, Settings()) + f"\n\n{len(rows)} sinks"
+        text = line(COLUMNS, [""] * len(COLUMNS), rows, Settings())
     out.write(text + "\n")
     return 0
 

@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import duckdb
+import pytest
 
 from streamsql import cli, connect
 
@@ -472,8 +473,9 @@ def test_status_of_a_process_that_died_says_nothing_runs(tmp_path: Path) -> None
     ]
 
 
-def test_status_shows_long_values_whole(tmp_path: Path) -> None:
-    """Item 19: no cell is cut, however long the sink name or the offsets."""
+def test_status_shows_long_values_whole(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Item 19: no cell is cut, however long the sink name or the offsets; on a terminal
+    too narrow for the table, each sink is a block of `column = value` lines."""
     name = "clicks_per_window_of_a_very_long_sink_name_for_the_status_table"
     job = tmp_path / "job.sql"
     job.write_text(
@@ -489,6 +491,18 @@ def test_status_shows_long_values_whole(tmp_path: Path) -> None:
     assert "…" not in result.stdout
     cells = _status_rows(result.stdout)[name]
     assert cells[4] == '{"files": ["events_0005.jsonl"]}'
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    monkeypatch.setenv("COLUMNS", "100")
+    terminal = Terminal()
+    assert cli.print_status(str(db), terminal) == 0
+    lines = terminal.getvalue().splitlines()
+    assert f"             sink = {name}" in lines
+    assert 'committed_offsets = {"files": ["events_0005.jsonl"]}' in lines
+    assert max(map(len, lines[1:])) <= 100
 
 
 def test_version_is_the_installed_packages() -> None:

@@ -372,12 +372,9 @@ def test_a_files_source_whose_path_does_not_exist_fails_when_a_query_starts(
 ) -> None:
     """Item 18: as Spark's "Path does not exist" when the stream is defined; CREATE SOURCE
     itself does not check (a source may be declared before its directory is made)."""
-    missing = tmp_path / "no" / "such"
-    job = tmp_path / "job.sql"
-    job.write_text(
-        f"CREATE SOURCE s (k VARCHAR) WITH (connector = 'files', path = '{missing}');\n"
-        "CREATE SINK out AS SELECT k FROM s;\n"
-    )
+    job = _files_job(tmp_path, [])
+    missing = tmp_path / "in"
+    missing.rmdir()
     result = streamsql("run", str(job), "--trigger", "available_now")
     assert result.returncode == 1
     assert result.stderr == (
@@ -386,7 +383,7 @@ def test_a_files_source_whose_path_does_not_exist_fails_when_a_query_starts(
     )
     con = connect(":memory:")
     con.execute(f"CREATE SOURCE s (k VARCHAR) WITH (connector = 'files', path = '{missing}')")
-    missing.mkdir(parents=True)  # made after the source, before the query: fine
+    missing.mkdir()  # made after the source, before the query: fine
     (missing / "a.json").write_text('{"k": "a"}\n')
     con.execute("CREATE SINK out AS SELECT k FROM s")
     con.query("out").process_all_available(timeout=30)

@@ -334,6 +334,21 @@ def test_await_termination_times_out_on_a_running_query(con: streamsql.Connectio
 # -- a failing query -----------------------------------------------------------------------------
 
 
+def callback_query(
+    con: streamsql.Connection, callback: Any, first: str, second: str
+) -> StreamingQuery:
+    """A callback sink `s` on a memory source `ev (k VARCHAR)`: batch 0 holds the row
+    `first` (committed when this returns), batch 1 the row `second` (inserted only)."""
+    con.register_callback("cb", callback)
+    con.execute("CREATE SOURCE ev (k VARCHAR) WITH (connector = 'memory')")
+    con.execute("CREATE SINK s WITH (connector = 'callback', callback = 'cb') AS SELECT k FROM ev")
+    query = con.query("s")
+    con.execute(f"INSERT INTO ev VALUES ({first})")
+    query.process_all_available(timeout=30)
+    con.execute(f"INSERT INTO ev VALUES ({second})")
+    return query
+
+
 def test_a_failed_query_keeps_its_error_and_await_termination_raises_it(
     con: streamsql.Connection,
 ) -> None:
@@ -341,15 +356,7 @@ def test_a_failed_query_keeps_its_error_and_await_termination_raises_it(
         if batch.num_rows and "boom" in batch.column("k").to_pylist():
             raise ValueError(f"sink refused batch {batch_id}")
 
-    con.register_callback("explode", explode)
-    con.execute("CREATE SOURCE ev (k VARCHAR) WITH (connector = 'memory')")
-    con.execute(
-        "CREATE SINK s WITH (connector = 'callback', callback = 'explode') AS SELECT k FROM ev"
-    )
-    query = con.query("s")
-    con.execute("INSERT INTO ev VALUES ('fine')")
-    query.process_all_available(timeout=30)
-    con.execute("INSERT INTO ev VALUES ('boom')")
+    query = callback_query(con, explode, "'fine'", "'boom'")
     with pytest.raises(streamsql.StreamingQueryError) as caught:
         query.await_termination(30)
     error = caught.value
@@ -474,15 +481,7 @@ def test_status_shows_a_batch_in_flight_and_is_published_after_the_last_batch(
     db = str(tmp_path / "app.db")
     con = streamsql.connect(db)
     try:
-        con.register_callback("stuck", stuck_second_batch)
-        con.execute("CREATE SOURCE ev (n BIGINT) WITH (connector = 'memory')")
-        con.execute(
-            "CREATE SINK out WITH (connector = 'callback', callback = 'stuck') AS SELECT n FROM ev"
-        )
-        query = con.query("out")
-        con.execute("INSERT INTO ev VALUES (1)")
-        query.process_all_available(timeout=30)
-        con.execute("INSERT INTO ev VALUES (2)")
+        query = callback_query(con, stuck_second_batch, "'a'", "'b'")
 
         def published() -> dict[str, Any]:
             origin, sinks = database_status(db)
@@ -499,8 +498,8 @@ def test_status_shows_a_batch_in_flight_and_is_published_after_the_last_batch(
         assert float(stuck["status"].removeprefix("processing batch 1 for ").rstrip("s")) >= 1.4
         release.set()
         query.process_all_available(timeout=30)
-        for n in (3, 4):  # two batches within the second
-            con.execute(f"INSERT INTO ev VALUES ({n})")
+        for k in ("c", "d"):  # two batches within the second
+            con.execute(f"INSERT INTO ev VALUES ('{k}')")
             query.process_all_available(timeout=30)
         assert query.last_progress.batch_id == 3
         time.sleep(1.5)

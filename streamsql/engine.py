@@ -89,6 +89,7 @@ SINK_CONNECTORS: dict[str, type[Sink]] = {
 RESTRICTED_STATEMENTS = ("ATTACH", "DETACH", "LOAD", "EXTENSION", "PRAGMA", "EXPORT", "SET")
 
 STATUS_SECONDS = 1.0  # how often a running process publishes its status, at most
+STATUS_HEARTBEAT_SECONDS = 10.0  # and how often at least, while a query of a sink runs
 
 CATALOG = f"""CREATE TABLE IF NOT EXISTS {SCHEMA}.catalog (
     kind VARCHAR NOT NULL,          -- SOURCE | SINK
@@ -234,7 +235,8 @@ class Engine:
         self._cursors: weakref.WeakSet[DuckCursor] = weakref.WeakSet()
         self._status_lock = threading.Lock()
         self._status_published = float("-inf")
-        self._status_timer: threading.Timer | None = None  # a publish due at the second's end
+        self._status_timer: threading.Timer | None = None  # the next publish, and when
+        self._status_due = float("inf")
         self.closed = False
         _OPEN_ENGINES.add(self)
         self._load_catalog()
@@ -642,23 +644,34 @@ class Engine:
         """Publish where the sinks stand for `streamsql status`, which cannot open the
         database while this process holds it: when a query commits a batch or changes its
         state, at most once a second; what comes within the second is published at its end,
-        so the file never stays behind a query gone idle. At once when a query terminates."""
+        so the file never stays behind a query gone idle. At once when a query terminates;
+        and every STATUS_HEARTBEAT_SECONDS while a query runs, so a reader can tell a file
+        kept fresh from one left behind."""
         if self.database == ":memory:" or self.closed:
             return
         with self._status_lock:
             wait = STATUS_SECONDS - (time.monotonic() - self._status_published)
             if query.is_active and wait > 0:
-                if self._status_timer is None:
-                    self._status_timer = threading.Timer(wait, self._publish_pending)
-                    self._status_timer.daemon = True
-                    self._status_timer.start()
-                return
-            self._write_status()
+                self._schedule_status(wait)
+            else:
+                self._write_status()
 
-    def _publish_pending(self) -> None:
+    def _schedule_status(self, delay: float) -> None:
+        """A publish in `delay` seconds, unless one is due sooner (under `_status_lock`)."""
+        due = time.monotonic() + delay
+        if self._status_timer is not None:
+            if self._status_due <= due:
+                return
+            self._status_timer.cancel()
+        timer = threading.Timer(delay, lambda: self._publish_pending(timer))
+        timer.daemon = True
+        self._status_timer, self._status_due = timer, due
+        timer.start()
+
+    def _publish_pending(self, timer: threading.Timer) -> None:
         with self._status_lock:
-            self._status_timer = None
-            if not self.closed:
+            if self._status_timer is timer and not self.closed:  # not one cancelled since
+                self._status_timer = None
                 self._write_status()
 
     def _write_status(self) -> None:
@@ -675,6 +688,8 @@ class Engine:
         with contextlib.suppress(OSError):  # a status not written never stops a query
             staged.write_text(json.dumps(snapshot, default=str))
             os.replace(staged, target)
+        if any(sink["running"] for sink in sinks):
+            self._schedule_status(STATUS_HEARTBEAT_SECONDS)
 
     def register_callback(self, name: str, function: BatchCallback) -> None:
         """Name a function for callback sinks: `WITH (connector = 'callback', callback = name)`."""

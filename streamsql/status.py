@@ -20,11 +20,13 @@ from sqlglot import exp
 
 from streamsql.checkpoint import dead_letters
 from streamsql.checkpoint.log import SCHEMA, Checkpoint, state_table
-from streamsql.engine import source_instance, status_file
+from streamsql.engine import STATUS_HEARTBEAT_SECONDS, source_instance, status_file
 from streamsql.errors import OperationalError
 from streamsql.plan.catalog import source_def
 from streamsql.runtime.progress import timestamp_of
 from streamsql.sql import parse_one
+
+STALE_SECONDS = 3 * STATUS_HEARTBEAT_SECONDS  # a status file older than this is left behind
 
 COLUMNS = (
     "sink",
@@ -77,20 +79,26 @@ def database_status(database: str) -> tuple[str, list[dict[str, Any]]]:
 
 
 def _published(snapshot: dict[str, Any]) -> tuple[str, list[dict[str, Any]]]:
-    """The figures a process published; its queries run only while that process lives."""
+    """The figures a process published; its queries run only while that process lives and
+    keeps the file fresh (it rewrites it every STATUS_HEARTBEAT_SECONDS while they run)."""
     now = time.time()
-    age = elapsed_text(now - snapshot["written_at"])
+    seconds = now - snapshot["written_at"]
+    age = elapsed_text(seconds)
     pid = snapshot["pid"]
-    alive = _alive(pid)
-    origin = (
-        f"live, published by process {pid} {age} ago"
-        if alive
-        else f"published by process {pid} {age} ago, which has exited: nothing runs"
-    )
+    origin = f"live, published by process {pid} {age} ago"
+    fresh = _alive(pid)
+    if not fresh:
+        origin = f"published by process {pid} {age} ago, which has exited: nothing runs"
+    elif seconds > STALE_SECONDS and any(sink["running"] for sink in snapshot["sinks"]):
+        fresh = False
+        origin = (
+            f"published by process {pid} {age} ago and not refreshed since (it is every "
+            f"{STATUS_HEARTBEAT_SECONDS:g} s while a query runs): nothing is known to run"
+        )
     sinks = []
     for sink in snapshot["sinks"]:
         status = sink["status"]
-        running = sink["running"] and alive
+        running = sink["running"] and fresh
         sinks.append({**sink, "running": running, "status": state_text(status, running, now)})
     return origin, sinks
 
@@ -109,7 +117,7 @@ def _alive(pid: int) -> bool:
 def state_text(status: dict[str, Any], running: bool, now: float) -> str:
     """'processing batch 7 for 3m12s', 'waiting for next trigger for 4s', 'failed: ...'."""
     if not running and status["is_active"]:
-        return "stopped: its process exited"
+        return "not running: its process exited or stopped publishing"
     state = status["message"]
     if status["batch"] is not None:
         state += f" batch {status['batch']}"

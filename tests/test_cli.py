@@ -469,7 +469,7 @@ def test_status_of_a_process_that_died_says_nothing_runs(tmp_path: Path) -> None
     assert f"published by process {running.pid} " in held["origin"]
     assert held["origin"].endswith("which has exited: nothing runs")
     assert [(s["running"], s["status"]) for s in held["sinks"]] == [
-        (False, "stopped: its process exited")
+        (False, "not running: its process exited or stopped publishing")
     ]
 
 

@@ -508,3 +508,38 @@ def test_status_shows_a_batch_in_flight_and_is_published_after_the_last_batch(
     finally:
         release.set()
         con.close()
+
+
+def test_the_status_file_is_refreshed_while_idle_and_a_stale_one_runs_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 11 item 19: while a query runs its process rewrites the status file every
+    STATUS_HEARTBEAT_SECONDS, also when nothing happens; so a file older than STALE_SECONDS
+    (a process hung, or its pid now another program's) shows nothing running."""
+    from streamsql import engine, status
+
+    monkeypatch.setattr(engine, "STATUS_HEARTBEAT_SECONDS", 0.5)
+    db = str(tmp_path / "app.db")
+    published = engine.status_file(db)
+    con = streamsql.connect(db)
+    try:
+        con.execute("CREATE SOURCE ev (k VARCHAR) WITH (connector = 'memory')")
+        con.execute("CREATE SINK s AS SELECT k FROM ev")
+        con.query("s").process_all_available(timeout=30)
+        time.sleep(1.2)
+        first = json.loads(published.read_text())["written_at"]
+        time.sleep(1.5)  # idle: no batch, no change of state
+        snapshot = json.loads(published.read_text())
+        assert snapshot["written_at"] > first
+        assert status.database_status(db)[1][0]["running"] is True
+        monkeypatch.setattr(engine, "STATUS_HEARTBEAT_SECONDS", 60.0)
+        time.sleep(1.2)  # the last quick heartbeat is written; the next is a minute away
+        snapshot = json.loads(published.read_text())
+        snapshot["written_at"] -= status.STALE_SECONDS
+        published.write_text(json.dumps(snapshot))
+        origin, (sink,) = status.database_status(db)
+        assert "and not refreshed since" in origin
+        assert sink["running"] is False
+        assert sink["status"] == "not running: its process exited or stopped publishing"
+    finally:
+        con.close()

@@ -617,7 +617,17 @@ class Engine:
         given = definition.options.get("trigger")
         trigger = self.trigger_override or (Trigger.parse(given) if given else self.session_trigger)
         query = StreamingQuery(execution, trigger, self._publish_status)
-        self.queries[definition.name.lower()] = query.start()
+        key = definition.name.lower()
+        previous = self.queries.get(key)
+        self.queries[key] = query  # before it runs: its first status is published with it
+        try:
+            query.start()
+        except BaseException:
+            if previous is None:
+                del self.queries[key]
+            else:
+                self.queries[key] = previous
+            raise
         return query
 
     def _execution(self, definition: SinkDef) -> MicroBatchExecution:
@@ -642,16 +652,17 @@ class Engine:
 
     def _publish_status(self, query: StreamingQuery) -> None:
         """Publish where the sinks stand for `streamsql status`, which cannot open the
-        database while this process holds it: when a query commits a batch or changes its
-        state, at most once a second; what comes within the second is published at its end,
-        so the file never stays behind a query gone idle. At once when a query terminates;
-        and every STATUS_HEARTBEAT_SECONDS while a query runs, so a reader can tell a file
-        kept fresh from one left behind."""
+        database while this process holds it. While a query is processing (a batch starts
+        or commits), at most once a second, what comes within the second published at its
+        end; at once when it leaves processing (waits for data or the next trigger, stops,
+        fails), so the file is never behind a query gone idle; and every
+        STATUS_HEARTBEAT_SECONDS while a query runs, so a reader can tell a file kept fresh
+        from one left behind."""
         if self.database == ":memory:" or self.closed:
             return
         with self._status_lock:
             wait = STATUS_SECONDS - (time.monotonic() - self._status_published)
-            if query.is_active and wait > 0:
+            if query.is_active and query.status["message"] == "processing" and wait > 0:
                 self._schedule_status(wait)
             else:
                 self._write_status()
@@ -679,8 +690,9 @@ class Engine:
         self._status_published = time.monotonic()
         sinks = [
             {**q.execution.position(), "running": q.is_active, "status": q.status}
-            for name, q in sorted(list(self.queries.items()))
-            if name in self.sinks
+            for _, q in sorted(list(self.queries.items()))
+            # a sink's (push queries publish nothing), once started: it knows its position
+            if q.on_progress is not None and q.status["message"] != "initializing"
         ]
         target = status_file(self.database)
         staged = target.with_name(f".{target.name}.tmp")

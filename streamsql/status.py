@@ -2,8 +2,8 @@
 
 Read from the database's checkpoint when no process has it open: then no query runs. A
 process running queries holds DuckDB's lock on the file; it publishes the same figures, from
-its live queries, to `<database>.status.json` (when a query commits a batch or changes its
-state, at most once a second), and those are read instead, as long as that process lives.
+its live queries, to `<database>.status.json` (see Engine._publish_status), and those are
+read instead, as long as that process lives and keeps the file fresh.
 """
 
 from __future__ import annotations

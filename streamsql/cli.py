@@ -25,7 +25,7 @@ from streamsql.engine import Engine, declared_paths
 from streamsql.errors import Error
 from streamsql.format import format_table
 from streamsql.runtime.query import StreamingQuery
-from streamsql.sql import parse
+from streamsql.sql import Statement, nodes, parse
 from streamsql.status import COLUMNS, database_status, elapsed_text, state_text
 
 PROGRESS_SECONDS = 2.0  # between a query's progress lines when not on a terminal, at least
@@ -167,7 +167,7 @@ def _run_statements(
 ) -> int:
     cursor = con.cursor()
     for statement in parse(sql):
-        cursor.execute(statement.text)
+        cursor.execute_statement(statement)
         if cursor.description:
             _print_rows(cursor, interrupted, out)
     queries = list(con.engine.queries.values())  # also those done already (available_now)
@@ -176,7 +176,7 @@ def _run_statements(
         err.write(_summary(query, con.engine.database) + "\n")
     failed = [q for q in con.engine.queries.values() if q.exception is not None]
     for query in failed:
-        print(f"Error: query {query.name} failed: {query.error}", file=err)
+        print(f"Error: {query.error}", file=err)
     return 1 if failed else 0
 
 
@@ -325,11 +325,12 @@ def explain_file(sql: str, out: TextIO) -> int:
             node = statement.expression
             kind = getattr(node, "kind", None)
             if kind == "SOURCE":
-                cursor.execute(statement.text)
+                cursor.execute_statement(statement)
             elif kind == "SINK" or engine.handler(statement) == engine.push_query:
                 label = f"sink {node.this.name}" if kind == "SINK" else "push query"
                 out.write(f"-- {label} (line {statement.line})\n")
-                for (line,) in cursor.execute(f"EXPLAIN {statement.text}").fetchall():
+                explain = Statement(nodes.Explain(this=node), statement.text, statement.line)
+                for (line,) in cursor.execute_statement(explain).fetchall():
                     out.write(line + "\n")
                 out.write("\n")
         return 0

@@ -110,6 +110,7 @@ SINK_CONNECTORS: dict[str, type[Sink]] = {
 RESTRICTED_STATEMENTS = ("ATTACH", "DETACH", "LOAD", "EXTENSION", "PRAGMA", "EXPORT", "SET")
 
 STATUS_SECONDS = 1.0  # how often a running process publishes its status, at most
+STATUS_HEARTBEAT_SECONDS = 10.0  # and how often at least, while a query of a sink runs
 PUSH_LABEL_WIDTH = 60  # characters of a push query's first line its errors quote
 
 CATALOG = f"""CREATE TABLE IF NOT EXISTS {SCHEMA}.catalog (
@@ -270,6 +271,8 @@ class Engine:
         self.metrics = EngineMetrics(
             lambda: [q for name, q in list(self.queries.items()) if name in self.sinks]
         )
+        self._status_timer: threading.Timer | None = None  # the next publish, and when
+        self._status_due = float("inf")
         self.closed = False
         _OPEN_ENGINES.add(self)
         self._load_catalog()
@@ -675,7 +678,17 @@ class Engine:
         given = definition.options.get("trigger")
         trigger = self.trigger_override or (Trigger.parse(given) if given else self.session_trigger)
         query = StreamingQuery(execution, trigger, self._progressed)
-        self.queries[definition.name.lower()] = query.start()
+        key = definition.name.lower()
+        previous = self.queries.get(key)
+        self.queries[key] = query  # before it runs: its first status is published with it
+        try:
+            query.start()
+        except BaseException:
+            if previous is None:
+                del self.queries[key]
+            else:
+                self.queries[key] = previous
+            raise
         return query
 
     def _execution(self, definition: SinkDef) -> MicroBatchExecution:
@@ -705,26 +718,56 @@ class Engine:
 
     def _publish_status(self, query: StreamingQuery) -> None:
         """Publish where the sinks stand for `streamsql status`, which cannot open the
-        database while this process holds it: after a batch (at most once a second) and
-        whenever a query terminates."""
+        database while this process holds it. While a query is processing (a batch starts
+        or commits), at most once a second, what comes within the second published at its
+        end; at once when it leaves processing (waits for data or the next trigger, stops,
+        fails), so the file is never behind a query gone idle; and every
+        STATUS_HEARTBEAT_SECONDS while a query runs, so a reader can tell a file kept fresh
+        from one left behind."""
         if self.database == ":memory:" or self.closed:
             return
         with self._status_lock:
-            now = time.monotonic()
-            if query.is_active and now - self._status_published < STATUS_SECONDS:
+            wait = STATUS_SECONDS - (time.monotonic() - self._status_published)
+            if query.is_active and query.status["message"] == "processing" and wait > 0:
+                self._schedule_status(wait)
+            else:
+                self._write_status()
+
+    def _schedule_status(self, delay: float) -> None:
+        """A publish in `delay` seconds, unless one is due sooner (under `_status_lock`)."""
+        due = time.monotonic() + delay
+        if self._status_timer is not None:
+            if self._status_due <= due:
                 return
-            self._status_published = now
-            sinks = [
-                {**q.execution.position(), "running": q.is_active}
-                for name, q in sorted(list(self.queries.items()))
-                if name in self.sinks
-            ]
-            target = status_file(self.database)
-            staged = target.with_name(f".{target.name}.tmp")
-            snapshot = {"pid": os.getpid(), "written_at": time.time(), "sinks": sinks}
-            with contextlib.suppress(OSError):  # a status not written never stops a query
-                staged.write_text(json.dumps(snapshot, default=str))
-                os.replace(staged, target)
+            self._status_timer.cancel()
+        timer = threading.Timer(delay, lambda: self._publish_pending(timer))
+        timer.daemon = True
+        self._status_timer, self._status_due = timer, due
+        timer.start()
+
+    def _publish_pending(self, timer: threading.Timer) -> None:
+        with self._status_lock:
+            if self._status_timer is timer and not self.closed:  # not one cancelled since
+                self._status_timer = None
+                self._write_status()
+
+    def _write_status(self) -> None:
+        """The status file, replaced whole (under `_status_lock`)."""
+        self._status_published = time.monotonic()
+        sinks = [
+            {**q.execution.position(), "running": q.is_active, "status": q.status}
+            for _, q in sorted(list(self.queries.items()))
+            # a sink's (push queries publish nothing), once started: it knows its position
+            if q.on_progress is not None and q.status["message"] != "initializing"
+        ]
+        target = status_file(self.database)
+        staged = target.with_name(f".{target.name}.tmp")
+        snapshot = {"pid": os.getpid(), "written_at": time.time(), "sinks": sinks}
+        with contextlib.suppress(OSError):  # a status not written never stops a query
+            staged.write_text(json.dumps(snapshot, default=str))
+            os.replace(staged, target)
+        if any(sink["running"] for sink in sinks):
+            self._schedule_status(STATUS_HEARTBEAT_SECONDS)
 
     def register_callback(self, name: str, function: BatchCallback) -> None:
         """Name a function for callback sinks: `WITH (connector = 'callback', callback = name)`."""
@@ -868,20 +911,48 @@ class Engine:
     def describe_query(
         self, statement: Statement, params: Sequence[Any] | None, cursor: DuckCursor
     ) -> Result:
+        """One row per property, each once: the query, its state, where it stands, the
+        totals of this run, then its last batch under Spark's progress names. Structured
+        values are JSON."""
         query = self.query(statement.expression.this.name)
+        status = query.status
+        totals = query.totals
+        properties: dict[str, Any] = {
+            "name": query.name,
+            "id": query.id,
+            "run_id": query.run_id,
+            "status": status["message"],
+            "since": status["since"],
+            "batch_in_flight": status["batch"],
+            "trigger": status["trigger"],
+            "error": status["error"],
+            **{k: v for k, v in query.execution.position().items() if k != "sink"},
+            "run_batches": totals.batches,
+            "run_input_rows": totals.input_rows,
+            "run_output_rows": totals.output_rows,
+            "run_late_rows": totals.late_rows,
+            "run_dead_letters": totals.dead_letters,
+        }
         progress = query.last_progress
-        rows = [
-            ("status", str(query.status)),
-            ("id", query.id),
-            ("run_id", query.run_id),
-            ("last_committed_batch", str(query.execution.last_committed)),
-            ("watermark", str(timestamp_of(query.execution.watermark))),
-        ]
-        position = query.execution.position()
-        rows += [(key, json.dumps(position[key])) for key in ("committed_offsets", "lag")]
         if progress is not None:
-            rows += [(key, str(value)) for key, value in progress.to_dict().items()]
-        return Result(["property", "value"], rows)
+            shown = {"id", "run_id", "name", "batch_id", "state_rows", "next_watermark"}
+            last = {k: v for k, v in progress.to_dict().items() if k not in shown}
+            last["batch_watermark"] = last.pop("watermark")
+            properties |= last
+        return Result(
+            ["property", "value"],
+            [
+                (
+                    key,
+                    None
+                    if value is None
+                    else json.dumps(value)
+                    if isinstance(value, dict | list)
+                    else str(value),
+                )
+                for key, value in properties.items()
+            ],
+        )
 
     def stop_query(
         self, statement: Statement, params: Sequence[Any] | None, cursor: DuckCursor
@@ -1009,6 +1080,9 @@ class Engine:
             query.stop()
         self.queries.clear()
         self.metrics.close()
+        with self._status_lock:
+            if self._status_timer is not None:
+                self._status_timer.cancel()
         for cursor in list(self._cursors):
             cursor.close()
         self.db.close()

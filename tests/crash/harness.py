@@ -83,7 +83,8 @@ EPOCH = dt.datetime(1970, 1, 1)
 MICROSECOND = dt.timedelta(microseconds=1)
 PART_FILE = re.compile(r"part-(\d{10})-(\d{10})-([0-9a-f]{8})\.(parquet|csv|json)")
 PROGRESS_LINE = re.compile(
-    r"[a-z_]+: (initializing|waiting for data|processing|stopped), (batch \d+|no batch yet)"
+    r"[a-z_]+: ((initializing|waiting for data|processing batch \d+) for [\dhms.]+|stopped), "
+    r"(last batch \d+|no batch yet)|[a-z_]+: in all, \d+ batch"
 )
 
 Row = tuple[Any, ...]

@@ -32,6 +32,7 @@ from prompt_toolkit.output import DummyOutput
 from pygments.token import Keyword
 
 import streamsql
+from streamsql.engine import SINK_CONNECTORS
 from streamsql.plan.plan import Emit
 from streamsql.shell import Shell, main
 from streamsql.shell.answers import Changelog
@@ -251,10 +252,7 @@ def test_connector_options_complete_inside_with(memory_con: streamsql.Connection
     completer = SQLCompleter(memory_con.engine)
     create = "CREATE SINK s WITH ("
     offered = completions(completer, create + "conn")
-    assert offered == {
-        "connector": "duckdb sink, parquet sink, csv sink, json sink, kafka sink, "
-        "callback sink, console sink"
-    }
+    assert offered == {"connector": ", ".join(f"{name} sink" for name in SINK_CONNECTORS)}
     assert completions(completer, create + "connect_") == {}  # connect_timeout: a source's
     # Once the connector is named, only its options, and not the ones already written.
     offered = completions(completer, create + "connector = 'parquet', ")
@@ -274,13 +272,7 @@ def test_connector_options_complete_inside_with(memory_con: streamsql.Connection
     }
     # After `connector =`: the connectors of the statement's kind, quoted as they must be.
     assert list(completions(completer, create + "connector = ")) == [
-        "'duckdb'",
-        "'parquet'",
-        "'csv'",
-        "'json'",
-        "'kafka'",
-        "'callback'",
-        "'console'",
+        f"'{name}'" for name in SINK_CONNECTORS
     ]
     assert completions(completer, create + "connector = 'k") == {"kafka": "sink connector"}
     assert completions(completer, create + "path = ") == {}

@@ -202,11 +202,14 @@ class Compiler:
 
     # -- input ---------------------------------------------------------------------------------
 
-    def rows(self) -> str:
-        """The source relation: declared columns plus computed ones."""
+    def rows(self, filtered: bool = True) -> str:
+        """The source relation: declared columns plus computed ones, and (`filtered`) only
+        the rows that pass the WHERE conjuncts Spark would apply below the watermark."""
         relation = INPUT_VIEW
         for name, expression in self.plan.derived:
             relation = f"(SELECT *, {sql_of(expression)} AS {ident(name)} FROM {relation})"
+        if filtered and self.plan.prefilter is not None:
+            relation = f"(SELECT * FROM {relation} WHERE {sql_of(self.plan.prefilter)})"
         return relation
 
     @property
@@ -243,9 +246,14 @@ class Compiler:
             f"{ident(name)}::VARCHAR || {literal(OUTSIDE)}"
             for name, condition in outside.items()
         )
-        bad_times = f"SELECT CASE {errors} END AS __error FROM {self.rows()}" if outside else None
+        # One error (or NULL) per input row, in input order: a filter must not apply here.
+        bad_times = (
+            f"SELECT CASE {errors} END AS __error FROM {self.rows(filtered=False)}"
+            if outside
+            else None
+        )
         columns = {c.name.lower(): c.type for c in plan.source.columns}
-        if all(
+        if (plan.prefilter is None or not outside) and all(
             name is None or columns.get(name.lower()) in ("TIMESTAMP", "TIMESTAMP WITH TIME ZONE")
             for name in (window_time, event_time)
         ):
@@ -253,12 +261,13 @@ class Compiler:
         time = self._time() if window_time else None
         accepted = f" FILTER (WHERE {time} >= $late_cutoff)" if late else ""
         figures = [
-            "count(*)",
+            f"(SELECT count(*) FROM {INPUT_VIEW})",
             f"count(*) FILTER (WHERE {ident(window_time)} IS NULL)" if time else "0",
             f"count(*) FILTER (WHERE {time} < $late_cutoff)" if late else "0",
             f"max(epoch_us({ident(event_time)}))" if event_time else "NULL",
             f"min({time}){accepted}" if time else "NULL",
-            f"count(*) FILTER (WHERE {' OR '.join(outside.values())})",
+            f"(SELECT count(*) FROM {self.rows(filtered=False)} "
+            f"WHERE {' OR '.join(outside.values()) or 'FALSE'})",
         ]
         sql = f"SELECT {', '.join(figures)} FROM {self.rows()}"
         step = Step("batch statistics", sql, Fetch.STATS)

@@ -66,7 +66,11 @@ class StreamingPlan:
     watermark_delay_us: int | None
     kind: QueryKind
     emit: Emit
-    where: exp.Expr | None
+    where: exp.Expr | None  # the WHERE conjuncts applied above the watermark
+    # The WHERE conjuncts that filter rows before the watermark measures them (Spark pushes
+    # them below EventTimeWatermark): those that reference neither the event-time column nor
+    # the window bounds, and call no volatile function.
+    prefilter: exp.Expr | None = None
     window: WindowSpec | None = None
     keys: list[exp.Expr] = field(default_factory=list)  # group keys besides the window bounds
     aggregates: list[AggregateCall] = field(default_factory=list)

@@ -41,6 +41,7 @@ class Planner:
         self.con = con
         self.sources = {name.lower(): source for name, source in sources.items()}
         self._aggregate_names: set[str] | None = None
+        self._volatile_names: set[str] | None = None
 
     # -- entry point -------------------------------------------------------------------------
 
@@ -73,6 +74,8 @@ class Planner:
                 window and window.kind, QueryKind.WINDOWED
             )
         emit = self._emit(select, kind, window, event_time)
+        where = select.args["where"].this if select.args.get("where") else None
+        prefilter, where = self._push_below_watermark(where, event_time)
         plan = StreamingPlan(
             select=query,
             source=source,
@@ -82,7 +85,8 @@ class Planner:
             watermark_delay_us=delay,
             kind=kind,
             emit=emit,
-            where=select.args["where"].this if select.args.get("where") else None,
+            where=where,
+            prefilter=prefilter,
             window=window,
             having=select.args["having"].this if select.args.get("having") else None,
             order=select.args.get("order"),
@@ -247,6 +251,41 @@ class Planner:
                 f"CAST(NULL AS {window_type}) AS window_end FROM ({relation})"
             )
         return relation
+
+    # -- filters -----------------------------------------------------------------------------
+
+    def _push_below_watermark(
+        self, where: exp.Expr | None, event_time: str | None
+    ) -> tuple[exp.Expr | None, exp.Expr | None]:
+        """Split WHERE into the conjuncts that filter rows before the watermark measures
+        them and those that stay above it (Spark's PushPredicateThroughNonJoin, case
+        `Filter(condition, watermark: EventTimeWatermark)`: a conjunct goes below iff it is
+        deterministic and does not reference the event-time column). Window bounds exist
+        only above the window, so conjuncts over them stay up as well."""
+        if where is None:
+            return None, None
+        above = {name.lower() for name in (event_time, *WINDOW_COLUMNS) if name}
+        pushed: list[exp.Expr] = []
+        kept: list[exp.Expr] = []
+        for conjunct in where.flatten() if isinstance(where, exp.And) else [where]:
+            stays = any(c.name.lower() in above for c in conjunct.find_all(exp.Column))
+            (kept if stays or self._volatile(conjunct) else pushed).append(conjunct)
+        return _conjunction(pushed), _conjunction(kept)
+
+    def _volatile(self, node: exp.Expr) -> bool:
+        """Whether the expression calls a function DuckDB marks VOLATILE (random(), uuid())."""
+        if self._volatile_names is None:
+            self._volatile_names = {
+                name
+                for (name,) in self.con.execute(
+                    "SELECT DISTINCT function_name FROM duckdb_functions() "
+                    "WHERE stability = 'VOLATILE'"
+                ).fetchall()
+            }
+        return any(
+            sql_of(call).split("(", 1)[0].strip().lower() in self._volatile_names
+            for call in node.find_all(exp.Func)
+        )
 
     # -- windows -----------------------------------------------------------------------------
 
@@ -561,6 +600,10 @@ class Planner:
                     f"Column {column.sql('duckdb')} in {where} must appear in the GROUP BY clause "
                     "or be used in an aggregate function"
                 )
+
+
+def _conjunction(conjuncts: list[exp.Expr]) -> exp.Expr | None:
+    return exp.and_(*(c.copy() for c in conjuncts)) if conjuncts else None
 
 
 def _parenthesize(sql: str) -> exp.Expr:

@@ -217,7 +217,15 @@ class Compiler:
         return self.plan.watermark_bounds_state and self.plan.emit is not Emit.SNAPSHOT
 
     def _time(self) -> str:
-        return f"epoch_us({ident(self.plan.window.time_column)})"
+        return self._epoch_us(self.plan.window.time_column)
+
+    def _epoch_us(self, column: str) -> str:
+        """Microseconds since the epoch of a time column. DuckDB's epoch_us goes through
+        nanoseconds for TIMESTAMP_MS and TIMESTAMP_S, which overflow after 2262-04-11:
+        those are cast to (microsecond) TIMESTAMP first, as batch SQL would compare them."""
+        if self.plan.time_types.get(column.lower()) in ("TIMESTAMP_MS", "TIMESTAMP_S"):
+            return f"epoch_us(CAST({ident(column)} AS TIMESTAMP))"
+        return f"epoch_us({ident(column)})"
 
     def _to_timestamp(self, micros: str) -> str:
         timestamp = f"make_timestamp({micros})"
@@ -236,7 +244,7 @@ class Compiler:
         event_time = plan.event_time if plan.has_watermark else None
         late = self.drops_late_rows
         outside = {
-            name: f"{ident(name)} IS NOT NULL AND coalesce(epoch_us({ident(name)}) NOT BETWEEN "
+            name: f"{ident(name)} IS NOT NULL AND coalesce({self._epoch_us(name)} NOT BETWEEN "
             f"{MIN_EVENT_US} AND {MAX_EVENT_US}, TRUE)"
             for name in (window_time, event_time)
             if name is not None
@@ -264,7 +272,7 @@ class Compiler:
             f"(SELECT count(*) FROM {INPUT_VIEW})",
             f"count(*) FILTER (WHERE {ident(window_time)} IS NULL)" if time else "0",
             f"count(*) FILTER (WHERE {time} < $late_cutoff)" if late else "0",
-            f"max(epoch_us({ident(event_time)}))" if event_time else "NULL",
+            f"max({self._epoch_us(event_time)})" if event_time else "NULL",
             f"min({time}){accepted}" if time else "NULL",
             f"(SELECT count(*) FROM {self.rows(filtered=False)} "
             f"WHERE {' OR '.join(outside.values()) or 'FALSE'})",

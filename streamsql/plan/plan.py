@@ -80,6 +80,8 @@ class StreamingPlan:
     key_names: list[str] = field(default_factory=list)  # upsert key of EMIT CHANGES sinks
     keys_complete: bool = False  # every group key and the window are among the outputs
     parameters: dict[str, Any] = field(default_factory=dict)  # $p1, $p2, ... of `?` values
+    # DuckDB types of the event-time and window time columns, by lower-case name.
+    time_types: dict[str, str] = field(default_factory=dict)
     having: exp.Expr | None = None
     order: exp.Order | None = None
     limit: exp.Expr | None = None

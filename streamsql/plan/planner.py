@@ -92,6 +92,11 @@ class Planner:
             order=select.args.get("order"),
             limit=select.args["limit"].expression if select.args.get("limit") else None,
             parameters=bound,
+            time_types={
+                name.lower(): types[name.lower()]
+                for name in (event_time, window and window.time_column)
+                if name and name.lower() in types
+            },
         )
         self._check_modifiers(plan)
         names = self._validate(select, source, derived, window, bound)

@@ -59,3 +59,32 @@ def test_event_times_after_2262_in_coarse_timestamps_aggregate_as_batch_sql_does
         "WINDOW TUMBLING (ts, INTERVAL '5 minutes') GROUP BY window_start, k EMIT FINAL",
     )
     assert rows(now, "SELECT * FROM out") == [(dt.datetime(2300, 1, 1), "a", 2)]
+
+
+# -- item 10: watermark delays below a millisecond ------------------------------------------------
+
+
+@pytest.mark.parametrize("in_source", [True, False])
+def test_a_watermark_delay_below_a_millisecond_is_no_delay_as_in_spark(
+    now: streamsql.Connection, in_source: bool
+) -> None:
+    """Spark keeps the delay in whole milliseconds: 500 microseconds is 0 ms, so the
+    watermark after a row at 00:05 is 00:05 and closes the window ending there (the delay
+    was kept as 500 us, the watermark was 00:04:59.9995 and the window stayed open)."""
+    watermark = ", WATERMARK FOR ts AS ts - INTERVAL '500 microseconds'" if in_source else ""
+    now.execute(
+        f"CREATE SOURCE src (k VARCHAR, ts TIMESTAMP{watermark}) WITH (connector = 'memory')"
+    )
+    now.execute(
+        "INSERT INTO src VALUES ('a', TIMESTAMP '2024-01-01 00:01:00'), "
+        "('a', TIMESTAMP '2024-01-01 00:05:00')"
+    )
+    in_from = "" if in_source else " WATERMARK ts DELAY OF INTERVAL '500 microseconds'"
+    query = run_to_end(
+        now,
+        "CREATE SINK out WITH (connector = 'duckdb') AS SELECT window_start, count(*) AS n "
+        f"FROM src{in_from} WINDOW TUMBLING (ts, INTERVAL '5 minutes') "
+        "GROUP BY window_start EMIT FINAL",
+    )
+    assert query.recent_progress[0].next_watermark == "2024-01-01T00:05:00.000000Z"
+    assert rows(now, "SELECT * FROM out") == [(dt.datetime(2024, 1, 1), 1)]

@@ -173,7 +173,7 @@ class Planner:
             if source.watermark is None:
                 return None, None
             spec = source.watermark
-            return spec.column, self.interval_us(spec.delay, "WATERMARK delay")
+            return spec.column, self.delay_us(spec.delay)
         expression, name = clause.this, clause.args.get("alias")
         if name is not None:
             derived.append((name.name, expression))
@@ -187,7 +187,12 @@ class Planner:
                 rule="watermark-needs-name",
                 position=position_of(expression),
             )
-        return column, self.interval_us(clause.args["delay"], "WATERMARK delay")
+        return column, self.delay_us(clause.args["delay"])
+
+    def delay_us(self, node: exp.Expr) -> int:
+        """A watermark delay, truncated to whole milliseconds as Spark keeps it
+        (EventTimeWatermark.getDelayMs): 500 microseconds is no delay at all."""
+        return self.interval_us(node, "WATERMARK delay") // 1000 * 1000
 
     def interval_us(
         self, node: exp.Expr, what: str, positive: bool = False, at: exp.Expr | None = None

@@ -88,3 +88,50 @@ def test_a_watermark_delay_below_a_millisecond_is_no_delay_as_in_spark(
     )
     assert query.recent_progress[0].next_watermark == "2024-01-01T00:05:00.000000Z"
     assert rows(now, "SELECT * FROM out") == [(dt.datetime(2024, 1, 1), 1)]
+
+
+# -- item 9: trigger once reads everything available, whatever the per-trigger limits ------------
+
+
+def test_trigger_once_reads_every_file_in_one_batch_and_available_now_keeps_the_limit(
+    tmp_path: Path,
+) -> None:
+    """Spark's Trigger.Once runs one batch over everything available; only
+    Trigger.AvailableNow respects maxFilesPerTrigger (once read a single file)."""
+    directory = tmp_path / "in"
+    directory.mkdir()
+    for number in range(3):
+        (directory / f"{number}.json").write_text(f'{{"k": "k{number}"}}\n')
+    con = streamsql.connect(str(tmp_path / "engine.db"))
+    try:
+        con.execute(
+            f"CREATE SOURCE src (k VARCHAR) WITH (connector = 'files', path = '{directory}', "
+            "max_files_per_trigger = 1)"
+        )
+        for name, trigger in (("once", "once"), ("now", "available_now")):
+            run_to_end(
+                con,
+                f"CREATE SINK {name} WITH (connector = 'duckdb', trigger = '{trigger}') "
+                "AS SELECT k FROM src",
+                name,
+            )
+        once, now = con.query("once"), con.query("now")
+        assert [p.num_input_rows for p in once.recent_progress] == [3]
+        assert rows(con, "SELECT k FROM once ORDER BY k") == [("k0",), ("k1",), ("k2",)]
+        assert [p.num_input_rows for p in now.recent_progress] == [1, 1, 1]
+    finally:
+        con.close()
+
+
+def test_trigger_once_ignores_max_rows_per_trigger(tmp_path: Path) -> None:
+    now = streamsql.connect(str(tmp_path / "engine.db"))
+    now.execute(
+        "CREATE SOURCE src (v BIGINT) WITH (connector = 'memory', max_rows_per_trigger = 2)"
+    )
+    now.executemany("INSERT INTO src VALUES (?)", [[v] for v in range(5)])
+    query = run_to_end(
+        now, "CREATE SINK out WITH (connector = 'duckdb', trigger = 'once') AS SELECT v FROM src"
+    )
+    assert [p.num_input_rows for p in query.recent_progress] == [5]
+    assert rows(now, "SELECT count(*) FROM out") == [(5,)]
+    now.close()

@@ -252,15 +252,16 @@ class MicroBatchExecution:
             and self.watermark > self.late_threshold
         )
 
-    def next_batch(self, bound: Offset | None) -> PlannedBatch | None:
-        """The batch to run next: a logged, uncommitted one, a new one, or None (idle)."""
+    def next_batch(self, bound: Offset | None, limited: bool = True) -> PlannedBatch | None:
+        """The batch to run next: a logged, uncommitted one, a new one, or None (idle).
+        `limited`: the source's per-trigger limit applies."""
         if not self.recovered:
             self.recovered = True
             logged = self.checkpoint.planned(self.batch_id)
             if logged is not None:
                 return logged
         began = time.perf_counter()
-        end = self.source.plan_batch(self.committed_end, bound)
+        end = self.source.plan_batch(self.committed_end, bound, limited)
         if end is None:
             if not self.needs_no_data_batch:
                 return None

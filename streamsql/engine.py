@@ -62,6 +62,7 @@ from streamsql.sinks.files import CSVSink, JSONSink, ParquetSink
 from streamsql.sinks.kafka import KafkaSink
 from streamsql.sources.base import Source
 from streamsql.sources.files import FileSource
+from streamsql.sources.formats import cast_to_column
 from streamsql.sources.kafka import KafkaSource
 from streamsql.sources.memory import MemorySource
 from streamsql.sql import DIALECT, Statement, literal, nodes, parse_one, quote
@@ -889,8 +890,9 @@ class Engine:
         names = ", ".join(quote(f"c{i}") for i in range(len(targets)))
         given = {t.lower(): f"c{i}" for i, t in enumerate(targets)}
         casts = ", ".join(
-            f"CAST({quote(given[c.name.lower()]) if c.name.lower() in given else 'NULL'} "
-            f"AS {c.type}) AS {quote(c.name)}"
+            f"{cast_to_column(quote(given[c.name.lower()]), c.type)} AS {quote(c.name)}"
+            if c.name.lower() in given
+            else f"CAST(NULL AS {c.type}) AS {quote(c.name)}"
             for c in source.definition.columns
         )
         sql = f"SELECT {casts} FROM ({values.sql('duckdb')}) AS __values({names})"

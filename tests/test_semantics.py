@@ -14,9 +14,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from kafka import KafkaProducer
 
 import streamsql
 from streamsql.runtime.query import StreamingQuery
+from streamsql.testing.broker import Broker
 
 
 @pytest.fixture
@@ -135,3 +137,85 @@ def test_trigger_once_ignores_max_rows_per_trigger(tmp_path: Path) -> None:
     assert [p.num_input_rows for p in query.recent_progress] == [5]
     assert rows(now, "SELECT count(*) FROM out") == [(5,)]
     now.close()
+
+
+# -- item 8: a UTC offset in a timestamp string converts to UTC ----------------------------------
+
+OFFSET_TIMES = [
+    ("a", "2024-01-01T02:00:00+02:00", dt.datetime(2024, 1, 1, 0, 0)),
+    ("b", "2024-01-01 02:00:00", dt.datetime(2024, 1, 1, 2, 0)),  # no offset: UTC
+    ("c", "2024-01-01T02:00:00-01:30", dt.datetime(2024, 1, 1, 3, 30)),
+    ("d", "2024-01-01T02:00:00Z", dt.datetime(2024, 1, 1, 2, 0)),
+]
+EXPECTED_UTC = [(k, utc) for k, _, utc in OFFSET_TIMES]
+
+
+def copied(con: streamsql.Connection, source: str) -> list[tuple[Any, ...]]:
+    run_to_end(con, f"CREATE SINK out WITH (connector = 'duckdb') AS SELECT k, ts FROM {source}")
+    return rows(con, "SELECT k, ts FROM out ORDER BY k")
+
+
+@pytest.mark.parametrize("time_type", ["TIMESTAMP", "TIMESTAMP_MS"])
+def test_json_file_timestamps_with_an_offset_are_converted_to_utc(
+    now: streamsql.Connection, tmp_path: Path, time_type: str
+) -> None:
+    """Spark converts "2024-01-01T02:00:00+02:00" to 00:00 UTC; the offset was dropped."""
+    directory = tmp_path / "in"
+    directory.mkdir()
+    lines = "".join(f'{{"k": "{k}", "ts": "{text}"}}\n' for k, text, _ in OFFSET_TIMES)
+    (directory / "a.json").write_text(lines)
+    now.execute(
+        f"CREATE SOURCE src (k VARCHAR, ts {time_type}) "
+        f"WITH (connector = 'files', path = '{directory}')"
+    )
+    assert copied(now, "src") == EXPECTED_UTC
+
+
+def test_csv_file_timestamps_with_an_offset_are_converted_to_utc(
+    now: streamsql.Connection, tmp_path: Path
+) -> None:
+    directory = tmp_path / "in"
+    directory.mkdir()
+    lines = "".join(f"{k},{text}\n" for k, text, _ in OFFSET_TIMES)
+    (directory / "a.csv").write_text(f"k,ts\n{lines}")
+    now.execute(
+        f"CREATE SOURCE src (k VARCHAR, ts TIMESTAMP) "
+        f"WITH (connector = 'files', path = '{directory}', format = 'csv')"
+    )
+    assert copied(now, "src") == EXPECTED_UTC
+
+
+def test_memory_insert_of_timestamp_text_with_an_offset_is_converted_to_utc(
+    now: streamsql.Connection,
+) -> None:
+    now.execute("CREATE SOURCE src (k VARCHAR, ts TIMESTAMP) WITH (connector = 'memory')")
+    first, *others = OFFSET_TIMES
+    now.execute(f"INSERT INTO src VALUES ('{first[0]}', '{first[1]}')")
+    now.executemany("INSERT INTO src VALUES (?, ?)", [[k, text] for k, text, _ in others])
+    assert copied(now, "src") == EXPECTED_UTC
+
+
+def test_kafka_json_and_csv_timestamps_with_an_offset_are_converted_to_utc(
+    broker: Broker, now: streamsql.Connection
+) -> None:
+    producer = KafkaProducer(bootstrap_servers=broker.bootstrap_servers)
+    try:
+        for fmt in ("json", "csv"):
+            topic = broker.create_topic(1)
+            for k, text, _ in OFFSET_TIMES:
+                value = f'{{"k": "{k}", "ts": "{text}"}}' if fmt == "json" else f"{k},{text}"
+                producer.send(topic, value=value.encode())
+            producer.flush()
+            now.execute(
+                f"CREATE SOURCE src_{fmt} (k VARCHAR, ts TIMESTAMP) WITH (connector = 'kafka', "
+                f"bootstrap_servers = '{broker.bootstrap_servers}', topic = '{topic}', "
+                f"format = '{fmt}', starting_offsets = 'earliest')"
+            )
+            run_to_end(
+                now,
+                f"CREATE SINK out_{fmt} WITH (connector = 'duckdb') AS SELECT k, ts FROM src_{fmt}",
+                f"out_{fmt}",
+            )
+            assert rows(now, f"SELECT k, ts FROM out_{fmt} ORDER BY k") == EXPECTED_UTC
+    finally:
+        producer.close()

@@ -28,6 +28,9 @@ INTEGER_TYPES = {
 NUMBER_TYPES = {"FLOAT", "REAL", "DOUBLE", "DECIMAL", "NUMERIC"}
 FLOAT_TYPES = {"FLOAT", "REAL", "DOUBLE", "FLOAT4", "FLOAT8"}
 TEXT_TYPES = {"VARCHAR", "TEXT", "STRING"}
+# Timestamps without time zone of microsecond precision or coarser: their text is read
+# through TIMESTAMPTZ so that a UTC offset is applied, not dropped.
+UTC_TYPES = {"TIMESTAMP", "DATETIME", "TIMESTAMP_US", "TIMESTAMP_MS", "TIMESTAMP_S"}
 AS_IS = "SELECT *, NULL::VARCHAR AS __error FROM __raw"  # the raw records, no error yet
 
 
@@ -61,7 +64,7 @@ class Decoder:
         """Each value is parsed twice in all: into the typed fields, and into each field's
         JSON text, which the checks read (a `"7"` or `1.5` that DuckDB would convert for a
         BIGINT is a bad record, as in Spark)."""
-        typed = json.dumps({c.name: c.type for c in self.columns})
+        typed = json.dumps({c.name: _read_as(c.type) for c in self.columns})
         texts = json.dumps(dict.fromkeys((c.name for c in self.columns), "JSON"))
         shape = (
             f"CASE WHEN value IS NULL THEN {_EMPTY} WHEN NOT json_valid(value) THEN "
@@ -79,7 +82,12 @@ class Decoder:
             f"END AS __v, CASE WHEN __shape IS NULL THEN json_transform(value, {literal(texts)}) "
             f"END AS __j FROM (SELECT *, coalesce(__error, {shape}) AS __shape FROM ({_text(raw)}))"
         )
-        structured = "__v.*, " if self.columns else ""
+        structured = "".join(
+            f"{cast_to_column(f'__v.{quote(c.name)}', c.type)} AS {quote(c.name)}, "
+            if _read_as(c.type) != c.type
+            else f"__v.{quote(c.name)}, "
+            for c in self.columns
+        )
         sql = (
             f"SELECT * EXCLUDE (__v, __j, __shape, value, __error), {structured}"
             f"coalesce(__shape, {', '.join(checks) or 'NULL'}) AS __error FROM ({parsed})"
@@ -150,10 +158,13 @@ class Decoder:
     ) -> SourceBatch:
         """Cast per-column fields (strings from CSV, typed values from Parquet); `params`
         are the values `fields_sql` binds."""
-        casts = [f"try_cast({quote(c.name)} AS {c.type}) AS {quote(c.name)}" for c in self.columns]
+        casts = [
+            f"{cast_to_column(quote(c.name), c.type, 'try_cast')} AS {quote(c.name)}"
+            for c in self.columns
+        ]
         checks = []
         for c in self.columns:
-            field, cast = quote(c.name), f"try_cast({quote(c.name)} AS {c.type})"
+            field, cast = quote(c.name), cast_to_column(quote(c.name), c.type, "try_cast")
             fractional = (
                 f"try_cast({field} AS DOUBLE) <> {cast}" if _is_integer(c.type) else "FALSE"
             )
@@ -244,6 +255,21 @@ def _csv_field(field: str, type_: str) -> str:
     return text
 
 
+def cast_to_column(value: str, type_: str, function: str = "CAST") -> str:
+    """SQL casting `value` to a column's type. Spark converts a timestamp string with a UTC
+    offset (`2024-01-01T02:00:00+02:00`) to UTC (00:00); DuckDB's cast to TIMESTAMP drops
+    the offset (02:00), so the value goes through TIMESTAMPTZ, on a cursor in UTC (a
+    string without an offset is read as UTC, a TIMESTAMP is unchanged, infinity stays)."""
+    if type_.upper() in UTC_TYPES:
+        return f"{function}({function}({value} AS TIMESTAMPTZ) AS {type_})"
+    return f"{function}({value} AS {type_})"
+
+
+def _read_as(type_: str) -> str:
+    """The type json_transform reads a column's JSON value as (see cast_to_column)."""
+    return "TIMESTAMPTZ" if type_.upper() in UTC_TYPES else type_
+
+
 def _meta(column: Column) -> str:
     return f"__meta_{column.metadata}"
 
@@ -263,7 +289,7 @@ def _cast(raw: pa.Table, name: str, type_: str) -> str:
     """A cast that reads bytes as UTF-8 text (DuckDB's BLOB -> VARCHAR cast escapes them)."""
     if pa.types.is_binary(raw.schema.field(name).type) and type_.upper() in TEXT_TYPES:
         return f"try(decode({quote(name)}))"
-    return f"try_cast({quote(name)} AS {type_})"
+    return cast_to_column(quote(name), type_, "try_cast")
 
 
 def _json_shape(type_: str, text: str) -> str:

@@ -219,3 +219,65 @@ def test_kafka_json_and_csv_timestamps_with_an_offset_are_converted_to_utc(
             assert rows(now, f"SELECT k, ts FROM out_{fmt} ORDER BY k") == EXPECTED_UTC
     finally:
         producer.close()
+
+
+# -- item 13: CREATE SINK with ? parameters ------------------------------------------------------
+
+
+def test_sink_parameters_are_bound_and_resume_with_the_database(tmp_path: Path) -> None:
+    """`CREATE SINK ... WHERE v > ?` failed with "1 parameter(s) and 0 value(s)". The
+    values are bound (never pasted into SQL) and stored with the sink in the catalog, with
+    their types, so a reopened database resumes the sink with the same values."""
+    directory = tmp_path / "in"
+    directory.mkdir()
+    (directory / "a.json").write_text(
+        '{"k": "a", "v": 5, "ts": "2024-01-01 00:00:00"}\n'
+        '{"k": "b", "v": 10, "ts": "2024-01-01 00:00:00"}\n'
+        '{"k": "x\'; DROP TABLE out; --", "v": 20, "ts": "2024-01-01 00:00:00"}\n'
+    )
+    database = str(tmp_path / "engine.db")
+    con = streamsql.connect(database, trigger="available_now")
+    con.execute(
+        f"CREATE SOURCE src (k VARCHAR, v BIGINT, ts TIMESTAMP) "
+        f"WITH (connector = 'files', path = '{directory}')"
+    )
+    cursor = con.cursor()
+    cursor.execute(
+        "CREATE SINK out WITH (connector = 'duckdb') AS SELECT k, v FROM src "
+        "WHERE v > ? AND k <> ? AND ts >= ?",
+        [6, "x'; DROP TABLE out; --", dt.datetime(2024, 1, 1)],
+    )
+    assert con.query("out").await_termination(30) is True
+    assert rows(con, "SELECT k, v FROM out") == [("b", 10)]
+    (stored,) = rows(con, "SELECT parameters FROM _streamsql.catalog WHERE name = 'out'")[0]
+    assert stored == [6, "x'; DROP TABLE out; --", dt.datetime(2024, 1, 1)]
+    con.close()
+
+    (directory / "b.json").write_text(
+        '{"k": "c", "v": 7, "ts": "2024-01-01 00:01:00"}\n'
+        '{"k": "d", "v": 6, "ts": "2024-01-01 00:01:00"}\n'
+    )
+    again = streamsql.connect(database, trigger="available_now")
+    try:
+        assert again.query("out").await_termination(30) is True
+        assert again.query("out").exception is None
+        assert rows(again, "SELECT k, v FROM out ORDER BY k") == [("b", 10), ("c", 7)]
+    finally:
+        again.close()
+
+
+def test_a_sink_submitted_again_with_other_parameter_values_is_a_changed_sink(
+    tmp_path: Path,
+) -> None:
+    now = streamsql.connect(str(tmp_path / "engine.db"))
+    now.execute("CREATE SOURCE src (v BIGINT) WITH (connector = 'memory')")
+    sink = "CREATE SINK out WITH (connector = 'duckdb') AS SELECT v FROM src WHERE v > ?"
+    now.execute(sink, [1])
+    now.execute(sink, [1])  # the same sink: a no-op
+    now.execute(f"CREATE OR REPLACE {sink[len('CREATE ') :]}", [3])
+    now.executemany("INSERT INTO src VALUES (?)", [[v] for v in range(6)])
+    query = now.query("out")
+    query.process_all_available(timeout=30)
+    assert rows(now, "SELECT v FROM out ORDER BY v") == [(4,), (5,)]
+    assert rows(now, "SELECT parameters FROM _streamsql.catalog WHERE name = 'out'") == [([3],)]
+    now.close()

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from sqlglot import exp
 
@@ -57,6 +59,8 @@ class SinkDef:
     options: dict[str, str]
     query: exp.Select
     sql: str = field(compare=False)
+    # Values of the query's `?` placeholders, in order: bound per batch, never SQL text.
+    parameters: tuple[Any, ...] = ()
 
     @property
     def connector(self) -> str:
@@ -155,11 +159,11 @@ def _watermark_of(item: exp.WatermarkColumnConstraint) -> WatermarkSpec:
     )
 
 
-def sink_def(create: exp.Create, sql: str) -> SinkDef:
+def sink_def(create: exp.Create, sql: str, parameters: Sequence[Any] | None = None) -> SinkDef:
     query = create.expression
     if not isinstance(query, exp.Select):
         raise PlanningError(f"CREATE SINK {create.this.name} needs AS SELECT ...")
-    return SinkDef(create.this.name, options_of(create), query, sql)
+    return SinkDef(create.this.name, options_of(create), query, sql, tuple(parameters or ()))
 
 
 def differences(old: SourceDef | SinkDef, new: SourceDef | SinkDef) -> list[str]:
@@ -172,6 +176,8 @@ def differences(old: SourceDef | SinkDef, new: SourceDef | SinkDef) -> list[str]
     if isinstance(old, SinkDef) and isinstance(new, SinkDef):
         if old.query.sql(DIALECT) != new.query.sql(DIALECT):
             changed.insert(0, "query")
+        elif old.parameters != new.parameters:
+            changed.insert(0, "query parameters")
         return changed
     parts = {
         "columns": lambda d: ", ".join(f"{c.name} {c.type}" for c in d.columns),

@@ -281,3 +281,29 @@ def test_a_sink_submitted_again_with_other_parameter_values_is_a_changed_sink(
     assert rows(now, "SELECT v FROM out ORDER BY v") == [(4,), (5,)]
     assert rows(now, "SELECT parameters FROM _streamsql.catalog WHERE name = 'out'") == [([3],)]
     now.close()
+
+
+# -- item 12: the CSV file sink's view reads every file in the dialect the sink wrote -------------
+
+
+def test_csv_sink_view_reads_a_quoted_file_after_an_unquoted_one(tmp_path: Path) -> None:
+    """read_csv sniffed each file's quote: writing 'a,"q"' after 'x' broke the view
+    ("Could not convert string ... to BIGINT"). The dialect is pinned, so every value
+    comes back as written, NULL and '' apart, line breaks and quotes included."""
+    con = streamsql.connect(str(tmp_path / "engine.db"))
+    try:
+        con.execute("CREATE SOURCE src (s VARCHAR, n BIGINT) WITH (connector = 'memory')")
+        con.execute(
+            f"CREATE SINK out WITH (connector = 'csv', path = '{tmp_path / 'out'}') "
+            "AS SELECT s, n FROM src"
+        )
+        query = con.query("out")
+        values = [("x", 1), ('a,"q"', 2), ("", 3), (None, 4), ('he said "hi"\nnext', 5)]
+        for value in values:  # one batch, one file each
+            con.execute("INSERT INTO src VALUES (?, ?)", list(value))
+            query.process_all_available(timeout=30)
+        assert query.exception is None
+        assert len(list((tmp_path / "out").glob("*.csv"))) == len(values)
+        assert rows(con, "SELECT s, n FROM out ORDER BY n") == values
+    finally:
+        con.close()

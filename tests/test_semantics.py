@@ -307,3 +307,55 @@ def test_csv_sink_view_reads_a_quoted_file_after_an_unquoted_one(tmp_path: Path)
         assert rows(con, "SELECT s, n FROM out ORDER BY n") == values
     finally:
         con.close()
+
+
+# -- item 11: session windows with expressions over their bounds in GROUP BY ----------------------
+
+SESSION_TIMES = ["00:00", "00:03", "00:30", "00:32", "01:00"]
+
+
+@pytest.mark.parametrize("emit", ["FINAL", "CHANGES"])
+def test_session_window_groups_by_an_expression_over_its_bounds(
+    now: streamsql.Connection, emit: str
+) -> None:
+    """`GROUP BY ALL` with `window_end - window_start AS dur` failed at sink creation with a
+    DuckDB binder error (the expression was grouped on before sessions merged); the same
+    query over TUMBLING windows planned. It is computed from each merged session's bounds."""
+    now.execute(
+        "CREATE SOURCE src (k VARCHAR, ts TIMESTAMP, WATERMARK FOR ts AS ts - INTERVAL '1 minute') "
+        "WITH (connector = 'memory')"
+    )
+    now.executemany(
+        "INSERT INTO src VALUES ('a', ?)", [[f"2024-01-01 {t}:00"] for t in SESSION_TIMES]
+    )
+    run_to_end(
+        now,
+        "CREATE SINK out WITH (connector = 'duckdb', changelog = true) AS SELECT window_start, "
+        "window_end, k, window_end - window_start AS dur, count(*) AS n FROM src "
+        f"WINDOW SESSION (ts, INTERVAL '5 minutes') GROUP BY ALL EMIT {emit}",
+    )
+    minutes = dt.timedelta(minutes=1)
+    t0 = dt.datetime(2024, 1, 1)
+    expected = [
+        (t0, t0 + 8 * minutes, "a", 8 * minutes, 2),
+        (t0 + 30 * minutes, t0 + 37 * minutes, "a", 7 * minutes, 2),
+    ]
+    if emit == "CHANGES":  # the one batch emits every session, the open one included
+        expected.append((t0 + 60 * minutes, t0 + 65 * minutes, "a", 5 * minutes, 1))
+    got = rows(now, "SELECT window_start, window_end, k, dur, n FROM out ORDER BY 1")
+    assert got == expected
+
+
+def test_session_bounds_mixed_with_row_columns_in_group_by_are_refused_by_rule(
+    now: streamsql.Connection,
+) -> None:
+    now.execute(
+        "CREATE SOURCE src (k VARCHAR, ts TIMESTAMP, WATERMARK FOR ts AS ts - INTERVAL '1 minute') "
+        "WITH (connector = 'memory')"
+    )
+    with pytest.raises(streamsql.Error, match=r"session-bounds-in-group-by"):
+        now.execute(
+            "CREATE SINK out WITH (connector = 'duckdb') AS SELECT window_start, "
+            "k || window_start::VARCHAR AS label, count(*) AS n FROM src "
+            "WINDOW SESSION (ts, INTERVAL '5 minutes') GROUP BY window_start, label"
+        )

@@ -546,6 +546,8 @@ class Planner:
             g for g in group_items if isinstance(g, exp.Column) and g.name.lower() in WINDOW_COLUMNS
         ]
         plan.keys = [g for g in group_items if g not in window_keys]
+        if plan.window and plan.window.kind == "SESSION":
+            plan.keys = self._session_keys(plan.keys)
         if plan.window and not window_keys:
             raise PlanningError(
                 f"A WINDOW {plan.window.kind} query must GROUP BY window_start and/or "
@@ -601,6 +603,29 @@ class Planner:
             self._check_grouped(plan.having, state_columns, "HAVING")
         if plan.order is not None:
             plan.order = plan.order.transform(to_state)
+
+    @staticmethod
+    def _session_keys(keys: list[exp.Expr]) -> list[exp.Expr]:
+        """A session's bounds are known only once its rows have merged, so a GROUP BY
+        expression over them (`window_end - window_start`) cannot group rows. One over the
+        bounds alone is a function of the session: it is left out of the keys and computed
+        from the merged bounds when the session is emitted. One that mixes the bounds with
+        row columns is refused."""
+        kept = []
+        for key in keys:
+            names = {c.name.lower() for c in key.find_all(exp.Column)}
+            if not names & set(WINDOW_COLUMNS):
+                kept.append(key)
+            elif not names <= set(WINDOW_COLUMNS):
+                raise PlanningError(
+                    f"GROUP BY {sql_of(key)} mixes session bounds with row columns: a "
+                    "session's bounds are known only after its rows merge. Group by the "
+                    "columns and window_start/window_end apart, and combine them in the "
+                    "SELECT list",
+                    rule="session-bounds-in-group-by",
+                    position=position_of(key),
+                )
+        return kept
 
     @staticmethod
     def _check_grouped(value: exp.Expr, state_columns: set[str], where: str) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Iterator
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -359,3 +360,99 @@ def test_session_bounds_mixed_with_row_columns_in_group_by_are_refused_by_rule(
             "k || window_start::VARCHAR AS label, count(*) AS n FROM src "
             "WINDOW SESSION (ts, INTERVAL '5 minutes') GROUP BY window_start, label"
         )
+
+
+# -- item 14: one rule per type for JSON values, CSV whitespace, duplicate JSON keys --------------
+
+DEAD_LETTERS = 'SELECT "offset", error FROM _streamsql.dead_letters ORDER BY "offset"'
+
+
+def read_all(con: streamsql.Connection, directory: Path, columns: str, fmt: str) -> None:
+    con.execute(
+        f"CREATE SOURCE src ({columns}) WITH (connector = 'files', path = '{directory}', "
+        f"format = '{fmt}')"
+    )
+    run_to_end(con, "CREATE SINK out WITH (connector = 'duckdb') AS SELECT * FROM src")
+
+
+def test_json_values_follow_sparks_rule_for_every_type(
+    now: streamsql.Connection, tmp_path: Path
+) -> None:
+    """Spark's JacksonParser: BOOLEAN takes only true/false (the string "true" and the
+    number 1 were accepted while "7" was refused for BIGINT); DOUBLE takes numbers and
+    "NaN"/"Infinity"-like strings; DECIMAL numbers and decimal strings; a TIMESTAMP
+    strings and whole numbers (epoch seconds); DATE only strings; VARCHAR any value."""
+    directory = tmp_path / "in"
+    directory.mkdir()
+    records = [
+        ('{"b": true, "n": 1, "x": 1.5, "m": "2.5", "t": 1704067200, "s": 5}', None),
+        ('{"b": "true"}', 'column b: cannot read "true" as BOOLEAN'),
+        ('{"b": 1}', "column b: cannot read 1 as BOOLEAN"),
+        ('{"n": "7"}', 'column n: cannot read "7" as BIGINT'),
+        ('{"x": "-INF", "s": {"a": [1]}}', None),
+        ('{"x": "7"}', 'column x: cannot read "7" as DOUBLE'),
+        ('{"m": " 7 "}', 'column m: cannot read " 7 " as DECIMAL(9, 2)'),
+        ('{"t": true}', "column t: cannot read true as TIMESTAMP"),
+        ('{"d": 5}', "column d: cannot read 5 as DATE"),
+        ('{"d": "2024-01-02"}', None),
+    ]
+    (directory / "a.json").write_text("".join(f"{r}\n" for r, _ in records))
+    read_all(
+        now,
+        directory,
+        "b BOOLEAN, n BIGINT, x DOUBLE, m DECIMAL(9,2), t TIMESTAMP, s VARCHAR, d DATE",
+        "json",
+    )
+    assert rows(now, "SELECT * FROM out") == [
+        (True, 1, 1.5, Decimal("2.50"), dt.datetime(2024, 1, 1), "5", None),
+        (None, None, float("-inf"), None, None, '{"a":[1]}', None),
+        (None, None, None, None, None, None, dt.date(2024, 1, 2)),
+    ]
+    assert rows(now, DEAD_LETTERS) == [
+        (line, error) for line, (_, error) in enumerate(records, 1) if error
+    ]
+
+
+def test_duplicate_json_keys_take_the_last_value_as_in_spark(
+    now: streamsql.Connection, tmp_path: Path
+) -> None:
+    directory = tmp_path / "in"
+    directory.mkdir()
+    (directory / "a.json").write_text(
+        '{"k": "first", "v": 1, "k": "last"}\n{"v": 2, "v": null, "k": "x"}\n'
+        '{"k": "a", "v": 3, "v": "oops"}\n'
+    )
+    read_all(now, directory, "k VARCHAR, v BIGINT", "json")
+    assert rows(now, "SELECT k, v FROM out") == [("last", 1), ("x", None)]
+    assert rows(now, DEAD_LETTERS) == [(3, 'column v: cannot read "oops" as BIGINT')]
+
+
+def test_csv_fields_with_spaces_are_bad_records_where_sparks_parser_refuses_them(
+    now: streamsql.Connection, tmp_path: Path
+) -> None:
+    """Spark reads CSV with ignoreLeadingWhiteSpace/ignoreTrailingWhiteSpace false: " 7 "
+    is not an integer, a DECIMAL or a BOOLEAN (it was read as 7); Java's parseDouble and
+    Spark's timestamp parser trim, and text keeps its spaces."""
+    directory = tmp_path / "in"
+    directory.mkdir()
+    (directory / "a.csv").write_text(
+        "n,x,b,m,t,s\n"
+        "7, 2.5 ,true,1, 2024-01-01 00:00:00 , a \n"
+        " 7 ,1,true,1,2024-01-01,b\n"
+        "8,1, true,1,2024-01-01,c\n"
+        "9,1,true,1.5 ,2024-01-01,d\n"
+    )
+    read_all(
+        now,
+        directory,
+        "n BIGINT, x DOUBLE, b BOOLEAN, m DECIMAL(9,2), t TIMESTAMP, s VARCHAR",
+        "csv",
+    )
+    assert rows(now, "SELECT * FROM out") == [
+        (7, 2.5, True, Decimal("1.00"), dt.datetime(2024, 1, 1), " a ")
+    ]
+    assert rows(now, DEAD_LETTERS) == [
+        (3, "column n: cannot read  7  as BIGINT"),
+        (4, "column b: cannot read  true as BOOLEAN"),
+        (5, "column m: cannot read 1.5  as DECIMAL(9, 2)"),
+    ]

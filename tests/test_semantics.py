@@ -9,11 +9,14 @@ with what batch SQL (or Spark's documented rule) gives.
 from __future__ import annotations
 
 import datetime as dt
+import json
 from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 from kafka import KafkaProducer
 
@@ -456,3 +459,77 @@ def test_csv_fields_with_spaces_are_bad_records_where_sparks_parser_refuses_them
         (4, "column b: cannot read  true as BOOLEAN"),
         (5, "column m: cannot read 1.5  as DECIMAL(9, 2)"),
     ]
+
+
+# -- item 14: no source column collides with a column the engine adds -----------------------------
+
+WINDOWS = {
+    "tumbling": "TUMBLING (ts, INTERVAL '5 minutes')",
+    "hopping": "HOPPING (ts, INTERVAL '10 minutes', INTERVAL '5 minutes')",
+    "session": "SESSION (ts, INTERVAL '5 minutes')",
+}
+
+
+@pytest.mark.parametrize("window", sorted(WINDOWS))
+@pytest.mark.parametrize("column", ["__ws", "__i"])
+def test_a_source_column_named_like_an_internal_one_aggregates_as_batch_sql(
+    now: streamsql.Connection, column: str, window: str
+) -> None:
+    """A source column named `__ws` broke windowed queries (the window start's name)."""
+    now.execute(
+        f'CREATE SOURCE src (k VARCHAR, "{column}" BIGINT, ts TIMESTAMP, '
+        "WATERMARK FOR ts AS ts - INTERVAL '1 minute') WITH (connector = 'memory')"
+    )
+    now.execute(
+        "INSERT INTO src VALUES ('a', 5, TIMESTAMP '2024-01-01 00:00:00'), "
+        "('a', 7, TIMESTAMP '2024-01-01 00:01:00')"
+    )
+    run_to_end(
+        now,
+        f"CREATE SINK out WITH (connector = 'duckdb') AS SELECT window_start, sum(\"{column}\") "
+        f"AS total FROM src WINDOW {WINDOWS[window]} GROUP BY window_start EMIT CHANGES",
+    )
+    t0 = dt.datetime(2024, 1, 1)
+    expected = {
+        "tumbling": [(t0, 12)],
+        "hopping": [(t0 - dt.timedelta(minutes=5), 12), (t0, 12)],
+        "session": [(t0, 12)],
+    }[window]
+    assert rows(now, "SELECT * FROM out ORDER BY 1") == expected
+
+
+@pytest.mark.parametrize("fmt", ["json", "csv", "parquet"])
+def test_source_columns_named_like_the_decoders_own_are_read(
+    now: streamsql.Connection, tmp_path: Path, fmt: str
+) -> None:
+    """Columns named `offset`, `raw`, `partition` or `__error` shadowed the decoder's:
+    rows vanished, or `offset` read the line number."""
+    names = ["offset", "raw", "partition", "value", "__error", "__position"]
+    directory = tmp_path / "in"
+    directory.mkdir()
+    values = {name: 10 + i for i, name in enumerate(names)}
+    if fmt == "json":
+        (directory / "a.json").write_text(json.dumps(values) + "\n")
+    elif fmt == "csv":
+        header, line = ",".join(names), ",".join(map(str, values.values()))
+        (directory / "a.csv").write_text(f"{header}\n{line}\n")
+    else:
+        pq.write_table(pa.table({name: [v] for name, v in values.items()}), directory / "a.pq")
+    read_all(now, directory, ", ".join(f'"{n}" BIGINT' for n in names), fmt)
+    assert rows(now, "SELECT * FROM out") == [tuple(values.values())]
+
+
+def test_internal_prefix_and_window_bound_names_are_refused_with_a_reason(
+    now: streamsql.Connection,
+) -> None:
+    with pytest.raises(streamsql.Error, match=r"'__streamsql_ws' starts with '__streamsql_'"):
+        now.execute("CREATE SOURCE bad (__streamsql_ws BIGINT) WITH (connector = 'memory')")
+    now.execute(
+        "CREATE SOURCE src (window_start BIGINT, ts TIMESTAMP, "
+        "WATERMARK FOR ts AS ts - INTERVAL '1 minute') WITH (connector = 'memory')"
+    )
+    with pytest.raises(streamsql.Error, match=r"window-column-names"):
+        now.execute(
+            "CREATE SINK out WITH (connector = 'duckdb') AS SELECT window_start, count(*) "
+            "AS n FROM src WINDOW TUMBLING (ts, INTERVAL '5 minutes') GROUP BY window_start"
+        )

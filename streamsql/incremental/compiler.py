@@ -31,10 +31,14 @@ from sqlglot import exp
 
 from streamsql.checkpoint.log import EMITTED_WINDOWS
 from streamsql.incremental.aggregates import StateColumn
+from streamsql.plan.catalog import INTERNAL_PREFIX
 from streamsql.plan.plan import Emit, QueryKind, StreamingPlan
 from streamsql.sql import literal
 
 INPUT_VIEW = "__input"
+# Columns added next to the source's own: named so that no source column can be one.
+WINDOW_START = f"{INTERNAL_PREFIX}ws"
+HOP, HOP_INDEX = f"{INTERNAL_PREFIX}hop", f"{INTERNAL_PREFIX}i"
 
 # Event and window times the engine computes with: years 1 to 9999, Spark's TimestampType
 # range. Far enough inside DuckDB's (and int64 microseconds') limits that a watermark delay,
@@ -286,22 +290,24 @@ class Compiler:
         window = self.plan.window
         time = self._time()
         present = f"{ident(window.time_column)} IS NOT NULL"
+        start = WINDOW_START
         if window.kind == "TUMBLING":
             starts = (
-                f"SELECT *, {floor_to(time, window.size_us)} AS __ws "
+                f"SELECT *, {floor_to(time, window.size_us)} AS {start} "
                 f"FROM {self.rows()} WHERE {present}"
             )
         else:
             last = floor_to(time, window.slide_us)
+            hop = f"{last} - {HOP_INDEX} * {window.slide_us}"
             starts = (
-                f"SELECT * EXCLUDE (__i), {last} - __i * {window.slide_us} AS __ws "
-                f"FROM {self.rows()}, range({window.windows_per_row}) AS __hop(__i) "
-                f"WHERE {present} AND {last} - __i * {window.slide_us} + {window.size_us} > {time}"
+                f"SELECT * EXCLUDE ({HOP_INDEX}), {hop} AS {start} "
+                f"FROM {self.rows()}, range({window.windows_per_row}) AS {HOP}({HOP_INDEX}) "
+                f"WHERE {present} AND {hop} + {window.size_us} > {time}"
             )
-        late = f" WHERE __ws + {window.size_us} > $late" if self.drops_late_rows else ""
+        late = f" WHERE {start} + {window.size_us} > $late" if self.drops_late_rows else ""
         return (
-            f"SELECT * EXCLUDE (__ws), {self._to_timestamp('__ws')} AS window_start, "
-            f"{self._to_timestamp(f'__ws + {window.size_us}')} AS window_end "
+            f"SELECT * EXCLUDE ({start}), {self._to_timestamp(start)} AS window_start, "
+            f"{self._to_timestamp(f'{start} + {window.size_us}')} AS window_end "
             f"FROM ({starts}){late}"
         )
 

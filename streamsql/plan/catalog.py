@@ -93,6 +93,20 @@ def _option_value(key: str, value: exp.Expr | None) -> str:
     raise PlanningError(f"Option {key!r} needs a literal value, got {value.sql(DIALECT)!r}")
 
 
+# Columns the engine adds next to a source's own (window starts, decoded fields) are named
+# with this prefix, which no user column may take: they can never shadow each other.
+INTERNAL_PREFIX = "__streamsql_"
+
+
+def check_column_name(name: str, where: str) -> None:
+    """Refuse a user column name that an internal column could take."""
+    if name.lower().startswith(INTERNAL_PREFIX):
+        raise PlanningError(
+            f"{where}: column name {name!r} starts with {INTERNAL_PREFIX!r}, which streamsql "
+            "keeps for the columns it adds; choose another name"
+        )
+
+
 def source_def(create: exp.Create, sql: str) -> SourceDef:
     schema = create.this
     if not isinstance(schema, exp.Schema):
@@ -120,6 +134,8 @@ def source_def(create: exp.Create, sql: str) -> SourceDef:
     if "connector" not in options:
         raise PlanningError(f"CREATE SOURCE {name} needs WITH (connector = '...')")
     names = [c.name.lower() for c in columns] + [c.name.lower() for c in computed]
+    for column_name in names:
+        check_column_name(column_name, f"CREATE SOURCE {name}")
     if len(set(names)) != len(names):
         raise PlanningError(f"CREATE SOURCE {name} declares a column twice")
     if watermark and watermark.column.lower() not in names:

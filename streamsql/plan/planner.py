@@ -15,7 +15,7 @@ from sqlglot import exp
 
 from streamsql.errors import PlanningError
 from streamsql.incremental.aggregates import decompose
-from streamsql.plan.catalog import SourceDef
+from streamsql.plan.catalog import SourceDef, check_column_name
 from streamsql.plan.plan import Emit, QueryKind, StreamingPlan, WindowSpec
 from streamsql.sql import nodes, parse_expression, position_of
 
@@ -176,6 +176,7 @@ class Planner:
             return spec.column, self.delay_us(spec.delay)
         expression, name = clause.this, clause.args.get("alias")
         if name is not None:
+            check_column_name(name.name, "WATERMARK ... AS")
             derived.append((name.name, expression))
             column = name.name
         elif isinstance(expression, exp.Column):
@@ -310,6 +311,15 @@ class Planner:
                 f"got {sql_of(column)}",
                 rule="window-time-column",
                 position=position_of(column),
+            )
+        taken = [c for c in WINDOW_COLUMNS if c in types]
+        if taken:
+            raise PlanningError(
+                f"WINDOW {node.kind} adds the columns window_start and window_end, and the "
+                f"source has a column {taken[0]}, which they would shadow: a windowed query "
+                "cannot read a source with a column of either name",
+                rule="window-column-names",
+                position=position_of(node),
             )
         name = column.name
         time_type = types[name.lower()]

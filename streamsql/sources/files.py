@@ -246,7 +246,7 @@ class FileSource(Source):
                 raise BadFile(f"its columns ({', '.join(names)}) include none of the declared ones")
             table = file.read(columns=[names[p - 1] for p in positions if p])
         columns = {
-            c.name: table[names[p - 1]] if p else pa.nulls(table.num_rows)
+            self.decoder.field(c): table[names[p - 1]] if p else pa.nulls(table.num_rows)
             for c, p in zip(self.decoder.columns, positions, strict=True)
         }
         raw = pa.table(

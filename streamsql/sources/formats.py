@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import duckdb
 import pyarrow as pa
 
-from streamsql.plan.catalog import Column
+from streamsql.plan.catalog import INTERNAL_PREFIX, Column
 from streamsql.sources.base import DEAD_LETTER_SCHEMA, Origins, SourceBatch
 from streamsql.sql import literal, quote
 
@@ -47,17 +47,26 @@ class Decoder:
     The raw table carries `partition` (string), `offset` (int64) and `raw` (the record as
     written, bytes, kept for dead letters; absent for Parquet, whose rows are written as
     JSON), and either a `value` column (JSON, CSV or raw bytes; string or binary) or one
-    column per declared column (CSV strings, Parquet values).
+    column per declared column, named `field(column)` (Parquet values).
     Columns declared METADATA are read from `__meta_<key>` columns the source adds.
+
+    A declared column is never a column of the SQL that decodes: its value is in
+    `field(column)` (`__streamsql_c<i>`) until the rows leave DuckDB, so a column named
+    `offset`, `raw` or `__error` cannot shadow the decoder's own.
     """
 
     def __init__(self, columns: tuple[Column, ...], schema: pa.Schema) -> None:
         self.names = [c.name for c in columns]
         self.columns = tuple(c for c in columns if c.metadata is None)  # from the value
         self.metadata = tuple(c for c in columns if c.metadata is not None)
+        self._fields = {c.name: f"{INTERNAL_PREFIX}c{i}" for i, c in enumerate(self.columns)}
         self.schema = schema
         self._db = duckdb.connect()
         self._local = threading.local()
+
+    def field(self, column: Column) -> str:
+        """The name a declared (value) column has inside the decoder's SQL."""
+        return self._fields[column.name]
 
     @property
     def _cursor(self) -> duckdb.DuckDBPyConnection:
@@ -98,9 +107,9 @@ class Decoder:
             f"FROM (SELECT *, {_LAST_KEYS} AS __object FROM ({objects}))"
         )
         structured = "".join(
-            f"{cast_to_column(values[c.name], c.type)} AS {quote(c.name)}, "
+            f"{cast_to_column(values[c.name], c.type)} AS {self.field(c)}, "
             if _read_as(c.type) != c.type or values[c.name] != f"__v.{quote(c.name)}"
-            else f"{values[c.name]}, "
+            else f"{values[c.name]} AS {self.field(c)}, "
             for c in self.columns
         )
         sql = (
@@ -148,9 +157,9 @@ class Decoder:
             f"FROM (SELECT *, {split_fields} AS __f FROM ({_text(raw)}))"
         )
         unquoted = ", ".join(
-            f"{_csv_field(f'__f[{i}]', c.type)} AS {quote(c.name)}"
+            f"{_csv_field(f'__f[{i}]', c.type)} AS {self.field(c)}"
             if i is not None
-            else f"NULL::VARCHAR AS {quote(c.name)}"
+            else f"NULL::VARCHAR AS {self.field(c)}"
             for i, c in zip(fields.positions, self.columns, strict=True)
         )
         fields_sql = (
@@ -164,7 +173,7 @@ class Decoder:
         """The value itself is the one value column (BLOB, or VARCHAR when valid UTF-8)."""
         (column,) = self.columns
         sql = (
-            f"SELECT * EXCLUDE (value), value AS {quote(column.name)} FROM "
+            f"SELECT * EXCLUDE (value), value AS {self.field(column)} FROM "
             f"({_text(raw) if column.type.upper() in TEXT_TYPES else AS_IS})"
         )
         return self._split(raw, sql)
@@ -183,12 +192,13 @@ class Decoder:
         a bad record, as its parser refuses it; FLOAT, DOUBLE and time fields are trimmed
         by their parsers there as here."""
         casts = [
-            f"{cast_to_column(quote(c.name), c.type, 'try_cast')} AS {quote(c.name)}"
+            f"{cast_to_column(self.field(c), c.type, 'try_cast')} AS {self.field(c)}"
             for c in self.columns
         ]
         checks = []
         for c in self.columns:
-            field, cast = quote(c.name), cast_to_column(quote(c.name), c.type, "try_cast")
+            field = self.field(c)
+            cast = cast_to_column(field, c.type, "try_cast")
             fractional = (
                 f"try_cast({field} AS DOUBLE) <> {cast}" if _is_integer(c.type) else "FALSE"
             )
@@ -199,7 +209,7 @@ class Decoder:
                 f"CASE WHEN {field} IS NOT NULL AND ({cast} IS NULL OR {fractional}{padded}) "
                 f"THEN {_cannot_read(c, f'{field}::VARCHAR')} END"
             )
-        record = ", ".join(f"{literal(c.name)}: {quote(c.name)}" for c in self.columns)
+        record = ", ".join(f"{literal(c.name)}: {self.field(c)}" for c in self.columns)
         written = "raw" if "raw" in raw.column_names else f"encode(to_json({{{record}}})::VARCHAR)"
         metadata = "".join(f", {quote(_meta(c))}" for c in self.metadata)
         sql = (
@@ -231,8 +241,9 @@ class Decoder:
                 params or None,
             ).fetchall()
             names = ", ".join(
-                f"{metadata[name]} AS {quote(name)}" if name in metadata else quote(name)
-                for name in self.names
+                f"{metadata[name] if name in metadata else self._fields[name]} "
+                f"AS {INTERNAL_PREFIX}o{index}"
+                for index, name in enumerate(self.names)
             )
             # A row's position among the raw records is its rowid in __decoded.
             decoded = cursor.sql(
@@ -245,7 +256,7 @@ class Decoder:
         finally:
             cursor.unregister("__raw")
         return SourceBatch(
-            decoded.drop_columns("__position").cast(self.schema),
+            decoded.drop_columns("__position").rename_columns(self.names).cast(self.schema),
             dead.cast(DEAD_LETTER_SCHEMA),
             Origins.of_records(raw, decoded["__position"].combine_chunks()),
         )

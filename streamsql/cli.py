@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import signal
 import sys
 import threading
@@ -24,6 +25,7 @@ from streamsql.status import COLUMNS, database_status
 
 PROGRESS_SECONDS = 2.0  # between progress lines when not on a terminal
 LIVE_SECONDS = 0.5  # between redraws of the live lines on a terminal
+INTERRUPTED_EXIT = 130  # a second Ctrl-C: the shell's code for a process ended by SIGINT
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -88,7 +90,16 @@ def run_file(
     `restricted`: DuckDB may reach only the directories the file's sources and sinks name."""
     allowed = declared_paths(parse(sql)) if restricted else []
     interrupted = threading.Event()
-    previous = signal.signal(signal.SIGINT, lambda *_: interrupted.set())
+
+    def on_interrupt(*_: object) -> None:
+        """The first Ctrl-C asks for a clean stop; a second one exits at once (what the
+        batches in flight did not commit is replayed when their sinks resume)."""
+        if interrupted.is_set():
+            print("Interrupted again: exiting now", file=err, flush=True)
+            os._exit(INTERRUPTED_EXIT)
+        interrupted.set()
+
+    previous = signal.signal(signal.SIGINT, on_interrupt)
     con = streamsql.connect(db, trigger=trigger, restricted=restricted, allowed_directories=allowed)
     try:
         with contextlib.redirect_stdout(out):  # console sinks print where the caller reads
@@ -109,7 +120,7 @@ def _run_statements(
     _wait(con.engine, interrupted, err)
     failed = [q for q in con.engine.queries.values() if q.exception is not None]
     for query in failed:
-        print(f"Error: query {query.name} failed: {query.exception}", file=err)
+        print(f"Error: query {query.name} failed: {query.error}", file=err)
     return 1 if failed else 0
 
 
@@ -141,7 +152,11 @@ def _wait(engine: Engine, interrupted: threading.Event, err: TextIO) -> None:
             printed = _report(queries, err, shown)
             shown = printed if live else 0  # only a terminal redraws lines in place
     if interrupted.is_set():
-        print("Interrupted: stopping after the batches in flight commit", file=err, flush=True)
+        print(
+            "Interrupted: stopping after the batches in flight commit (Ctrl-C again to exit now)",
+            file=err,
+            flush=True,
+        )
         shown = 0
     for query in queries:
         query.stop()  # after the batch in flight commits

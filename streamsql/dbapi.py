@@ -31,7 +31,7 @@ from streamsql.errors import (
 from streamsql.runtime.push import PushStream
 from streamsql.runtime.query import StreamingQuery
 from streamsql.secrets import redact
-from streamsql.sql import Statement, parse
+from streamsql.sql import Statement, nesting_room, parse
 
 apilevel = "2.0"
 threadsafety = 1  # threads may share the module; each thread should use its own connection
@@ -247,7 +247,8 @@ class Cursor:
                 self.rowcount = answer[0][0] if counted else -1
             return
         self._from_duckdb = False
-        result = handler(statement, parameters, self._duck)
+        with nesting_room(statement.line):
+            result = handler(statement, parameters, self._duck)
         self._result = result
         self._stream = result.stream
         if result.rowcount >= 0:

@@ -24,6 +24,7 @@ import duckdb
 import pyarrow as pa
 from sqlglot import exp
 
+from streamsql.checkpoint import dead_letters
 from streamsql.checkpoint.fingerprint import fingerprint
 from streamsql.checkpoint.log import (
     CHECKPOINT_TABLES,
@@ -65,7 +66,7 @@ from streamsql.sources.files import FileSource
 from streamsql.sources.formats import cast_to_column
 from streamsql.sources.kafka import KafkaSource
 from streamsql.sources.memory import MemorySource
-from streamsql.sql import DIALECT, Statement, literal, nodes, parse_one, quote
+from streamsql.sql import DIALECT, Statement, literal, nesting_room, nodes, parse_one, quote
 
 DuckCursor = duckdb.DuckDBPyConnection
 
@@ -218,6 +219,7 @@ class Engine:
         try:
             self.db.execute("SET GLOBAL TimeZone = 'UTC'").fetchall()
             Checkpoint.create_tables(self.db)
+            dead_letters.create_tables(self.db)
             for statement in (*MACROS, CATALOG, CATALOG_PARAMETERS):
                 self.db.execute(statement).fetchall()
             self._clear_leftovers()
@@ -310,7 +312,8 @@ class Engine:
                 self.sinks[definition.name.lower()] = definition
                 if running:
                     try:
-                        self._start(definition)
+                        with nesting_room(1):  # planned again, as deep as when created
+                            self._start(definition)
                     except Error as error:  # the database opens; this sink waits to be fixed
                         warnings.warn(
                             f"Sink {definition.name} did not resume: {error}", stacklevel=4
@@ -507,7 +510,8 @@ class Engine:
             if replaced is not None:
                 statements[:0] = self._drop_statements(replaced)
                 self._stop(replaced.name)
-            atomically(self.db, statements)
+            with dead_letters.WRITE_LOCK:
+                atomically(self.db, statements)
         except BaseException:
             execution.close()
             raise
@@ -710,7 +714,8 @@ class Engine:
                 definition = self.sinks[name.lower()]
                 statements = self._drop_statements(definition)
                 self._stop(name)
-                atomically(self.db, statements)
+                with dead_letters.WRITE_LOCK:
+                    atomically(self.db, statements)
                 del self.sinks[name.lower()]
         return Result()
 
@@ -726,7 +731,8 @@ class Engine:
         name = definition.name
         statements = [
             self._forget_statement("SINK", name),
-            *Checkpoint(self.db, name).forget_statements(dead_letters=True),
+            *Checkpoint(self.db, name).forget_statements(),
+            *dead_letters.forget_statements(name),
             (f"DROP TABLE IF EXISTS {state_table(name)}", []),
         ]
         output = _output(definition)
@@ -739,7 +745,10 @@ class Engine:
         self, statement: Statement, params: Sequence[Any] | None, cursor: DuckCursor
     ) -> Result:
         target = statement.expression.this
-        select = target.expression if isinstance(target, exp.Create) else target
+        # a sink's query, checked as CREATE SINK checks it (one without AS SELECT, say)
+        select = (
+            sink_def(target, statement.text).query if isinstance(target, exp.Create) else target
+        )
         name = target.this.name if isinstance(target, exp.Create) else "query"
         plan = self.plan(select, params)
         program = self.program(name, plan)
@@ -902,6 +911,8 @@ class Engine:
                 "derived, not inserted)"
             )
         values = node.expression
+        if values is None:
+            raise ProgrammingError(f"INSERT INTO {source.name} needs VALUES or a query")
         names = ", ".join(quote(f"c{i}") for i in range(len(targets)))
         given = {t.lower(): f"c{i}" for i, t in enumerate(targets)}
         casts = ", ".join(

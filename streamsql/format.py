@@ -7,10 +7,22 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
+import duckdb
+import pyarrow as pa
+
 MAX_WIDTH = 40
 
+_ROWS = duckdb.connect()  # converts Arrow batches to Python rows (a cursor per call)
 
-def render_value(value: Any) -> str:
+
+def python_rows(table: pa.Table) -> list[tuple[Any, ...]]:
+    """An Arrow table's rows as DuckDB's fetchall gives them: pyarrow's to_pylist fails on
+    timestamps beyond Python's year 9999, which DuckDB gives as text."""
+    return _ROWS.cursor().from_arrow(table).fetchall()
+
+
+def render_value(value: Any, max_width: int = MAX_WIDTH) -> str:
+    """A value as the tables show it, cut to `max_width` characters with '…' (0: whole)."""
     if value is None:
         return "NULL"
     if isinstance(value, dt.datetime):
@@ -20,13 +32,30 @@ def render_value(value: Any) -> str:
     if isinstance(value, bytes):
         return value.hex()
     text = str(value)
-    return text if len(text) <= MAX_WIDTH else text[: MAX_WIDTH - 1] + "…"
+    return text if not max_width or len(text) <= max_width else text[: max_width - 1] + "…"
 
 
-def format_table(names: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
-    """A boxed table; numbers right-aligned, everything else left-aligned."""
-    cells = [[render_value(v) for v in row] for row in rows]
-    widths = [max([len(name)] + [len(row[i]) for row in cells]) for i, name in enumerate(names)]
+ELIDED = "·"  # the cells of the rows a cut table leaves out, as in DuckDB's CLI
+
+
+def format_table(
+    names: Sequence[str],
+    rows: Sequence[Sequence[Any]],
+    *,
+    types: Sequence[str] | None = None,
+    max_rows: int = 0,
+    max_width: int = MAX_WIDTH,
+) -> str:
+    """A boxed table; numbers right-aligned, everything else left-aligned. With `types`, a
+    second header line names each column's type; beyond `max_rows` rows (0: no limit) the
+    first and last halves are shown around a row of dots, as DuckDB's CLI does."""
+    cut = bool(max_rows) and len(rows) > max_rows
+    shown = [*rows[: (max_rows + 1) // 2], *rows[len(rows) - max_rows // 2 :]] if cut else rows
+    cells = [[render_value(v, max_width) for v in row] for row in shown]
+    if cut:
+        cells[(max_rows + 1) // 2 : (max_rows + 1) // 2] = [[ELIDED] * len(names)] * 3
+    header = [list(names)] + ([[str(t) for t in types]] if types is not None else [])
+    widths = [max(len(row[i]) for row in header + cells) for i in range(len(names))]
     numeric = [
         all(isinstance(row[i], (int, float)) or row[i] is None for row in rows) and bool(rows)
         for i in range(len(names))
@@ -39,12 +68,19 @@ def format_table(names: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
         return text.rjust(widths[i]) if numeric[i] else text.ljust(widths[i])
 
     out = [line("┌", "┬", "┐")]
-    out.append("│" + "│".join(f" {n.ljust(widths[i])} " for i, n in enumerate(names)) + "│")
+    out += [
+        "│" + "│".join(f" {n.ljust(widths[i])} " for i, n in enumerate(h)) + "│" for h in header
+    ]
     out.append(line("├", "┼", "┤"))
     out += ["│" + "│".join(f" {cell(v, i)} " for i, v in enumerate(row)) + "│" for row in cells]
     out.append(line("└", "┴", "┘"))
-    out.append(f"{len(rows)} row{'s' if len(rows) != 1 else ''}")
+    out.append(rows_text(len(rows)) + (f" ({max_rows} shown)" if cut else ""))
     return "\n".join(out)
+
+
+def rows_text(count: int) -> str:
+    """'1 row', '3 rows'."""
+    return f"{count} row{'' if count == 1 else 's'}"
 
 
 DURATION_UNITS = (
@@ -69,6 +105,7 @@ SECONDS = {
     **dict.fromkeys(("s", "sec", "secs", "second", "seconds"), 1.0),
     **dict.fromkeys(("min", "mins", "minute", "minutes"), 60.0),
     **dict.fromkeys(("h", "hour", "hours"), 3600.0),
+    **dict.fromkeys(("d", "day", "days"), 86400.0),
 }
 BYTES = {
     "b": 1,

@@ -15,6 +15,7 @@ from typing import Any
 import duckdb
 from sqlglot import exp
 
+from streamsql.checkpoint import dead_letters
 from streamsql.checkpoint.log import SCHEMA, Checkpoint, state_table
 from streamsql.engine import source_instance, status_file
 from streamsql.errors import OperationalError
@@ -53,10 +54,21 @@ def database_status(database: str) -> tuple[str, list[dict[str, Any]]]:
         return source, snapshot["sinks"]
     try:
         con.execute("SET TimeZone = 'UTC'").fetchall()
+        if not con.execute(
+            "SELECT 1 FROM duckdb_tables() WHERE schema_name = ? AND table_name = 'catalog'",
+            [SCHEMA],
+        ).fetchall():
+            raise OperationalError(
+                f"{database} is not a streamsql database: it has no {SCHEMA}.catalog (a plain "
+                "DuckDB file, or one whose engine was stopped before it was set up; "
+                "streamsql.connect sets it up)"
+            )
         sinks = con.execute(
             f"SELECT name, sql, running FROM {SCHEMA}.catalog WHERE kind = 'SINK' ORDER BY name"
         ).fetchall()
         return "from the checkpoint", [_from_checkpoint(con, *sink) for sink in sinks]
+    except duckdb.Error as error:  # tables of a version that did not finish setting them up
+        raise OperationalError(f"Cannot read the checkpoint of {database}: {error}") from None
     finally:
         con.close()
 
@@ -66,28 +78,31 @@ def _from_checkpoint(
 ) -> dict[str, Any]:
     checkpoint = Checkpoint(con, name)
     last = checkpoint.last_commit()
-    end = checkpoint.planned(last.batch_id).end if last else None
+    end = checkpoint.planned(last.batch_id).end if last else checkpoint.first_start()
     state_rows = None
     if con.execute(
         "SELECT 1 FROM duckdb_tables() WHERE schema_name = ? AND lower(table_name) = ?",
         [SCHEMA, f"state_{name.lower()}"],
     ).fetchall():
         state_rows = con.execute(f"SELECT count(*) FROM {state_table(name)}").fetchall()[0][0]
+    shown, lag = _lag(con, checkpoint, sql, end)
     return {
         "sink": name,
         "running": running,
         "last_batch": last.batch_id if last else None,
-        "committed_offsets": end,
-        "lag": _lag(con, checkpoint, sql, end),
+        "committed_offsets": shown,
+        "lag": lag,
         "watermark": timestamp_of(last.next_watermark_us) if last else None,
         "state_rows": state_rows,
-        "dead_letters": checkpoint.dead_letters(),
+        "dead_letters": dead_letters.count(con, name),
     }
 
 
-def _lag(con: duckdb.DuckDBPyConnection, checkpoint: Checkpoint, sink_sql: str, end: Any) -> Any:
-    """What the sink's source holds beyond the committed offsets, as the source tells (per
-    partition for sources that have them, asking the broker)."""
+def _lag(
+    con: duckdb.DuckDBPyConnection, checkpoint: Checkpoint, sink_sql: str, end: Any
+) -> tuple[Any, Any]:
+    """The committed offsets as the source shows them, and what the source holds beyond
+    them, as it tells (per partition for sources that have them, asking the broker)."""
     query = parse_one(sink_sql).expression.expression
     names = sorted({table.name.lower() for table in query.find_all(exp.Table)})
     rows = con.execute(
@@ -95,14 +110,15 @@ def _lag(con: duckdb.DuckDBPyConnection, checkpoint: Checkpoint, sink_sql: str, 
         [names],
     ).fetchall()
     if not rows:
-        return None
+        return end, None
     source = source_instance(con, source_def(parse_one(rows[0][0]).expression, rows[0][0]))
     try:
+        shown = source.public_offset(end)
         source.recover(checkpoint.planned_ends())
         end = end if end is not None else source.initial_offset()
         source.snapshot()  # what is there now (for Kafka: the broker's end offsets)
-        return source.lag_by_partition(end) or source.backlog(end)
+        return shown, source.lag_by_partition(end) or source.backlog(end)
     except OperationalError:
-        return None  # the broker cannot be asked now
+        return shown, None  # the broker cannot be asked now
     finally:
         source.close()

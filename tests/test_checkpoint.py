@@ -288,7 +288,8 @@ def test_drop_sink_removes_its_state_and_checkpoint(db_path: str, tmp_path: Path
         assert table(con, "SELECT count(*) FROM _streamsql.dead_letters WHERE query = 'out'") == [
             (0,)
         ]
-        assert table(con, "SELECT view_name FROM duckdb_views() WHERE NOT internal") == []
+        views = "SELECT view_name FROM duckdb_views() WHERE NOT internal AND schema_name = 'main'"
+        assert table(con, views) == []
         assert sorted(p.name for p in (tmp_path / "out").iterdir()) == files
         assert table(con, "SELECT * FROM keep") == kept
     with opened(db_path) as con:
@@ -535,6 +536,7 @@ def test_a_planned_uncommitted_batch_is_replayed_over_exactly_its_logged_range(
             "FROM _streamsql.offsets WHERE query = 'out' ORDER BY 1",
         )
         assert [(b, json.loads(end)) for b, _, end, *_ in logged] == [
+            (-1, {"files": []}),  # where the query started, recorded when it was created
             (0, {"files": ["0.json"]}),
             (1, {"files": ["1.json"]}),
             (2, {"files": ["2.json"]}),
@@ -550,7 +552,7 @@ def test_a_planned_uncommitted_batch_is_replayed_over_exactly_its_logged_range(
         query = caught_up(con)  # resumed when the database opened: it was running
         replayed, following = query.recent_progress
         assert replayed.batch_id == 2
-        assert replayed.sources[0]["start_offset"] == json.loads(logged[2][1])
+        assert replayed.sources[0]["start_offset"] == json.loads(logged[3][1])
         assert replayed.sources[0]["end_offset"] == {"files": ["2.json"]}  # not 3.json, 4.json
         assert replayed.num_input_rows == 2
         assert (following.batch_id, following.sources[0]["end_offset"]) == (
@@ -707,3 +709,31 @@ def test_memory_source_rows_of_each_process_are_read_once(db_path: str) -> None:
             assert query.last_progress.sources[0]["lag"] == 0
     with opened(db_path) as con:
         assert [x for (x,) in table(con, "SELECT x FROM out ORDER BY x")] == list(range(1, 11))
+
+
+def test_the_emitted_window_log_keeps_only_the_retained_batches(
+    db_path: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(microbatch, "RETAINED_BATCHES", 5)
+    for i in range(23):  # batch N reads minute N + 0.5 and closes the window of minute N - 2
+        put(tmp_path, f"{i:02d}.json", [event("a", i + 0.5)])
+    with opened(db_path) as con:
+        con.execute(source_sql(tmp_path, ", WATERMARK FOR ts AS ts", ", max_files_per_trigger = 1"))
+        con.execute(
+            "CREATE SINK out WITH (connector = 'duckdb', changelog = true) AS "
+            "SELECT window_start, count(*) AS n FROM src "
+            "WINDOW TUMBLING (ts, INTERVAL '1 minute') GROUP BY window_start EMIT FINAL"
+        )
+        caught_up(con)
+        # truncated at batch 20 through batch 15: the windows batches 16..23 emitted stay
+        # (23: the no-data batch after the last file)
+        logged = table(con, "SELECT batch_id FROM _streamsql.emitted_windows ORDER BY batch_id")
+        assert [b for (b,) in logged] == list(range(16, 24))
+        retained = table(con, "SELECT min(batch_id) FROM _streamsql.offsets WHERE batch_id >= 0")
+        assert retained == [(16,)]
+    put(tmp_path, "23.json", [event("a", 23.5)])
+    with opened(db_path) as con:  # resumed on the pruned log: every window once, in order
+        caught_up(con)
+        emitted = table(con, "SELECT window_start, n, _batch_id FROM out ORDER BY window_start")
+        # batch 24 reads 23.json, the no-data batch 25 closes its minute 22
+        assert emitted == [(at(minute), 1, minute + 2) for minute in range(22)] + [(at(22), 1, 25)]

@@ -122,6 +122,38 @@ def test_status_reads_a_database_no_process_has_open(tmp_path: Path) -> None:
     assert cells[5].startswith("2024-01-01T") and watermark > 0
 
 
+def test_status_of_a_file_that_is_not_a_streamsql_database_exits_1_with_a_message(
+    tmp_path: Path,
+) -> None:
+    plain = tmp_path / "plain.db"
+    con = duckdb.connect(str(plain))
+    con.execute("CREATE TABLE t AS SELECT 1 AS a")
+    con.close()
+    # an engine killed while it was creating its tables: the checkpoint's, not the catalog
+    half = tmp_path / "half.db"
+    killed = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import os, sys, duckdb\n"
+            "from streamsql.checkpoint.log import Checkpoint\n"
+            "Checkpoint.create_tables(duckdb.connect(sys.argv[1]))\n"
+            "os.kill(os.getpid(), 9)",
+            str(half),
+        ],
+        cwd=ROOT,
+    )
+    assert killed.returncode == -9
+    for db in (plain, half):
+        result = streamsql("status", str(db))
+        assert result.returncode == 1, result.stdout
+        assert result.stderr == (
+            f"Error: {db} is not a streamsql database: it has no _streamsql.catalog (a plain "
+            "DuckDB file, or one whose engine was stopped before it was set up; "
+            "streamsql.connect sets it up)\n"
+        )
+
+
 def test_status_of_a_running_process_and_ctrl_c_stops_it_with_the_checkpoint_committed(
     tmp_path: Path,
 ) -> None:
@@ -159,6 +191,46 @@ def test_status_of_a_running_process_and_ctrl_c_stops_it_with_the_checkpoint_com
     con.close()
     assert committed == planned == stopped_at  # nothing half done
     assert not (tmp_path / "app.db.status.json").exists()
+
+
+def test_a_second_ctrl_c_exits_at_once_while_a_batch_is_stuck(tmp_path: Path) -> None:
+    from streamsql.testing.broker import Broker
+
+    with Broker() as broker:
+        # the README's SASL_SSL sink against a plaintext listener: batch 0 waits the whole
+        # timeout for a TLS handshake the broker never answers
+        script = tmp_path / "stuck.sql"
+        script.write_text(
+            "CREATE SOURCE ev (k VARCHAR) WITH (connector = 'memory');\n"
+            "CREATE SINK out WITH (connector = 'kafka', "
+            f"bootstrap_servers = '{broker.bootstrap_servers}', topic = 't', "
+            "timeout = '120 seconds', kafka.security_protocol = 'SASL_SSL', "
+            "kafka.sasl_mechanism = 'PLAIN', kafka.sasl_plain_username = 'app', "
+            "kafka.sasl_plain_password = 'secret') AS SELECT k FROM ev;\n"
+            "INSERT INTO ev VALUES ('a');\n"
+        )
+        running = subprocess.Popen(
+            [sys.executable, "-m", "streamsql.cli", "run", str(script), "--db", ":memory:"],
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            time.sleep(3)  # batch 0 is connecting
+            running.send_signal(signal.SIGINT)
+            time.sleep(1.5)
+            assert running.poll() is None  # the first Ctrl-C waits for the batch in flight
+            running.send_signal(signal.SIGINT)
+            began = time.monotonic()
+            _, err = running.communicate(timeout=30)
+            exited_after = time.monotonic() - began
+        finally:
+            running.kill()
+    assert running.returncode == 130, err
+    assert exited_after < 5
+    assert "Interrupted: stopping after the batches in flight commit (Ctrl-C again" in err
+    assert "Interrupted again: exiting now" in err
 
 
 def test_progress_lines_are_redrawn_in_place_on_a_terminal() -> None:

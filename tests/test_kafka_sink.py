@@ -372,6 +372,44 @@ def test_an_unreachable_broker_fails_the_query_without_committing_the_batch(
     assert producer_threads() == []
 
 
+@pytest.mark.parametrize(
+    "security",
+    [
+        # the README's example against a plaintext listener: the TLS handshake gets no answer
+        "kafka.security_protocol = 'SASL_SSL', kafka.sasl_mechanism = 'PLAIN', "
+        "kafka.sasl_plain_username = 'app', kafka.sasl_plain_password = 'secret'",
+        "kafka.security_protocol = 'SASL_PLAINTEXT', kafka.sasl_mechanism = 'PLAIN', "
+        "kafka.sasl_plain_username = 'app', kafka.sasl_plain_password = 'secret'",
+        "kafka.security_protocol = 'SSL'",
+        None,  # a closed port
+    ],
+)
+def test_a_sink_that_cannot_connect_fails_within_its_timeout_naming_sink_and_servers(
+    broker: Broker, con: streamsql.Connection, security: str | None
+) -> None:
+    servers = broker.bootstrap_servers if security else f"127.0.0.1:{free_port()}"
+    con.execute(
+        f"CREATE SINK out WITH (connector = 'kafka', bootstrap_servers = '{servers}', "
+        f"topic = 'never', timeout = '2 seconds'{', ' + security if security else ''}) "
+        "AS SELECT k, v FROM ev"
+    )
+    feed(con, [("a", at(0), 1.0)])
+    query = con.query("out")
+    began = time.monotonic()
+    with pytest.raises(streamsql.StreamingQueryError) as caught:
+        query.process_all_available(timeout=60)
+    assert time.monotonic() - began < 2 + 3  # the timeout, and the query's own overhead
+    message = str(caught.value)
+    assert f"Sink out: batch 0 was not written to Kafka topic 'never' at {servers}" in message
+    assert "(timeout 2 seconds)" in message
+    assert committed(con) is None
+    wait_until_no_threads = time.monotonic() + 5
+    while producer_threads() and time.monotonic() < wait_until_no_threads:
+        time.sleep(0.05)
+    assert producer_threads() == []
+    assert not [t for t in threading.enumerate() if t.name == "streamsql-out-connect"]
+
+
 def test_a_send_the_broker_cannot_take_fails_the_batch_naming_the_topic(
     broker: Broker, con: streamsql.Connection
 ) -> None:

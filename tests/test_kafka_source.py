@@ -13,6 +13,7 @@ created meanwhile comes to match.
 from __future__ import annotations
 
 import ast
+import base64
 import datetime as dt
 import itertools
 import json
@@ -151,6 +152,21 @@ def rows(con: streamsql.Connection, sql: str, params: list[Any] | None = None) -
 def offsets(progress: Any) -> tuple[dict, dict]:
     (source,) = progress.sources
     return source["start_offset"], source["end_offset"]
+
+
+def topic_id(admin: KafkaAdminClient, topic: str) -> str:
+    """The topic's id as Kafka's tools print it: URL-safe base64 of its 16 bytes, unpadded."""
+    (described,) = admin.describe_topics([topic])
+    raw = uuid.UUID(described["topic_id"]).bytes
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+
+
+def spark_form(logged: str, ids: dict[str, str]) -> dict[str, Any]:
+    """An offset from the offset log in Spark's form, after checking the topic ids logged
+    beside it."""
+    offset = json.loads(logged)
+    assert offset.pop("@topic_ids") == ids
+    return offset
 
 
 def wait_until(condition: Any, timeout: float = 15.0, what: str = "condition") -> None:
@@ -580,6 +596,30 @@ def test_starting_offsets_earliest_latest_and_the_default(
     assert offsets(progress[-1])[1] == {topic: {"0": 5, "1": 4}}
 
 
+def test_latest_is_resolved_when_the_query_starts_and_kept_across_a_stop_before_any_batch(
+    broker: Broker, admin: KafkaAdminClient, producer: KafkaProducer, db_path: str
+) -> None:
+    topic = broker.create_topic(2)
+    produce(producer, topic, [(0, b'{"user_id": -1}')])  # before the query: not read
+    with streamsql.connect(db_path) as con:
+        con.execute(kafka_source(broker, topic, "user_id BIGINT", starting_offsets="latest"))
+        con.execute(copy_sink(trigger=None))  # the query starts; stopped before any batch
+        assert con.query("out").last_progress is None
+        recorded = rows(
+            con, "SELECT end_offset FROM _streamsql.offsets WHERE query = 'out' AND batch_id = -1"
+        )
+        ids = {topic: topic_id(admin, topic)}
+        assert [spark_form(end, ids) for (end,) in recorded] == [{topic: {"0": 1, "1": 0}}]
+    produce(producer, topic, [(i % 2, b'{"user_id": %d}' % i) for i in range(50)])
+    with streamsql.connect(db_path) as con:
+        query = caught_up(con)
+        produce(producer, topic, [(i % 2, b'{"user_id": %d}' % i) for i in range(50, 70)])
+        caught_up(con)
+        assert rows(con, "SELECT user_id FROM out ORDER BY 1") == [(i,) for i in range(70)]
+        assert offsets(query.recent_progress[0])[0] == {topic: {"0": 1, "1": 0}}
+    assert database_status(db_path)[1][0]["committed_offsets"] == {topic: {"0": 36, "1": 35}}
+
+
 def test_starting_offsets_per_partition_json(
     broker: Broker, producer: KafkaProducer, con: streamsql.Connection
 ) -> None:
@@ -903,9 +943,10 @@ def test_lag_per_partition_while_limited_in_progress_describe_and_status(
 
 
 def test_offsets_are_checkpointed_in_spark_form_and_a_restart_goes_on_without_loss(
-    broker: Broker, producer: KafkaProducer, db_path: str
+    broker: Broker, admin: KafkaAdminClient, producer: KafkaProducer, db_path: str
 ) -> None:
     topic = broker.create_topic(4)
+    ids = {topic: topic_id(admin, topic)}  # logged beside each offset
     values = iter(range(1_000))
     high = dict.fromkeys("0123", 0)  # each partition's end offset, as produced
 
@@ -919,9 +960,9 @@ def test_offsets_are_checkpointed_in_spark_form_and_a_restart_goes_on_without_lo
         logged = rows(
             con,
             "SELECT batch_id, start_offset, end_offset FROM _streamsql.offsets "
-            "WHERE query = 'out' ORDER BY batch_id",
+            "WHERE query = 'out' AND batch_id >= 0 ORDER BY batch_id",
         )
-        return [(b, json.loads(start), json.loads(end)) for b, start, end in logged]
+        return [(b, spark_form(start, ids), spark_form(end, ids)) for b, start, end in logged]
 
     def chained(batches: list[tuple[int, Any, Any]]) -> bool:
         return all(
@@ -976,21 +1017,28 @@ def flaky_delivery(batch_id: int, batch: pa.Table) -> None:
         raise ConnectionError(f"could not deliver batch {batch_id}")
 
 
-def test_a_failed_batch_is_replayed_over_exactly_its_logged_offsets(
-    broker: Broker, producer: KafkaProducer, con: streamsql.Connection
-) -> None:
+FLAKY_SINK = (
+    f"CREATE SINK out WITH (connector = 'callback', callback = '{__name__}:flaky_delivery') "
+    "AS SELECT user_id FROM ev"
+)
+
+
+def start_flaky(con: streamsql.Connection, source_sql: str) -> None:
+    """Source `ev` and sink `out` through flaky_delivery, caught up; batch 1 will fail."""
     DELIVERED.clear()
     FAIL_AT.clear()
-    topic = broker.create_topic(2)
-    create = (
-        f"CREATE SINK out WITH (connector = 'callback', callback = '{__name__}:flaky_delivery') "
-        "AS SELECT user_id FROM ev"
-    )
-    produce(producer, topic, [(i % 2, b'{"user_id": %d}' % i) for i in range(4)])
-    con.execute(kafka_source(broker, topic, "user_id BIGINT"))
-    con.execute(create)
+    con.execute(source_sql)
+    con.execute(FLAKY_SINK)
     caught_up(con)
     FAIL_AT.add(1)
+
+
+def test_a_failed_batch_is_replayed_over_exactly_its_logged_offsets(
+    broker: Broker, admin: KafkaAdminClient, producer: KafkaProducer, con: streamsql.Connection
+) -> None:
+    topic = broker.create_topic(2)
+    produce(producer, topic, [(i % 2, b'{"user_id": %d}' % i) for i in range(4)])
+    start_flaky(con, kafka_source(broker, topic, "user_id BIGINT"))
     # one record batch, appended at once: the running query sees all of it or none
     lingering = KafkaProducer(bootstrap_servers=broker.bootstrap_servers, linger_ms=1_000)
     try:
@@ -1000,16 +1048,18 @@ def test_a_failed_batch_is_replayed_over_exactly_its_logged_offsets(
     with pytest.raises(streamsql.StreamingQueryError, match="could not deliver batch 1"):
         caught_up(con)
     logged = rows(
-        con, "SELECT end_offset FROM _streamsql.offsets WHERE query = 'out' ORDER BY batch_id"
+        con,
+        "SELECT end_offset FROM _streamsql.offsets WHERE query = 'out' AND batch_id >= 0 "
+        "ORDER BY batch_id",
     )
-    assert [json.loads(end) for (end,) in logged] == [
+    assert [spark_form(end, {topic: topic_id(admin, topic)}) for (end,) in logged] == [
         {topic: {"0": 2, "1": 2}},
         {topic: {"0": 5, "1": 2}},
     ]
     # more records arrive while the query is down; then the sink is fixed and submitted again
     produce(producer, topic, [(i % 2, b'{"user_id": %d}' % i) for i in range(7, 12)])
     FAIL_AT.clear()
-    con.execute(create)
+    con.execute(FLAKY_SINK)
     query = caught_up(con)
     replayed, following = query.recent_progress
     assert (replayed.batch_id, offsets(replayed)) == (
@@ -1018,6 +1068,94 @@ def test_a_failed_batch_is_replayed_over_exactly_its_logged_offsets(
     )
     assert (following.batch_id, offsets(following)[1]) == (2, {topic: {"0": 7, "1": 5}})
     assert DELIVERED == [(0, [0, 1, 2, 3]), (1, [4, 5, 6]), (1, [4, 5, 6]), (2, [7, 8, 9, 10, 11])]
+
+
+@pytest.mark.parametrize("fail_on_data_loss", ["true", "false"])
+def test_a_topic_recreated_under_a_logged_batch_is_data_loss_when_it_is_replayed(
+    broker: Broker,
+    admin: KafkaAdminClient,
+    producer: KafkaProducer,
+    con: streamsql.Connection,
+    fail_on_data_loss: str,
+) -> None:
+    topic = broker.create_topic(1)
+    produce(producer, topic, [(0, b'{"user_id": %d}' % i) for i in range(2)])
+    start_flaky(
+        con, kafka_source(broker, topic, "user_id BIGINT", fail_on_data_loss=fail_on_data_loss)
+    )
+    produce(producer, topic, [(0, b'{"user_id": %d}' % i) for i in range(2, 4)])
+    with pytest.raises(streamsql.StreamingQueryError, match="could not deliver batch 1"):
+        caught_up(con)  # batch 1, offsets 2 to 4, is logged and not committed
+    old_id = topic_id(admin, topic)
+    admin.delete_topics([topic])
+    broker.create_topic(1, topic)
+    produce(producer, topic, [(0, b'{"user_id": %d}' % i) for i in range(100, 106)])
+    FAIL_AT.clear()
+    con.execute(FLAKY_SINK)  # replays batch 1: offsets 2 to 4 of a topic that is gone
+    query = con.query("out")
+    if fail_on_data_loss == "true":
+        with pytest.raises(streamsql.StreamingQueryError) as caught:
+            query.await_termination(30)
+        assert (
+            f"topic {topic} was deleted and created again (its id is {topic_id(admin, topic)}) "
+            f"after the batch planned to read {topic}-0 up to 4 from the topic with id {old_id}"
+        ) in str(caught.value)
+        assert DELIVERED == [(0, [0, 1]), (1, [2, 3])]  # the failed attempt only
+        return
+    query.process_all_available(timeout=30)
+    replayed, following = query.recent_progress
+    assert replayed.batch_id == 1 and replayed.num_input_rows == 0
+    assert replayed.sources[0]["warnings"][0].startswith(f"data loss: topic {topic} was")
+    assert following.sources[0]["warnings"][0].startswith(f"data loss: topic {topic} was")
+    new_topic = list(range(100, 106))  # read from its start in the batch after
+    assert list(DELIVERED) == [(0, [0, 1]), (1, [2, 3]), (1, []), (2, new_topic)]
+
+
+@pytest.mark.parametrize("fail_on_data_loss", ["true", "false"])
+def test_a_logged_batch_beyond_the_end_of_its_partition_is_data_loss_when_it_is_replayed(
+    broker: Broker,
+    admin: KafkaAdminClient,
+    producer: KafkaProducer,
+    db_path: str,
+    fail_on_data_loss: str,
+) -> None:
+    """No topic id to tell by (an offset log of an older version): the replayed range 2 to 3
+    lies past the end of the recreated partition."""
+    topic = broker.create_topic(1)
+    produce(producer, topic, [(0, b'{"user_id": %d}' % i) for i in range(2)])
+    with streamsql.connect(db_path) as con:
+        source = kafka_source(broker, topic, "user_id BIGINT", fail_on_data_loss=fail_on_data_loss)
+        start_flaky(con, source)
+        produce(producer, topic, [(0, b'{"user_id": %d}' % i) for i in range(2, 4)])
+        with pytest.raises(streamsql.StreamingQueryError, match="could not deliver batch 1"):
+            caught_up(con)
+    strip_topic_ids(db_path)
+    admin.delete_topics([topic])
+    broker.create_topic(1, topic)
+    produce(producer, topic, [(0, b'{"user_id": 100}')])
+    FAIL_AT.clear()
+    with streamsql.connect(db_path) as con:
+        con.execute(FLAKY_SINK)  # replays batch 1
+        query = con.query("out")
+        loss = (
+            f"{topic}-0 ends at offset 1, before the offsets 2 to 3 the batch planned to read "
+            "(was the topic recreated?)"
+        )
+        if fail_on_data_loss == "true":
+            with pytest.raises(streamsql.StreamingQueryError) as caught:
+                query.await_termination(30)
+            assert f"Source ev: {loss}" in str(caught.value)
+            return
+        query.process_all_available(timeout=30)
+        replayed, following = query.recent_progress
+        assert (replayed.batch_id, replayed.num_input_rows) == (1, 0)
+        assert replayed.sources[0]["warnings"] == [f"data loss: {loss}"]
+        # then Spark's rule, with no id to tell by: reading goes on from the partition's end
+        assert following.sources[0]["warnings"] == [
+            f"data loss: {topic}-0 ends at offset 1, before the checkpoint's 4 "
+            "(was the topic recreated?)"
+        ]
+    assert DELIVERED[-2:] == [(1, []), (2, [])]
 
 
 def test_group_id_gets_a_copy_of_the_committed_offsets(
@@ -1044,11 +1182,15 @@ def test_group_id_gets_a_copy_of_the_committed_offsets(
 # -- broker trouble ------------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("listener", ["closed port", "plaintext listener, SSL client"])
 def test_an_unreachable_broker_fails_create_sink_quickly_naming_the_address(
-    con: streamsql.Connection,
+    broker: Broker, con: streamsql.Connection, listener: str
 ) -> None:
-    address = f"127.0.0.1:{free_port()}"
-    con.execute(kafka_source(address, "t", connect_timeout="1 second"))
+    if listener == "closed port":
+        address, security = f"127.0.0.1:{free_port()}", {}
+    else:  # the TLS handshake is never answered: kafka-python alone would wait forever
+        address, security = broker.bootstrap_servers, {"kafka.security_protocol": "SSL"}
+    con.execute(kafka_source(address, "t", connect_timeout="1 second", **security))
     began = time.monotonic()
     with pytest.raises(streamsql.OperationalError) as caught:
         con.execute(copy_sink(trigger=None))
@@ -1206,13 +1348,33 @@ def test_a_deleted_topic_of_a_topic_list_is_data_loss(
         assert rows(con, "SELECT user_id FROM out ORDER BY 1") == [(1,), (2,), (3,), (4,)]
 
 
+def strip_topic_ids(db_path: str) -> None:
+    """Make the offset log one of an older version, which logged no topic ids."""
+    con = duckdb.connect(db_path)
+    try:
+        for batch, start, end in con.execute(
+            "SELECT batch_id, start_offset, end_offset FROM _streamsql.offsets"
+        ).fetchall():
+            offsets = [json.loads(o) if o is not None else None for o in (start, end)]
+            for offset in filter(None, offsets):
+                offset.pop("@topic_ids")
+            con.execute(
+                "UPDATE _streamsql.offsets SET start_offset = ?, end_offset = ? WHERE batch_id = ?",
+                [*(json.dumps(o) if o is not None else None for o in offsets), batch],
+            )
+    finally:
+        con.close()
+
+
 @pytest.mark.parametrize("fail_on_data_loss", ["true", "false"])
+@pytest.mark.parametrize("logged_ids", [True, False], ids=["topic-ids", "no-topic-ids"])
 def test_a_topic_recreated_while_stopped_is_data_loss(
     broker: Broker,
     admin: KafkaAdminClient,
     producer: KafkaProducer,
     db_path: str,
     fail_on_data_loss: str,
+    logged_ids: bool,
 ) -> None:
     topic = broker.create_topic(1)
     produce(producer, topic, [(0, b'{"user_id": %d}' % i) for i in range(3)])
@@ -1222,28 +1384,101 @@ def test_a_topic_recreated_while_stopped_is_data_loss(
         )
         con.execute(copy_sink(trigger=None))
         caught_up(con)
+    old_id = topic_id(admin, topic)
+    if not logged_ids:
+        strip_topic_ids(db_path)
     admin.delete_topics([topic])
     broker.create_topic(1, topic)
+    new_id = topic_id(admin, topic)
     produce(producer, topic, [(0, b'{"user_id": 50}'), (0, b'{"user_id": 51}')])
     with streamsql.connect(db_path) as con:
         query = con.query("out")
         if fail_on_data_loss == "true":
             with pytest.raises(streamsql.StreamingQueryError) as caught:
                 query.await_termination(30)
-            assert (
-                f"Source ev: {topic}-0 ends at offset 2, before the checkpoint's 3 "
+            expected = (
+                f"Source ev: topic {topic} was deleted and created again (its id is {new_id}, "
+                f"the checkpoint's is {old_id}): the committed offsets {topic}-0 at 3 are of "
+                "the old topic"
+                if logged_ids
+                else f"Source ev: {topic}-0 ends at offset 2, before the checkpoint's 3 "
                 "(was the topic recreated?)"
-            ) in str(caught.value)
+            )
+            assert expected in str(caught.value)
             assert rows(con, "SELECT user_id FROM out ORDER BY 1") == [(0,), (1,), (2,)]
-        else:
-            query.process_all_available(timeout=30)
-            produce(producer, topic, [(0, b'{"user_id": 52}')])
-            query.process_all_available(timeout=30)
-            # as Spark: the range 3 -> 2 is dropped, reading goes on from the new end
-            assert rows(con, "SELECT user_id FROM out ORDER BY 1") == [(0,), (1,), (2,), (52,)]
-            assert [offsets(p) for p in query.recent_progress if p.num_input_rows] == [
-                ({topic: {"0": 2}}, {topic: {"0": 3}})
+            return
+        query.process_all_available(timeout=30)
+        produce(producer, topic, [(0, b'{"user_id": 52}')])
+        query.process_all_available(timeout=30)
+        read = [p for p in query.recent_progress if p.num_input_rows]
+        (warning,) = query.recent_progress[0].sources[0]["warnings"]
+        if logged_ids:
+            # a new topic id: none of its records were read, all of them are
+            assert rows(con, "SELECT user_id FROM out ORDER BY 1") == [
+                (0,), (1,), (2,), (50,), (51,), (52,)
+            ]  # fmt: skip
+            assert [offsets(p) for p in read] == [
+                ({topic: {"0": 3}}, {topic: {"0": 2}}),
+                ({topic: {"0": 2}}, {topic: {"0": 3}}),
             ]
+            assert warning.startswith(f"data loss: topic {topic} was deleted and created again")
+        else:
+            # no id to tell by, as Spark: the range 3 -> 2 is dropped, reading goes on from
+            # the new end
+            assert rows(con, "SELECT user_id FROM out ORDER BY 1") == [(0,), (1,), (2,), (52,)]
+            assert [offsets(p) for p in read] == [({topic: {"0": 2}}, {topic: {"0": 3}})]
+            assert warning == (
+                f"data loss: {topic}-0 ends at offset 2, before the checkpoint's 3 "
+                "(was the topic recreated?)"
+            )
+
+
+@pytest.mark.parametrize("fail_on_data_loss", ["true", "false"])
+def test_a_broker_replaced_by_an_empty_one_on_the_same_port_is_data_loss(
+    db_path: str, fail_on_data_loss: str
+) -> None:
+    """The issue's case: the query committed offset 25 of both partitions of evB; the broker
+    is replaced by an empty one on the same port, and a new evB gets 40 messages per
+    partition, more than were read of the old one: the offsets alone cannot tell."""
+    old = Broker().start()
+    try:
+        topic = old.create_topic(2, f"evB-{uuid.uuid4().hex[:6]}")
+        sender = KafkaProducer(bootstrap_servers=old.bootstrap_servers)
+        produce(sender, topic, [(i % 2, b'{"user_id": %d}' % i) for i in range(50)])
+        sender.close()
+        with streamsql.connect(db_path) as con:
+            con.execute(
+                kafka_source(old, topic, "user_id BIGINT", fail_on_data_loss=fail_on_data_loss)
+            )
+            con.execute(copy_sink(trigger=None))
+            caught_up(con)
+            assert database_status(db_path)[1][0]["committed_offsets"] == {
+                topic: {"0": 25, "1": 25}
+            }
+    finally:
+        old.stop()
+    with Broker(old.port) as new:
+        new.create_topic(2, topic)
+        sender = KafkaProducer(bootstrap_servers=new.bootstrap_servers)
+        produce(sender, topic, [(i % 2, b'{"user_id": %d}' % i) for i in range(100, 180)])
+        sender.close()
+        with streamsql.connect(db_path) as con:
+            query = con.query("out")
+            if fail_on_data_loss == "true":
+                with pytest.raises(streamsql.StreamingQueryError) as caught:
+                    query.await_termination(30)
+                message = str(caught.value)
+                assert f"topic {topic} was deleted and created again" in message
+                assert f"the committed offsets {topic}-0 at 25, {topic}-1 at 25" in message
+                assert rows(con, "SELECT count(*) FROM out") == [(50,)]
+            else:
+                query.process_all_available(timeout=30)
+                assert rows(con, "SELECT user_id FROM out ORDER BY 1") == [
+                    (i,) for i in [*range(50), *range(100, 180)]
+                ]
+                first = query.recent_progress[0]
+                assert offsets(first)[1] == {topic: {"0": 40, "1": 40}}
+                assert "data loss: topic" in first.sources[0]["warnings"][0]
 
 
 # -- refused definitions -------------------------------------------------------------------------

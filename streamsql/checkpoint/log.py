@@ -71,15 +71,6 @@ TABLES = (
         bytes BIGINT NOT NULL,
         retired_at TIMESTAMPTZ,     -- replaced (compaction, a newer snapshot); deleted later
         PRIMARY KEY (query, file))""",
-    f"""CREATE TABLE IF NOT EXISTS {SCHEMA}.dead_letters (
-        query VARCHAR,
-        batch_id BIGINT,
-        source VARCHAR,
-        "partition" VARCHAR,
-        "offset" BIGINT,
-        raw BLOB,
-        error VARCHAR,
-        recorded_at TIMESTAMPTZ DEFAULT current_timestamp)""",
 )
 
 
@@ -202,6 +193,24 @@ class Checkpoint:
         batch, start, end, watermark, late = row[0]
         return PlannedBatch(batch, _load(start), _load(end), watermark, late)
 
+    def first_start(self) -> Any | None:
+        """Where the first batch in the log starts: the initial offset recorded when the query
+        was created (Spark's initial offset log), or the offsets truncation merged; None for a
+        query that has none recorded yet."""
+        row = self.cursor.execute(
+            f"SELECT end_offset FROM {SCHEMA}.offsets WHERE query = ? AND batch_id = -1",
+            [self.query],
+        ).fetchall()
+        return _load(row[0][0]) if row else None
+
+    def log_initial(self, offset: Any) -> None:
+        """Record where a new query starts, before any batch: a query stopped before its first
+        batch resumes from here, not from wherever `latest` points by then."""
+        self.cursor.execute(
+            f"INSERT INTO {SCHEMA}.offsets (query, batch_id, end_offset) VALUES (?, -1, ?)",
+            [self.query, json.dumps(offset)],
+        ).fetchall()
+
     def planned_ends(self) -> list[Any]:
         """Every end offset planned, in batch order (the batches truncated away merged into
         one, first): what a file source has seen."""
@@ -210,11 +219,6 @@ class Checkpoint:
             [self.query],
         ).fetchall()
         return [_load(end) for (end,) in rows]
-
-    def dead_letters(self) -> int:
-        return self.cursor.execute(
-            f"SELECT count(*) FROM {SCHEMA}.dead_letters WHERE lower(query) = ?", [self.query]
-        ).fetchall()[0][0]
 
     def log_offsets(self, batch: PlannedBatch) -> None:
         """Write-ahead: durable before the batch reads its input."""
@@ -244,6 +248,15 @@ class Checkpoint:
                 commit.input_rows,
                 commit.output_rows,
             ],
+        ).fetchall()
+
+    def forget_emitted_windows(self, through: int) -> None:
+        """Drop the windows emitted by batches up to `through`, in the transaction of the batch
+        that retires them from the logs: only an uncommitted batch is ever replayed, and it
+        emits only windows closing at its own watermark, which no retired batch emitted."""
+        self.cursor.execute(
+            f"DELETE FROM {EMITTED_WINDOWS} WHERE query = ? AND batch_id <= ?",
+            [self.query, through],
         ).fetchall()
 
     def _metadata(self) -> tuple[str, Fingerprint] | None:
@@ -296,13 +309,11 @@ class Checkpoint:
                 [self.query, json.dumps(merged)],
             ).fetchall()
 
-    def forget_statements(self, dead_letters: bool = False) -> list[tuple[str, list[str]]]:
-        """What deletes the query's checkpoint (and its dead letters): DROP SINK runs them in
-        its transaction."""
-        tables = (*CHECKPOINT_TABLES, "dead_letters") if dead_letters else CHECKPOINT_TABLES
+    def forget_statements(self) -> Statements:
+        """What deletes the query's checkpoint: DROP SINK runs them in its transaction."""
         return [
             (f"DELETE FROM {SCHEMA}.{table} WHERE lower(query) = ?", [self.query])
-            for table in tables
+            for table in CHECKPOINT_TABLES
         ]
 
     def forget(self) -> None:

@@ -8,15 +8,20 @@ of state columns ("parts"), each with four SQL templates, and a final expression
 - combine:  many states into one (session merging)       ({p[part]}: a state row, {g[...]}: group)
 - final:    the user's value from one state              ({s[part]})
 
-Variance merges with Chan's parallel form of Welford's update, never with a sum of
-squares; distinct counts keep the distinct values; approx_count_distinct keeps
-HyperLogLog registers (see MACROS), so its result does not depend on batch boundaries.
+Every template may use {n}, the constant of the N-argument forms (max(x, n), ...).
+A part whose empty value is NULL merges NULL-safely: a batch in which a group has no
+non-NULL input leaves the state as it was (count_if over NULL conditions is NULL, as in
+DuckDB, and must not turn a count into NULL).
+
+Variance keeps Welford states merged with Chan's parallel form, never a sum of squares;
+distinct counts keep the distinct values; approx_count_distinct keeps HyperLogLog
+registers (see MACROS), so its result does not depend on batch boundaries.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from sqlglot import exp
 
@@ -63,7 +68,10 @@ def _nullable(name: str, partial: str, merge_op: str, combine: str) -> Part:
 
 COUNT_STAR = Aggregate((_additive("count", "count(*){filter}"),), "{s[count]}", arity=0)
 COUNT = Aggregate((_additive("count", "count({0}){filter}"),), "{s[count]}")
-COUNT_IF = Aggregate((_additive("count", "count_if({0}){filter}"),), "{s[count]}")
+# DuckDB's count_if is a HUGEINT that is NULL over no non-NULL condition: a sum.
+COUNT_IF = Aggregate(
+    (_nullable("count", "count_if({0}){filter}", "{a} + {b}", "sum"),), "{s[count]}"
+)
 SUM = Aggregate((_nullable("sum", "sum({0}){filter}", "{a} + {b}", "sum"),), "{s[sum]}")
 MIN = Aggregate((_nullable("min", "min({0}){filter}", "least({a}, {b})", "min"),), "{s[min]}")
 MAX = Aggregate((_nullable("max", "max({0}){filter}", "greatest({a}, {b})", "max"),), "{s[max]}")
@@ -83,7 +91,10 @@ BOOL_OR = Aggregate(
 
 
 def _arg_extreme(fn: str, extreme: str, better: str, pick: str) -> Aggregate:
-    """arg_max/arg_min: the argument travels with the extreme key it was found at."""
+    """arg_max/arg_min: the argument travels with the extreme key it was found at.
+
+    DuckDB skips rows whose argument or key is NULL, so the key is taken over the same rows.
+    """
     return Aggregate(
         (
             Part(
@@ -93,7 +104,10 @@ def _arg_extreme(fn: str, extreme: str, better: str, pick: str) -> Aggregate:
                 "THEN {b[arg]} ELSE {a[arg]} END",
                 combine=f"{fn}({{p[arg]}}, {{p[key]}})",
             ),
-            _nullable("key", f"{extreme}({{1}}){{filter}}", f"{pick}({{a}}, {{b}})", extreme),
+            replace(
+                _nullable("key", f"{extreme}({{1}}){{filter}}", f"{pick}({{a}}, {{b}})", extreme),
+                partial_filter="{0} IS NOT NULL",
+            ),
         ),
         "{s[arg]}",
         arity=2,
@@ -103,30 +117,84 @@ def _arg_extreme(fn: str, extreme: str, better: str, pick: str) -> Aggregate:
 ARG_MAX = _arg_extreme("arg_max", "max", ">", "greatest")
 ARG_MIN = _arg_extreme("arg_min", "min", "<", "least")
 
-# Welford state (n, mean, m2) merged with Chan et al.'s parallel update.
-_CHAN = "CASE WHEN {a[n]} + {b[n]} = 0 THEN 0 ELSE "
+
+def _top_n(partial: str, order: str, final: str, arity: int) -> Aggregate:
+    """max(x, n), arg_max(x, v, n), ...: a list of the n first values in DuckDB's order.
+
+    The top n of two top-n lists is the top n of all their rows. arg_max/arg_min keep
+    {'k': key, 'a': argument} structs, sorted on the key (then on the argument: DuckDB
+    leaves the choice among equal keys open).
+    """
+    top = "list_slice(list_sort({values}, '" + order + "'), 1, {{n}})"
+    return Aggregate(
+        (
+            Part(
+                "top",
+                partial,
+                merge="CASE WHEN {a[top]} IS NULL THEN {b[top]} WHEN {b[top]} IS NULL "
+                f"THEN {{a[top]}} ELSE {top.format(values='list_concat({a[top]}, {b[top]})')} END",
+                combine=top.format(
+                    values="flatten(list({p[top]}) FILTER (WHERE {p[top]} IS NOT NULL))"
+                ),
+                partial_filter="{0} IS NOT NULL" if arity == 2 else None,
+            ),
+        ),
+        final,
+        arity=arity,
+    )
+
+
+TOP_MAX = _top_n("max({0}, {n}){filter}", "DESC", "{s[top]}", 1)
+TOP_MIN = _top_n("min({0}, {n}){filter}", "ASC", "{s[top]}", 1)
+_ARGUMENTS = "list_transform({s[top]}, lambda e: e.a)"
+TOP_ARG_MAX = _top_n("arg_max({{'k': {1}, 'a': {0}}}, {1}, {n}){filter}", "DESC", _ARGUMENTS, 2)
+TOP_ARG_MIN = _top_n("arg_min({{'k': {1}, 'a': {0}}}, {1}, {n}){filter}", "ASC", _ARGUMENTS, 2)
+
+# Welford state (n, mean, m2), merged with Chan's parallel update, so that infinities, NaN
+# and squares beyond the DOUBLE range come out as in DuckDB, which runs Welford's update
+# row by row. Its m2 of one row x is (x - x) * x: 0, or NaN for an infinite x, which then
+# spreads. A mean of equal values is that value exactly (DuckDB's is): a mean off by one
+# rounding step from another equal one would square a difference of 1e284 into inf.
+_EMPTY = "CASE WHEN {a[n]} = 0 THEN {b[NAME]} WHEN {b[n]} = 0 THEN {a[NAME]} ELSE "
+
+
+def _pooled_mean(over: str) -> str:
+    """The mean of many states ({p[...]} rows), `over` a window or not; states without
+    rows are left out, and equal means pool to themselves."""
+    only = f" FILTER (WHERE {{p[n]}} > 0){over}"
+    low, high = f"min({{p[mean]}}){only}", f"max({{p[mean]}}){only}"
+    return (
+        f"coalesce(CASE WHEN {low} = {high} THEN {low} "
+        f"ELSE sum({{p[n]}} * {{p[mean]}}){over} / nullif(sum({{p[n]}}){over}, 0) END, 0)"
+    )
+
+
 WELFORD_PARTS = (
     _additive("n", "count({0}){filter}"),
     Part(
         "mean",
-        "coalesce(avg({0}::DOUBLE){filter}, 0)",
-        merge=_CHAN + "{a[mean]} + ({b[mean]} - {a[mean]}) * {b[n]} / ({a[n]} + {b[n]}) END",
-        combine="coalesce(sum({p[n]} * {p[mean]}) / nullif(sum({p[n]}), 0), 0)",
+        "coalesce(CASE WHEN min({0}::DOUBLE){filter} = max({0}::DOUBLE){filter} "
+        "THEN min({0}::DOUBLE){filter} ELSE avg({0}::DOUBLE){filter} END, 0)",
+        merge=_EMPTY.replace("NAME", "mean")
+        + "{a[mean]} + ({b[mean]} - {a[mean]}) * {b[n]} / ({a[n]} + {b[n]}) END",
+        combine=_pooled_mean(""),
     ),
     Part(
         "m2",
-        "coalesce(var_pop({0}::DOUBLE){filter} * count({0}){filter}, 0)",
-        merge="{a[m2]} + {b[m2]} + "
-        + _CHAN
-        + "power({b[mean]} - {a[mean]}, 2) * {a[n]}::DOUBLE * {b[n]} / ({a[n]} + {b[n]}) END",
-        combine="sum({p[m2]} + {p[n]} * power({p[mean]} - {g[mean]}, 2))",
+        "coalesce(CASE WHEN count({0}){filter} > 1 "
+        "THEN var_pop({0}::DOUBLE){filter} * count({0}){filter} "
+        "ELSE 0 * abs(avg({0}::DOUBLE){filter}) END, 0)",
+        merge=_EMPTY.replace("NAME", "m2")
+        + "{b[m2]} + {a[m2]} + ({b[mean]} - {a[mean]}) * ({b[mean]} - {a[mean]}) "
+        "* {b[n]}::DOUBLE * {a[n]} / ({a[n]} + {b[n]}) END",
+        # States without rows are left out: 0 * inf would be NaN.
+        combine="coalesce(sum({p[m2]} + {p[n]} * power({p[mean]} - {g[mean]}, 2)) "
+        "FILTER (WHERE {p[n]} > 0), 0)",
     ),
 )
-WELFORD_GROUP = {
-    "mean": "coalesce(sum({p[n]} * {p[mean]}) OVER __group "
-    "/ nullif(sum({p[n]}) OVER __group, 0), 0)"
-}
-_VAR_POP = "CASE WHEN {s[n]} > 0 THEN {s[m2]} / {s[n]} END"
+WELFORD_GROUP = {"mean": _pooled_mean(" OVER __group")}
+# DuckDB: var_pop of one row is 0 (even of an infinite one), var_samp needs two.
+_VAR_POP = "CASE WHEN {s[n]} > 1 THEN {s[m2]} / {s[n]} WHEN {s[n]} = 1 THEN 0.0 END"
 _VAR_SAMP = "CASE WHEN {s[n]} > 1 THEN {s[m2]} / ({s[n]} - 1) END"
 VAR_POP = Aggregate(WELFORD_PARTS, _VAR_POP, group=WELFORD_GROUP)
 VAR_SAMP = Aggregate(WELFORD_PARTS, _VAR_SAMP, group=WELFORD_GROUP)
@@ -200,11 +268,19 @@ AGGREGATES: dict[type[exp.Expr], Aggregate] = {
     exp.ArgMax: ARG_MAX,
     exp.ArgMin: ARG_MIN,
 }
+# The N-argument forms: max(x, n), min(x, n), arg_max(x, v, n) (max_by), arg_min (min_by).
+TOP_N: dict[type[exp.Expr], Aggregate] = {
+    exp.Max: TOP_MAX,
+    exp.Min: TOP_MIN,
+    exp.ArgMax: TOP_ARG_MAX,
+    exp.ArgMin: TOP_ARG_MIN,
+}
 
 MERGEABLE = (
     "count, count_if, sum, avg, min, max, var_samp/variance, var_pop, stddev/stddev_samp, "
     "stddev_pop, count(DISTINCT x), approx_count_distinct, bool_and, bool_or, "
-    "arg_max/max_by, arg_min/min_by"
+    "arg_max/max_by, arg_min/min_by, and the N-argument forms max(x, n), min(x, n), "
+    "arg_max(x, v, n), arg_min(x, v, n)"
 )
 
 
@@ -236,7 +312,7 @@ def decompose(node: exp.Expr, index: int, render: Callable[[exp.Expr], str]) -> 
             None,
         )
     )
-    aggregate, arguments = _lookup(call)
+    aggregate, arguments, n = _lookup(call)
     args = [render(argument) for argument in arguments]
     prefix = f"agg{index}"
     names = {part.name: f"{prefix}_{part.name}" for part in aggregate.parts}
@@ -251,13 +327,13 @@ def decompose(node: exp.Expr, index: int, render: Callable[[exp.Expr], str]) -> 
         where = " AND ".join(f"({c})" for c in conditions)
         filter_sql = f" FILTER (WHERE {where})" if where else ""
         cond = render(condition) if condition is not None else ""
-        partial = part.partial.format(*args, filter=filter_sql.format(*args, cond=cond))
+        partial = part.partial.format(*args, filter=filter_sql.format(*args, cond=cond), n=n)
         columns.append(
             StateColumn(
                 names[part.name],
                 partial,
-                part.merge.format(a=refer("__state"), b=refer("__batch")),
-                part.combine.format(p=names, g=group_names),
+                part.merge.format(a=refer("__state"), b=refer("__batch"), n=n),
+                part.combine.format(p=names, g=group_names, n=n),
             )
         )
     final = aggregate.final.format(s=names)
@@ -267,7 +343,8 @@ def decompose(node: exp.Expr, index: int, render: Callable[[exp.Expr], str]) -> 
     return AggregateCall(node, tuple(columns), final, group)
 
 
-def _lookup(call: exp.Expr) -> tuple[Aggregate, list[exp.Expr]]:
+def _lookup(call: exp.Expr) -> tuple[Aggregate, list[exp.Expr], int | None]:
+    """The aggregate of a call, its arguments and the n of an N-argument form."""
     if isinstance(call, exp.Count):
         argument = call.this
         if isinstance(argument, exp.Distinct):
@@ -277,11 +354,12 @@ def _lookup(call: exp.Expr) -> tuple[Aggregate, list[exp.Expr]]:
                     "count a struct instead: count(DISTINCT {'a': a, 'b': b})",
                     rule="unmergeable-aggregate",
                 )
-            return COUNT_DISTINCT, [argument.expressions[0]]
+            return COUNT_DISTINCT, [argument.expressions[0]], None
         if argument is None or isinstance(argument, exp.Star):
-            return COUNT_STAR, []
-        return COUNT, [argument]
-    aggregate = AGGREGATES.get(type(call))
+            return COUNT_STAR, [], None
+        return COUNT, [argument], None
+    count = call.args.get("count")
+    aggregate = (TOP_N if count is not None else AGGREGATES).get(type(call))
     if aggregate is None:
         raise PlanningError(
             f"{call.sql('duckdb')} cannot be computed incrementally: its partial results do "
@@ -296,4 +374,15 @@ def _lookup(call: exp.Expr) -> tuple[Aggregate, list[exp.Expr]]:
         )
     if len(arguments) != aggregate.arity:
         raise PlanningError(f"{call.sql('duckdb')} takes {aggregate.arity} argument(s)")
-    return aggregate, arguments
+    return aggregate, arguments, None if count is None else _top_count(call, count)
+
+
+def _top_count(call: exp.Expr, count: exp.Expr) -> int:
+    """The n of max(x, n) and the like: a constant, since the state keeps n values."""
+    if not (isinstance(count, exp.Literal) and count.is_int and int(count.name) > 0):
+        raise PlanningError(
+            f"{call.sql('duckdb')}: the number of values to keep must be a positive integer "
+            f"literal, not {count.sql('duckdb')}",
+            rule="unmergeable-aggregate",
+        )
+    return int(count.name)

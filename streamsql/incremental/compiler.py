@@ -47,6 +47,9 @@ HOP, HOP_INDEX = f"{INTERNAL_PREFIX}hop", f"{INTERNAL_PREFIX}i"
 MIN_EVENT_US = -62_135_596_800_000_000  # 0001-01-01 00:00:00
 MAX_EVENT_US = 253_402_300_799_999_999  # 9999-12-31 23:59:59.999999
 OUTSIDE = " is outside 0001-01-01 .. 9999-12-31, the range event times are computed in"
+
+# Types Arrow has no counterpart for, in nested types too (sqlglot spells HUGEINT INT128).
+ARROW_LOSES = re.compile(r"\b(U?HUGEINT|U?INT128)\b", re.IGNORECASE)
 PARAMETERS = ("late", "late_cutoff", "watermark", "query", "batch_id")
 
 
@@ -208,8 +211,19 @@ class Compiler:
 
     def rows(self, filtered: bool = True) -> str:
         """The source relation: declared columns plus computed ones, and (`filtered`) only
-        the rows that pass the WHERE conjuncts Spark would apply below the watermark."""
+        the rows that pass the WHERE conjuncts Spark would apply below the watermark.
+
+        Arrow has no HUGEINT: the batch carries such columns as DECIMAL(38, 0), and they are
+        cast back so that the query computes (and its sink stores) the declared type.
+        """
         relation = INPUT_VIEW
+        casts = [
+            f"CAST({ident(c.name)} AS {c.type}) AS {ident(c.name)}"
+            for c in self.plan.source.columns
+            if ARROW_LOSES.search(c.type)
+        ]
+        if casts:
+            relation = f"(SELECT * REPLACE ({', '.join(casts)}) FROM {relation})"
         for name, expression in self.plan.derived:
             relation = f"(SELECT *, {sql_of(expression)} AS {ident(name)} FROM {relation})"
         if filtered and self.plan.prefilter is not None:
@@ -482,14 +496,13 @@ class Compiler:
         bounds = (
             f"{self._to_timestamp('min(__start)')} AS window_start",
             f"{self._to_timestamp('max(__end)')} AS window_end",
-            "bool_or(__changed) AS __changed",
         )
         sessions = (
             f"CREATE OR REPLACE TEMP TABLE __sessions AS "
             f"WITH __new AS ({self.session_parts()}), "
-            f"__parts AS (SELECT {state_columns}, FALSE AS __changed FROM {self.state} AS __state "
+            f"__parts AS (SELECT {state_columns} FROM {self.state} AS __state "
             f"SEMI JOIN ({touched}) AS __touched ON {self._match('__state', '__touched', keys)} "
-            f"UNION ALL BY NAME SELECT *, TRUE AS __changed FROM __new) "
+            f"UNION ALL BY NAME SELECT * FROM __new) "
             f"SELECT * EXCLUDE (__island) "
             f"FROM ({self.combine(islands, [*keys, '__island'], bounds)})"
         )
@@ -524,19 +537,14 @@ class Compiler:
         """Emission after a MERGE (or a session rewrite): by output mode."""
         plan = self.plan
         if plan.emit is Emit.SNAPSHOT:
-            sql = self.finalize(self.state)
+            sql = self.finalize(self.snapshot_state())
             if plan.order is not None:
                 sql += f" {sql_of(plan.order)}"
             if plan.limit is not None:
                 sql += f" LIMIT {sql_of(plan.limit)}"
             return [Step("emit the whole result", sql, Fetch.EMIT)]
-        if plan.emit is Emit.CHANGES:
-            touched = (
-                "(SELECT * FROM __sessions WHERE __changed) AS __touched"
-                if plan.kind is QueryKind.SESSION
-                else "__touched"
-            )
-            emit = Step("emit groups updated by this batch", self.finalize(touched), Fetch.EMIT)
+        if plan.emit is Emit.CHANGES:  # sessions are refused (rule session-changes)
+            emit = Step("emit groups updated by this batch", self.finalize("__touched"), Fetch.EMIT)
             if not plan.watermark_bounds_state:
                 return [emit]
             evict = Step(
@@ -547,6 +555,18 @@ class Compiler:
             )
             return [emit, evict]
         return self.closing_steps("__closed")  # sessions: one state row each already
+
+    def snapshot_state(self) -> str:
+        """The state rows a snapshot is made of. Without GROUP BY there is always one group,
+        as in a batch query: before any row it is the aggregates over no rows."""
+        plan = self.plan
+        if plan.window or plan.keys:
+            return self.state
+        empty = (
+            f"SELECT {', '.join(self._partials())} FROM {self.rows()} AS {ident(plan.alias)} "
+            f"WHERE FALSE HAVING NOT EXISTS (SELECT 1 FROM {self.state})"
+        )
+        return f"(SELECT * FROM {self.state} UNION ALL BY NAME {empty}) AS __state"
 
     def stateless_output(self) -> str:
         plan = self.plan

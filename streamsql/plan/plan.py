@@ -98,5 +98,12 @@ class StreamingPlan:
         )
 
     @property
+    def runs_no_data_batches(self) -> bool:
+        """A batch without data runs when the watermark moved, to close and evict windows.
+        Not in complete mode (SNAPSHOT), which evicts nothing and emits only with data, as
+        Spark's stateful operators in Complete mode never ask for another batch."""
+        return self.watermark_bounds_state and self.emit is not Emit.SNAPSHOT
+
+    @property
     def stateful(self) -> bool:
         return self.kind is not QueryKind.STATELESS

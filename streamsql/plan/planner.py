@@ -216,6 +216,8 @@ class Planner:
             raise PlanningError(
                 f"{what} {text} is not an interval: {_first_line(error)}", rule="bad-interval"
             ) from None
+        if micros is None:
+            raise PlanningError(f"{what} {text} is NULL, not an interval", rule="bad-interval")
         if months:
             raise PlanningError(
                 f"{what} {text} has months or years, which have no fixed length; "
@@ -450,6 +452,10 @@ class Planner:
         node = select.args.get("emit")
         at = position_of(node or select.args.get("stream_window") or select)
         watermarked = bool(window and event_time and window.time_column == event_time)
+        # What runs without a watermark: sessions take no EMIT CHANGES (rule session-changes).
+        unbounded = (
+            "EMIT SNAPSHOT" if kind is QueryKind.SESSION else "EMIT CHANGES or EMIT SNAPSHOT"
+        )
         if node is None:
             if kind is QueryKind.GLOBAL:
                 return Emit.CHANGES
@@ -457,7 +463,7 @@ class Planner:
                 raise PlanningError(
                     f"A {kind.value} without a watermark on its window's time column can never "
                     "close a window, and its state would grow without bound: declare a "
-                    "WATERMARK, or ask for EMIT CHANGES or EMIT SNAPSHOT explicitly",
+                    f"WATERMARK, or ask for {unbounded} explicitly",
                     rule="windowed-final-needs-watermark",
                     position=at,
                 )
@@ -475,8 +481,17 @@ class Planner:
                 f"EMIT FINAL on a {kind.value} needs a watermark on the window's time column "
                 f"({window.time_column}): without one no window ever closes and state grows "
                 "without bound. Add WATERMARK FOR ... to the source or WATERMARK ... DELAY OF "
-                "... in FROM, or use EMIT CHANGES",
+                f"... in FROM, or use {unbounded}",
                 rule="windowed-final-needs-watermark",
+                position=at,
+            )
+        if emit is Emit.CHANGES and kind is QueryKind.SESSION:
+            raise PlanningError(
+                "EMIT CHANGES on a session window: a session that merges with a later one "
+                "would leave its earlier row behind, which an update cannot take back (Spark "
+                "refuses update mode for session windows too). Use EMIT FINAL (each session "
+                "once, when the watermark passes its end) or EMIT SNAPSHOT",
+                rule="session-changes",
                 position=at,
             )
         if emit is Emit.SNAPSHOT and kind is QueryKind.STATELESS:

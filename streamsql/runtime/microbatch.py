@@ -20,17 +20,16 @@ import duckdb
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from streamsql.checkpoint.dead_letters import DeadLetters
 from streamsql.checkpoint.fingerprint import fingerprint
 from streamsql.checkpoint.log import (
-    SCHEMA,
     Checkpoint,
     CommitRecord,
     PlannedBatch,
     atomically,
-    registered,
     transaction,
 )
-from streamsql.errors import DataError, ProgrammingError, from_duckdb
+from streamsql.errors import DataError, NotSupportedError, ProgrammingError, from_duckdb
 from streamsql.incremental.compiler import (
     INPUT_VIEW,
     MAX_EVENT_US,
@@ -87,6 +86,9 @@ class MicroBatchExecution:
         self.sink = sink
         self.cursor = cursor  # this query's own connection to the engine database, in UTC
         self.checkpoint = Checkpoint(self.cursor, name)
+        self.dead_letter_store = DeadLetters(
+            self.cursor, name, source.name, source.dead_letter_retention
+        )
         self.batch_id = 0
         self.committed_end: Offset = None
         self.watermark: int | None = None  # W for the next batch
@@ -140,7 +142,10 @@ class MicroBatchExecution:
         if self.plan.has_watermark:
             self.watermark = self.late_threshold = 0
         if last is None:
-            self.committed_end = self.source.initial_offset()
+            self.committed_end = self.checkpoint.first_start()
+            if self.committed_end is None:  # a new query: its start is part of its checkpoint
+                self.committed_end = self.source.initial_offset()
+                self.checkpoint.log_initial(self.committed_end)
         else:
             done = self.checkpoint.planned(last.batch_id)
             self.batch_id = last.batch_id + 1
@@ -154,7 +159,7 @@ class MicroBatchExecution:
                 self.earliest_end = self._scalar(self.program.earliest_end_sql)
             self._create_state_views()
         self.source.recover(self.checkpoint.planned_ends())
-        self.dead_letters = self.checkpoint.dead_letters()
+        self.dead_letters = self.dead_letter_store.resume()
         self.output = self._describe_output()
 
     def _create_state_views(self) -> None:
@@ -216,6 +221,10 @@ class MicroBatchExecution:
             raise ProgrammingError(
                 f"Query {self.name} does not run on DuckDB: {str(error).splitlines()[0]}"
             ) from None
+        except pa.ArrowException as error:  # a type Arrow cannot carry (lists 64 deep, ...)
+            raise NotSupportedError(
+                f"Query {self.name} returns rows that Arrow cannot carry: {error}"
+            ) from None
         finally:
             self.cursor.execute("ROLLBACK").fetchall()
         return OutputSchema(
@@ -237,7 +246,7 @@ class MicroBatchExecution:
         return {
             "sink": self.name,
             "last_batch": self.last_committed,
-            "committed_offsets": self.committed_end,
+            "committed_offsets": self.source.public_offset(self.committed_end),
             "lag": self.source.lag_by_partition(self.committed_end)
             or self.source.backlog(self.committed_end),
             "watermark": timestamp_of(self.watermark),
@@ -251,7 +260,7 @@ class MicroBatchExecution:
     def needs_no_data_batch(self) -> bool:
         """The watermark moved past the one in force during the last batch."""
         return (
-            self.plan.watermark_bounds_state
+            self.plan.runs_no_data_batches
             and self.watermark is not None
             and self.watermark > self.late_threshold
         )
@@ -287,12 +296,17 @@ class MicroBatchExecution:
         timings["read"] = _ms_since(began)
         mark = time.perf_counter()
         state_rows, earliest_end = self.state_rows, self.earliest_end
+        retired = self._retired_through(batch.batch_id)
         try:
-            with transaction(self.cursor):
-                stats, emitted, data = self._execute_steps(batch, data)
+            values = self._values(batch)
+            stats, data = self._measure(data, values)
+            dead = self._dead_letters(data)
+            stored = dead if self.source.on_error == "dead_letter" else dead.slice(0, 0)
+            with self.dead_letter_store.lock_for(stored), transaction(self.cursor):
+                emitted = self._execute_steps(batch, stats, values)
                 timings["execute"] = _ms_since(mark)
                 mark = time.perf_counter()
-                dead = self._dead_letters(batch, data)
+                expired = self.dead_letter_store.store(batch.batch_id, stored)
                 max_event = self.max_event_us
                 if stats.max_event_us is not None:
                     truncated = stats.max_event_us // 1000 * 1000  # Spark keeps ms
@@ -312,6 +326,8 @@ class MicroBatchExecution:
                         emitted.num_rows,
                     )
                 )
+                if retired is not None:
+                    self.checkpoint.forget_emitted_windows(retired)
         except BaseException:
             self.state_rows, self.earliest_end = state_rows, earliest_end
             raise
@@ -321,8 +337,8 @@ class MicroBatchExecution:
             self._registered.clear()
         self.sink.committed(self.cursor, batch.batch_id)
         self.source.committed(batch.end)
-        if batch.batch_id >= RETAINED_BATCHES and batch.batch_id % RETAINED_BATCHES == 0:
-            self.checkpoint.truncate(batch.batch_id - RETAINED_BATCHES, self.source.merge_ends)
+        if retired is not None:
+            self.checkpoint.truncate(retired, self.source.merge_ends)
         timings["commit"] = _ms_since(mark)
         timings["total"] = round(timings["plan"] + _ms_since(began), 3)
         self.batch_id = batch.batch_id + 1
@@ -330,7 +346,7 @@ class MicroBatchExecution:
         self.late_threshold = batch.watermark_us
         self.watermark = next_watermark
         self.max_event_us = max_event
-        self.dead_letters += dead if self.source.on_error == "dead_letter" else 0
+        self.dead_letters += stored.num_rows - expired
         seconds = max(timings["total"] / 1000, 1e-9)
         since_last = began - self.last_started if self.last_started is not None else seconds
         self.last_started = began
@@ -343,7 +359,7 @@ class MicroBatchExecution:
             num_input_rows=stats.input_rows,
             num_late_rows=stats.late_rows,
             num_null_event_times=stats.null_event_times,
-            num_dead_letters=dead,
+            num_dead_letters=dead.num_rows,
             num_output_rows=emitted.num_rows,
             watermark=timestamp_of(batch.watermark_us),
             late_threshold=timestamp_of(batch.late_threshold_us),
@@ -358,12 +374,13 @@ class MicroBatchExecution:
                 {
                     "source": self.source.name,
                     "connector": self.source.definition.connector,
-                    "start_offset": batch.start,
-                    "end_offset": batch.end,
+                    "start_offset": self.source.public_offset(batch.start),
+                    "end_offset": self.source.public_offset(batch.end),
                     "num_input_rows": stats.input_rows,
                     "lag": self.source.backlog(batch.end),
                     "lag_by_partition": self.source.lag_by_partition(batch.end),
                     **self.source.metrics(),
+                    "warnings": self.source.take_warnings(),
                 }
             ],
             sink={
@@ -372,6 +389,14 @@ class MicroBatchExecution:
                 "num_output_rows": emitted.num_rows,
             },
         )
+
+    @staticmethod
+    def _retired_through(batch_id: int) -> int | None:
+        """The last batch the logs drop once `batch_id` commits (every RETAINED_BATCHES
+        batches), or None."""
+        if batch_id >= RETAINED_BATCHES and batch_id % RETAINED_BATCHES == 0:
+            return batch_id - RETAINED_BATCHES
+        return None
 
     def _state_operators(self) -> list[dict[str, Any]]:
         """Spark's stateOperators: the state store of the query's one stateful operator."""
@@ -386,16 +411,11 @@ class MicroBatchExecution:
             }
         ]
 
-    def _execute_steps(
-        self, batch: PlannedBatch, data: SourceBatch
-    ) -> tuple[BatchStats, pa.Table, SourceBatch]:
-        """Run the batch's steps; returns their figures, the emitted rows, and the input with
-        the rows whose times are out of range moved to its dead letters."""
-        rows = data.rows
-        self._register(INPUT_VIEW, rows)
+    def _values(self, batch: PlannedBatch) -> dict[str, Any]:
+        """The parameters of the batch's statements."""
         window = self.plan.window
         late = batch.late_threshold_us
-        values = {
+        return {
             **self.plan.parameters,
             "late": late,
             "watermark": batch.watermark_us,
@@ -403,11 +423,24 @@ class MicroBatchExecution:
             "query": self.checkpoint.query,
             "batch_id": batch.batch_id,
         }
-        stats = self._statistics(rows, values)
+
+    def _measure(self, data: SourceBatch, values: dict[str, Any]) -> tuple[BatchStats, SourceBatch]:
+        """The input's figures, and the input with the rows whose times are out of range
+        moved to its dead letters (before the batch's transaction, which then knows every
+        dead letter it stores)."""
+        self._register(INPUT_VIEW, data.rows)
+        stats = self._statistics(data.rows, values)
         if stats.bad_times:
             data = self._reject_bad_times(data)
             self._register(INPUT_VIEW, data.rows)
             stats = self._statistics(data.rows, values)
+        return stats, data
+
+    def _execute_steps(
+        self, batch: PlannedBatch, stats: BatchStats, values: dict[str, Any]
+    ) -> pa.Table:
+        """Run the batch's steps over the measured input; returns the emitted rows."""
+        window = self.plan.window
         if window and stats.min_time_us is not None:
             opened = window.first_end(stats.min_time_us)
             self.earliest_end = (
@@ -438,7 +471,7 @@ class MicroBatchExecution:
             for step in self.program.compaction:
                 self._apply(step, values, churn=False)
             self.compacted_rows = self.state_rows
-        return stats, self.empty_output if emitted is None else emitted, data
+        return self.empty_output if emitted is None else emitted
 
     def _reject_bad_times(self, data: SourceBatch) -> SourceBatch:
         """Rows whose event or window time the engine cannot compute with become dead
@@ -539,26 +572,17 @@ class MicroBatchExecution:
         self.cursor.register(view, rows)
         self._registered.add(view)
 
-    def _dead_letters(self, batch: PlannedBatch, data: SourceBatch) -> int:
+    def _dead_letters(self, data: SourceBatch) -> pa.Table:
+        """The batch's bad records; an error, before the batch writes anything, under
+        on_error = 'fail'."""
         dead = data.dead_letters
-        if dead.num_rows == 0:
-            return 0
-        policy = self.source.on_error
-        if policy == "fail":
+        if dead.num_rows and self.source.on_error == "fail":
             first = dead.slice(0, 1).to_pylist()[0]
             raise DataError(
                 f"Source {self.source.name}: bad record at {first['partition']} offset "
                 f"{first['offset']}: {first['error']} (on_error = 'fail')"
             )
-        if policy == "dead_letter":
-            with registered(self.cursor, "__dead", dead):
-                self.cursor.execute(
-                    f'INSERT INTO {SCHEMA}.dead_letters (query, batch_id, source, "partition", '
-                    f'"offset", raw, error) SELECT ?, ?, ?, "partition", "offset", raw, error '
-                    f"FROM __dead",
-                    [self.name, batch.batch_id, self.source.name],
-                ).fetchall()
-        return dead.num_rows
+        return dead
 
     def close(self) -> None:
         try:

@@ -11,11 +11,14 @@ def timestamp_of(micros: int | None) -> str | None:
     """Epoch microseconds as an ISO-8601 UTC string, as Spark prints event-time watermarks."""
     if micros is None:
         return None
-    try:
-        moment = dt.datetime(1970, 1, 1, tzinfo=dt.UTC) + dt.timedelta(microseconds=micros)
-    except OverflowError:  # a watermark committed from an event time out of range
-        return f"out of range ({micros} microseconds from 1970-01-01)"
-    return moment.isoformat(timespec="microseconds").replace("+00:00", "Z")
+    # The Gregorian calendar repeats every 400 years (146097 days): a time beyond Python's
+    # years 1..9999 is printed from its place in the cycle, with the year moved back.
+    days, rest = divmod(micros, 86_400_000_000)
+    cycles, days = divmod(days, 146_097)
+    moment = dt.datetime(1970, 1, 1) + dt.timedelta(days=days, microseconds=rest)
+    year = moment.year + 400 * cycles
+    year_text = f"{year:04d}" if 0 < year <= 9999 else f"{year:+d}"
+    return year_text + moment.isoformat(timespec="microseconds")[4:] + "Z"
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,7 @@ from typing import Any
 
 import pyarrow as pa
 
+from streamsql.format import python_rows
 from streamsql.runtime.query import StreamingQuery
 from streamsql.sinks.collect import CollectSink
 
@@ -21,7 +22,7 @@ class PushStream:
     ) -> None:
         self.query = query
         self.sink = sink
-        self._pending: list[tuple[Any, ...]] = []
+        self._pending: list[tuple[int, tuple[Any, ...]]] = []  # (batch id, row)
         self._on_close = on_close
         self._closed = False
 
@@ -33,27 +34,24 @@ class PushStream:
     def _drain(self) -> None:
         while True:
             try:
-                self._take(self.sink.batches.get_nowait())
+                self._take(*self.sink.batches.get_nowait())
             except queue.Empty:
                 return
 
-    def _take(self, batch: pa.Table) -> None:
+    def _take(self, batch_id: int, batch: pa.Table) -> None:
         """Rows as DuckDB's own fetchall gives them: Arrow carries a HUGEINT as a DECIMAL."""
         types = self.sink.schema.types if self.sink.schema else ()
         integral = [i for i, type_ in enumerate(types) if type_ in ("HUGEINT", "UHUGEINT")]
-        for row in batch.to_pylist():
-            values = list(row.values())
+        for row in python_rows(batch):
+            values = list(row)
             for i in integral:
                 if values[i] is not None:
                     values[i] = int(values[i])
-            self._pending.append(tuple(values))
+            self._pending.append((batch_id, tuple(values)))
 
-    def fetch(self, size: int | None, timeout: float | None) -> list[tuple[Any, ...]]:
-        """Up to `size` rows (all with None); waits for the first one at most `timeout` s.
-
-        Returns [] once the query has stopped and everything was fetched, or on timeout.
-        With size None it waits for the query to stop (trigger available_now or once).
-        """
+    def _wait(self, until_stopped: bool, timeout: float | None) -> None:
+        """Until rows are pending (with `until_stopped`: until the query stopped), or
+        `timeout` seconds passed; raises the query's error once it stopped with one."""
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             self._drain()
@@ -61,17 +59,39 @@ class PushStream:
             if stopped:
                 self._drain()
                 self.query.await_termination(0)  # raises the query's error, if any
-            if self._pending and (size is not None or stopped):
-                break
+            if self._pending and not until_stopped:
+                return
             if stopped or (deadline is not None and time.monotonic() >= deadline):
-                break
+                return
             try:
-                self._take(self.sink.batches.get(timeout=POLL_SECONDS))
+                self._take(*self.sink.batches.get(timeout=POLL_SECONDS))
             except queue.Empty:
                 continue
+
+    def fetch(self, size: int | None, timeout: float | None) -> list[tuple[Any, ...]]:
+        """Up to `size` rows (all with None); waits for the first one at most `timeout` s.
+
+        Returns [] once the query has stopped and everything was fetched, or on timeout.
+        With size None it waits for the query to stop (trigger available_now or once).
+        """
+        self._wait(size is None, timeout)
         count = len(self._pending) if size is None else size
-        rows, self._pending = self._pending[:count], self._pending[count:]
-        return rows
+        taken, self._pending = self._pending[:count], self._pending[count:]
+        return [row for _, row in taken]
+
+    def fetch_batch(self, timeout: float | None) -> tuple[int, list[tuple[Any, ...]]] | None:
+        """The next emitted batch's id and its rows (those not fetched yet); waits for it at
+        most `timeout` s. None on timeout, or once the query stopped and all was fetched."""
+        self._wait(False, timeout)
+        if not self._pending:
+            return None
+        batch_id = self._pending[0][0]
+        count = next(
+            (i for i, (batch, _) in enumerate(self._pending) if batch != batch_id),
+            len(self._pending),
+        )
+        taken, self._pending = self._pending[:count], self._pending[count:]
+        return batch_id, [row for _, row in taken]
 
     def close(self) -> None:
         if not self._closed:

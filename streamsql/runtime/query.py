@@ -15,7 +15,9 @@ from collections.abc import Callable
 from concurrent.futures import Future
 from typing import Any, TypeVar
 
-from streamsql.errors import SourceUnavailable, StreamingQueryError
+import duckdb
+
+from streamsql.errors import Error, SourceUnavailable, StreamingQueryError, from_duckdb
 from streamsql.runtime.microbatch import MicroBatchExecution
 from streamsql.runtime.progress import QueryProgress
 from streamsql.runtime.triggers import Trigger, TriggerKind
@@ -40,6 +42,7 @@ class StreamingQuery:
         self.trigger = trigger
         self.on_progress = on_progress  # after each batch, and when the query terminates
         self.exception: BaseException | None = None
+        self.failed_batch: int | None = None  # the batch in flight when it failed
         self.recent_progress: collections.deque[QueryProgress] = collections.deque(
             maxlen=RECENT_PROGRESS
         )
@@ -96,8 +99,18 @@ class StreamingQuery:
             "is_data_available": self._state == "processing",
             "source_available": self.unavailable_since is None,
             "trigger": str(self.trigger),
-            "error": None if self.exception is None else str(self.exception),
+            "error": self.error,
         }
+
+    @property
+    def error(self) -> str | None:
+        """Why the query stopped, if it failed: a streamsql error's message; for any other
+        exception (a callback's, a library's) its type and the batch, which its message
+        alone (`list index out of range`) would not say."""
+        error = self.exception
+        if error is None or isinstance(error, Error):
+            return None if error is None else str(error)
+        return f"{type(error).__name__} in batch {self.failed_batch}: {error}"
 
     @property
     def last_progress(self) -> QueryProgress | None:
@@ -121,9 +134,7 @@ class StreamingQuery:
         """True once the query has stopped; raises the error that stopped it, if any."""
         finished = self._terminated.wait(timeout)
         if self.exception is not None:
-            raise StreamingQueryError(
-                f"Query {self.name} failed: {self.exception}"
-            ) from self.exception
+            raise StreamingQueryError(f"Query {self.name} failed: {self.error}") from self.exception
         return finished
 
     def process_all_available(self, timeout: float | None = None) -> None:
@@ -136,9 +147,7 @@ class StreamingQuery:
                 lambda: self._served_upto >= ticket or self._terminated.is_set(), timeout
             )
         if self.exception is not None:
-            raise StreamingQueryError(
-                f"Query {self.name} failed: {self.exception}"
-            ) from self.exception
+            raise StreamingQueryError(f"Query {self.name} failed: {self.error}") from self.exception
         if not done:
             raise TimeoutError(f"Query {self.name} did not catch up within {timeout} seconds")
 
@@ -235,8 +244,13 @@ class StreamingQuery:
     def _loop(self) -> None:
         try:
             self._run()
+        except duckdb.Error as error:  # as the PEP 249 error it is, saying in which batch
+            self.failed_batch = self.execution.batch_id
+            self.exception = from_duckdb(error, f"batch {self.failed_batch}")
+            self.exception.__cause__ = error
+            self._state = "failed"
         except BaseException as error:  # reported through status and await_termination
-            self.exception = error
+            self.exception, self.failed_batch = error, self.execution.batch_id
             self._state = "failed"
         else:
             self._state = "stopped"

@@ -63,18 +63,25 @@ NAMES_AFTER = {
     "query": "query",
 }
 
-# The keys of WITH (...), each with the connectors that read it.
-OPTIONS = {
-    option: ", ".join(
-        f"{name} {kind}"
-        for kind, connectors in (("source", SOURCE_CONNECTORS), ("sink", SINK_CONNECTORS))
-        for name, connector in connectors.items()
-        if option in connector.OPTIONS
-    )
-    for connectors in (SOURCE_CONNECTORS, SINK_CONNECTORS)
-    for connector in connectors.values()
-    for option in connector.OPTIONS
-}
+# The connectors of each kind of statement, by name: their OPTIONS are the keys of WITH (...).
+CONNECTORS = {"source": SOURCE_CONNECTORS, "sink": SINK_CONNECTORS}
+
+# What may follow a relation in FROM (and its alias): the clauses, the extension's first.
+AFTER_RELATION = (
+    "WATERMARK",
+    "WINDOW",
+    "WHERE",
+    "GROUP BY",
+    "HAVING",
+    "EMIT",
+    "ORDER BY",
+    "LIMIT",
+    "JOIN",
+    "LEFT JOIN",
+    "INNER JOIN",
+    "CROSS JOIN",
+    "AS",
+)
 
 WINDOW_COLUMNS = ("window_start", "window_end")  # what WINDOW TUMBLING/HOPPING/SESSION add
 KEYWORD = "keyword"
@@ -123,8 +130,10 @@ class SQLCompleter(Completer):
         """What may come after `context`; everything only once a letter has been typed."""
         options = re.search(r"\bWITH\s*\(([^()]*)$", context, re.IGNORECASE)
         if options:
-            at_key = "=" not in options.group(1).rsplit(",", 1)[-1]
-            return OPTIONS.items() if at_key else ()
+            return connector_options(context[: options.start()], options.group(1))
+        relation = re.search(r"\bFROM\s+(\w+)(?:\s+(?:AS\s+)?(\w+))?\s+$", context, re.I)
+        if relation and word_begun and self._is_relation(*relation.groups()):
+            return [(k, KEYWORD) for k in AFTER_RELATION]
         previous = re.search(r"(\w+)\s+$", context)
         previous_word = previous.group(1).lower() if previous else ""
         if previous_word in KEYWORDS_AFTER or previous_word in NAMES_AFTER:
@@ -138,6 +147,11 @@ class SQLCompleter(Completer):
             *self._names("sink"),
             *((k, KEYWORD) for k in self.keywords),
         ]
+
+    def _is_relation(self, name: str, alias: str | None) -> bool:
+        """`name` is a source or table, and `alias` (if any) no keyword: a clause comes next."""
+        known = name.lower() in self.engine.sources or name.lower() in map(str.lower, self.tables)
+        return known and (alias is None or alias.upper() not in self.keywords)
 
     def _names(self, kind: str | None) -> list[Candidate]:
         if kind == "relation":
@@ -161,3 +175,33 @@ class SQLCompleter(Completer):
         for column in WINDOW_COLUMNS:
             owners.setdefault(column, []).append("WINDOW")
         return [(column, f"column of {', '.join(names)}") for column, names in owners.items()]
+
+
+def connector_options(statement: str, written: str) -> list[Candidate]:
+    """What may come next inside `WITH (written`: at a key, the keys the statement's kind of
+    connector reads (only the chosen connector's once `connector = '...'` is written, and not
+    those written already); after `connector =`, the connector names."""
+    create = re.findall(r"\bCREATE\s+(?:OR\s+REPLACE\s+)?(SOURCE|SINK)\b", statement, re.I)
+    kinds = [create[-1].lower()] if create else list(CONNECTORS)
+    key, equals, value = written.rsplit(",", 1)[-1].partition("=")
+    if equals:
+        if key.strip().lower() != "connector" or value.strip() not in ("", "'"):
+            return []
+        quote = "" if value.strip() else "'"
+        return [
+            (f"{quote}{name}{quote}", f"{kind} connector")
+            for kind in kinds
+            for name in CONNECTORS[kind]
+        ]
+    named = re.search(r"\bconnector\s*=\s*'(\w+)'", written, re.I)
+    chosen = named.group(1).lower() if named else None
+    if not any(chosen in CONNECTORS[kind] for kind in kinds):
+        chosen = None  # not (yet) a connector's name: every connector's keys
+    given = {k.lower() for k in re.findall(r"(\w+)\s*=", written)}
+    readers: dict[str, list[str]] = {}
+    for kind in kinds:
+        for name, connector in CONNECTORS[kind].items():
+            if chosen in (None, name):
+                for option in connector.OPTIONS:
+                    readers.setdefault(option, []).append(f"{name} {kind}")
+    return [(option, ", ".join(by)) for option, by in readers.items() if option not in given]

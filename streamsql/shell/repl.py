@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import contextlib
 import sys
-from typing import TextIO
+import time
+from collections.abc import Sequence
+from typing import Any, TextIO
 
 from prompt_toolkit import PromptSession
-from prompt_toolkit.filters import Condition
+from prompt_toolkit.filters import Condition, Filter
 from prompt_toolkit.history import History
 from prompt_toolkit.input import Input
+from prompt_toolkit.key_binding import KeyBindings, KeyPressEvent
 from prompt_toolkit.lexers import PygmentsLexer
 from prompt_toolkit.output import Output
 from sqlglot.errors import TokenError
@@ -17,15 +20,17 @@ from sqlglot.tokens import TokenType
 
 from streamsql.dbapi import Connection
 from streamsql.errors import Error
-from streamsql.format import format_table
+from streamsql.format import rows_text
+from streamsql.shell.answers import OP_COLUMN, Catalog, Changelog
 from streamsql.shell.commands import CommandError, run_command
 from streamsql.shell.completion import SQLCompleter
 from streamsql.shell.highlight import StreamSQLLexer
-from streamsql.sql import DIALECT, parse
+from streamsql.shell.render import Settings, render
+from streamsql.sql import DIALECT, Statement, parse
 
 PROMPT = "streamsql> "
 CONTINUATION = "      ...> "
-PUSH_ROWS = 1000  # rows per printed table at most
+UNMARKED = " (updates unmarked: the SELECT list lacks a GROUP BY key or the window)"
 PLAN_COLUMNS = ("explain", "explain_value")  # plans are text: printed as they are
 
 
@@ -42,8 +47,18 @@ def is_complete(text: str) -> bool:
     return bool(tokens) and tokens[-1].token_type == TokenType.SEMICOLON
 
 
-def rows_text(count: int) -> str:
-    return f"{count} row{'' if count == 1 else 's'}"
+def continuation_bindings(continued: Filter) -> KeyBindings:
+    """Enter inside a statement starts a line indented as the one before, as an editor's
+    auto-indent does; but not while more keys are already waiting (text typed ahead or pasted
+    without bracketed paste), which brings its own indentation."""
+    bindings = KeyBindings()
+
+    @bindings.add("enter", filter=continued)
+    def _(event: KeyPressEvent) -> None:
+        typed_ahead = bool(event.key_processor.input_queue)
+        event.current_buffer.newline(copy_margin=not typed_ahead and not event.app.paste_mode())
+
+    return bindings
 
 
 class Shell:
@@ -66,9 +81,12 @@ class Shell:
         self.cursor = con.cursor()  # one session: temporary tables and SET last across lines
         self.completer = SQLCompleter(con.engine)
         self.done = False
+        self.settings = Settings()
+        continued = Condition(lambda: not is_complete(self.session.default_buffer.text))
         self.session: PromptSession[str] = PromptSession(
             PROMPT,
-            multiline=Condition(lambda: not is_complete(self.session.default_buffer.text)),
+            multiline=continued,
+            key_bindings=continuation_bindings(continued),
             prompt_continuation=CONTINUATION,
             lexer=PygmentsLexer(StreamSQLLexer),
             completer=self.completer,
@@ -104,19 +122,27 @@ class Shell:
             self.write(f"Error: {type(error).__name__}: {error}")
 
     def run_sql(self, sql: str) -> None:
-        """Every statement of `sql` in turn, printing each one's result."""
+        """Every statement of `sql` in turn, printing each one's result (and, with `.timer
+        on`, how long it took)."""
         engine = self.con.engine
         for statement in parse(sql):
+            started = time.perf_counter()
             if engine.handler(statement) == engine.push_query:
-                self._push(statement.text)
+                self._push(statement)
             else:
+                before = Catalog.of(engine)
                 self.cursor.execute(statement.text)
-                self._show_result()
+                self._show_result(statement, before)
+            if self.settings.timer:
+                self.write(f"Run Time (s): real {time.perf_counter() - started:.3f}")
 
-    def _show_result(self) -> None:
+    def _show_result(self, statement: Statement, before: Catalog) -> None:
         cursor = self.cursor
         if cursor.description is None:  # no result set: DDL, DML, SET, CREATE SOURCE, ...
-            if cursor.rowcount >= 0:
+            answer = before.answer(statement.expression, self.con.engine)
+            if answer:
+                self.write(answer)
+            elif cursor.rowcount >= 0:
                 self.write(f"{rows_text(cursor.rowcount)} affected")
             return
         names = [column[0] for column in cursor.description]
@@ -124,25 +150,42 @@ class Shell:
         if names[-1] in PLAN_COLUMNS:
             self.write("\n".join(str(row[-1]) for row in rows))
         else:
-            self.write(format_table(names, rows))
+            types = ["" if column[1] is None else str(column[1]) for column in cursor.description]
+            self.show(names, types, rows)
 
-    def _push(self, sql: str) -> None:
-        """Print a push query's rows as its batches emit them, until it ends or Ctrl-C.
+    def show(self, names: Sequence[str], types: Sequence[str], rows: Sequence[Any]) -> None:
+        """Rows in the mode `.mode` chose."""
+        self.write(render(names, types, rows, self.settings))
 
-        It runs on a cursor of its own, whose closing stops it without touching the session.
-        """
-        with contextlib.closing(self.con.cursor()) as cursor:
-            cursor.execute(sql)
-            names = [column[0] for column in cursor.description]
-            shown = 0
-            try:
-                while cursor.streaming:
-                    rows = cursor.fetchmany(PUSH_ROWS)
-                    if rows:
-                        shown += len(rows)
-                        self.write(format_table(names, rows))
-            except KeyboardInterrupt:
-                self.write(f"Push query stopped after {rows_text(shown)}")
+    def _push(self, statement: Statement) -> None:
+        """Print a push query's batches as they are emitted, each under its batch id, until
+        the query ends or Ctrl-C stops it. For EMIT CHANGES an `op` column says whether a
+        row is a group's first (+I) or an update of a group shown before (+U)."""
+        engine = self.con.engine
+        with contextlib.closing(engine.cursor()) as duck:
+            stream = engine.push_query(statement, None, duck).stream
+        schema = stream.sink.schema
+        names, types = list(schema.names), list(schema.types)
+        changes = Changelog.of(schema)
+        if changes:
+            names, types = [OP_COLUMN, *names], ["VARCHAR", *types]
+        self.write(
+            "Push query running: each batch prints as it is emitted"
+            + (UNMARKED if Changelog.unmarked(schema) else "")
+            + "; Ctrl-C stops it"
+        )
+        shown = 0
+        try:
+            while (batch := stream.fetch_batch(None)) is not None:
+                batch_id, rows = batch
+                shown += len(rows)
+                self.write(f"Batch {batch_id}")
+                self.show(names, types, changes.mark(rows) if changes else rows)
+            self.write(f"Push query finished after {rows_text(shown)}")
+        except KeyboardInterrupt:
+            self.write(f"Push query stopped after {rows_text(shown)}")
+        finally:
+            stream.close()
 
     def write(self, text: str) -> None:
         self.out.write(text + "\n")

@@ -11,11 +11,12 @@ from streamsql.sinks.base import OutputSchema, Sink
 
 
 class CollectSink(Sink):
-    """Batches go into a queue the cursor reads; rows reach the caller at least once."""
+    """Batches go into a queue the cursor reads, with their ids; rows reach the caller at
+    least once."""
 
     def __init__(self, name: str, options: dict[str, str]) -> None:
         super().__init__(name, options)
-        self.batches: queue.Queue[pa.Table] = queue.Queue()
+        self.batches: queue.Queue[tuple[int, pa.Table]] = queue.Queue()
         self.schema: OutputSchema | None = None
 
     def open(self, cursor: duckdb.DuckDBPyConnection, schema: OutputSchema, query_id: str) -> None:
@@ -23,4 +24,4 @@ class CollectSink(Sink):
 
     def write(self, cursor: duckdb.DuckDBPyConnection, batch_id: int, rows: pa.Table) -> None:
         if rows.num_rows:
-            self.batches.put(rows)
+            self.batches.put((batch_id, rows))

@@ -8,7 +8,7 @@ from typing import TextIO
 import duckdb
 import pyarrow as pa
 
-from streamsql.format import format_table
+from streamsql.format import format_table, python_rows
 from streamsql.sinks.base import OutputSchema, Sink
 
 
@@ -27,7 +27,7 @@ class ConsoleSink(Sink):
     def write(self, cursor: duckdb.DuckDBPyConnection, batch_id: int, rows: pa.Table) -> None:
         if rows.num_rows == 0 and not self.print_empty:
             return
-        records = [tuple(row.values()) for row in rows.to_pylist()]
+        records = python_rows(rows)
         banner = "-" * 43
         stream = self.stream or sys.stdout
         stream.write(f"{banner}\n{self.name} batch: {batch_id}\n{banner}\n")

@@ -27,6 +27,7 @@ from sqlglot.errors import ParseError, TokenError
 
 from streamsql.checkpoint.log import registered
 from streamsql.errors import OperationalError, ProgrammingError, from_duckdb
+from streamsql.kafka_net import NetworkClients, within
 from streamsql.kafka_settings import client_settings, topic_names
 from streamsql.sinks.base import OutputSchema, Sink
 from streamsql.sql import DIALECT, literal, one_statement, quote
@@ -134,7 +135,10 @@ class KafkaSink(Sink):
             ) from None
 
     def _connect(self) -> KafkaProducer:
+        """A producer connected within `timeout`: KafkaProducer() bootstraps on the calling
+        thread, where kafka-python does not bound every wait (kafka_net)."""
         millis = max(int(self.timeout * 1000), 1)
+        clients = NetworkClients()
         config: dict[str, Any] = {
             "bootstrap_servers": self.servers,
             "client_id": f"streamsql-{self.name}",
@@ -142,12 +146,20 @@ class KafkaSink(Sink):
             "enable_idempotence": True,
             "bootstrap_timeout_ms": millis,
             "max_block_ms": millis,
+            "request_timeout_ms": min(millis, KafkaProducer.DEFAULT_CONFIG["request_timeout_ms"]),
             **self.client_options,
+            "kafka_client": clients,
         }
         try:
-            self._producer = KafkaProducer(**config)
+            self._producer = within(
+                self.timeout, lambda: KafkaProducer(**config), clients, lambda p: _close(p, 0)
+            )
         except (KafkaConfigurationError, ValueError) as error:
             raise ProgrammingError(f"Sink {self.name}: Kafka client options: {error}") from None
+        except KafkaError:
+            for client in clients:
+                client.close()
+            raise
         return self._producer
 
     def _abandon(self) -> None:

@@ -6,6 +6,8 @@ JSON values that only the source interprets; the runtime logs them before readin
 
 from __future__ import annotations
 
+import logging
+import math
 import threading
 from abc import ABC, abstractmethod
 from collections.abc import Callable
@@ -16,12 +18,16 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from streamsql.errors import ProgrammingError
+from streamsql.format import parse_seconds
 from streamsql.options import Configured
 from streamsql.plan.catalog import SourceDef
 
 Offset = Any
 
+log = logging.getLogger(__name__)
+
 ON_ERROR = ("dead_letter", "skip", "fail")
+DEAD_LETTER_RETENTION = 7 * 86400.0  # seconds: a week, as Kafka keeps a topic's messages
 
 DEAD_LETTER_SCHEMA = pa.schema(
     [
@@ -99,7 +105,8 @@ def numbers(count: int, first: int = 1) -> pa.Array:
 class Source(Configured, ABC):
     """One instance per source per engine, shared by the queries that read it."""
 
-    OPTIONS: ClassVar[tuple[str, ...]] = ("connector", "on_error")  # WITH (...) keys it reads
+    # WITH (...) keys it reads
+    OPTIONS: ClassVar[tuple[str, ...]] = ("connector", "on_error", "dead_letter_retention")
     OPTION_PREFIXES: ClassVar[tuple[str, ...]] = ()  # and keys passed on to a client library
     METADATA: ClassVar[tuple[str, ...]] = ()  # what METADATA columns can be filled from
 
@@ -108,6 +115,13 @@ class Source(Configured, ABC):
         self.schema = schema  # the declared physical columns, as Arrow types
         self.options = definition.options
         self.on_error = self.option_choice("on_error", ON_ERROR, "dead_letter")
+        # How long dead letters are kept, in seconds (inf: for ever)
+        self.dead_letter_retention: float = self._parsed(
+            "dead_letter_retention",
+            DEAD_LETTER_RETENTION,
+            _retention,
+            "a duration like '30 days', or 'forever'",
+        )
         for column in definition.columns:
             if column.metadata is not None and column.metadata not in self.METADATA:
                 offered = f"; it offers {', '.join(self.METADATA)}" if self.METADATA else ""
@@ -117,6 +131,7 @@ class Source(Configured, ABC):
                 )
         self._listeners: list[Callable[[], None]] = []
         self._listeners_lock = threading.Lock()
+        self._warnings: list[str] = []
 
     @property
     def name(self) -> str:
@@ -151,6 +166,11 @@ class Source(Configured, ABC):
         """A bound covering everything available now (trigger available_now)."""
         return None
 
+    def public_offset(self, offset: Offset) -> Offset:
+        """An offset as progress records and status show it: without what only the source
+        itself needs (Kafka: the topic ids)."""
+        return offset
+
     def backlog(self, end: Offset) -> int | None:
         """How much is available beyond `end` (records, files), as far as the source knows
         without asking anyone: the lag a progress record reports. None if unknown."""
@@ -182,6 +202,17 @@ class Source(Configured, ABC):
         """From another thread, when a query must stop while a read is stuck: make the
         read fail now (the batch stays logged, to be read again when the query resumes)."""
 
+    def warn(self, message: str) -> None:
+        """Something the user must hear of that does not stop the query (data loss accepted
+        with fail_on_data_loss = false): logged now, and in the next batch's progress."""
+        log.warning("Source %s: %s", self.name, message)
+        self._warnings.append(message)
+
+    def take_warnings(self) -> list[str]:
+        """The warnings since the last call, for the progress record of the batch."""
+        warnings, self._warnings = self._warnings, []
+        return warnings
+
     def subscribe(self, listener: Callable[[], None]) -> None:
         """Call `listener` when new data arrives (sources that can tell; others are polled)."""
         with self._listeners_lock:
@@ -204,3 +235,10 @@ class Source(Configured, ABC):
             DEAD_LETTER_SCHEMA.empty_table(),
             Origins(ORIGIN_SCHEMA.empty_table(), pa.array([], pa.int64())),
         )
+
+
+def _retention(text: str) -> float | None:
+    if text.strip().lower() == "forever":
+        return math.inf
+    seconds = parse_seconds(text)
+    return seconds if seconds is not None and seconds > 0 else None

@@ -14,7 +14,6 @@ import dataclasses
 import fnmatch
 import os
 import threading
-import warnings
 from pathlib import Path
 
 import pyarrow as pa
@@ -85,12 +84,10 @@ class FileSource(Source):
             if now != read:
                 self._read_stats[name] = now
                 self.files_changed_after_read += 1
-                warnings.warn(
-                    f"Source {self.name}: file {name} changed after it was read (size or "
-                    "modification time); what was added is not read, since a file is read "
-                    "once: write files elsewhere and rename them into the directory",
-                    FileChangedWarning,
-                    stacklevel=2,
+                self.warn(
+                    f"file {name} changed after it was read (size or modification time); "
+                    "what was added is not read, since a file is read once: write files "
+                    "elsewhere and rename them into the directory"
                 )
         return sorted(found)
 
@@ -274,7 +271,3 @@ def _positions(columns: tuple[Column, ...], names: list[str]) -> tuple[int | Non
     for index, name in enumerate(names, start=1):
         found.setdefault(name.lower(), index)
     return tuple(found.get(c.name.lower()) for c in columns)
-
-
-class FileChangedWarning(UserWarning):
-    """A file of a files source changed after the source read it."""

@@ -33,6 +33,10 @@ from streamsql.sources.kafka_client import (
 )
 
 FORMATS = ("json", "csv", "raw")
+# In an offset, beside Spark's {"topic": {"partition": offset}}: each topic's id where the
+# broker reports one, so that a topic deleted and created again under the same name is told
+# from the one the offsets were read from ('@' is never in a Kafka topic name).
+TOPIC_IDS = "@topic_ids"
 EARLIEST, LATEST = -2, -1  # in per-partition starting_offsets, as in Spark
 # kafka-python settings a `kafka.` option may not change.
 OWNED = {
@@ -114,6 +118,7 @@ class KafkaSource(Source):
         self.decoder = Decoder(self.definition.columns, self.schema)
         self.client = self._new_client()
         self._marks: dict[TopicPartition, Watermarks] = {}  # as of the last planning
+        self._planned: Offset | None = None  # the last end offset this instance planned
 
     def _new_client(self) -> Any:
         config = client_settings(
@@ -130,6 +135,7 @@ class KafkaSource(Source):
         reader = copy.copy(self)
         reader._listeners, reader._listeners_lock = [], threading.Lock()
         reader.client, reader._marks = self._new_client(), {}
+        reader._warnings, reader._planned = [], None
         return reader
 
     def close(self) -> None:
@@ -153,15 +159,35 @@ class KafkaSource(Source):
         return {
             TopicPartition(topic, int(p)): position
             for topic, partitions in (offset or {}).items()
+            if topic != TOPIC_IDS
             for p, position in partitions.items()
         }
 
     @staticmethod
-    def _offset(positions: dict[TopicPartition, int]) -> Offset:
-        offset: dict[str, dict[str, int]] = {}
+    def _ids(offset: Offset) -> dict[str, str]:
+        """The topic ids an offset was planned with (none in offsets of older versions)."""
+        return (offset or {}).get(TOPIC_IDS, {})
+
+    @staticmethod
+    def _offset(positions: dict[TopicPartition, int], ids: dict[str, str]) -> Offset:
+        offset: dict[str, Any] = {}
         for tp in sorted(positions):
             offset.setdefault(tp.topic, {})[str(tp.partition)] = positions[tp]
+        known = {topic: ids[topic] for topic in offset if topic in ids}
+        if known:
+            offset[TOPIC_IDS] = known
         return offset
+
+    def public_offset(self, offset: Offset) -> Offset:
+        """Spark's form, {"topic": {"partition": offset}}: the topic ids stay in the log."""
+        if not isinstance(offset, dict):
+            return offset
+        return {topic: positions for topic, positions in offset.items() if topic != TOPIC_IDS}
+
+    @staticmethod
+    def _recreated(before: dict[str, str], now: dict[str, str]) -> list[str]:
+        """Topics whose id changed between two offsets: deleted and created again."""
+        return sorted(t for t, topic_id in before.items() if now.get(t, topic_id) != topic_id)
 
     def _specific_offsets(self) -> dict[TopicPartition, int]:
         try:
@@ -201,19 +227,32 @@ class KafkaSource(Source):
                 tp: marks[tp].log_start if o == EARLIEST else marks[tp].high if o == LATEST else o
                 for tp, o in wanted.items()
                 if tp in marks
-            }
+            },
+            self.client.topic_ids({tp.topic for tp in partitions}),
         )
 
     def snapshot(self) -> Offset:
         partitions = self._partitions()
         marks = self._marks = self.client.watermarks(partitions)
-        return self._offset({tp: mark.high for tp, mark in marks.items()})
+        return self._offset({tp: mark.high for tp, mark in marks.items()}, {})
 
     def plan_batch(
         self, start: Offset, bound: Offset | None, limited: bool = True
     ) -> Offset | None:
         positions = self._positions(start)
         partitions = self._partitions(missing_ok=True)  # a deleted topic is data loss
+        ids = self.client.topic_ids({tp.topic for tp in partitions})
+        before = self._ids(start)
+        for topic in self._recreated(before, ids):
+            read = sorted(tp for tp in positions if tp.topic == topic)
+            self._data_loss(
+                f"topic {topic} was deleted and created again (its id is {ids[topic]}, the "
+                f"checkpoint's is {before[topic]}): the committed offsets "
+                + ", ".join(f"{partition_name(tp)} at {positions[tp]}" for tp in read)
+                + " are of the old topic; the new one is read from its earliest offsets"
+            )
+            for tp in read:  # read as new partitions are: from their start
+                del positions[tp]
         gone = sorted(set(positions) - set(partitions))
         if gone:
             self._data_loss(
@@ -245,9 +284,12 @@ class KafkaSource(Source):
         }
         if self.max_offsets and limited:
             until = self._rate_limit(begin, until)
-        if all(until[tp] == positions.get(tp) for tp in until):
-            return None
-        return self._offset({**{tp: p for tp, p in positions.items() if tp not in gone}, **until})
+        if not gone and all(until[tp] == positions.get(tp) for tp in until):
+            return None  # (deleted partitions are dropped from the offsets by a batch)
+        self._planned = self._offset(
+            {**{tp: p for tp, p in positions.items() if tp not in gone}, **until}, ids
+        )
+        return self._planned
 
     def _rate_limit(
         self, begin: dict[TopicPartition, int], until: dict[TopicPartition, int]
@@ -266,11 +308,13 @@ class KafkaSource(Source):
         return limited
 
     def _data_loss(self, what: str) -> None:
+        """An error, or with fail_on_data_loss = false a warning in the batch's progress."""
         if self.fail_on_data_loss:
             raise DataError(
                 f"Source {self.name}: {what}; set fail_on_data_loss = false to go on with "
                 "the offsets the broker has"
             )
+        self.warn(f"data loss: {what}")
 
     def backlog(self, end: Offset) -> int | None:
         lag = self.lag_by_partition(end)
@@ -298,6 +342,11 @@ class KafkaSource(Source):
 
     def read(self, start: Offset, end: Offset) -> SourceBatch:
         begin, until = self._positions(start), self._positions(end)
+        # A topic created again before the batch was planned is read from its start.
+        switched = set(self._recreated(self._ids(start), self._ids(end)))
+        begin = {tp: p for tp, p in begin.items() if tp.topic not in switched}
+        if end != self._planned:  # planned by an earlier run: does the broker still have it?
+            until = self._still_there(begin, until, self._ids(end))
         new = [tp for tp in until if tp not in begin]
         if new:  # partitions that appeared in this batch are read from their start
             marks = self.client.watermarks(new)
@@ -311,6 +360,8 @@ class KafkaSource(Source):
                 break
             except PartitionError as error:
                 ranges = self._after_partition_error(error, ranges)
+        if not fetched:  # every range was lost (fail_on_data_loss = false)
+            return self.empty()
         tables = []
         for tp in sorted(fetched):
             table = fetched[tp].table()
@@ -322,6 +373,42 @@ class KafkaSource(Source):
                 )
             )
         return self._decode(pa.concat_tables(tables))
+
+    def _still_there(
+        self,
+        begin: dict[TopicPartition, int],
+        until: dict[TopicPartition, int],
+        ids: dict[str, str],
+    ) -> dict[TopicPartition, int]:
+        """The ranges of a batch planned before a restart that the broker still has. A topic
+        created again since (its id changed) or a partition that now ends before the range
+        is data loss: those ranges are dropped, and the next batch reads on from the
+        partition as it is (a new topic from its start)."""
+        partitions = set(self._partitions(missing_ok=True))  # fresh metadata, for the ids
+        now = self.client.topic_ids(set(ids))
+        recreated = self._recreated(ids, now)
+        for topic in recreated:
+            self._data_loss(
+                f"topic {topic} was deleted and created again (its id is {now[topic]}) after "
+                f"the batch planned to read "
+                + ", ".join(
+                    f"{partition_name(tp)} up to {o}"
+                    for tp, o in sorted(until.items())
+                    if tp.topic == topic
+                )
+                + f" from the topic with id {ids[topic]}"
+            )
+        kept = {tp: o for tp, o in until.items() if tp.topic not in recreated}
+        started = [tp for tp in kept if tp in begin and tp in partitions and kept[tp] > begin[tp]]
+        for tp, mark in self.client.watermarks(started).items():
+            if begin[tp] >= mark.high:
+                self._data_loss(
+                    f"{partition_name(tp)} ends at offset {mark.high}, before the offsets "
+                    f"{begin[tp]} to {kept[tp] - 1} the batch planned to read (was the topic "
+                    "recreated?)"
+                )
+                del kept[tp]
+        return kept
 
     def _after_partition_error(
         self, error: PartitionError, ranges: dict[TopicPartition, tuple[int, int]]

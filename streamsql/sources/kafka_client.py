@@ -7,6 +7,7 @@ decodes the record sets with kafka_records, without a Python object per message.
 
 from __future__ import annotations
 
+import base64
 import re
 import time
 from collections import defaultdict
@@ -19,6 +20,7 @@ from kafka.net.compat import KafkaNetClient
 from kafka.protocol.consumer import FetchRequest, ListOffsetsRequest
 
 from streamsql.errors import SourceUnavailable
+from streamsql.kafka_net import NetworkClients, within
 from streamsql.sources.kafka_records import RecordColumns
 
 FETCH_VERSION = 12  # the last Fetch version that names topics (13+ use topic ids)
@@ -37,6 +39,14 @@ NETWORK_ERRORS = (
     ConnectionError,
     TimeoutError,
 )
+
+
+def topic_id_text(raw: bytes) -> str | None:
+    """A topic id as Kafka's tools print it (URL-safe base64 of its 16 bytes, unpadded);
+    None for the zero id, which a broker sends when it has none."""
+    if not any(raw):
+        return None
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
 
 
 def partition_name(tp: TopicPartition) -> str:
@@ -88,7 +98,9 @@ class KafkaPythonClient:
             )
             client._manager._net.start()
             try:
-                client._manager.bootstrap(connect_ms)
+                # kafka-python's bootstrap does not bound a TLS handshake: kafka_net does
+                bootstrap = client._manager.bootstrap
+                within(self.connect_timeout, lambda: bootstrap(connect_ms), [client])
             except kafka_errors.KafkaError as error:
                 client.close()
                 raise SourceUnavailable(
@@ -137,6 +149,17 @@ class KafkaPythonClient:
                 )
             found.extend(TopicPartition(topic, p) for p in sorted(numbers))
         return found
+
+    def topic_ids(self, topics: set[str]) -> dict[str, str]:
+        """Each topic's id, for the topics the broker reports one for (Metadata v10+), as of
+        the metadata of the last partitions() call."""
+        cluster = self._manager.cluster
+        ids = {topic: cluster.topic_id(topic) for topic in topics}
+        return {
+            topic: text
+            for topic, uuid in ids.items()
+            if uuid is not None and (text := topic_id_text(uuid.bytes)) is not None
+        }
 
     def watermarks(self, partitions: list[TopicPartition]) -> dict[TopicPartition, Watermarks]:
         """Each partition's log start and high watermark. ListOffsets(latest) under-reports on
@@ -275,14 +298,21 @@ class KafkaPythonClient:
 
     def commit(self, group_id: str, offsets: dict[TopicPartition, int]) -> None:
         """Record `offsets` as the group's position, for lag tools; never read back."""
-        if self._committer is None:
-            self._committer = KafkaConsumer(
-                bootstrap_servers=self.bootstrap_servers,
-                group_id=group_id,
-                enable_auto_commit=False,
-                **self.config,
-            )
+        clients = NetworkClients()
         try:
+            if self._committer is None:
+                self._committer = within(
+                    self.connect_timeout,
+                    lambda: KafkaConsumer(
+                        bootstrap_servers=self.bootstrap_servers,
+                        group_id=group_id,
+                        enable_auto_commit=False,
+                        kafka_client=clients,
+                        **self.config,
+                    ),
+                    clients,
+                    KafkaConsumer.close,
+                )
             self._committer.commit({tp: OffsetAndMetadata(o, "", -1) for tp, o in offsets.items()})
         except kafka_errors.KafkaError as error:
             raise SourceUnavailable(f"Kafka at {self.bootstrap_servers}: {error}") from None

@@ -28,6 +28,7 @@ import threading
 import time
 from array import array
 from collections.abc import Iterator
+from concurrent.futures import TimeoutError as FutureTimeout
 from itertools import filterfalse
 from operator import itemgetter
 from typing import Any
@@ -35,12 +36,25 @@ from typing import Any
 import kafka.errors as kafka_errors
 import pyarrow as pa
 import pyarrow.compute as pc
-from confluent_kafka import OFFSET_END, Consumer, KafkaError, KafkaException, Message
+from confluent_kafka import (
+    OFFSET_END,
+    Consumer,
+    KafkaError,
+    KafkaException,
+    Message,
+    TopicCollection,
+)
 from confluent_kafka import TopicPartition as ConfluentPartition
+from confluent_kafka.admin import AdminClient
 from kafka import TopicPartition
 
 from streamsql.errors import ProgrammingError, SourceUnavailable
-from streamsql.sources.kafka_client import PartitionError, Watermarks, partition_name
+from streamsql.sources.kafka_client import (
+    PartitionError,
+    Watermarks,
+    partition_name,
+    topic_id_text,
+)
 from streamsql.sources.kafka_records import COLUMNS, HEADERS_TYPE, RecordColumns
 
 log = logging.getLogger(__name__)
@@ -66,6 +80,9 @@ CONSUMER_SETTINGS: dict[str, Any] = {
     "fetch.queue.backoff.ms": 1,  # 1000 by default: a second's stall once the queue is full
     "client.id": "streamsql",
 }
+# Consumer properties an admin client (asked for topic ids) does not take.
+ADMIN_UNUSED = frozenset(CONSUMER_SETTINGS) - {"client.id", "receive.message.max.bytes"}
+MASK_64 = (1 << 64) - 1  # a topic id's halves come as signed 64-bit numbers
 CHUNK = 2_000  # messages per consume() call: a few MB of Message objects, cache-sized
 WAIT_SECONDS = 0.05  # one consume() call's wait, between checks of the deadline
 SLICE_SECONDS = 0.5  # one wait of a blocking request, between checks for interrupt()
@@ -208,6 +225,7 @@ class ConfluentClient:
         self._consumer: Consumer | None = None
         self._committers: dict[str, tuple[Consumer, list]] = {}
         self._known: set[tuple[str, int]] = set()  # partitions in the last metadata
+        self._admin: AdminClient | None = None  # for topic ids, asked for when needed
         self._interrupted = False
         self._new_consumer(self.settings).close()  # refuse a bad setting now, not at start
 
@@ -310,6 +328,41 @@ class ConfluentClient:
                 )
             found.extend(TopicPartition(name, p) for p in sorted(topic.partitions))
         return found
+
+    def topic_ids(self, topics: set[str]) -> dict[str, str]:
+        """Each topic's id, for the topics the broker reports one for (librdkafka's consumer
+        metadata has none: an admin client's DescribeTopics asks for them)."""
+        if not topics:
+            return {}
+        if self._admin is None:
+            self._admin = AdminClient(
+                {k: v for k, v in self.settings.items() if k not in ADMIN_UNUSED}
+            )
+        futures = self._admin.describe_topics(
+            TopicCollection(sorted(topics)), request_timeout=self.request_timeout
+        )
+        deadline = time.monotonic() + self.request_timeout
+        ids = {}
+        for name, future in futures.items():
+            while True:
+                try:
+                    uuid = future.result(timeout=SLICE_SECONDS).topic_id
+                except FutureTimeout:
+                    if time.monotonic() < deadline and not self._interrupted:
+                        continue
+                    raise self._unavailable(f"no DescribeTopics answer for {name}") from None
+                except KafkaException as error:
+                    if error.args[0].code() in UNKNOWN_CODES:
+                        break  # deleted since the metadata was read: partitions() will say
+                    raise self._unavailable("DescribeTopics failed", error) from None
+                raw = (
+                    (uuid.get_most_significant_bits() & MASK_64) << 64
+                    | uuid.get_least_significant_bits() & MASK_64
+                ).to_bytes(16, "big")
+                if (text := topic_id_text(raw)) is not None:
+                    ids[name] = text
+                break
+        return ids
 
     def _check_known(self, partitions: Any) -> None:
         """PartitionError for a partition the cluster does not have (after a refresh), as
@@ -540,6 +593,7 @@ class ConfluentClient:
         if self._consumer is not None:
             self._consumer.close()
             self._consumer = None
+        self._admin = None  # an admin client has no close(): it goes with its last reference
 
 
 class ArrowRecordColumns(RecordColumns):

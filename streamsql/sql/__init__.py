@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
+import sys
+import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import duckdb
@@ -20,6 +24,24 @@ from streamsql.sql.dialect import StreamSQL
 logging.getLogger("sqlglot").setLevel(logging.ERROR)
 
 DIALECT = StreamSQL()
+
+# Levels of parentheses (calls, subqueries, brackets) a statement may nest: DuckDB's own
+# max_expression_depth. sqlglot's recursive descent takes some 26 Python frames a level
+# (parsing, planning and generating alike), so while a statement is handled Python's
+# recursion limit is raised to leave room for this many levels.
+MAX_NESTING = 1000
+FRAMES_PER_LEVEL = 40
+NESTING = {
+    TokenType.L_PAREN: 1,
+    TokenType.L_BRACKET: 1,
+    TokenType.L_BRACE: 1,
+    TokenType.R_PAREN: -1,
+    TokenType.R_BRACKET: -1,
+    TokenType.R_BRACE: -1,
+}
+_room_lock = threading.Lock()
+_room_holders = 0
+_limit_before = 0
 
 
 @dataclass(frozen=True)
@@ -74,7 +96,8 @@ def parse_one(sql: str) -> Statement:
 def parse_expression(sql: str) -> exp.Expr:
     """Parse a single expression, e.g. an interval given in a connector option."""
     try:
-        return DIALECT.parse_into(exp.Expr, sql)[0]
+        with nesting_room(1):
+            return DIALECT.parse_into(exp.Expr, sql)[0]
     except (ParseError, TokenError) as error:
         raise SQLSyntaxError(f"Invalid expression {sql!r}: {error}") from None
 
@@ -89,10 +112,51 @@ def _split(tokens: list[Token]) -> list[list[Token]]:
     return [chunk for chunk in chunks if chunk]
 
 
+@contextlib.contextmanager
+def nesting_room(line: int) -> Iterator[None]:
+    """Python's recursion limit raised (in every thread: it is the interpreter's) while a
+    statement of script line `line` is parsed or planned, back to what it was when the last
+    holder leaves; a statement that recurses deeper still is an error, not a RecursionError."""
+    global _room_holders, _limit_before
+    with _room_lock:
+        if _room_holders == 0:
+            _limit_before = sys.getrecursionlimit()
+            sys.setrecursionlimit(_limit_before + MAX_NESTING * FRAMES_PER_LEVEL)
+        _room_holders += 1
+    try:
+        yield
+    except RecursionError:
+        raise SQLSyntaxError(
+            f"The statement at line {line} is nested too deeply to be parsed or planned",
+            line=line,
+        ) from None
+    finally:
+        with _room_lock:
+            _room_holders -= 1
+            if _room_holders == 0:
+                sys.setrecursionlimit(_limit_before)
+
+
+def _check_nesting(sql: str, tokens: list[Token]) -> None:
+    depth = 0
+    for token in tokens:
+        depth += NESTING.get(token.token_type, 0)
+        if depth > MAX_NESTING:
+            col = token.col  # sqlglot's column is the token's last character: it is 1 long
+            raise SQLSyntaxError(
+                f"Syntax error at line {token.line}, column {col}: the statement nests more "
+                f"than {MAX_NESTING} levels of parentheses\n{_pointer(sql, token.line, col)}",
+                line=token.line,
+                col=col,
+            )
+
+
 def _parse_chunk(sql: str, tokens: list[Token]) -> Statement:
+    _check_nesting(sql, tokens)
     parser = DIALECT.parser()
     try:
-        expressions = parser.parse(tokens, sql)
+        with nesting_room(tokens[0].line):
+            expressions = parser.parse(tokens, sql)
     except ParseError as error:
         raise _syntax_error(sql, error) from None
     text = sql[tokens[0].start : tokens[-1].end + 1]

@@ -110,6 +110,14 @@ class StreamSQLParser(DuckDBParser):
             exp.WatermarkColumnConstraint(this=column, expression=self._parse_disjunction())
         )
 
+    def _parse_property_assignment(self, exp_class: type[t.Any], **kwargs: t.Any) -> t.Any:
+        """`key = value` in WITH (...): a key without its value is a syntax error here."""
+        keyword = self._prev.text
+        prop = super()._parse_property_assignment(exp_class, **kwargs)
+        if prop.this is None:
+            self.raise_error(f"Expected a value for option {keyword}")
+        return prop
+
     def _parse_statement(self) -> exp.Expr | None:
         word = self._curr.text.upper() if self._curr else ""
         parser = self.WORD_STATEMENT_PARSERS.get(word)

@@ -198,7 +198,7 @@ def run_reference(run_dir: Path, timeout: float = 600) -> Timing:
     try:
         rows = con.execute(
             "SELECT query, epoch(min(planned_at)), epoch(max(planned_at)), count(*) "
-            "FROM _streamsql.offsets GROUP BY query"
+            "FROM _streamsql.offsets WHERE batch_id >= 0 GROUP BY query"  # batches only
         ).fetchall()
     finally:
         con.close()
@@ -411,7 +411,7 @@ def inspect(run_dir: Path, kill: Kill, spawned: float) -> Kill:
         kill.started = dict(
             con.execute(
                 "SELECT query, epoch(min(planned_at)) - ? FROM _streamsql.offsets "
-                "WHERE epoch(planned_at) >= ? GROUP BY query",
+                "WHERE epoch(planned_at) >= ? AND batch_id >= 0 GROUP BY query",
                 [spawned, spawned],
             ).fetchall()
         )
@@ -523,7 +523,8 @@ def collect(run_dir: Path) -> Results:
         }  # fmt: skip
         uncommitted = con.execute(
             "SELECT query, batch_id FROM _streamsql.offsets "
-            "ANTI JOIN _streamsql.commits USING (query, batch_id)"
+            "ANTI JOIN _streamsql.commits USING (query, batch_id) "
+            "WHERE batch_id >= 0"  # -1: where the first batch started, no batch of its own
         ).fetchall()
         if uncommitted:
             results.problems.append(f"planned batches never committed: {uncommitted}")

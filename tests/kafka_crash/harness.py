@@ -77,7 +77,7 @@ def run_reference(run_dir: Path, timeout: float = 300) -> Timing:
     try:
         rows = con.execute(
             "SELECT query, epoch(min(planned_at)), epoch(max(planned_at)), count(*) "
-            "FROM _streamsql.offsets GROUP BY query"
+            "FROM _streamsql.offsets WHERE batch_id >= 0 GROUP BY query"  # batches only
         ).fetchall()
     finally:
         con.close()
@@ -148,7 +148,8 @@ def inspect(run_dir: Path, kill: Kill, spawned_wall: float) -> Kill:
             )
             planned_now = con.execute(  # batches planned by this attempt
                 "SELECT query, max(batch_id), epoch(min(planned_at)) - ? FROM "
-                "_streamsql.offsets WHERE epoch(planned_at) >= ? GROUP BY query",
+                "_streamsql.offsets WHERE epoch(planned_at) >= ? AND batch_id >= 0 "
+                "GROUP BY query",
                 [spawned_wall, spawned_wall],
             ).fetchall()
         finally:

@@ -206,7 +206,8 @@ class LoggedBatch:
 
 def _partition_offsets(text: str | None, topic: str) -> dict[int, int]:
     offsets = json.loads(text) if text else {}
-    assert set(offsets) <= {topic}, offsets
+    ids = offsets.pop("@topic_ids", {})  # the topic's id, logged beside its offsets
+    assert set(offsets) <= {topic} and set(ids) <= {topic}, offsets
     return {int(p): o for p, o in offsets.get(topic, {}).items()}
 
 

@@ -72,7 +72,7 @@ HAVING = (None, "count(*) > 1", "max(x) > 0", "count(DISTINCT x) >= 2 OR sum(x) 
 KEYS = ((), ("k",), ("k", "g"))
 # WHERE over columns other than the event time, with the rows each keeps: Spark applies it
 # below the watermark, so rows it removes move no watermark (and are never late).
-WHERES: dict[str | None, Any] = {
+FILTERS: dict[str | None, Any] = {
     None: lambda row: True,
     "k = 'a'": lambda row: row.k == "a",
     "g IS NULL OR x > 0": lambda row: row.g is None or (row.x is not None and row.x > 0),
@@ -113,7 +113,7 @@ class Case:
     where: str | None = None
 
     def events(self) -> list[list[model.Event]]:
-        passes = WHERES[self.where]
+        passes = FILTERS[self.where]
         return [
             [
                 model.Event(r.row_id, r.ts, tuple(getattr(r, k) for k in self.keys), passes(r))
@@ -236,7 +236,7 @@ def cases(draw: st.DrawFn, windows: st.SearchStrategy[tuple]) -> Case:
         window_columns=draw(st.sampled_from(WINDOW_COLUMNS)),
         keys_first=draw(st.booleans()),
         watermark_in_from=draw(st.booleans()),
-        where=draw(st.sampled_from([None, None, *(w for w in WHERES if w)])),
+        where=draw(st.sampled_from([None, None, *(w for w in FILTERS if w)])),
     )
 
 

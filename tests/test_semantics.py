@@ -534,3 +534,45 @@ def test_internal_prefix_and_window_bound_names_are_refused_with_a_reason(
             "CREATE SINK out WITH (connector = 'duckdb') AS SELECT window_start, count(*) "
             "AS n FROM src WINDOW TUMBLING (ts, INTERVAL '5 minutes') GROUP BY window_start"
         )
+
+
+# -- item 6: which WHERE conjuncts Spark pushes below the watermark -------------------------------
+
+
+@pytest.mark.parametrize(
+    ("where", "emitted"),
+    [
+        # pushed: the 00:30 row of 'b' never reaches the watermark, nothing closes
+        ("k = 'a'", []),
+        # the conjunct that removes 'b' reads the event time, or is volatile: applied above
+        # the watermark, which the 00:30 row moves to 00:20, so the 00:00 window closes in
+        # batch 1 with both rows of 'a' (the other conjunct is pushed, and removes nothing)
+        ("(k = 'a' OR ts < TIMESTAMP '2023-01-01') AND ts > TIMESTAMP '2023-01-01'", [(1, 2)]),
+        ("(k = 'a' OR random() > 2) AND k IS NOT NULL", [(1, 2)]),
+    ],
+)
+def test_only_conjuncts_off_the_event_time_filter_rows_before_the_watermark(
+    tmp_path: Path, where: str, emitted: list[tuple[int, int]]
+) -> None:
+    directory = tmp_path / "in"
+    directory.mkdir()
+    (directory / "0.json").write_text(
+        '{"k": "a", "ts": "2024-01-01 00:00:00"}\n{"k": "b", "ts": "2024-01-01 00:30:00"}\n'
+    )
+    (directory / "1.json").write_text('{"k": "a", "ts": "2024-01-01 00:01:00"}\n')
+    con = streamsql.connect(str(tmp_path / "engine.db"), trigger="available_now")
+    try:
+        con.execute(
+            "CREATE SOURCE src (k VARCHAR, ts TIMESTAMP, WATERMARK FOR ts AS ts - INTERVAL "
+            f"'10 minutes') WITH (connector = 'files', path = '{directory}', "
+            "max_files_per_trigger = 1)"
+        )
+        run_to_end(
+            con,
+            "CREATE SINK out WITH (connector = 'duckdb', changelog = true) AS "
+            f"SELECT window_start, count(*) AS n FROM src WHERE {where} "
+            "WINDOW TUMBLING (ts, INTERVAL '5 minutes') GROUP BY window_start EMIT FINAL",
+        )
+        assert rows(con, "SELECT _batch_id, n FROM out") == emitted
+    finally:
+        con.close()

@@ -40,8 +40,7 @@ class Planner:
     def __init__(self, con: duckdb.DuckDBPyConnection, sources: Mapping[str, SourceDef]) -> None:
         self.con = con
         self.sources = {name.lower(): source for name, source in sources.items()}
-        self._aggregate_names: set[str] | None = None
-        self._volatile_names: set[str] | None = None
+        self._function_names: dict[str, set[str]] = {}
 
     # -- entry point -------------------------------------------------------------------------
 
@@ -285,18 +284,23 @@ class Planner:
             (kept if stays or self._volatile(conjunct) else pushed).append(conjunct)
         return _conjunction(pushed), _conjunction(kept)
 
-    def _volatile(self, node: exp.Expr) -> bool:
-        """Whether the expression calls a function DuckDB marks VOLATILE (random(), uuid())."""
-        if self._volatile_names is None:
-            self._volatile_names = {
+    def _functions(self, condition: str) -> set[str]:
+        """Names of the DuckDB functions that meet `condition` (a fixed filter over
+        duckdb_functions()), looked up once per planner."""
+        if condition not in self._function_names:
+            self._function_names[condition] = {
                 name
                 for (name,) in self.con.execute(
-                    "SELECT DISTINCT function_name FROM duckdb_functions() "
-                    "WHERE stability = 'VOLATILE'"
+                    f"SELECT DISTINCT function_name FROM duckdb_functions() WHERE {condition}"
                 ).fetchall()
             }
+        return self._function_names[condition]
+
+    def _volatile(self, node: exp.Expr) -> bool:
+        """Whether the expression calls a function DuckDB marks VOLATILE (random(), uuid())."""
+        volatile = self._functions("stability = 'VOLATILE'")
         return any(
-            sql_of(call).split("(", 1)[0].strip().lower() in self._volatile_names
+            sql_of(call).split("(", 1)[0].strip().lower() in volatile
             for call in node.find_all(exp.Func)
         )
 
@@ -377,16 +381,9 @@ class Planner:
         if isinstance(node, exp.AggFunc):
             return True
         if isinstance(node, (exp.Anonymous, exp.IgnoreNulls)):
-            if self._aggregate_names is None:
-                self._aggregate_names = {
-                    name
-                    for (name,) in self.con.execute(
-                        "SELECT DISTINCT function_name FROM duckdb_functions() "
-                        "WHERE function_type = 'aggregate'"
-                    ).fetchall()
-                }
             name = node.this.name if isinstance(node, exp.IgnoreNulls) else node.name
-            return name.lower() in self._aggregate_names or isinstance(node, exp.IgnoreNulls)
+            aggregates = self._functions("function_type = 'aggregate'")
+            return name.lower() in aggregates or isinstance(node, exp.IgnoreNulls)
         return False
 
     def _aggregate_calls(self, select: exp.Select) -> list[exp.Expr]:

@@ -98,11 +98,13 @@ class Statistics:
 
     Rows whose `window_time` is NULL are dropped, and late when it is below the late
     cutoff; the max of `event_time` drives the watermark; the min accepted `window_time`
-    bounds the windows the batch opens. When both columns are plain microsecond
-    timestamps the runtime measures them on the Arrow batch; otherwise the `sql` step
-    computes the same figures in DuckDB, and counts the rows whose times are outside
-    MIN_EVENT_US .. MAX_EVENT_US. `bad_times` gives those rows' errors, one per input row
-    (NULL for a good row), for the runtime to turn them into dead letters.
+    bounds the windows the batch opens (all of these over the rows that pass the WHERE
+    conjuncts pushed below the watermark, StreamingPlan.prefilter). When both columns are
+    plain microsecond timestamps and no WHERE is pushed down, the runtime measures them on
+    the Arrow batch; otherwise the `sql` step computes the same figures in DuckDB, and
+    counts the rows whose times are outside MIN_EVENT_US .. MAX_EVENT_US. `bad_times`
+    gives those rows' errors, one per input row (NULL for a good row), for the runtime to
+    turn them into dead letters.
     """
 
     window_time: str | None
@@ -286,14 +288,22 @@ class Compiler:
             return Statistics(window_time, event_time, late, None, bad_times)
         time = self._time() if window_time else None
         accepted = f" FILTER (WHERE {time} >= $late_cutoff)" if late else ""
+        # Every input row counts, and any may have a bad time; the other figures are over
+        # the rows the pushed-down WHERE keeps (in one pass when there is no such WHERE).
+        bad = " OR ".join(outside.values()) or "FALSE"
+        counts = ["count(*)", f"count(*) FILTER (WHERE {bad})"]
+        if plan.prefilter is not None:
+            counts = [
+                f"(SELECT count(*) FROM {INPUT_VIEW})",
+                f"(SELECT count(*) FROM {self.rows(filtered=False)} WHERE {bad})",
+            ]
         figures = [
-            f"(SELECT count(*) FROM {INPUT_VIEW})",
+            counts[0],
             f"count(*) FILTER (WHERE {ident(window_time)} IS NULL)" if time else "0",
             f"count(*) FILTER (WHERE {time} < $late_cutoff)" if late else "0",
             f"max({self._epoch_us(event_time)})" if event_time else "NULL",
             f"min({time}){accepted}" if time else "NULL",
-            f"(SELECT count(*) FROM {self.rows(filtered=False)} "
-            f"WHERE {' OR '.join(outside.values()) or 'FALSE'})",
+            counts[1],
         ]
         sql = f"SELECT {', '.join(figures)} FROM {self.rows()}"
         step = Step("batch statistics", sql, Fetch.STATS)

@@ -1,12 +1,12 @@
-"""An independent reference model of DESIGN.md section 3 (windowed aggregation).
+"""An independent reference model of docs/semantics.md (windowed aggregation).
 
-Written from the design text alone, in plain Python over integer microseconds, so the
+Written from those rules alone, in plain Python over integer microseconds, so the
 property tests can say, for any input split into micro-batches, which rows a streaming
 query must accept, which (window, key) groups it must emit in which batch, and which
 groups it must still hold in state when the run stops. The aggregate *values* are left to
 a single batch DuckDB query over the accepted rows (see the tests).
 
-Rules modelled (DESIGN.md section 3):
+Rules modelled (docs/semantics.md):
 
 - W_0 = 0 (no watermark, 1970-01-01). After batch N, M_N = max event time over all rows
   of batches 0..N (late rows and NULL keys included, empty batches add nothing),

@@ -6,7 +6,7 @@ micro-batches (empty ones included) and feeds one Parquet file per batch to the 
 trigger available_now, through an EMIT FINAL and an EMIT CHANGES sink (sessions: FINAL
 only, as Spark refuses update mode for them). Some cases are NULL-heavy (most x NULL, so
 whole batches of a group have no value), some have huge and infinite doubles. The reference
-model (tests/reference_model.py, written from DESIGN.md section 3) says which rows are
+model (tests/reference_model.py, written from docs/semantics.md) says which rows are
 accepted, which groups must be emitted in which batch, and which must still be in state;
 DuckDB, in one batch query over the rows the model puts in each emitted group, gives the
 aggregate values. The engine must emit exactly those rows, batch for batch, report the
@@ -498,8 +498,9 @@ def check_run(
         f"{label}: progress (batch, watermark, late threshold, no-data, input rows, "
         "NULL event times)"
     )
-    # DESIGN does not say whether a hopping row late for some of its windows counts as
-    # late: the count must lie between rows late for all windows and late (row, window)s.
+    # A hopping row late for some of its windows counts as late when it is dropped from all
+    # of them (docs/semantics.md); checked loosely here: the count must lie between rows
+    # late for all windows and late (row, window)s.
     late = [p.num_late_rows for p in run.progress]
     assert all(
         b.num_late_rows <= n <= b.num_late_windows

@@ -106,6 +106,26 @@ def test_running_counts_end_at_the_totals(tmp_path: Path) -> None:
     assert latest == Counter(e["event_type"] for batch in events() for e in batch)
 
 
+def test_comments_in_a_query_change_nothing(tmp_path: Path) -> None:
+    """A comment after a GROUP BY key or a SELECT expression is not part of it: the query
+    plans and prints what it prints without them (a comment after `GROUP BY ... event_type`
+    made the planner refuse `event_type` in the SELECT list)."""
+    source = "CREATE SOURCE e (event_type VARCHAR) WITH (connector = 'files', "
+    source += "path = 'queries/data/events', max_files_per_trigger = 2);\n"
+    plain = "SELECT event_type, count(*) AS n FROM e GROUP BY event_type EMIT CHANGES;"
+    commented = (
+        "SELECT event_type /* the key */, count(*) AS n -- how many\n"
+        "FROM e GROUP BY event_type -- CHANGES: every batch's changed groups\nEMIT CHANGES;"
+    )
+    printed = []
+    for name, query in [("plain", plain), ("commented", commented)]:
+        (tmp_path / f"{name}.sql").write_text(source + query)
+        code, out, err = run(tmp_path / f"{name}.sql", str(tmp_path / f"{name}.db"))
+        assert code == 0, err
+        printed.append(sorted(row for table in printed_tables(out) for row in table))
+    assert len(printed[0]) == 12 and printed[1] == printed[0]  # 4 event types, 3 batches
+
+
 def test_complete_mode_prints_the_whole_result_sorted(tmp_path: Path) -> None:
     _, out, _ = run(ROOT / "queries" / "complete_mode.sql", str(tmp_path / "app.db"))
     tables = printed_tables(out)

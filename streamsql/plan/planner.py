@@ -31,7 +31,9 @@ TIME_TYPES = (
 
 
 def sql_of(node: exp.Expr) -> str:
-    return node.sql("duckdb")
+    """An expression's text, the key by which the planner matches a SELECT expression to a
+    GROUP BY key or an aggregate call: without comments, so `GROUP BY k -- note` is `k`."""
+    return node.sql("duckdb", comments=False)
 
 
 class Planner:

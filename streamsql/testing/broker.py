@@ -140,10 +140,18 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Run a Tansu broker on 127.0.0.1 until Ctrl-C.")
     parser.add_argument("--port", type=int, help="port to listen on (default: a free one)")
     args = parser.parse_args(argv)
-    with Broker(args.port) as broker, contextlib.suppress(KeyboardInterrupt):
-        # Ctrl-C may come as soon as the address is printed: it is handled from here on.
-        print(f"bootstrap_servers = '{broker.bootstrap_servers}'  (Ctrl-C stops it)", flush=True)
-        broker.process.wait()
+    # `kill` (SIGTERM) stops it as Ctrl-C does: either way the broker process goes with it,
+    # also while it is starting, instead of being left running without its parent.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    broker = Broker(args.port)
+    with contextlib.suppress(KeyboardInterrupt):
+        try:
+            broker.start()
+            address = f"bootstrap_servers = '{broker.bootstrap_servers}'"
+            print(f"{address}  (Ctrl-C stops it)", flush=True)
+            broker.process.wait()
+        finally:
+            broker.stop()
     return 0
 
 

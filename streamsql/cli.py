@@ -20,7 +20,7 @@ from streamsql.engine import Engine, declared_paths
 from streamsql.errors import Error
 from streamsql.format import format_table
 from streamsql.runtime.query import StreamingQuery
-from streamsql.sql import parse
+from streamsql.sql import Statement, nodes, parse
 from streamsql.status import COLUMNS, database_status
 
 PROGRESS_SECONDS = 2.0  # between progress lines when not on a terminal
@@ -114,13 +114,13 @@ def _run_statements(
 ) -> int:
     cursor = con.cursor()
     for statement in parse(sql):
-        cursor.execute(statement.text)
+        cursor.execute_statement(statement)
         if cursor.description:
             _print_rows(cursor, interrupted, out)
     _wait(con.engine, interrupted, err)
     failed = [q for q in con.engine.queries.values() if q.exception is not None]
     for query in failed:
-        print(f"Error: query {query.name} failed: {query.error}", file=err)
+        print(f"Error: {query.error}", file=err)
     return 1 if failed else 0
 
 
@@ -212,11 +212,12 @@ def explain_file(sql: str, out: TextIO) -> int:
             node = statement.expression
             kind = getattr(node, "kind", None)
             if kind == "SOURCE":
-                cursor.execute(statement.text)
+                cursor.execute_statement(statement)
             elif kind == "SINK" or engine.handler(statement) == engine.push_query:
                 label = f"sink {node.this.name}" if kind == "SINK" else "push query"
                 out.write(f"-- {label} (line {statement.line})\n")
-                for (line,) in cursor.execute(f"EXPLAIN {statement.text}").fetchall():
+                explain = Statement(nodes.Explain(this=node), statement.text, statement.line)
+                for (line,) in cursor.execute_statement(explain).fetchall():
                     out.write(line + "\n")
                 out.write("\n")
         return 0

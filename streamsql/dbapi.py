@@ -5,6 +5,7 @@ Parameters use the qmark style and are bound by DuckDB, never formatted into SQL
 
 from __future__ import annotations
 
+import re
 import threading
 import weakref
 from collections.abc import Callable, Iterator, Sequence
@@ -24,6 +25,7 @@ from streamsql.errors import (
     InternalError,
     NotSupportedError,
     OperationalError,
+    PlanningError,
     ProgrammingError,
     Warning,
     from_duckdb,
@@ -31,7 +33,7 @@ from streamsql.errors import (
 from streamsql.runtime.push import PushStream
 from streamsql.runtime.query import StreamingQuery
 from streamsql.secrets import redact
-from streamsql.sql import Statement, nesting_room, parse
+from streamsql.sql import Statement, nesting_room, nodes, parse
 
 apilevel = "2.0"
 threadsafety = 1  # threads may share the module; each thread should use its own connection
@@ -196,11 +198,28 @@ class Cursor:
         if parameters is not None and len(statements) > 1:
             raise ProgrammingError("Parameters can only be bound to a single statement")
         for statement in statements:
-            try:
-                self._run(statement, parameters)
-            except Error as error:
-                error.args = (redact(str(error), statement.text),)
-                raise
+            self.execute_statement(statement, parameters)
+        return self
+
+    def execute_statement(
+        self, statement: Statement, parameters: Sequence[Any] | None = None
+    ) -> Cursor:
+        """Run one statement parsed from a larger script (`streamsql run`), so its errors
+        point at the script's lines, not the statement's."""
+        self._check()
+        try:
+            self._run(statement, parameters)
+        except Error as error:
+            message = redact(str(error), statement.text)
+            if self.connection.engine.handler(statement) is None:  # DuckDB read its text
+                message = _in_script(message, statement.line)
+            node = statement.expression
+            node = node.this if isinstance(node, nodes.Explain) else node
+            sink = node.this.name if isinstance(node, exp.Create) and node.kind == "SINK" else ""
+            if isinstance(error, PlanningError) and sink and sink not in message:
+                message = f"CREATE SINK {sink}: {message}"  # which one, as syntax errors say
+            error.args = (message,)
+            raise
         return self
 
     def executemany(self, sql: str, seq_of_parameters: Sequence[Sequence[Any]]) -> Cursor:
@@ -341,6 +360,13 @@ class Cursor:
 def _acknowledges(description: list[tuple[Any, ...]] | None) -> bool:
     """DuckDB's answer to statements without a result: one column, Count or Success."""
     return bool(description) and len(description) == 1 and description[0][0] in ACKNOWLEDGEMENTS
+
+
+def _in_script(message: str, line: int) -> str:
+    """DuckDB's `LINE n:` counts from the statement's first line: count from the script's."""
+    return re.sub(
+        r"^LINE (\d+):", lambda m: f"LINE {int(m.group(1)) + line - 1}:", message, flags=re.M
+    )
 
 
 def _single(statements: list[Statement]) -> Statement:

@@ -34,7 +34,13 @@ from streamsql.checkpoint.log import (
     atomically,
     state_table,
 )
-from streamsql.errors import Error, OperationalError, ProgrammingError, from_duckdb
+from streamsql.errors import (
+    Error,
+    OperationalError,
+    PlanningError,
+    ProgrammingError,
+    from_duckdb,
+)
 from streamsql.format import format_duration
 from streamsql.incremental.aggregates import MACROS
 from streamsql.incremental.compiler import BatchProgram, compile_plan
@@ -66,7 +72,16 @@ from streamsql.sources.files import FileSource
 from streamsql.sources.formats import cast_to_column
 from streamsql.sources.kafka import KafkaSource
 from streamsql.sources.memory import MemorySource
-from streamsql.sql import DIALECT, Statement, literal, nesting_room, nodes, parse_one, quote
+from streamsql.sql import (
+    DIALECT,
+    Statement,
+    literal,
+    nesting_room,
+    nodes,
+    parse_one,
+    position_of,
+    quote,
+)
 
 DuckCursor = duckdb.DuckDBPyConnection
 
@@ -75,6 +90,9 @@ SOURCE_CONNECTORS: dict[str, type[Source]] = {
     "files": FileSource,
     "kafka": KafkaSource,
 }
+# Where the sinks without a table in the database write, as their errors say it.
+SINK_TARGETS = {"console": "the console", "callback": "a Python callback", "kafka": "Kafka"}
+
 SINK_CONNECTORS: dict[str, type[Sink]] = {
     "duckdb": DuckDBSink,
     "parquet": ParquetSink,
@@ -90,6 +108,7 @@ SINK_CONNECTORS: dict[str, type[Sink]] = {
 RESTRICTED_STATEMENTS = ("ATTACH", "DETACH", "LOAD", "EXTENSION", "PRAGMA", "EXPORT", "SET")
 
 STATUS_SECONDS = 1.0  # how often a running process publishes its status, at most
+PUSH_LABEL_WIDTH = 60  # characters of a push query's first line its errors quote
 
 CATALOG = f"""CREATE TABLE IF NOT EXISTS {SCHEMA}.catalog (
     kind VARCHAR NOT NULL,          -- SOURCE | SINK
@@ -250,7 +269,7 @@ class Engine:
         cannot widen the list once external access is off, so it is complete now; sources
         and sinks declared later must name a directory in it."""
         stored = [
-            Statement(parse_one(sql).expression, sql, 1)
+            Statement(parse_one(sql, stored=True).expression, sql, 1)
             for (sql,) in self.db.execute(f"SELECT sql FROM {SCHEMA}.catalog").fetchall()
         ]
         paths = [*declared_paths(stored), *allowed_directories]
@@ -278,8 +297,11 @@ class Engine:
             )
 
     def admit(self, statement: Statement) -> None:
-        """Restricted mode: refuse the DuckDB statements that reach outside the database or
-        change its settings (DuckDB itself refuses files outside the allowed directories)."""
+        """Refuse what DuckDB would misreport: a statement that reads a stream outside a
+        streaming query or a sink with no table. Restricted mode: refuse the DuckDB statements
+        that reach outside the database or change its settings (DuckDB itself refuses files
+        outside the allowed directories)."""
+        self._refuse_streams(statement.expression)
         if not self.restricted:
             return
         try:
@@ -297,6 +319,23 @@ class Engine:
                 "reach outside the database or change its settings"
             )
 
+    def _refuse_streams(self, node: exp.Expr) -> None:
+        """A source or an output-less sink named in a statement DuckDB runs: DuckDB knows no
+        table of that name and would say so, which is true and no help."""
+        for table in node.find_all(exp.Table):
+            name = table.name.lower()
+            sink = self.sinks.get(name)
+            if sink is not None and not table.db and _output(sink) is None:
+                target = SINK_TARGETS.get(sink.connector.lower(), sink.connector)
+                raise PlanningError(
+                    f"Sink {sink.name} writes to {target} and has no table to select from; "
+                    "sinks with connector = 'duckdb' (a table) or a file connector (a view) "
+                    "can be selected from",
+                    position=position_of(table),
+                )
+            if name in self.sources and not table.db:
+                raise _stream_outside_a_query(node, self.sources[name].name, table)
+
     # -- catalog ---------------------------------------------------------------------------------
 
     def _load_catalog(self) -> None:
@@ -304,7 +343,7 @@ class Engine:
             f"SELECT kind, sql, running, parameters FROM {SCHEMA}.catalog ORDER BY kind DESC, name"
         ).fetchall()
         for kind, sql, running, parameters in rows:
-            create = parse_one(sql).expression
+            create = parse_one(sql, stored=True).expression
             if kind == "SOURCE":
                 self._register_source(source_def(create, sql))
             else:
@@ -937,7 +976,9 @@ class Engine:
         program = compile_plan(plan, quote(f"state_{name}"), temporary=True)
         sink = CollectSink(name, {})
         trigger = self.trigger_override or self.session_trigger
-        query = StreamingQuery(self._prepare(name, plan, program, sink), trigger)
+        query = StreamingQuery(
+            self._prepare(name, plan, program, sink), trigger, label=_push_label(statement)
+        )
         self.queries[name] = query.start()
 
         def forget() -> None:
@@ -969,6 +1010,44 @@ class Engine:
         with _OPEN_FILES_LOCK:
             if _OPEN_FILES.get(self._file) is self:
                 del _OPEN_FILES[self._file]
+
+
+def _push_label(statement: Statement) -> str:
+    """What a push query's errors call it: its SQL's first line, and where it starts."""
+    first = statement.text.strip().splitlines()[0]
+    if len(first) > PUSH_LABEL_WIDTH:
+        first = first[: PUSH_LABEL_WIDTH - 3] + "..."
+    return f"Push query `{first}` (line {statement.line})"
+
+
+def _stream_outside_a_query(node: exp.Expr, source: str, table: exp.Table) -> PlanningError:
+    """Why a statement DuckDB would run cannot read `source`, and what to write instead."""
+    where = position_of(table)
+    if isinstance(node, exp.SetOperation):
+        return PlanningError(
+            f"Source {source} is a stream: UNION, INTERSECT and EXCEPT over streams are not "
+            "supported yet",
+            rule="set-operation",
+            position=where,
+        )
+    if isinstance(node, exp.Insert) or (isinstance(node, exp.Create) and node.kind == "TABLE"):
+        target = node.this.this if isinstance(node.this, exp.Schema) else node.this
+        return PlanningError(
+            f"Source {source} is a stream: to write it into table {target.name}, use "
+            f"CREATE SINK name WITH (connector = 'duckdb', table = '{target.name}') AS SELECT ...",
+            position=where,
+        )
+    if isinstance(node, exp.Create) and node.kind == "VIEW":
+        return PlanningError(
+            f"Source {source} is a stream: views over sources are not supported yet; a "
+            "CREATE SINK ... WITH (connector = 'duckdb') keeps a table of the query's result",
+            rule="view-over-stream",
+            position=where,
+        )
+    return PlanningError(
+        f"Source {source} is a stream: read it in a SELECT or a CREATE SINK ... AS SELECT",
+        position=where,
+    )
 
 
 def _output(definition: SinkDef) -> tuple[str, tuple[str, ...]] | None:
@@ -1006,7 +1085,7 @@ def _setting(node: exp.Set) -> str | None:
 
 
 def _canonical(sql: str) -> str:
-    node = parse_one(sql).expression.copy()
+    node = parse_one(sql, stored=True).expression.copy()  # SQL accepted already
     node.set("exists", False)
     node.set("replace", False)
     return node.sql(DIALECT)

@@ -109,9 +109,9 @@ def test_a_foreign_exception_that_stops_a_query_is_named_with_its_batch(
     )
     with pytest.raises(streamsql.StreamingQueryError) as caught:
         con.query("s").await_termination(60)
-    assert str(caught.value) == "Query s failed: IndexError in batch 0: list index out of range"
+    assert str(caught.value) == "Sink s failed in batch 0: IndexError: list index out of range"
     assert isinstance(caught.value.__cause__, IndexError)
-    assert con.query("s").status["error"] == "IndexError in batch 0: list index out of range"
+    assert con.query("s").status["error"] == str(caught.value)
 
 
 @pytest.mark.parametrize(
@@ -127,7 +127,11 @@ def test_a_foreign_exception_that_stops_a_query_is_named_with_its_batch(
             streamsql.PlanningError,
             "WATERMARK delay INTERVAL (NULL) is NULL, not an interval [bad-interval]",
         ),
-        ("INSERT INTO ev ", streamsql.ProgrammingError, "INSERT INTO ev needs VALUES or a query"),
+        (  # DuckDB's parser judges it before the engine would
+            "INSERT INTO ev ",
+            streamsql.SQLSyntaxError,
+            'line 1, column 13: syntax error at or near "ev"\n  INSERT INTO ev \n              ^',
+        ),
         (
             "SELECT " + "[" * 70 + "k" + "]" * 70 + " AS deep FROM ev",
             streamsql.NotSupportedError,

@@ -362,7 +362,7 @@ def test_a_failed_query_keeps_its_error_and_await_termination_raises_it(
         query.await_termination(30)
     error = caught.value
     assert isinstance(error, streamsql.OperationalError)
-    assert str(error).startswith("Query s failed: ")
+    assert str(error).startswith("Sink s failed in batch 1: ValueError: sink refused batch 1")
     assert "sink refused batch 1" in str(error)
     assert isinstance(error.__cause__, ValueError)
     assert query.is_active is False

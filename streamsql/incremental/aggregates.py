@@ -82,6 +82,8 @@ AVG = Aggregate(
     ),
     "{s[sum]} / {s[count]}",
 )
+# DuckDB's any_value skips NULLs: the state keeps the first non-NULL value the query saw.
+ANY_VALUE = Aggregate((_nullable("any", "any_value({0}){filter}", "{a}", "any_value"),), "{s[any]}")
 BOOL_AND = Aggregate(
     (_nullable("all", "bool_and({0}){filter}", "{a} AND {b}", "bool_and"),), "{s[all]}"
 )
@@ -264,6 +266,7 @@ AGGREGATES: dict[type[exp.Expr], Aggregate] = {
     exp.StddevPop: STDDEV_POP,
     exp.ApproxDistinct: APPROX_COUNT_DISTINCT,
     exp.LogicalAnd: BOOL_AND,
+    exp.AnyValue: ANY_VALUE,
     exp.LogicalOr: BOOL_OR,
     exp.ArgMax: ARG_MAX,
     exp.ArgMin: ARG_MIN,
@@ -278,7 +281,7 @@ TOP_N: dict[type[exp.Expr], Aggregate] = {
 
 MERGEABLE = (
     "count, count_if, sum, avg, min, max, var_samp/variance, var_pop, stddev/stddev_samp, "
-    "stddev_pop, count(DISTINCT x), approx_count_distinct, bool_and, bool_or, "
+    "stddev_pop, count(DISTINCT x), approx_count_distinct, bool_and, bool_or, any_value, "
     "arg_max/max_by, arg_min/min_by, and the N-argument forms max(x, n), min(x, n), "
     "arg_max(x, v, n), arg_min(x, v, n)"
 )
@@ -345,6 +348,8 @@ def decompose(node: exp.Expr, index: int, render: Callable[[exp.Expr], str]) -> 
 
 def _lookup(call: exp.Expr) -> tuple[Aggregate, list[exp.Expr], int | None]:
     """The aggregate of a call, its arguments and the n of an N-argument form."""
+    if isinstance(call, exp.IgnoreNulls) and isinstance(call.this, exp.AnyValue):
+        call = call.this  # DuckDB's any_value ignores NULLs: sqlglot spells that out
     if isinstance(call, exp.Count):
         argument = call.this
         if isinstance(argument, exp.Distinct):

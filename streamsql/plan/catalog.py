@@ -177,6 +177,12 @@ def _watermark_of(item: exp.WatermarkColumnConstraint) -> WatermarkSpec:
 
 def sink_def(create: exp.Create, sql: str, parameters: Sequence[Any] | None = None) -> SinkDef:
     query = create.expression
+    if isinstance(query, exp.SetOperation):
+        raise PlanningError(
+            f"CREATE SINK {create.this.name}: UNION, INTERSECT and EXCEPT over streams are not "
+            "supported yet",
+            rule="set-operation",
+        )
     if not isinstance(query, exp.Select):
         raise PlanningError(f"CREATE SINK {create.this.name} needs AS SELECT ...")
     return SinkDef(create.this.name, options_of(create), query, sql, tuple(parameters or ()))

@@ -396,6 +396,8 @@ class Planner:
             for node in scope.walk(prune=lambda n: self._is_call(n)):
                 if self._is_call(node):
                     inner = node.this if isinstance(node, exp.Filter) else node
+                    if isinstance(inner, exp.IgnoreNulls):  # any_value(x): its own argument
+                        inner = inner.this
                     for child in inner.iter_expressions():
                         if any(self._is_aggregate(n) for n in child.walk()):
                             raise PlanningError(
@@ -415,7 +417,7 @@ class Planner:
         group = select.args.get("group")
         if group is None:
             return []
-        if any(group.args.get(k) for k in ("grouping_sets", "cube", "rollup")):
+        if group.find(exp.GroupingSets, exp.Cube, exp.Rollup):
             raise PlanningError(
                 "GROUPING SETS, CUBE and ROLLUP are not supported in streaming queries",
                 rule="grouping-sets",

@@ -21,6 +21,7 @@ from streamsql.errors import Error, SourceUnavailable, StreamingQueryError, from
 from streamsql.runtime.microbatch import MicroBatchExecution
 from streamsql.runtime.progress import QueryProgress
 from streamsql.runtime.triggers import Trigger, TriggerKind
+from streamsql.secrets import redact
 from streamsql.sources.base import Offset
 
 T = TypeVar("T")
@@ -29,6 +30,7 @@ IDLE_POLL_SECONDS = 0.1  # how often an idle query re-checks sources that cannot
 FIRST_RETRY_SECONDS, MAX_RETRY_SECONDS = 0.5, 15.0  # backoff while a source is unavailable
 STOP_GRACE_SECONDS = 2.0  # how long stop() waits for the batch in flight before interrupting
 RECENT_PROGRESS = 100
+MAX_CAUSES = 10  # links of an error chain an error message follows down to its root
 
 
 class StreamingQuery:
@@ -37,8 +39,11 @@ class StreamingQuery:
         execution: MicroBatchExecution,
         trigger: Trigger,
         on_progress: Callable[[StreamingQuery], None] | None = None,
+        label: str | None = None,
     ) -> None:
         self.execution = execution
+        # what its errors call it: "Sink clicks", or a push query by its SQL
+        self.label = label or f"Sink {execution.name}"
         self.trigger = trigger
         self.on_progress = on_progress  # after each batch, and when the query terminates
         self.exception: BaseException | None = None
@@ -104,13 +109,19 @@ class StreamingQuery:
 
     @property
     def error(self) -> str | None:
-        """Why the query stopped, if it failed: a streamsql error's message; for any other
-        exception (a callback's, a library's) its type and the batch, which its message
-        alone (`list index out of range`) would not say."""
-        error = self.exception
-        if error is None or isinstance(error, Error):
-            return None if error is None else str(error)
-        return f"{type(error).__name__} in batch {self.failed_batch}: {error}"
+        """Why the query stopped, if it failed: which query, in which batch, and the root
+        cause of the error chain first (a DuckDB error, a callback's exception), then what
+        the layers above it said."""
+        if self.exception is None:
+            return None
+        chain = [self.exception]
+        while chain[-1].__cause__ is not None and len(chain) < MAX_CAUSES:
+            chain.append(chain[-1].__cause__)
+        messages = [_message(error) for error in reversed(chain)]
+        # what a layer added, not the cause again with a prefix
+        said = [m for m in dict.fromkeys(messages[1:]) if m and messages[0] not in m]
+        batch = "" if self.failed_batch is None else f" in batch {self.failed_batch}"
+        return "\n".join([f"{self.label} failed{batch}: {messages[0]}", *said])
 
     @property
     def last_progress(self) -> QueryProgress | None:
@@ -134,7 +145,7 @@ class StreamingQuery:
         """True once the query has stopped; raises the error that stopped it, if any."""
         finished = self._terminated.wait(timeout)
         if self.exception is not None:
-            raise StreamingQueryError(f"Query {self.name} failed: {self.error}") from self.exception
+            raise StreamingQueryError(self.error) from self.exception
         return finished
 
     def process_all_available(self, timeout: float | None = None) -> None:
@@ -147,9 +158,9 @@ class StreamingQuery:
                 lambda: self._served_upto >= ticket or self._terminated.is_set(), timeout
             )
         if self.exception is not None:
-            raise StreamingQueryError(f"Query {self.name} failed: {self.error}") from self.exception
+            raise StreamingQueryError(self.error) from self.exception
         if not done:
-            raise TimeoutError(f"Query {self.name} did not catch up within {timeout} seconds")
+            raise TimeoutError(f"{self.label} did not catch up within {timeout} seconds")
 
     def between_batches(self, errand: Callable[[MicroBatchExecution], T]) -> T:
         """Run `errand` on the query's own thread and cursor, between two batches (the one
@@ -159,7 +170,7 @@ class StreamingQuery:
         self._wake.set()
         while not future.done():
             if not self.is_active:
-                raise StreamingQueryError(f"Query {self.name} stopped before it could do that")
+                raise StreamingQueryError(f"{self.label} stopped before it could do that")
             with contextlib.suppress(TimeoutError):
                 return future.result(IDLE_POLL_SECONDS)
         return future.result()
@@ -262,3 +273,11 @@ class StreamingQuery:
                 self.on_progress(self)
             with self._served:
                 self._served.notify_all()
+
+
+def _message(error: BaseException) -> str:
+    """An error's text; for an exception of a callback or a library, its type too, which its
+    message alone (`list index out of range`) would not say."""
+    if isinstance(error, Error | duckdb.Error):
+        return redact(str(error))
+    return redact(f"{type(error).__name__}: {error}")

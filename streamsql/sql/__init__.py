@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import re
 import sys
@@ -17,13 +18,23 @@ from sqlglot.tokens import Token, TokenType
 
 from streamsql.errors import InternalError, SQLSyntaxError
 from streamsql.secrets import redact
-from streamsql.sql.dialect import StreamSQL
+from streamsql.sql import nodes
+from streamsql.sql.dialect import Edit, StreamSQL, StreamSQLParser
 
 # sqlglot logs a warning whenever it keeps a statement as an opaque command; for us that is
 # the normal path of DuckDB statements we pass through untouched.
 logging.getLogger("sqlglot").setLevel(logging.ERROR)
 
 DIALECT = StreamSQL()
+WORD_STATEMENTS = set(StreamSQLParser.WORD_STATEMENT_PARSERS)
+# Statements only we run: DuckDB's parser has no say in them.
+OUR_STATEMENTS = (
+    exp.Command,
+    nodes.ShowStreams,
+    nodes.DescribeQuery,
+    nodes.StopQuery,
+    nodes.CompactSink,
+)
 
 # Levels of parentheses (calls, subqueries, brackets) a statement may nest: DuckDB's own
 # max_expression_depth. sqlglot's recursive descent takes some 26 Python frames a level
@@ -77,17 +88,20 @@ def one_statement(sql: str) -> str:
     return sql
 
 
-def parse(sql: str) -> list[Statement]:
-    """Split a script on semicolons and parse every statement; positions are script-relative."""
+def parse(sql: str, stored: bool = False) -> list[Statement]:
+    """Split a script on semicolons and parse every statement; positions are script-relative.
+    `stored`: SQL the catalog kept, accepted when it was created; DuckDB's parser, which may
+    judge more strictly than an older streamsql did, does not judge it again, so a database
+    always opens."""
     try:
         tokens = DIALECT.tokenize(sql)
     except TokenError:
         raise _token_error(sql) from None
-    return [_parse_chunk(sql, chunk) for chunk in _split(tokens)]
+    return [_parse_chunk(sql, chunk, stored) for chunk in _split(tokens)]
 
 
-def parse_one(sql: str) -> Statement:
-    statements = parse(sql)
+def parse_one(sql: str, stored: bool = False) -> Statement:
+    statements = parse(sql, stored)
     if len(statements) != 1:
         raise SQLSyntaxError(f"Expected one SQL statement, found {len(statements)}")
     return statements[0]
@@ -151,32 +165,124 @@ def _check_nesting(sql: str, tokens: list[Token]) -> None:
             )
 
 
-def _parse_chunk(sql: str, tokens: list[Token]) -> Statement:
+def _parse_chunk(sql: str, tokens: list[Token], stored: bool) -> Statement:
     _check_nesting(sql, tokens)
     parser = DIALECT.parser()
+    first = tokens[0]
     try:
-        with nesting_room(tokens[0].line):
+        with nesting_room(first.line):
             expressions = parser.parse(tokens, sql)
     except ParseError as error:
-        raise _syntax_error(sql, error) from None
-    text = sql[tokens[0].start : tokens[-1].end + 1]
-    return Statement(expression=expressions[0], text=text, line=tokens[0].line)
+        if first.token_type == TokenType.VAR and first.text.upper() not in WORD_STATEMENTS:
+            raise _error_at(sql, tokens, first.start, f"unknown statement {first.text}") from None
+        raise _syntax_error(sql, tokens, error) from None
+    expression = expressions[0]
+    if not (stored or isinstance(expression, OUR_STATEMENTS) or _drops_ours(expression)):
+        _duckdb_judges(sql, tokens, expression, parser.duckdb_edits)
+    text = sql[first.start : tokens[-1].end + 1]
+    return Statement(expression=expression, text=text, line=first.line)
 
 
-def _syntax_error(sql: str, error: ParseError) -> SQLSyntaxError:
+def _drops_ours(expression: exp.Expr) -> bool:
+    return isinstance(expression, exp.Drop) and expression.kind in ("SOURCE", "SINK")
+
+
+def _duckdb_judges(sql: str, tokens: list[Token], expression: exp.Expr, edits: list[Edit]) -> None:
+    """DuckDB's parser reads the statement as DuckDB would run it (our clauses edited out or
+    into DuckDB's words), so what sqlglot's lenient parser lets through (an empty list item,
+    `> >`, an alias without its expression) is a syntax error here too, where DuckDB says."""
+    create = expression.this if isinstance(expression, nodes.Explain) else expression
+    if isinstance(create, exp.Create) and create.kind in ("SOURCE", "SINK"):
+        if create.kind == "SINK" and create.expression is None:
+            return  # the engine says what is missing: AS SELECT ...
+        # CREATE TABLE takes DuckDB's reading of the columns, options and query; the name is
+        # ours (a sink may be called `show`), not a DuckDB table's
+        kind = TokenType[create.kind]
+        at = next(i for i, token in enumerate(tokens) if token.token_type == kind)
+        name = next(t for t in tokens[at + 1 :] if t.text.upper() not in ("IF", "NOT", "EXISTS"))
+        edits = [
+            *edits,
+            (tokens[at].start, tokens[at].end + 1, "TABLE"),
+            (name.start, name.end + 1, "t"),
+        ]
+    start, end = tokens[0].start, tokens[-1].end + 1
+    # (offset in the text DuckDB reads, offset in the script, text)
+    pieces: list[tuple[int, int, str]] = []
+    text_offset, position = 0, start
+    for edit_start, edit_end, replacement in sorted(set(edits)):
+        if edit_start < position:
+            continue  # inside a part already edited out
+        for piece in ((position, sql[position:edit_start]), (edit_start, replacement)):
+            pieces.append((text_offset, *piece))
+            text_offset += len(piece[1])
+        position = edit_end
+    pieces.append((text_offset, position, sql[position:end]))
+    text = "".join(piece for _, _, piece in pieces)
+    try:
+        duckdb.extract_statements(text)
+    except duckdb.ParserException as error:
+        offset, message = _duckdb_error_position(text, error)
+        at, origin, piece = next(p for p in reversed(pieces) if p[0] <= offset)
+        script_offset = origin + min(offset - at, len(piece)) if piece else origin
+        raise _error_at(sql, tokens, min(script_offset, end - 1), message) from None
+
+
+def _duckdb_error_position(text: str, error: duckdb.Error) -> tuple[int, str]:
+    """Where in `text` DuckDB's parser stopped, and its message: the Python client gives the
+    offset only through json_serialize_sql."""
+    with duckdb.connect() as con:
+        answer = json.loads(con.execute("SELECT json_serialize_sql(?)", [text]).fetchone()[0])
+    if "position" not in answer:
+        return 0, str(error).split("\n", 1)[0].removeprefix("Parser Error: ")
+    # DuckDB counts bytes of UTF-8
+    offset = len(text.encode()[: int(answer["position"])].decode(errors="ignore"))
+    return offset, answer["error_message"]
+
+
+def _error_at(sql: str, tokens: list[Token], offset: int, description: str) -> SQLSyntaxError:
+    line = sql.count("\n", 0, offset) + 1
+    col = offset - (sql.rfind("\n", 0, offset) + 1) + 1
+    return _located(sql, tokens, line, col, description)
+
+
+def _syntax_error(sql: str, tokens: list[Token], error: ParseError) -> SQLSyntaxError:
     detail = error.errors[0] if error.errors else {}
     # sqlglot points at the last character of the offending token; point at its first.
     line = detail.get("line") or 1
     col = max((detail.get("col") or 1) - len(detail.get("highlight") or " ") + 1, 1)
     description = _readable(detail.get("description") or str(error))
+    if description.startswith("Required keyword") and detail.get("highlight"):
+        # sqlglot built a node without an operand: DuckDB's words for it
+        description = f'syntax error at or near "{detail["highlight"]}"'
+    return _located(sql, tokens, line, col, description)
+
+
+def _located(
+    sql: str, tokens: list[Token], line: int, col: int, description: str
+) -> SQLSyntaxError:
+    """A syntax error at a script position, naming the statement it is in."""
     return SQLSyntaxError(
         redact(
-            f"Syntax error at line {line}, column {col}: {description}\n{_pointer(sql, line, col)}",
+            f"Syntax error at line {line}, column {col}{_statement_name(tokens)}: "
+            f"{description}\n{_pointer(sql, line, col)}",
             sql,
         ),
         line=line,
         col=col,
     )
+
+
+def _statement_name(tokens: list[Token]) -> str:
+    """` in CREATE SINK clicks` for a CREATE of a named object, so the error says which."""
+    words = [token.text for token in tokens[:8]]
+    head = [word.upper() for word in words]
+    if not head or head[0] != "CREATE":
+        return ""
+    for index, word in enumerate(head[1:-1], start=1):
+        if word in ("SOURCE", "SINK", "TABLE", "VIEW"):
+            rest = [w for w in words[index + 1 :] if w.upper() not in ("IF", "NOT", "EXISTS")]
+            return f" in CREATE {word} {rest[0]}" if rest else ""
+    return ""
 
 
 def _token_error(sql: str) -> SQLSyntaxError:

@@ -32,6 +32,10 @@ EMIT_MODES: dict[tuple[str, ...], str] = {
 # Words that end a FROM item here instead of naming it.
 CLAUSE_WORDS = {"WATERMARK", "EMIT"}
 
+# An edit of a statement's text that turns it into DuckDB's syntax, so DuckDB's parser can
+# judge it: (start offset, end offset, replacement), offsets into the script.
+Edit = tuple[int, int, str]
+
 
 class StreamSQLParser(DuckDBParser):
     STREAM_WINDOW_PARSERS: t.ClassVar = {
@@ -87,12 +91,7 @@ class StreamSQLParser(DuckDBParser):
     CONSTRAINT_PARSERS: t.ClassVar = {
         **DuckDBParser.CONSTRAINT_PARSERS,
         "WATERMARK": lambda self: self._parse_watermark_constraint(),
-        "METADATA": lambda self: self.expression(
-            nodes.MetadataColumnConstraint(
-                this=self._match(TokenType.FROM) and self._parse_string(),
-                virtual=self._match_text_seq("VIRTUAL"),
-            )
-        ),
+        "METADATA": lambda self: self._parse_metadata_constraint(),
     }
 
     SCHEMA_UNNAMED_CONSTRAINTS: t.ClassVar = {
@@ -100,15 +99,99 @@ class StreamSQLParser(DuckDBParser):
         "WATERMARK",
     }
 
+    def reset(self) -> None:
+        super().reset()
+        self.duckdb_edits: list[Edit] = []
+
+    def _remove_from(self, first: Token) -> None:
+        """Record that the tokens from `first` to the last one parsed are ours, not DuckDB's."""
+        self.duckdb_edits.append((first.start, self._prev.end + 1, ""))
+
+    def _creating(self) -> str | None:
+        """SOURCE or SINK when the statement is a CREATE of ours (or EXPLAINs one)."""
+        skip = 1 if self._tokens and self._tokens[0].text.upper() == "EXPLAIN" else 0
+        head = [token.token_type for token in self._tokens[skip : skip + 6]]
+        if head[:1] != [TokenType.CREATE]:
+            return None
+        kind = next((k for k in head if k in (TokenType.SOURCE, TokenType.SINK)), None)
+        return kind.name if kind else None
+
+    def _parse_as_command(self, start: Token) -> exp.Command:
+        """A CREATE SOURCE/SINK that does not parse is a syntax error where parsing stopped,
+        not an opaque command that DuckDB would refuse at the word SOURCE or SINK."""
+        if self._creating():
+            token = self._curr or self._prev
+            what = f"unexpected {token.text!r}" if self._curr else "unexpected end of statement"
+            self.raise_error(what, token=token)
+        return super()._parse_as_command(start)
+
+    def _parse_ddl_select(self) -> exp.Expr | None:
+        kind = self._creating()
+        if kind and self._curr and self._prev.token_type != TokenType.ALIAS:
+            if kind == "SINK":
+                self.raise_error("Expected AS before the query of CREATE SINK")
+            if start := self._query_start():
+                self.raise_error(
+                    "a ';' is probably missing after the CREATE SOURCE: a new statement starts "
+                    "here",
+                    token=start,
+                )
+            self.raise_error(f"unexpected {self._curr.text!r}")
+        return super()._parse_ddl_select()
+
+    def _query_start(self) -> Token | None:
+        """Where a query starts here: SELECT, FROM or `WITH name AS` (whose WITH the options
+        parser may have taken already), not a repeated WITH (...)."""
+        if self._curr.token_type in (TokenType.SELECT, TokenType.FROM):
+            return self._curr
+        index = self._index - (self._prev.token_type == TokenType.WITH)
+        kinds = [token.token_type for token in self._tokens[index : index + 3]]
+        if kinds[:1] == [TokenType.WITH] and kinds[2:] == [TokenType.ALIAS]:
+            return self._tokens[index]
+        return None
+
+    def _parse_column_def(self, this: exp.Expr | None, computed_column: bool = True) -> t.Any:
+        """A computed column `name AS expr` is DuckDB's `name AS (expr)`."""
+        start = self._index
+        column = super()._parse_column_def(this, computed_column)
+        tokens = self._tokens[start : self._index]
+        if column and column.find(exp.ComputedColumnConstraint) and tokens:
+            first = next(
+                (i for i, tk in enumerate(tokens) if tk.token_type == TokenType.ALIAS), None
+            )
+            last = len(tokens) - 1
+            while last > 0 and tokens[last].text.upper() in ("STORED", "VIRTUAL"):
+                last -= 1
+            if first is not None and first < last:
+                self.duckdb_edits.append((tokens[first].end + 1, tokens[first].end + 1, " ("))
+                self.duckdb_edits.append((tokens[last].end + 1, tokens[last].end + 1, ")"))
+        return column
+
     def _parse_watermark_constraint(self) -> exp.WatermarkColumnConstraint:
+        first = self._prev
         if not self._match(TokenType.FOR):
             self.raise_error("Expected FOR <column> after WATERMARK")
         column = self._parse_column()
         if not self._match(TokenType.ALIAS):
             self.raise_error(f"Expected AS {column.sql() if column else '<column>'} - INTERVAL ...")
-        return self.expression(
+        constraint = self.expression(
             exp.WatermarkColumnConstraint(this=column, expression=self._parse_disjunction())
         )
+        # DuckDB sees the columns without it: its comma goes too, or the list has a hole.
+        comma = self._curr if self._match(TokenType.COMMA, advance=False) else self._prev
+        self.duckdb_edits.append((first.start, comma.end + 1, ""))
+        return constraint
+
+    def _parse_metadata_constraint(self) -> nodes.MetadataColumnConstraint:
+        first = self._prev
+        constraint = self.expression(
+            nodes.MetadataColumnConstraint(
+                this=self._match(TokenType.FROM) and self._parse_string(),
+                virtual=self._match_text_seq("VIRTUAL"),
+            )
+        )
+        self._remove_from(first)
+        return constraint
 
     def _parse_property_assignment(self, exp_class: type[t.Any], **kwargs: t.Any) -> t.Any:
         """`key = value` in WITH (...): a key without its value is a syntax error here."""
@@ -151,7 +234,9 @@ class StreamSQLParser(DuckDBParser):
         if kind in self.STREAM_WINDOW_PARSERS and after and after.token_type == TokenType.L_PAREN:
             token = self._curr
             self._advance(2)
-            return "stream_window", self._parse_stream_window(kind, token)
+            window = self._parse_stream_window(kind, token)
+            self._remove_from(token)
+            return "stream_window", window
         return "windows", self._parse_window_clause()
 
     def _parse_stream_window(self, kind: str, token: Token) -> nodes.StreamWindow:
@@ -177,7 +262,9 @@ class StreamSQLParser(DuckDBParser):
         if isinstance(this, exp.Select) and self._match_text_seq("EMIT"):
             if this.args.get("emit"):
                 self.raise_error("Found multiple 'EMIT' clauses", token=self._prev)
+            first = self._prev
             this.set("emit", self._parse_emit())
+            self._remove_from(first)
             this = super()._parse_query_modifiers(this)
         return this
 
@@ -211,7 +298,9 @@ class StreamSQLParser(DuckDBParser):
     def _parse_table(self, *args: t.Any, **kwargs: t.Any) -> exp.Expr | None:
         this = super()._parse_table(*args, **kwargs)
         if isinstance(this, (exp.Table, exp.Subquery)) and self._match_text_seq("WATERMARK"):
+            first = self._prev
             this.set("watermark", self._parse_watermark())
+            self._remove_from(first)
             if not this.args.get("alias") and (alias := self._parse_table_alias()):
                 this.set("alias", alias)
         return this

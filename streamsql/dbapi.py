@@ -5,11 +5,13 @@ Parameters use the qmark style and are bound by DuckDB, never formatted into SQL
 
 from __future__ import annotations
 
+import importlib
 import re
 import threading
+import warnings
 import weakref
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 import duckdb
 import pyarrow as pa
@@ -30,6 +32,7 @@ from streamsql.errors import (
     Warning,
     from_duckdb,
 )
+from streamsql.format import relation
 from streamsql.runtime.push import PushStream
 from streamsql.runtime.query import StreamingQuery
 from streamsql.secrets import redact
@@ -43,6 +46,8 @@ paramstyle = "qmark"
 # PRAGMA, BEGIN and the like).
 ACKNOWLEDGEMENTS = ("Count", "Success")
 
+T = TypeVar("T")
+
 
 def connect(
     database: str = ":memory:",
@@ -51,6 +56,9 @@ def connect(
     config: dict[str, Any] | None = None,
     restricted: bool = False,
     allowed_directories: Sequence[str] = (),
+    read_only: bool = False,
+    metrics_port: int | None = None,
+    metrics_host: str = "127.0.0.1",
 ) -> Connection:
     """Open (or create) an engine database; sinks recorded in it resume running.
 
@@ -59,6 +67,9 @@ def connect(
     `restricted` runs SQL that is not trusted: DuckDB reaches only the directories the
     stored sources and sinks name and `allowed_directories`, and ATTACH, INSTALL, LOAD,
     PRAGMA, EXPORT, SET and callbacks not registered from Python are refused.
+    `read_only` inspects a database no process holds (a stopped engine): DuckDB opens it
+    read-only and no sink resumes.
+    `metrics_port` serves Prometheus metrics on `metrics_host` (see serve_metrics).
     """
     engine = Engine(
         database,
@@ -66,8 +77,16 @@ def connect(
         config=config,
         restricted=restricted,
         allowed_directories=allowed_directories,
+        read_only=read_only,
     )
-    return Connection(engine)
+    connection = Connection(engine)
+    if metrics_port is not None:
+        try:
+            connection.serve_metrics(metrics_port, metrics_host)
+        except Error:
+            connection.close()
+            raise
+    return connection
 
 
 class Connection:
@@ -117,6 +136,12 @@ class Connection:
         `CREATE SINK s WITH (connector = 'callback', callback = 'name') AS ...`."""
         self._check()
         self.engine.register_callback(name, function)
+
+    def serve_metrics(self, port: int = 0, host: str = "127.0.0.1") -> int:
+        """Serve the sinks' Prometheus metrics at http://host:port/metrics until the
+        connection closes (port 0: a free one); returns the port."""
+        self._check()
+        return self.engine.metrics.serve(port, host)
 
     def query(self, name: str) -> StreamingQuery:
         """The running query of sink `name`."""
@@ -317,6 +342,61 @@ class Cursor:
             raise ProgrammingError("The last statement produced no rows to fetch")
         return self._result.rows
 
+    # -- DuckDB's result methods ------------------------------------------------------------------
+
+    def fetch_arrow_table(self) -> pa.Table:
+        """The rows fetchall() would return, as one Arrow table with DuckDB's types (a push
+        query: waits until it stops, as fetchall does)."""
+        self._check()
+        if self._from_duckdb:
+            return self._from_duck(lambda duck: duck.to_arrow_table())
+        if self._stream is not None:
+            return self._stream.fetch_arrow()
+        rows = self._rows()[self._position :]
+        self._position += len(rows)
+        names = [column[0] for column in self.description]
+        return pa.Table.from_arrays(
+            [pa.array(column) for column in zip(*rows, strict=True)] or [pa.nulls(0)] * len(names),
+            names=names,
+        )
+
+    arrow = fetch_arrow_table
+
+    def fetch_record_batch(self, rows_per_batch: int = 1_000_000) -> pa.RecordBatchReader:
+        """The rows fetchall() would return, as a stream of Arrow record batches; a push
+        query's batches come as it emits them, until it stops."""
+        self._check()
+        if self._from_duckdb:
+            return self._from_duck(lambda duck: duck.to_arrow_reader(rows_per_batch))
+        if self._stream is not None:
+            schema = self._stream.sink.arrow_schema
+            return pa.RecordBatchReader.from_batches(schema, self._stream.record_batches())
+        table = self.fetch_arrow_table()
+        return pa.RecordBatchReader.from_batches(table.schema, table.to_batches(rows_per_batch))
+
+    def df(self) -> Any:
+        """fetch_arrow_table() as a pandas DataFrame, converted as DuckDB's df() converts
+        (a DECIMAL becomes float64); needs pandas."""
+        _require("pandas", "df()")
+        return relation(self.fetch_arrow_table()).df()
+
+    fetchdf = fetch_df = df
+
+    def pl(self) -> Any:
+        """fetch_arrow_table() as a polars DataFrame, as DuckDB's pl() gives it; needs polars."""
+        _require("polars", "pl()")
+        return relation(self.fetch_arrow_table()).pl()
+
+    def _from_duck(self, fetch: Callable[[duckdb.DuckDBPyConnection], T]) -> T:
+        """Arrow from DuckDB's own result. DuckDB warns that Arrow from a DB-API result
+        copies the rows, which a cursor cannot avoid: its statement already ran."""
+        try:
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", "Arrow output on a DB-API result", UserWarning)
+                return fetch(self._duck)
+        except duckdb.Error as error:
+            raise from_duckdb(error) from None
+
     def __iter__(self) -> Iterator[tuple[Any, ...]]:
         while (row := self.fetchone()) is not None:
             yield row
@@ -331,6 +411,11 @@ class Cursor:
         self._check()
         self._duck.register(name, data)
         return self
+
+    def interrupt(self) -> None:
+        """Interrupt the statement running on this cursor, from another thread (it fails
+        with DuckDB's InterruptException): what a PostgreSQL client's cancel request does."""
+        self._duck.interrupt()
 
     def setinputsizes(self, sizes: Any) -> None:
         """Accepted and ignored, as PEP 249 allows."""
@@ -367,6 +452,16 @@ def _in_script(message: str, line: int) -> str:
     return re.sub(
         r"^LINE (\d+):", lambda m: f"LINE {int(m.group(1)) + line - 1}:", message, flags=re.M
     )
+
+
+def _require(package: str, method: str) -> None:
+    """Check that an optional package a result method needs is installed, naming it if not."""
+    try:
+        importlib.import_module(package)
+    except ImportError:
+        raise NotSupportedError(
+            f"Cursor.{method} needs {package}, which is not installed: pip install {package}"
+        ) from None
 
 
 def _single(statements: list[Statement]) -> Statement:

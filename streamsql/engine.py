@@ -44,6 +44,7 @@ from streamsql.errors import (
 from streamsql.format import format_duration
 from streamsql.incremental.aggregates import MACROS
 from streamsql.incremental.compiler import BatchProgram, compile_plan
+from streamsql.metrics import EngineMetrics
 from streamsql.plan.catalog import (
     SinkDef,
     SourceDef,
@@ -64,6 +65,7 @@ from streamsql.sinks.base import Sink
 from streamsql.sinks.callback import BatchCallback, CallbackSink
 from streamsql.sinks.collect import CollectSink
 from streamsql.sinks.console import ConsoleSink
+from streamsql.sinks.delta import DeltaSink
 from streamsql.sinks.duckdb import DuckDBSink
 from streamsql.sinks.files import CSVSink, JSONSink, ParquetSink
 from streamsql.sinks.kafka import KafkaSink
@@ -98,6 +100,7 @@ SINK_CONNECTORS: dict[str, type[Sink]] = {
     "parquet": ParquetSink,
     "csv": CSVSink,
     "json": JSONSink,
+    "delta": DeltaSink,
     "kafka": KafkaSink,
     "callback": CallbackSink,
     "console": ConsoleSink,
@@ -108,6 +111,7 @@ SINK_CONNECTORS: dict[str, type[Sink]] = {
 RESTRICTED_STATEMENTS = ("ATTACH", "DETACH", "LOAD", "EXTENSION", "PRAGMA", "EXPORT", "SET")
 
 STATUS_SECONDS = 1.0  # how often a running process publishes its status, at most
+STATUS_HEARTBEAT_SECONDS = 10.0  # and how often at least, while a query of a sink runs
 PUSH_LABEL_WIDTH = 60  # characters of a push query's first line its errors quote
 
 CATALOG = f"""CREATE TABLE IF NOT EXISTS {SCHEMA}.catalog (
@@ -215,8 +219,10 @@ class Engine:
         config: dict[str, Any] | None = None,
         restricted: bool = False,
         allowed_directories: Iterable[str] = (),
+        read_only: bool = False,
     ) -> None:
         self.database = database
+        self.read_only = read_only
         self.restricted = restricted
         self.allowed_directories: list[str] = []  # restricted mode: all DuckDB may reach
         self.trigger_override = Trigger.parse(trigger) if trigger else None  # CLI --trigger
@@ -230,18 +236,26 @@ class Engine:
                     "or close it first"
                 )
             try:
-                self.db = duckdb.connect(database, config=config or {})
+                self.db = duckdb.connect(database, read_only=read_only, config=config or {})
             except duckdb.Error as error:  # a directory, a file another process holds, ...
                 raise from_duckdb(error, f"Cannot open {database}") from None
             if self._file is not None:
                 _OPEN_FILES[self._file] = self
         try:
             self.db.execute("SET GLOBAL TimeZone = 'UTC'").fetchall()
-            Checkpoint.create_tables(self.db)
-            dead_letters.create_tables(self.db)
-            for statement in (*MACROS, CATALOG, CATALOG_PARAMETERS):
-                self.db.execute(statement).fetchall()
-            self._clear_leftovers()
+            if not read_only:
+                Checkpoint.create_tables(self.db)
+                dead_letters.create_tables(self.db)
+                for statement in (*MACROS, CATALOG, CATALOG_PARAMETERS):
+                    self.db.execute(statement).fetchall()
+                self._clear_leftovers()
+            elif not self.db.execute(
+                "SELECT 1 FROM duckdb_tables() WHERE schema_name = ? AND table_name = 'catalog'",
+                [SCHEMA],
+            ).fetchall():
+                raise OperationalError(
+                    f"{database} is not a streamsql database: it has no {SCHEMA}.catalog"
+                )
             if restricted:
                 self._restrict(allowed_directories)
         except BaseException:  # not an engine database we can write: not open after all
@@ -257,6 +271,12 @@ class Engine:
         self._cursors: weakref.WeakSet[DuckCursor] = weakref.WeakSet()
         self._status_lock = threading.Lock()
         self._status_published = float("-inf")
+        # Counted from the start, so that metrics served later include the resumed sinks.
+        self.metrics = EngineMetrics(
+            lambda: [q for name, q in list(self.queries.items()) if name in self.sinks]
+        )
+        self._status_timer: threading.Timer | None = None  # the next publish, and when
+        self._status_due = float("inf")
         self.closed = False
         _OPEN_ENGINES.add(self)
         self._load_catalog()
@@ -339,8 +359,15 @@ class Engine:
     # -- catalog ---------------------------------------------------------------------------------
 
     def _load_catalog(self) -> None:
+        # A catalog of an earlier version opened read-only has no parameters column yet.
+        (has_parameters,) = self.db.execute(
+            "SELECT count(*) > 0 FROM duckdb_columns() WHERE database_name = current_database() "
+            "AND schema_name = ? AND table_name = 'catalog' AND column_name = 'parameters'",
+            [SCHEMA],
+        ).fetchall()[0]
+        stored = "parameters" if has_parameters else "NULL AS parameters"
         rows = self.db.execute(
-            f"SELECT kind, sql, running, parameters FROM {SCHEMA}.catalog ORDER BY kind DESC, name"
+            f"SELECT kind, sql, running, {stored} FROM {SCHEMA}.catalog ORDER BY kind DESC, name"
         ).fetchall()
         for kind, sql, running, parameters in rows:
             create = parse_one(sql, stored=True).expression
@@ -349,7 +376,7 @@ class Engine:
             else:
                 definition = sink_def(create, sql, parameters)
                 self.sinks[definition.name.lower()] = definition
-                if running:
+                if running and not self.read_only:
                     try:
                         with nesting_room(1):  # planned again, as deep as when created
                             self._start(definition)
@@ -665,11 +692,26 @@ class Engine:
     def _start(
         self, definition: SinkDef, execution: MicroBatchExecution | None = None
     ) -> StreamingQuery:
+        if self.read_only:
+            raise OperationalError(
+                f"Sink {definition.name} cannot run: {self.database} is open read-only "
+                "(connect(read_only=True) inspects a database without resuming its sinks)"
+            )
         execution = execution or self._execution(definition)
         given = definition.options.get("trigger")
         trigger = self.trigger_override or (Trigger.parse(given) if given else self.session_trigger)
-        query = StreamingQuery(execution, trigger, self._publish_status)
-        self.queries[definition.name.lower()] = query.start()
+        query = StreamingQuery(execution, trigger, self._progressed)
+        key = definition.name.lower()
+        previous = self.queries.get(key)
+        self.queries[key] = query  # before it runs: its first status is published with it
+        try:
+            query.start()
+        except BaseException:
+            if previous is None:
+                del self.queries[key]
+            else:
+                self.queries[key] = previous
+            raise
         return query
 
     def _execution(self, definition: SinkDef) -> MicroBatchExecution:
@@ -692,28 +734,63 @@ class Engine:
         source = self.source(plan.source.name).for_query()
         return MicroBatchExecution(name, self.cursor(), plan, program, source, sink)
 
+    def _progressed(self, query: StreamingQuery) -> None:
+        """After each batch of a sink's query (and when it waits for its source or ends)."""
+        self.metrics.observe(query)
+        self._publish_status(query)
+
     def _publish_status(self, query: StreamingQuery) -> None:
         """Publish where the sinks stand for `streamsql status`, which cannot open the
-        database while this process holds it: after a batch (at most once a second) and
-        whenever a query terminates."""
+        database while this process holds it. While a query is processing (a batch starts
+        or commits), at most once a second, what comes within the second published at its
+        end; at once when it leaves processing (waits for data or the next trigger, stops,
+        fails), so the file is never behind a query gone idle; and every
+        STATUS_HEARTBEAT_SECONDS while a query runs, so a reader can tell a file kept fresh
+        from one left behind."""
         if self.database == ":memory:" or self.closed:
             return
         with self._status_lock:
-            now = time.monotonic()
-            if query.is_active and now - self._status_published < STATUS_SECONDS:
+            wait = STATUS_SECONDS - (time.monotonic() - self._status_published)
+            if query.is_active and query.status["message"] == "processing" and wait > 0:
+                self._schedule_status(wait)
+            else:
+                self._write_status()
+
+    def _schedule_status(self, delay: float) -> None:
+        """A publish in `delay` seconds, unless one is due sooner (under `_status_lock`)."""
+        due = time.monotonic() + delay
+        if self._status_timer is not None:
+            if self._status_due <= due:
                 return
-            self._status_published = now
-            sinks = [
-                {**q.execution.position(), "running": q.is_active}
-                for name, q in sorted(list(self.queries.items()))
-                if name in self.sinks
-            ]
-            target = status_file(self.database)
-            staged = target.with_name(f".{target.name}.tmp")
-            snapshot = {"pid": os.getpid(), "written_at": time.time(), "sinks": sinks}
-            with contextlib.suppress(OSError):  # a status not written never stops a query
-                staged.write_text(json.dumps(snapshot, default=str))
-                os.replace(staged, target)
+            self._status_timer.cancel()
+        timer = threading.Timer(delay, lambda: self._publish_pending(timer))
+        timer.daemon = True
+        self._status_timer, self._status_due = timer, due
+        timer.start()
+
+    def _publish_pending(self, timer: threading.Timer) -> None:
+        with self._status_lock:
+            if self._status_timer is timer and not self.closed:  # not one cancelled since
+                self._status_timer = None
+                self._write_status()
+
+    def _write_status(self) -> None:
+        """The status file, replaced whole (under `_status_lock`)."""
+        self._status_published = time.monotonic()
+        sinks = [
+            {**q.execution.position(), "running": q.is_active, "status": q.status}
+            for _, q in sorted(list(self.queries.items()))
+            # a sink's (push queries publish nothing), once started: it knows its position
+            if q.on_progress is not None and q.status["message"] != "initializing"
+        ]
+        target = status_file(self.database)
+        staged = target.with_name(f".{target.name}.tmp")
+        snapshot = {"pid": os.getpid(), "written_at": time.time(), "sinks": sinks}
+        with contextlib.suppress(OSError):  # a status not written never stops a query
+            staged.write_text(json.dumps(snapshot, default=str))
+            os.replace(staged, target)
+        if any(sink["running"] for sink in sinks):
+            self._schedule_status(STATUS_HEARTBEAT_SECONDS)
 
     def register_callback(self, name: str, function: BatchCallback) -> None:
         """Name a function for callback sinks: `WITH (connector = 'callback', callback = name)`."""
@@ -857,20 +934,48 @@ class Engine:
     def describe_query(
         self, statement: Statement, params: Sequence[Any] | None, cursor: DuckCursor
     ) -> Result:
+        """One row per property, each once: the query, its state, where it stands, the
+        totals of this run, then its last batch under Spark's progress names. Structured
+        values are JSON."""
         query = self.query(statement.expression.this.name)
+        status = query.status
+        totals = query.totals
+        properties: dict[str, Any] = {
+            "name": query.name,
+            "id": query.id,
+            "run_id": query.run_id,
+            "status": status["message"],
+            "since": status["since"],
+            "batch_in_flight": status["batch"],
+            "trigger": status["trigger"],
+            "error": status["error"],
+            **{k: v for k, v in query.execution.position().items() if k != "sink"},
+            "run_batches": totals.batches,
+            "run_input_rows": totals.input_rows,
+            "run_output_rows": totals.output_rows,
+            "run_late_rows": totals.late_rows,
+            "run_dead_letters": totals.dead_letters,
+        }
         progress = query.last_progress
-        rows = [
-            ("status", str(query.status)),
-            ("id", query.id),
-            ("run_id", query.run_id),
-            ("last_committed_batch", str(query.execution.last_committed)),
-            ("watermark", str(timestamp_of(query.execution.watermark))),
-        ]
-        position = query.execution.position()
-        rows += [(key, json.dumps(position[key])) for key in ("committed_offsets", "lag")]
         if progress is not None:
-            rows += [(key, str(value)) for key, value in progress.to_dict().items()]
-        return Result(["property", "value"], rows)
+            shown = {"id", "run_id", "name", "batch_id", "state_rows", "next_watermark"}
+            last = {k: v for k, v in progress.to_dict().items() if k not in shown}
+            last["batch_watermark"] = last.pop("watermark")
+            properties |= last
+        return Result(
+            ["property", "value"],
+            [
+                (
+                    key,
+                    None
+                    if value is None
+                    else json.dumps(value)
+                    if isinstance(value, dict | list)
+                    else str(value),
+                )
+                for key, value in properties.items()
+            ],
+        )
 
     def stop_query(
         self, statement: Statement, params: Sequence[Any] | None, cursor: DuckCursor
@@ -998,10 +1103,14 @@ class Engine:
         for query in list(self.queries.values()):
             query.stop()
         self.queries.clear()
+        self.metrics.close()
+        with self._status_lock:
+            if self._status_timer is not None:
+                self._status_timer.cancel()
         for cursor in list(self._cursors):
             cursor.close()
         self.db.close()
-        if self.database != ":memory:":
+        if self.database != ":memory:" and not self.read_only:
             status_file(self.database).unlink(missing_ok=True)  # the database says it now
         _OPEN_ENGINES.discard(self)
         self._release_file()

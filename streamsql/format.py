@@ -15,10 +15,15 @@ MAX_WIDTH = 40
 _ROWS = duckdb.connect()  # converts Arrow batches to Python rows (a cursor per call)
 
 
+def relation(table: pa.Table) -> duckdb.DuckDBPyRelation:
+    """An Arrow table as a DuckDB relation, to convert it as DuckDB's Python API does."""
+    return _ROWS.cursor().from_arrow(table)
+
+
 def python_rows(table: pa.Table) -> list[tuple[Any, ...]]:
     """An Arrow table's rows as DuckDB's fetchall gives them: pyarrow's to_pylist fails on
     timestamps beyond Python's year 9999, which DuckDB gives as text."""
-    return _ROWS.cursor().from_arrow(table).fetchall()
+    return relation(table).fetchall()
 
 
 def render_value(value: Any, max_width: int = MAX_WIDTH) -> str:

@@ -1,13 +1,17 @@
 """Where each sink of an engine database stands, for `streamsql status app.db`.
 
-Read from the database's checkpoint when no process has it open. A process running queries
-holds DuckDB's lock on the file; it publishes the same figures, from its live queries, to
-`<database>.status.json` (after a batch, at most once a second), and those are read instead.
+Read from the database's checkpoint when no process has it open: then no query runs. A
+process running queries holds DuckDB's lock on the file; it publishes the same figures, from
+its live queries, to `<database>.status.json` (see Engine._publish_status), and those are
+read instead, as long as that process lives and keeps the file fresh; before it has
+published, the checkpoint tables are read through its PostgreSQL endpoint if it serves one.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import json
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -17,15 +21,19 @@ from sqlglot import exp
 
 from streamsql.checkpoint import dead_letters
 from streamsql.checkpoint.log import SCHEMA, Checkpoint, state_table
-from streamsql.engine import source_instance, status_file
+from streamsql.engine import STATUS_HEARTBEAT_SECONDS, source_instance, status_file
 from streamsql.errors import OperationalError
 from streamsql.plan.catalog import source_def
 from streamsql.runtime.progress import timestamp_of
+from streamsql.server import read_endpoint
 from streamsql.sql import parse_one
+
+STALE_SECONDS = 3 * STATUS_HEARTBEAT_SECONDS  # a status file older than this is left behind
 
 COLUMNS = (
     "sink",
     "running",
+    "status",
     "last_batch",
     "committed_offsets",
     "lag",
@@ -44,14 +52,13 @@ def database_status(database: str) -> tuple[str, list[dict[str, Any]]]:
     except (duckdb.IOException, duckdb.ConnectionException) as error:
         # Another process holds the database (a lock), or this one does (a connection).
         published = status_file(database)
-        if not published.exists() or not (
-            "lock" in str(error).lower() or isinstance(error, duckdb.ConnectionException)
-        ):
+        held = "lock" in str(error).lower() or isinstance(error, duckdb.ConnectionException)
+        endpoint = read_endpoint(database) if held else None
+        if held and not published.exists() and endpoint is not None:
+            return _from_endpoint(endpoint)
+        if not held or not published.exists():
             raise OperationalError(f"Cannot read {database}: {error}") from None
-        snapshot = json.loads(published.read_text())
-        age = time.time() - snapshot["written_at"]
-        source = f"live, published by process {snapshot['pid']} {age:.0f} s ago"
-        return source, snapshot["sinks"]
+        return _published(json.loads(published.read_text()))
     try:
         con.execute("SET TimeZone = 'UTC'").fetchall()
         if not con.execute(
@@ -66,11 +73,123 @@ def database_status(database: str) -> tuple[str, list[dict[str, Any]]]:
         sinks = con.execute(
             f"SELECT name, sql, running FROM {SCHEMA}.catalog WHERE kind = 'SINK' ORDER BY name"
         ).fetchall()
-        return "from the checkpoint", [_from_checkpoint(con, *sink) for sink in sinks]
+        return "from the checkpoint: no process has it open", [
+            _from_checkpoint(con, *sink) for sink in sinks
+        ]
     except duckdb.Error as error:  # tables of a version that did not finish setting them up
         raise OperationalError(f"Cannot read the checkpoint of {database}: {error}") from None
     finally:
         con.close()
+
+
+def _from_endpoint(endpoint: dict[str, Any]) -> tuple[str, list[dict[str, Any]]]:
+    """Before the process holding the database has published a status (no batch yet), the
+    checkpoint tables as its PostgreSQL endpoint serves them (no lag or state rows: those
+    need the sources and state of the running process)."""
+    import psycopg  # only when another process serves the database
+
+    address = f"{endpoint['host']}:{endpoint['port']}"
+    try:
+        with psycopg.connect(host=endpoint["host"], port=endpoint["port"]) as conn:
+            rows = conn.execute(
+                f"""SELECT c.name, c.running, m.batch_id, o.end_offset, m.next_watermark_us,
+                       (SELECT count(*) FROM {SCHEMA}.dead_letters d
+                        WHERE lower(d.query) = lower(c.name))
+                FROM {SCHEMA}.catalog c
+                LEFT JOIN (SELECT query, max(batch_id) AS batch_id,
+                                  arg_max(next_watermark_us, batch_id) AS next_watermark_us
+                           FROM {SCHEMA}.commits GROUP BY query) m
+                       ON lower(m.query) = lower(c.name)
+                LEFT JOIN {SCHEMA}.offsets o ON o.query = m.query AND o.batch_id = m.batch_id
+                WHERE c.kind = 'SINK' ORDER BY c.name"""
+            ).fetchall()
+    except psycopg.Error as error:
+        raise OperationalError(f"Cannot read the endpoint at {address}: {error}") from None
+    sinks = [
+        dict(
+            zip(
+                COLUMNS,
+                (
+                    name,
+                    running,
+                    "starting: no batch published yet" if running else "stopped",
+                    batch,
+                    end,
+                    None,
+                    timestamp_of(wm),
+                    None,
+                    dead,
+                ),
+                strict=True,
+            )
+        )
+        for name, running, batch, end, wm, dead in rows
+    ]
+    return f"live, served by process {endpoint['pid']} at {address}", sinks
+
+
+def _published(snapshot: dict[str, Any]) -> tuple[str, list[dict[str, Any]]]:
+    """The figures a process published; its queries run only while that process lives and
+    keeps the file fresh (it rewrites it every STATUS_HEARTBEAT_SECONDS while they run)."""
+    now = time.time()
+    seconds = now - snapshot["written_at"]
+    age = elapsed_text(seconds)
+    pid = snapshot["pid"]
+    origin = f"live, published by process {pid} {age} ago"
+    fresh = _alive(pid)
+    if not fresh:
+        origin = f"published by process {pid} {age} ago, which has exited: nothing runs"
+    elif seconds > STALE_SECONDS and any(sink["running"] for sink in snapshot["sinks"]):
+        fresh = False
+        origin = (
+            f"published by process {pid} {age} ago and not refreshed since (it is every "
+            f"{STATUS_HEARTBEAT_SECONDS:g} s while a query runs): nothing is known to run"
+        )
+    sinks = []
+    for sink in snapshot["sinks"]:
+        status = sink["status"]
+        running = sink["running"] and fresh
+        sinks.append({**sink, "running": running, "status": state_text(status, running, now)})
+    return origin, sinks
+
+
+def _alive(pid: int) -> bool:
+    """Whether process `pid` exists (signal 0 checks without sending anything)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # it exists, run by another user
+        return True
+    return True
+
+
+def state_text(status: dict[str, Any], running: bool, now: float) -> str:
+    """'processing batch 7 for 3m12s', 'waiting for next trigger for 4s', 'failed: ...'."""
+    if not running and status["is_active"]:
+        return "not running: its process exited or stopped publishing"
+    state = status["message"]
+    if status["batch"] is not None:
+        state += f" batch {status['batch']}"
+    if status["error"]:
+        return f"{state}: {status['error']}"
+    if not running:
+        return state
+    since = dt.datetime.fromisoformat(status["since"]).timestamp()
+    return f"{state} for {elapsed_text(now - since)}"
+
+
+def elapsed_text(seconds: float) -> str:
+    """A duration as people read it: '0.4s', '12s', '3m12s', '2h05m'."""
+    if seconds < 10:
+        return f"{max(seconds, 0):.1f}s"
+    whole = round(seconds)
+    if whole < 60:
+        return f"{whole}s"
+    minutes, rest = divmod(whole, 60)
+    if minutes < 60:
+        return f"{minutes}m{rest:02d}s"
+    return f"{minutes // 60}h{minutes % 60:02d}m"
 
 
 def _from_checkpoint(
@@ -88,7 +207,8 @@ def _from_checkpoint(
     shown, lag = _lag(con, checkpoint, sql, end)
     return {
         "sink": name,
-        "running": running,
+        "running": False,  # no process has the database open
+        "status": "stopped, resumes when the database is opened" if running else "stopped",
         "last_batch": last.batch_id if last else None,
         "committed_offsets": shown,
         "lag": lag,
@@ -103,7 +223,7 @@ def _lag(
 ) -> tuple[Any, Any]:
     """The committed offsets as the source shows them, and what the source holds beyond
     them, as it tells (per partition for sources that have them, asking the broker)."""
-    query = parse_one(sink_sql).expression.expression
+    query = parse_one(sink_sql, stored=True).expression.expression
     names = sorted({table.name.lower() for table in query.find_all(exp.Table)})
     rows = con.execute(
         f"SELECT sql FROM {SCHEMA}.catalog WHERE kind = 'SOURCE' AND list_contains(?, lower(name))",
@@ -111,7 +231,9 @@ def _lag(
     ).fetchall()
     if not rows:
         return end, None
-    source = source_instance(con, source_def(parse_one(rows[0][0]).expression, rows[0][0]))
+    source = source_instance(
+        con, source_def(parse_one(rows[0][0], stored=True).expression, rows[0][0])
+    )
     try:
         shown = source.public_offset(end)
         source.recover(checkpoint.planned_ends())

@@ -46,6 +46,7 @@ def put(tmp_path: Path, name: str, events: list[dict[str, Any]]) -> None:
 
 
 def source_sql(tmp_path: Path, extra: str = "", options: str = "") -> str:
+    (tmp_path / "in").mkdir(exist_ok=True)  # a query fails at start on a missing path
     return (
         f"CREATE SOURCE src (k VARCHAR, u VARCHAR, ts TIMESTAMP, v BIGINT{extra}) "
         f"WITH (connector = 'files', path = '{tmp_path / 'in'}'{options})"

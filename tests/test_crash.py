@@ -1,7 +1,7 @@
 """Exactly-once across SIGKILL: `streamsql run` killed at random moments and run again.
 
 The job (tests/crash/job.sql) has an EMIT CHANGES per-key sink and an EMIT FINAL window
-sink for each sink kind (callback, csv, duckdb, json, parquet), all in one process. It
+sink for each sink kind (callback, csv, delta, duckdb, json, parquet), all in one process. It
 runs once uninterrupted (the reference); then, in a fresh directory, it is killed with
 SIGKILL and started again, STREAMSQL_CRASH_KILLS times (default 40), and then run until it
 exits 0 by itself. The process starts its sinks one after another, so each kill aims at the
@@ -35,7 +35,7 @@ from crash import harness
 
 import streamsql
 
-# Every kill hits all ten sinks; 40 kills catch each sink kind mid-batch some 20 times.
+# Every kill hits all twelve sinks; 40 kills catch each sink kind mid-batch some 20 times.
 KILLS = int(os.environ.get("STREAMSQL_CRASH_KILLS", "40"))
 
 

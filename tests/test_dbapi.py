@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import time
 from pathlib import Path
 
@@ -394,14 +395,19 @@ def test_describe_query_reports_progress(events: streamsql.Connection) -> None:
     events.query("out").process_all_available(timeout=30)
     cursor = events.execute("DESCRIBE QUERY out")
     assert [d[0] for d in cursor.description] == ["property", "value"]
-    described = dict(cursor.fetchall())
+    pairs = cursor.fetchall()
+    names = [name for name, _ in pairs]
+    assert len(names) == len(set(names))  # each property once
+    described = dict(pairs)
     assert described["name"] == "out"
-    assert described["batch_id"] == "0"
-    assert described["num_input_rows"] == "3"
+    assert described["status"] == "waiting for data"
+    assert described["last_batch"] == "0"
+    assert described["num_input_rows"] == described["run_input_rows"] == "3"
     assert described["num_output_rows"] == "2"
     assert described["state_rows"] == "2"
-    assert described["next_watermark"] == "2023-12-31T23:59:20.000000Z"
-    assert "waiting for data" in described["status"]
+    assert described["watermark"] == "2023-12-31T23:59:20.000000Z"
+    assert described["batch_watermark"] == "1970-01-01T00:00:00.000000Z"  # W_0 = 0, as in Spark
+    assert json.loads(described["duration_ms"])["total"] > 0  # structured values are JSON
     with pytest.raises(streamsql.ProgrammingError):
         events.execute("DESCRIBE QUERY nothing")
 

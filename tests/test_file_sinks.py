@@ -379,6 +379,7 @@ def test_a_view_name_taken_by_a_table_is_refused_with_a_streamsql_error(
 def files_pipeline(con: streamsql.Connection, tmp_path: Path, **options: object) -> Path:
     """A files source `src` and a parquet sink `out` copying it; returns the sink's directory."""
     out = tmp_path / "out"
+    (tmp_path / "in").mkdir(exist_ok=True)  # a query fails at start on a missing path
     con.execute(
         f"CREATE SOURCE src (k VARCHAR, v BIGINT) WITH (connector = 'files', "
         f"path = '{tmp_path / 'in'}')"

@@ -21,6 +21,7 @@ Every other block must run:
 
 from __future__ import annotations
 
+import ast
 import io
 import os
 import re
@@ -215,13 +216,31 @@ def test_sql_blocks_run_in_order(stage: Stage) -> None:
 
 
 def test_python_blocks_run(stage: Stage) -> None:
-    outputs = []
+    outputs = {}
     for block in runnable("python"):
         script = stage.root / f"readme_{block.line}.py"
         script.write_text(block.text)
-        outputs.append(stage.run(block, [sys.executable, script.name]))
+        outputs[block.text] = stage.run(block, [sys.executable, script.name])
+
+    def output_of(marker: str) -> str:
+        (output,) = [output for text, output in outputs.items() if marker in text]
+        return output
+
     # the callback example: one file per batch, whose counts end at the totals of batch SQL
-    assert outputs[-1] == "['0.parquet', '1.parquet', '2.parquet']\n"
+    assert output_of("connector = 'callback'") == "['0.parquet', '1.parquet', '2.parquet']\n"
+    # the metrics example: its counter scraped over HTTP, every event read
+    assert output_of("serve_metrics(") == 'streamsql_input_rows_total{query="clicks"} 240.0\n'
+    # the endpoint example: windows read over the PostgreSQL protocol, a write refused
+    served = output_of("--serve")
+    assert "[('click', " in served and "read-only endpoint" in served
+    # the Delta example: the view, deltalake and pyarrow read the same rows; a version per
+    # batch with rows, after the one that created the table
+    view, versions, files, history = output_of("connector = 'delta'").splitlines()
+    rows = int(files)
+    assert rows > 20 and view == f"[({rows},)]" and versions.split()[1] == files
+    operations = ast.literal_eval(history)
+    assert operations[-1] == "CREATE TABLE" and set(operations[:-1]) == {"WRITE"}
+    assert int(versions.split()[0]) == len(operations) - 1
     batches = duckdb.sql("SELECT event_type, max(n) FROM 'out/batches/*.parquet' GROUP BY ALL")
     totals = "SELECT event_type, count(*) FROM 'queries/data/events/*.jsonl' GROUP BY ALL"
     assert sorted(batches.fetchall()) == sorted(duckdb.sql(totals).fetchall())

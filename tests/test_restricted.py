@@ -103,6 +103,8 @@ def test_inside_the_allowed_directories_duckdb_works(
         "CREATE SOURCE f (k VARCHAR) WITH (connector = 'files', path = '/etc')",
         "CREATE SINK p WITH (connector = 'parquet', path = '{tmp}/elsewhere') AS SELECT k FROM ev",
         "CREATE SINK p WITH (connector = 'csv', path = '{tmp}/out/../x') AS SELECT k FROM ev",
+        "CREATE SINK p WITH (connector = 'delta', path = '{tmp}/elsewhere') AS SELECT k FROM ev",
+        "CREATE SINK p WITH (connector = 'delta', path = 's3://bucket/t') AS SELECT k FROM ev",
     ],
 )
 def test_sources_and_sinks_stay_in_the_allowed_directories(
@@ -113,9 +115,13 @@ def test_sources_and_sinks_stay_in_the_allowed_directories(
     assert not (tmp_path / "elsewhere").exists() and not (tmp_path / "x").exists()
 
 
-def test_file_sinks_work_inside(restricted: streamsql.Connection, tmp_path: Path) -> None:
+@pytest.mark.parametrize("connector", ["parquet", "delta"])
+def test_file_sinks_work_inside(
+    restricted: streamsql.Connection, tmp_path: Path, connector: str
+) -> None:
+    """The sink writes its files, and its view reads them, inside an allowed directory."""
     restricted.execute(
-        f"CREATE SINK p WITH (connector = 'parquet', path = '{tmp_path}/out/p') "
+        f"CREATE SINK p WITH (connector = '{connector}', path = '{tmp_path}/out/p') "
         "AS SELECT k, v FROM ev"
     )
     restricted.query("p").process_all_available(timeout=30)

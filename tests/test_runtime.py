@@ -140,16 +140,16 @@ def test_two_sinks_run_concurrently_and_one_stops_while_the_other_goes_on(
         assert queries["counts"][3] == "2024-01-01T00:03:12.000000Z"
 
         running, stopped = described(con, "counts"), described(con, "windows")
-        assert "'message': 'waiting for data'" in running["status"]
-        assert "'message': 'stopped'" in stopped["status"]
-        assert "'is_active': False" in stopped["status"]
-        assert (running["batch_id"], running["num_input_rows"]) == ("2", "2")
+        assert (running["status"], stopped["status"]) == ("waiting for data", "stopped")
+        assert (running["last_batch"], running["num_input_rows"]) == ("2", "2")
         # its last batch: the no-data batch that closed [00:00, 00:01) and emitted it
-        assert stopped["batch_id"] == str(windows.last_progress.batch_id)
+        assert stopped["last_batch"] == str(windows.last_progress.batch_id)
         assert (stopped["no_data_batch"], stopped["num_output_rows"]) == ("True", "1")
-        assert stopped["last_committed_batch"] == stopped["batch_id"]
         assert (running["id"], stopped["id"]) == (counts.id, windows.id)
-        assert running["last_committed_batch"] == "2"
+        assert running["run_batches"] == "3"  # since the engine opened
+        assert running["run_input_rows"] == str(
+            sum(p.num_input_rows for p in counts.recent_progress)
+        )
         ids = {"counts": counts.id, "windows": windows.id}
         run_id = counts.run_id
 
@@ -168,7 +168,7 @@ def test_two_sinks_run_concurrently_and_one_stops_while_the_other_goes_on(
         con.execute(WINDOWS)  # submitted again: resumes from where it stopped
         (windows,) = caught_up(con, "windows")
         assert windows.id == ids["windows"]
-        assert windows.recent_progress[0].batch_id == int(stopped["batch_id"]) + 1
+        assert windows.recent_progress[0].batch_id == int(stopped["last_batch"]) + 1
         assert read_files(windows) == ["3.json", "4.json"]
         assert rows(con, "SELECT window_start, n FROM windows ORDER BY 1") == [
             (window(0), 3),
@@ -342,6 +342,21 @@ def test_await_termination_times_out_on_a_running_query(con: streamsql.Connectio
 # -- a failing query -----------------------------------------------------------------------------
 
 
+def callback_query(
+    con: streamsql.Connection, callback: Any, first: str, second: str
+) -> StreamingQuery:
+    """A callback sink `s` on a memory source `ev (k VARCHAR)`: batch 0 holds the row
+    `first` (committed when this returns), batch 1 the row `second` (inserted only)."""
+    con.register_callback("cb", callback)
+    con.execute("CREATE SOURCE ev (k VARCHAR) WITH (connector = 'memory')")
+    con.execute("CREATE SINK s WITH (connector = 'callback', callback = 'cb') AS SELECT k FROM ev")
+    query = con.query("s")
+    con.execute(f"INSERT INTO ev VALUES ({first})")
+    query.process_all_available(timeout=30)
+    con.execute(f"INSERT INTO ev VALUES ({second})")
+    return query
+
+
 def test_a_failed_query_keeps_its_error_and_await_termination_raises_it(
     con: streamsql.Connection,
 ) -> None:
@@ -349,15 +364,7 @@ def test_a_failed_query_keeps_its_error_and_await_termination_raises_it(
         if batch.num_rows and "boom" in batch.column("k").to_pylist():
             raise ValueError(f"sink refused batch {batch_id}")
 
-    con.register_callback("explode", explode)
-    con.execute("CREATE SOURCE ev (k VARCHAR) WITH (connector = 'memory')")
-    con.execute(
-        "CREATE SINK s WITH (connector = 'callback', callback = 'explode') AS SELECT k FROM ev"
-    )
-    query = con.query("s")
-    con.execute("INSERT INTO ev VALUES ('fine')")
-    query.process_all_available(timeout=30)
-    con.execute("INSERT INTO ev VALUES ('boom')")
+    query = callback_query(con, explode, "'fine'", "'boom'")
     with pytest.raises(streamsql.StreamingQueryError) as caught:
         query.await_termination(30)
     error = caught.value
@@ -374,7 +381,7 @@ def test_a_failed_query_keeps_its_error_and_await_termination_raises_it(
         query.await_termination(0)  # every time it is asked
     assert [p.batch_id for p in query.recent_progress] == [0]  # batch 1 never committed
     assert shown(con)["s"][0] == "failed"
-    assert "sink refused batch 1" in described(con, "s")["status"]
+    assert "sink refused batch 1" in described(con, "s")["error"]
 
 
 # -- progress records ---------------------------------------------------------------------------
@@ -463,3 +470,84 @@ def test_recent_progress_keeps_the_last_batches_only(con: streamsql.Connection) 
     batch_ids = [p.batch_id for p in query.recent_progress]
     assert batch_ids == list(range(extra, RECENT_PROGRESS + extra))
     assert all(p.num_input_rows == 1 for p in query.recent_progress)
+
+
+def test_status_shows_a_batch_in_flight_and_is_published_after_the_last_batch(
+    tmp_path: Path,
+) -> None:
+    """Issue 11 item 19: `streamsql status` (which reads what the process publishes) shows a
+    batch stuck in flight and for how long, and the state after the last batch within a
+    second, also when batches came faster than the once-a-second publishing."""
+    from streamsql.status import database_status
+
+    release = threading.Event()
+
+    def stuck_second_batch(batch_id: int, batch: pa.Table) -> None:
+        if batch_id == 1:
+            release.wait(30)
+
+    db = str(tmp_path / "app.db")
+    con = streamsql.connect(db)
+    try:
+        query = callback_query(con, stuck_second_batch, "'a'", "'b'")
+
+        def published() -> dict[str, Any]:
+            origin, sinks = database_status(db)
+            assert origin.startswith(f"live, published by process {os.getpid()} ")
+            return sinks[0] if sinks else {"status": "not published yet"}
+
+        deadline = time.monotonic() + 10
+        while not published()["status"].startswith("processing batch 1 for "):
+            assert time.monotonic() < deadline, published()
+            time.sleep(0.1)
+        time.sleep(1.5)  # still stuck: the time it has been in flight grows
+        stuck = published()
+        assert stuck["running"] is True and stuck["last_batch"] == 0
+        assert float(stuck["status"].removeprefix("processing batch 1 for ").rstrip("s")) >= 1.4
+        release.set()
+        query.process_all_available(timeout=30)
+        for k in ("c", "d"):  # two batches within the second
+            con.execute(f"INSERT INTO ev VALUES ('{k}')")
+            query.process_all_available(timeout=30)
+        assert query.last_progress.batch_id == 3
+        time.sleep(1.5)
+        idle = published()
+        assert idle["last_batch"] == 3 and idle["status"].startswith("waiting for data for ")
+    finally:
+        release.set()
+        con.close()
+
+
+def test_the_status_file_is_refreshed_while_idle_and_a_stale_one_runs_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 11 item 19: while a query runs its process rewrites the status file every
+    STATUS_HEARTBEAT_SECONDS, also when nothing happens; so a file older than STALE_SECONDS
+    (a process hung, or its pid now another program's) shows nothing running."""
+    from streamsql import engine, status
+
+    monkeypatch.setattr(engine, "STATUS_HEARTBEAT_SECONDS", 0.5)
+    db = str(tmp_path / "app.db")
+    published = engine.status_file(db)
+    con = streamsql.connect(db)
+    try:
+        con.execute("CREATE SOURCE ev (k VARCHAR) WITH (connector = 'memory')")
+        con.execute("CREATE SINK s AS SELECT k FROM ev")
+        con.query("s").process_all_available(timeout=30)
+        time.sleep(1.2)
+        first = json.loads(published.read_text())["written_at"]
+        time.sleep(1.5)  # idle: no batch, no change of state
+        snapshot = json.loads(published.read_text())
+        assert snapshot["written_at"] > first
+        assert status.database_status(db)[1][0]["running"] is True
+        monkeypatch.setattr(engine, "STATUS_HEARTBEAT_SECONDS", 60.0)
+        time.sleep(1.2)  # the last quick heartbeat is written; the next is a minute away
+        snapshot = json.loads(published.read_text())
+        snapshot["written_at"] -= status.STALE_SECONDS
+        published.write_text(json.dumps(snapshot))
+        origin, (sink,) = status.database_status(db)
+        assert "and not refreshed since" in origin
+        assert sink["running"] is False
+        assert sink["status"] == "not running: its process exited or stopped publishing"
+    finally:
+        con.close()

@@ -372,12 +372,17 @@ def test_read_runs_every_statement_of_a_file(
     assert memory_con.engine.source("events").total == 2
 
 
+def totals_after_one_batch(con: streamsql.Connection) -> None:
+    """The sink `totals` (TOTALS) with batch 0 (three rows, two users) committed."""
+    con.execute(TOTALS)
+    con.execute("INSERT INTO events VALUES (1, 'a'), (2, 'b'), (1, 'c')")
+    con.query("totals").process_all_available()
+
+
 def test_progress_shows_a_sinks_last_batch_as_properties(
     memory_con: streamsql.Connection, pipe: PipeInput
 ) -> None:
-    memory_con.execute(TOTALS)
-    memory_con.execute("INSERT INTO events VALUES (1, 'a'), (2, 'b'), (1, 'c')")
-    memory_con.query("totals").process_all_available()
+    totals_after_one_batch(memory_con)
     text = run_shell(memory_con, pipe, ".progress TOTALS", ".progress nothing", ".queries")
     progress, queries = tables(text)
     properties = dict(progress[1:])
@@ -892,3 +897,17 @@ def test_terminal_completes_in_context_and_keeps_indentation(
         "      ...>     6 AS f;",
     ]
     assert "│ 4 │ 5 │ 6 │" in screen
+
+
+def test_describe_query_shows_each_property_once_and_whole(
+    memory_con: streamsql.Connection, pipe: PipeInput
+) -> None:
+    """Issue 11 item 20: no value of DESCRIBE QUERY ends in '…', whatever `.maxwidth`."""
+    totals_after_one_batch(memory_con)
+    (described,) = tables(run_shell(memory_con, pipe, "DESCRIBE QUERY totals;"))
+    names = [name for name, _ in described[1:]]
+    assert len(names) == len(set(names))
+    properties = dict(described[1:])
+    assert properties["status"] == "waiting for data" and properties["last_batch"] == "0"
+    (source,) = json.loads(properties["sources"])  # whole, so it parses
+    assert (source["source"], source["end_offset"]["rows"]) == ("events", 3)

@@ -108,13 +108,14 @@ def atomically(cursor: duckdb.DuckDBPyConnection, statements: Statements) -> Non
     (the catalog's DDL: DROP SINK, CREATE OR REPLACE SINK)."""
     with transaction(cursor):
         for sql, params in statements:
-            _kill_point()
+            kill_point()
             cursor.execute(sql, params).fetchall()
-        _kill_point()
-    _kill_point()
+        kill_point()
+    kill_point()
 
 
-def _kill_point() -> None:
+def kill_point() -> None:
+    """Tests only: SIGKILL this process at the STREAMSQL_TEST_KILL_AT-th point reached."""
     at = os.environ.get(KILL_AT)
     if at and next(_kill_points) == int(at):
         os.kill(os.getpid(), signal.SIGKILL)

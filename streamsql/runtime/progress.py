@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -47,3 +48,29 @@ class QueryProgress:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+@dataclass
+class RunTotals:
+    """Sums over the batches a query ran since it started (the progress records keep only
+    the last ones), for the summary `streamsql run` prints at the end."""
+
+    batches: int = 0
+    input_rows: int = 0
+    output_rows: int = 0
+    late_rows: int = 0
+    dead_letters: int = 0
+    started: float = field(default_factory=time.monotonic)
+    ended: float | None = None  # when the query terminated
+
+    def add(self, progress: QueryProgress) -> None:
+        self.batches += 1
+        self.input_rows += progress.num_input_rows
+        self.output_rows += progress.num_output_rows
+        self.late_rows += progress.num_late_rows
+        self.dead_letters += progress.num_dead_letters
+
+    @property
+    def elapsed(self) -> float:
+        """Seconds the query has run (until it terminated)."""
+        return (self.ended or time.monotonic()) - self.started

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import collections
 import queue
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pyarrow as pa
@@ -17,12 +18,15 @@ POLL_SECONDS = 0.05
 
 
 class PushStream:
+    """The rows a push query emitted and the caller has not fetched yet, kept as the Arrow
+    tables DuckDB produced (converted to Python rows only when fetched as rows)."""
+
     def __init__(
         self, query: StreamingQuery, sink: CollectSink, on_close: Callable[[], None]
     ) -> None:
         self.query = query
         self.sink = sink
-        self._pending: list[tuple[int, tuple[Any, ...]]] = []  # (batch id, row)
+        self._pending: collections.deque[tuple[int, pa.Table]] = collections.deque()
         self._on_close = on_close
         self._closed = False
 
@@ -34,20 +38,27 @@ class PushStream:
     def _drain(self) -> None:
         while True:
             try:
-                self._take(*self.sink.batches.get_nowait())
+                self._pending.append(self.sink.batches.get_nowait())
             except queue.Empty:
                 return
 
-    def _take(self, batch_id: int, batch: pa.Table) -> None:
+    def _rows(self, tables: list[pa.Table]) -> list[tuple[Any, ...]]:
         """Rows as DuckDB's own fetchall gives them: Arrow carries a HUGEINT as a DECIMAL."""
+        if not tables:
+            return []
         types = self.sink.schema.types if self.sink.schema else ()
         integral = [i for i, type_ in enumerate(types) if type_ in ("HUGEINT", "UHUGEINT")]
-        for row in python_rows(batch):
+        rows = python_rows(pa.concat_tables(tables))
+        if not integral:
+            return rows
+        converted = []
+        for row in rows:
             values = list(row)
             for i in integral:
                 if values[i] is not None:
                     values[i] = int(values[i])
-            self._pending.append((batch_id, tuple(values)))
+            converted.append(tuple(values))
+        return converted
 
     def _wait(self, until_stopped: bool, timeout: float | None) -> None:
         """Until rows are pending (with `until_stopped`: until the query stopped), or
@@ -64,9 +75,22 @@ class PushStream:
             if stopped or (deadline is not None and time.monotonic() >= deadline):
                 return
             try:
-                self._take(*self.sink.batches.get(timeout=POLL_SECONDS))
+                self._pending.append(self.sink.batches.get(timeout=POLL_SECONDS))
             except queue.Empty:
                 continue
+
+    def _take(self, count: int | None) -> list[pa.Table]:
+        """The first `count` pending rows (all with None), as Arrow tables."""
+        taken: list[pa.Table] = []
+        while self._pending and (count is None or count > 0):
+            batch_id, table = self._pending.popleft()
+            if count is not None and table.num_rows > count:
+                self._pending.appendleft((batch_id, table.slice(count)))
+                table = table.slice(0, count)
+            taken.append(table)
+            if count is not None:
+                count -= table.num_rows
+        return taken
 
     def fetch(self, size: int | None, timeout: float | None) -> list[tuple[Any, ...]]:
         """Up to `size` rows (all with None); waits for the first one at most `timeout` s.
@@ -75,9 +99,25 @@ class PushStream:
         With size None it waits for the query to stop (trigger available_now or once).
         """
         self._wait(size is None, timeout)
-        count = len(self._pending) if size is None else size
-        taken, self._pending = self._pending[:count], self._pending[count:]
-        return [row for _, row in taken]
+        return self._rows(self._take(size))
+
+    def fetch_arrow(self) -> pa.Table:
+        """What fetch(None, None) returns, as one Arrow table with DuckDB's types: every row
+        not fetched yet, once the query has stopped."""
+        self._wait(True, None)
+        return pa.Table.from_batches(
+            [batch for table in self._take(None) for batch in table.to_batches()],
+            self.sink.arrow_schema,
+        )
+
+    def record_batches(self) -> Iterator[pa.RecordBatch]:
+        """The rows not fetched yet, a batch's worth at a time as the query emits them, until
+        it stops."""
+        while True:
+            self._wait(False, None)
+            if not self._pending:
+                return
+            yield from self._pending.popleft()[1].to_batches()
 
     def fetch_batch(self, timeout: float | None) -> tuple[int, list[tuple[Any, ...]]] | None:
         """The next emitted batch's id and its rows (those not fetched yet); waits for it at
@@ -86,12 +126,7 @@ class PushStream:
         if not self._pending:
             return None
         batch_id = self._pending[0][0]
-        count = next(
-            (i for i, (batch, _) in enumerate(self._pending) if batch != batch_id),
-            len(self._pending),
-        )
-        taken, self._pending = self._pending[:count], self._pending[count:]
-        return batch_id, [row for _, row in taken]
+        return batch_id, self._rows([self._pending.popleft()[1]])
 
     def close(self) -> None:
         if not self._closed:

@@ -19,7 +19,7 @@ import duckdb
 
 from streamsql.errors import Error, SourceUnavailable, StreamingQueryError, from_duckdb
 from streamsql.runtime.microbatch import MicroBatchExecution
-from streamsql.runtime.progress import QueryProgress
+from streamsql.runtime.progress import QueryProgress, RunTotals, timestamp_of
 from streamsql.runtime.triggers import Trigger, TriggerKind
 from streamsql.secrets import redact
 from streamsql.sources.base import Offset
@@ -52,6 +52,8 @@ class StreamingQuery:
             maxlen=RECENT_PROGRESS
         )
         self._state = "initializing"
+        self.state_since = time.time()  # when the query entered its state (wall clock)
+        self.totals = RunTotals()  # over this run's batches, for `streamsql run`'s summary
         self._stopping = threading.Event()
         self._terminated = threading.Event()
         self._wake = threading.Event()
@@ -98,14 +100,28 @@ class StreamingQuery:
 
     @property
     def status(self) -> dict[str, Any]:
+        """Spark's status, and since when the query is in it: "processing" (a batch in
+        flight: `batch`), "waiting for next trigger" (an interval trigger between two
+        batches), "waiting for data" (nothing new in the source), "stopped", "failed"."""
         return {
             "message": self._state,
             "is_active": self.is_active,
             "is_data_available": self._state == "processing",
             "source_available": self.unavailable_since is None,
             "trigger": str(self.trigger),
+            "since": timestamp_of(round(self.state_since * 1e6)),
+            "batch": self.execution.batch_id if self._state == "processing" else None,
             "error": self.error,
         }
+
+    def _enter(self, state: str) -> None:
+        """Take a new state, published (`on_progress`) when it changes, so that a batch
+        stuck in flight, or a query gone idle after its last batch, shows as such."""
+        if state == self._state:
+            return
+        self._state, self.state_since = state, time.time()
+        if self.on_progress and state not in ("stopped", "failed"):  # _loop publishes those
+            self.on_progress(self)
 
     @property
     def error(self) -> str | None:
@@ -201,6 +217,7 @@ class StreamingQuery:
                 batch = pending or self.execution.next_batch(bound, self.trigger.limited)
                 if batch is not None:
                     pending = batch
+                    self._enter("processing")
                     progress = self.execution.run(batch)
                     pending = None
             except SourceUnavailable as error:
@@ -209,7 +226,7 @@ class StreamingQuery:
             self.unavailable_since = None
             self._retries = 0
             if batch is None:
-                self._state = "waiting for data"
+                self._enter("waiting for data")
                 with self._served:
                     self._served_upto = ticket
                     self._served.notify_all()
@@ -220,8 +237,8 @@ class StreamingQuery:
                     self._wake.wait(IDLE_POLL_SECONDS)
                     continue
             else:
-                self._state = "processing"
                 self.recent_progress.append(progress)
+                self.totals.add(progress)
                 if self.on_progress:
                     self.on_progress(self)
                 if self.trigger.kind is TriggerKind.ONCE:
@@ -229,6 +246,8 @@ class StreamingQuery:
             # A fixed interval: the next batch starts on the next tick, or at once when
             # this one overran it (as in Spark).
             deadline = started + self.trigger.interval
+            if time.monotonic() < deadline and batch is not None:
+                self._enter("waiting for next trigger")
             while not self._stopping.is_set() and time.monotonic() < deadline:
                 self._wake.wait(deadline - time.monotonic())  # errands are run meanwhile
                 self._wake.clear()
@@ -240,12 +259,10 @@ class StreamingQuery:
         self._retries += 1
         if self.unavailable_since is None:
             self.unavailable_since = time.time()
-        self._state = (
+        self._enter(
             f"source {self.execution.source.name} unavailable: {error} "
             f"(attempt {self._retries}, next in {delay:g} s)"
         )
-        if self.on_progress:
-            self.on_progress(self)
         deadline = time.monotonic() + delay
         while not self._stopping.is_set() and time.monotonic() < deadline:
             self._wake.wait(deadline - time.monotonic())
@@ -259,13 +276,14 @@ class StreamingQuery:
             self.failed_batch = self.execution.batch_id
             self.exception = from_duckdb(error, f"batch {self.failed_batch}")
             self.exception.__cause__ = error
-            self._state = "failed"
+            self._enter("failed")
         except BaseException as error:  # reported through status and await_termination
             self.exception, self.failed_batch = error, self.execution.batch_id
-            self._state = "failed"
+            self._enter("failed")
         else:
-            self._state = "stopped"
+            self._enter("stopped")
         finally:
+            self.totals.ended = time.monotonic()
             self.execution.source.unsubscribe(self._wake.set)
             self.execution.close()
             self._terminated.set()

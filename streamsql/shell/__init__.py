@@ -14,6 +14,7 @@ from prompt_toolkit.output import Output
 from prompt_toolkit.patch_stdout import patch_stdout
 
 import streamsql
+from streamsql.server import read_endpoint
 from streamsql.shell.repl import Shell
 
 HISTORY_VARIABLE = "STREAMSQL_HISTORY"
@@ -30,6 +31,8 @@ def main(
 ) -> int:
     """Open `database` (in memory if None; a file's running sinks resume), read statements
     until .quit or Ctrl-D, then close it: queries stop after the batch in flight commits.
+    A database another process holds and serves (`streamsql run --serve`) is attached to:
+    the statements run there.
 
     `input` and `output` are prompt-toolkit's (None: the terminal); results go to `stdout`.
     `restricted`: DuckDB reaches only the directories the database's sources and sinks name.
@@ -38,8 +41,15 @@ def main(
     try:
         con = streamsql.connect(database or ":memory:", restricted=restricted)
     except (streamsql.Error, duckdb.Error) as error:
-        out.write(f"Error: {error}\n")
-        return 1
+        endpoint = read_endpoint(database) if database else None
+        if endpoint is None:  # not held by a process that serves it
+            out.write(f"Error: {error}\n")
+            return 1
+        from streamsql.shell.remote import attach  # psycopg, only when attaching
+
+        return attach(
+            database, endpoint, input=input, output=output, out=out, history=_history(out)
+        )
     try:
         shell = Shell(con, input=input, output=output, out=out, history=_history(out))
         shell.write(

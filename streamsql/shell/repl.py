@@ -6,6 +6,7 @@ import contextlib
 import sys
 import time
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any, TextIO
 
 from prompt_toolkit import PromptSession
@@ -26,7 +27,7 @@ from streamsql.shell.commands import CommandError, run_command
 from streamsql.shell.completion import SQLCompleter
 from streamsql.shell.highlight import StreamSQLLexer
 from streamsql.shell.render import Settings, render
-from streamsql.sql import DIALECT, Statement, parse
+from streamsql.sql import DIALECT, Statement, nodes, parse
 
 PROMPT = "streamsql> "
 CONTINUATION = "      ...> "
@@ -149,6 +150,8 @@ class Shell:
         rows = cursor.fetchall()
         if names[-1] in PLAN_COLUMNS:
             self.write("\n".join(str(row[-1]) for row in rows))
+        elif isinstance(statement.expression, nodes.DescribeQuery):  # values whole: no `…`
+            self.write(render(names, [""] * 2, rows, replace(self.settings, max_width=0)))
         else:
             types = ["" if column[1] is None else str(column[1]) for column in cursor.description]
             self.show(names, types, rows)

@@ -8,6 +8,7 @@ import duckdb
 import pyarrow as pa
 
 from streamsql.sinks.base import OutputSchema, Sink
+from streamsql.sql import quote
 
 
 class CollectSink(Sink):
@@ -18,9 +19,16 @@ class CollectSink(Sink):
         super().__init__(name, options)
         self.batches: queue.Queue[tuple[int, pa.Table]] = queue.Queue()
         self.schema: OutputSchema | None = None
+        self.arrow_schema: pa.Schema | None = None
 
     def open(self, cursor: duckdb.DuckDBPyConnection, schema: OutputSchema, query_id: str) -> None:
+        """Keep the output's Arrow schema as DuckDB gives it, for results without rows."""
         self.schema = schema
+        columns = ", ".join(
+            f"CAST(NULL AS {type_}) AS {quote(name)}"
+            for name, type_ in zip(schema.names, schema.types, strict=True)
+        )
+        self.arrow_schema = cursor.sql(f"SELECT {columns} LIMIT 0").to_arrow_table().schema
 
     def write(self, cursor: duckdb.DuckDBPyConnection, batch_id: int, rows: pa.Table) -> None:
         if rows.num_rows:

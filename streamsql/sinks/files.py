@@ -305,13 +305,9 @@ class FileSink(Sink):
 
     def relation(self, files: list[str]) -> str:
         """The rows of `files`, in the query's column types."""
-        if not files:
-            nulls = ", ".join(f"CAST(NULL AS {t}) AS {quote(n)}" for n, t in self.columns)
-            return f"SELECT {nulls} WHERE false"
-        casts = ", ".join(f"CAST({quote(n)} AS {t}) AS {quote(n)}" for n, t in self.columns)
-        paths = ", ".join(literal(str(self.directory.resolve() / f)) for f in files)
+        paths = [str(self.directory.resolve() / f) for f in files]
         options = self.format.read_options(self.columns)
-        return f"SELECT {casts} FROM {self.format.reader}([{paths}]{options})"
+        return typed_relation(self.columns, self.format.reader, paths, options)
 
     def _publish_view(self, cursor: duckdb.DuckDBPyConnection) -> None:
         """The sink's view: its live files; for EMIT CHANGES, the latest row of each group
@@ -404,6 +400,19 @@ class CSVSink(FileSink):
 
 class JSONSink(FileSink):
     format_name = "json"
+
+
+def typed_relation(
+    columns: list[tuple[str, str]], reader: str, paths: list[str], options: str = ""
+) -> str:
+    """The rows of the files at `paths` read by DuckDB's `reader`, in the (name, type)
+    `columns` (no rows, typed so, for no files)."""
+    if not paths:
+        nulls = ", ".join(f"CAST(NULL AS {t}) AS {quote(n)}" for n, t in columns)
+        return f"SELECT {nulls} WHERE false"
+    casts = ", ".join(f"CAST({quote(n)} AS {t}) AS {quote(n)}" for n, t in columns)
+    listed = ", ".join(literal(path) for path in paths)
+    return f"SELECT {casts} FROM {reader}([{listed}]{options})"
 
 
 def _batches(file: str) -> tuple[int, int]:

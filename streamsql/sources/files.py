@@ -20,7 +20,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from streamsql.errors import ProgrammingError
+from streamsql.errors import OperationalError, ProgrammingError
 from streamsql.plan.catalog import Column
 from streamsql.sources.base import (
     DEAD_LETTER_SCHEMA,
@@ -93,7 +93,16 @@ class FileSource(Source):
 
     def for_query(self) -> FileSource:
         """Each query keeps its own record of the files it has read; options and the
-        decoder (thread-safe: a cursor per thread) are shared."""
+        decoder (thread-safe: a cursor per thread) are shared. As in Spark, whose stream
+        resolves its path when the query is defined, a path that does not exist fails the
+        query now rather than letting it wait forever for files (CREATE SOURCE does not
+        check: a source may be declared before its directory is made)."""
+        if not self.directory.is_dir():
+            problem = "is not a directory" if self.directory.exists() else "does not exist"
+            raise OperationalError(
+                f"Source {self.name}: path {problem}: {self.directory.absolute()} (a files "
+                "source reads the files of a directory)"
+            )
         reader = copy.copy(self)
         reader._seen, reader._read_stats, reader.files_changed_after_read = set(), {}, 0
         reader._listeners, reader._listeners_lock = [], threading.Lock()

@@ -48,13 +48,14 @@ from typing import Any
 
 import duckdb
 import pyarrow.parquet as pq
+from deltalake import DeltaTable
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent.parent
 JOB = HERE / "job.sql"
 RUN = ("run", str(JOB), "--db", "app.db", "--trigger", "available_now")  # in the run's directory
 
-KINDS = ("duckdb", "parquet", "csv", "json", "callback")
+KINDS = ("duckdb", "parquet", "csv", "json", "callback", "delta")
 FILE_KINDS = ("parquet", "csv", "json")
 MODES = ("final", "changes")
 SINKS = tuple(sorted(f"{mode}_{kind}" for kind in KINDS for mode in MODES))  # start order
@@ -82,7 +83,8 @@ EPOCH = dt.datetime(1970, 1, 1)
 MICROSECOND = dt.timedelta(microseconds=1)
 PART_FILE = re.compile(r"part-(\d{10})-(\d{10})-([0-9a-f]{8})\.(parquet|csv|json)")
 PROGRESS_LINE = re.compile(
-    r"[a-z_]+: (initializing|waiting for data|processing|stopped), (batch \d+|no batch yet)"
+    r"[a-z_]+: ((initializing|waiting for data|processing batch \d+) for [\dhms.]+|stopped), "
+    r"(last batch \d+|no batch yet)|[a-z_]+: in all, \d+ batch"
 )
 
 Row = tuple[Any, ...]
@@ -228,6 +230,7 @@ class Kill:
     compaction: bool = False  # a new leftover is a compacted file (part-a-b, a < b)
     callback_ahead: int = 0  # callback batch files this attempt wrote, of batches not committed
     callback_temporary: int = 0  # temporary files of a callback write cut short
+    delta_ahead: int = 0  # Delta sinks this attempt committed a batch to, that the database did not
 
     @property
     def where(self) -> str:
@@ -266,6 +269,9 @@ class CrashRun:
             ),
             "kills after a callback, before its commit": sum(
                 kill.callback_ahead > 0 for kill in self.kills
+            ),
+            "kills after a Delta commit, before the batch's": sum(
+                kill.delta_ahead > 0 for kill in self.kills
             ),
         }
 
@@ -426,6 +432,10 @@ def inspect(run_dir: Path, kill: Kill, spawned: float) -> Kill:
             directory = run_dir / "out" / name
             if not directory.is_dir():
                 continue
+            if name.endswith("_delta"):
+                versions = [batch for _, batch in delta_transactions(directory, since=spawned)]
+                kill.delta_ahead += any(v > committed.get(name, -1) for v in versions)
+                continue
             if name.endswith("_callback"):
                 for entry in os.scandir(directory):
                     if entry.name.startswith("."):
@@ -505,6 +515,8 @@ def collect(run_dir: Path) -> Results:
                 results.final[name] = collections.Counter(rows)
             elif kind in FILE_KINDS:
                 _collect_file_sink(con, run_dir / "out" / name, name, kind, mode, results)
+            elif kind == "delta":
+                _collect_delta(con, run_dir / "out" / name, name, mode, results)
             else:
                 _collect_callback(con, run_dir / "out" / name, name, mode, results)
         results.log = {
@@ -613,6 +625,58 @@ def _collect_file_sink(
         if not (directory / file).exists():
             problems.append(f"{name}: live file {file} is missing")
     results.notes.append(f"{name}: {len(live)} live files, {retired} retired pending deletion")
+
+
+def delta_transactions(table: Path, since: float = 0.0) -> list[tuple[str, int]]:
+    """(app id, version) of the txn action of each commit in a Delta log that has one
+    (of the commits written at the wall-clock time `since` or later)."""
+    found = []
+    for entry in sorted((table / "_delta_log").glob("*.json")):
+        if entry.stat().st_mtime < since:
+            continue
+        for line in entry.read_text().splitlines():
+            txn = json.loads(line).get("txn")
+            if txn is not None:
+                found.append((txn["appId"], txn["version"]))
+    return found
+
+
+def _collect_delta(
+    con: duckdb.DuckDBPyConnection, table: Path, name: str, mode: str, results: Results
+) -> None:
+    """The view's rows, which deltalake must read from the table too; each batch that
+    emitted rows is one Delta commit with txn(query id, batch id), and no other is."""
+    columns = COLUMNS[mode]
+    view = _rows(con.execute(f"SELECT {', '.join(columns)} FROM {name}").fetchall())
+    results.final[name] = collections.Counter(view)
+    read = DeltaTable(str(table)).to_pyarrow_table(columns=list(columns)).to_pylist()
+    naive = [
+        tuple(
+            v.astimezone(dt.UTC).replace(tzinfo=None) if isinstance(v, dt.datetime) else v
+            for v in row.values()
+        )
+        for row in read
+    ]
+    if collections.Counter(_rows(naive)) != results.final[name]:
+        results.problems.append(f"{name}: deltalake reads other rows than the view")
+    (query_id,) = con.execute(
+        "SELECT id FROM _streamsql.metadata WHERE query = ?", [name]
+    ).fetchone()
+    emitted = [
+        batch
+        for (batch,) in con.execute(
+            "SELECT batch_id FROM _streamsql.commits WHERE query = ? AND output_rows > 0 "
+            "ORDER BY batch_id",
+            [name],
+        ).fetchall()
+    ]
+    transactions = delta_transactions(table)
+    if transactions != [(query_id, batch) for batch in emitted]:
+        repeated = [t for t, n in collections.Counter(transactions).items() if n > 1]
+        results.problems.append(
+            f"{name}: Delta commits of batches {[b for _, b in transactions]} (repeated: "
+            f"{repeated}), the batches that emitted rows are {emitted}"
+        )
 
 
 def _collect_callback(

@@ -427,23 +427,55 @@ def test_connect_read_only_inspects_without_resuming_sinks(tmp_path: Path) -> No
         again.close()
 
 
-def test_status_reads_a_served_database_before_its_first_batch(tmp_path: Path) -> None:
+def test_status_of_a_served_database_before_its_first_batch(tmp_path: Path) -> None:
+    """A query that has run no batch yet is published as soon as it starts."""
     directory = tmp_path / "in"
-    directory.mkdir()  # no file yet: no batch, so no status published
+    directory.mkdir()  # no file yet: no batch
     with serving(tmp_path, FILES_JOB.format(input=directory)) as endpoint:
         with connect(endpoint, "out"):
             pass
-        assert not (tmp_path / "app.db.status.json").exists()
-        status = subprocess.run(
-            [sys.executable, "-m", "streamsql.cli", "status", endpoint["db"]],
-            capture_output=True,
-            text=True,
-            timeout=60,
-            cwd=ROOT,
-        )
-        assert status.returncode == 0, status.stderr
-        assert f"live, served by process {endpoint['pid']}" in status.stdout
-        assert "│ out " in status.stdout
+        status = cli_status(endpoint["db"])
+        assert f"live, published by process {endpoint['pid']}" in status
+        assert "│ out " in status and "waiting for data" in status
+
+
+def test_status_reads_through_the_endpoint_what_a_process_does_not_publish(
+    tmp_path: Path,
+) -> None:
+    """A served database whose sinks are stopped publishes no status: the checkpoint tables
+    are read through the endpoint."""
+    db = stopped_engine(tmp_path)
+    con = streamsql.connect(db)
+    con.execute("STOP QUERY k")
+    con.close()
+    running = subprocess.Popen(
+        [sys.executable, "-m", "streamsql.cli", "serve", db, "--port", "0"],
+        cwd=ROOT,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert running.stderr is not None
+        running.stderr.readline()  # Serving ...
+        assert not Path(f"{db}.status.json").exists()
+        status = cli_status(db)
+        assert f"live, served by process {running.pid}" in status
+        assert "│ k " in status and "stopped" in status
+    finally:
+        running.kill()
+        running.wait()
+
+
+def cli_status(db: str) -> str:
+    status = subprocess.run(
+        [sys.executable, "-m", "streamsql.cli", "status", db],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+    )
+    assert status.returncode == 0, status.stderr
+    return status.stdout
 
 
 def test_serve_opens_a_database_resumes_its_sinks_and_stops_on_sigterm(tmp_path: Path) -> None:

@@ -71,6 +71,7 @@ from streamsql.sinks.files import CSVSink, JSONSink, ParquetSink
 from streamsql.sinks.kafka import KafkaSink
 from streamsql.sources.base import Source
 from streamsql.sources.files import FileSource
+from streamsql.sources.formats import cast_to_column
 from streamsql.sources.kafka import KafkaSource
 from streamsql.sources.memory import MemorySource
 from streamsql.sql import (
@@ -119,6 +120,9 @@ CATALOG = f"""CREATE TABLE IF NOT EXISTS {SCHEMA}.catalog (
     sql VARCHAR NOT NULL,           -- the CREATE statement, as written
     running BOOLEAN DEFAULT true,   -- sinks: resumed when the database is opened again
     PRIMARY KEY (kind, name))"""
+# Sinks: the values of the query's `?` placeholders, typed as given (a catalog of an
+# earlier version gets the column when opened).
+CATALOG_PARAMETERS = f"ALTER TABLE {SCHEMA}.catalog ADD COLUMN IF NOT EXISTS parameters VARIANT[]"
 
 
 # Engines left open when the interpreter exits are closed, so that their queries stop
@@ -242,7 +246,7 @@ class Engine:
             if not read_only:
                 Checkpoint.create_tables(self.db)
                 dead_letters.create_tables(self.db)
-                for statement in (*MACROS, CATALOG):
+                for statement in (*MACROS, CATALOG, CATALOG_PARAMETERS):
                     self.db.execute(statement).fetchall()
                 self._clear_leftovers()
             elif not self.db.execute(
@@ -355,15 +359,22 @@ class Engine:
     # -- catalog ---------------------------------------------------------------------------------
 
     def _load_catalog(self) -> None:
+        # A catalog of an earlier version opened read-only has no parameters column yet.
+        (has_parameters,) = self.db.execute(
+            "SELECT count(*) > 0 FROM duckdb_columns() WHERE database_name = current_database() "
+            "AND schema_name = ? AND table_name = 'catalog' AND column_name = 'parameters'",
+            [SCHEMA],
+        ).fetchall()[0]
+        stored = "parameters" if has_parameters else "NULL AS parameters"
         rows = self.db.execute(
-            f"SELECT kind, sql, running FROM {SCHEMA}.catalog ORDER BY kind DESC, name"
+            f"SELECT kind, sql, running, {stored} FROM {SCHEMA}.catalog ORDER BY kind DESC, name"
         ).fetchall()
-        for kind, sql, running in rows:
+        for kind, sql, running, parameters in rows:
             create = parse_one(sql, stored=True).expression
             if kind == "SOURCE":
                 self._register_source(source_def(create, sql))
             else:
-                definition = sink_def(create, sql)
+                definition = sink_def(create, sql, parameters)
                 self.sinks[definition.name.lower()] = definition
                 if running and not self.read_only:
                     try:
@@ -413,15 +424,20 @@ class Engine:
                 stacklevel=4,
             )
 
-    def _remember(self, kind: str, name: str, sql: str) -> None:
-        self.db.execute(*self._remember_statement(kind, name, sql)).fetchall()
+    def _remember(self, kind: str, name: str, sql: str, parameters: Sequence[Any] = ()) -> None:
+        self.db.execute(*self._remember_statement(kind, name, sql, parameters)).fetchall()
 
     @staticmethod
-    def _remember_statement(kind: str, name: str, sql: str) -> tuple[str, list[str]]:
+    def _remember_statement(
+        kind: str, name: str, sql: str, parameters: Sequence[Any] = ()
+    ) -> tuple[str, list[Any]]:
+        """The catalog row; a sink's parameter values are bound into a VARIANT list, which
+        gives each back with the type it was given."""
+        values = ", ".join("?::VARIANT" for _ in parameters)
         return (
-            f"INSERT OR REPLACE INTO {SCHEMA}.catalog (kind, name, sql, running) "
-            "VALUES (?, ?, ?, true)",
-            [kind, name, sql],
+            f"INSERT OR REPLACE INTO {SCHEMA}.catalog (kind, name, sql, running, parameters) "
+            f"VALUES (?, ?, ?, true, [{values}])",
+            [kind, name, sql, *parameters],
         )
 
     @staticmethod
@@ -528,18 +544,22 @@ class Engine:
         name = create.this.name
         with self._lock:
             existing = self.sinks.get(name.lower())
-            if existing is not None and self._unchanged(existing, create, statement.text):
+            definition = sink_def(create, statement.text, params)
+            if (
+                existing is not None
+                and self._unchanged(existing, create, statement.text)
+                and (create.args.get("exists") or existing.parameters == definition.parameters)
+            ):
                 if not create.args.get("exists") and self._resubmittable(name):
                     self._start(existing)
                     self._set_running(name, True)
                 return Result()
-            definition = sink_def(create, statement.text)
             self._check_allowed("Sink", definition)
             self._sink(definition)  # every option checked before anything runs or is stored
             self._check_outputs(definition, existing)
             if existing is not None and not create.args.get("replace"):
                 self._restart_changed(existing, definition)
-                self._remember("SINK", name, statement.text)
+                self._remember("SINK", name, statement.text, definition.parameters)
             else:
                 self._create_sink(definition, existing)
         return Result()
@@ -549,7 +569,9 @@ class Engine:
         and table or view in the same transaction), then start it. A sink that fails to
         start is not recorded; a crash after the record resumes it on the next open."""
         execution = self._execution(definition)  # refuses a bad definition before any change
-        statements = [self._remember_statement("SINK", definition.name, definition.sql)]
+        statements = [
+            self._remember_statement("SINK", definition.name, definition.sql, definition.parameters)
+        ]
         try:
             if replaced is not None:
                 statements[:0] = self._drop_statements(replaced)
@@ -633,7 +655,8 @@ class Engine:
         """Resume a sink's checkpoint under a new definition, if its state is unaffected
         (sink options, the trigger, projections and filters may change; Spark's rules)."""
         name = definition.name
-        changed = Checkpoint(self.db, name).mismatch(fingerprint(self.plan(definition.query)))
+        plan = self.plan(definition.query, definition.parameters)
+        changed = Checkpoint(self.db, name).mismatch(fingerprint(plan))
         if changed:
             raise ProgrammingError(
                 f"Sink {name} already exists, and its checkpoint holds the state of a "
@@ -692,7 +715,7 @@ class Engine:
         return query
 
     def _execution(self, definition: SinkDef) -> MicroBatchExecution:
-        plan = self.plan(definition.query)
+        plan = self.plan(definition.query, definition.parameters)
         sink = self._sink(definition)
         return self._prepare(definition.name, plan, self.program(definition.name, plan), sink)
 
@@ -843,7 +866,7 @@ class Engine:
             sink_def(target, statement.text).query if isinstance(target, exp.Create) else target
         )
         name = target.this.name if isinstance(target, exp.Create) else "query"
-        plan = self.plan(select)
+        plan = self.plan(select, params)
         program = self.program(name, plan)
         header = [
             f"-- {plan.kind.value} over source {plan.source.name}, EMIT {plan.emit.value}",
@@ -1037,8 +1060,9 @@ class Engine:
         names = ", ".join(quote(f"c{i}") for i in range(len(targets)))
         given = {t.lower(): f"c{i}" for i, t in enumerate(targets)}
         casts = ", ".join(
-            f"CAST({quote(given[c.name.lower()]) if c.name.lower() in given else 'NULL'} "
-            f"AS {c.type}) AS {quote(c.name)}"
+            f"{cast_to_column(quote(given[c.name.lower()]), c.type)} AS {quote(c.name)}"
+            if c.name.lower() in given
+            else f"CAST(NULL AS {c.type}) AS {quote(c.name)}"
             for c in source.definition.columns
         )
         sql = f"SELECT {casts} FROM ({values.sql('duckdb')}) AS __values({names})"

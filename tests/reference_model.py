@@ -11,6 +11,10 @@ Rules modelled (docs/semantics.md):
 - W_0 = 0 (no watermark, 1970-01-01). After batch N, M_N = max event time over all rows
   of batches 0..N (late rows and NULL keys included, empty batches add nothing),
   truncated to milliseconds; W_{N+1} = max(W_N, M_N - D).
+- A row that fails the query's WHERE conjuncts over columns other than the event time
+  (Event.passes False) never counts: Spark's optimizer pushes such a filter below the
+  watermark operator (PushPredicateThroughNonJoin, the case of a Filter over an
+  EventTimeWatermark), so the row moves no watermark, is never late and never NULL.
 - Batch N emits and evicts with W_N and drops late rows with L_N = W_{N-1} (L_0 = 0).
 - Tumbling/hopping: a row is late for a window iff window_end <= L_N, per window.
   Session: a row is late iff ts + gap <= L_N, on its own one-event session.
@@ -59,6 +63,7 @@ class Event:
     row_id: int
     ts: int | None  # microseconds since the epoch; None is a NULL event time
     key: Hashable  # a tuple of grouping key values (None is a NULL key)
+    passes: bool = True  # passes the WHERE conjuncts Spark pushes below the watermark
 
 
 # A group is (window_start, window_end, key), window bounds in microseconds.
@@ -119,7 +124,7 @@ def schedule(
     max_seen: int | None = None
     for index, batch in enumerate(batches):
         steps.append(Step(index, current, previous))
-        times = [event.ts for event in batch if event.ts is not None]
+        times = [event.ts for event in batch if event.ts is not None and event.passes]
         if times:
             max_seen = max(times) if max_seen is None else max(max_seen, *times)
         following = current
@@ -169,7 +174,7 @@ def _batch_info(
         late_threshold=step.late_threshold,
         no_data=step.batch is None,
         num_input_rows=len(batch),
-        num_null_event_times=sum(event.ts is None for event in batch),
+        num_null_event_times=sum(event.ts is None and event.passes for event in batch),
         num_late_rows=late,
         num_late_windows=late_windows,
     )
@@ -187,7 +192,7 @@ def _run_fixed(
         late = late_windows = 0
         touched: dict[Group, None] = {}  # in order of first touch
         for event in batch:
-            if event.ts is None:
+            if event.ts is None or not event.passes:
                 continue
             starts = window_starts(window, event.ts)
             if all(start + size <= late_threshold for start in starts):
@@ -249,7 +254,7 @@ def _run_sessions(
         late = 0
         new: dict[Hashable, list[_Session]] = {}
         for event in batch:
-            if event.ts is None:
+            if event.ts is None or not event.passes:
                 continue
             if event.ts + gap <= late_threshold:
                 late += 1

@@ -70,6 +70,13 @@ AGGREGATES = (
 )
 HAVING = (None, "count(*) > 1", "max(x) > 0", "count(DISTINCT x) >= 2 OR sum(x) IS NULL")
 KEYS = ((), ("k",), ("k", "g"))
+# WHERE over columns other than the event time, with the rows each keeps: Spark applies it
+# below the watermark, so rows it removes move no watermark (and are never late).
+FILTERS: dict[str | None, Any] = {
+    None: lambda row: True,
+    "k = 'a'": lambda row: row.k == "a",
+    "g IS NULL OR x > 0": lambda row: row.g is None or (row.x is not None and row.x > 0),
+}
 WINDOW_COLUMNS = (
     ("window_start", "window_end"),
     ("window_start", "window_end"),
@@ -103,10 +110,15 @@ class Case:
     window_columns: tuple[str, ...] = ("window_start", "window_end")
     keys_first: bool = False
     watermark_in_from: bool = False
+    where: str | None = None
 
     def events(self) -> list[list[model.Event]]:
+        passes = FILTERS[self.where]
         return [
-            [model.Event(r.row_id, r.ts, tuple(getattr(r, k) for k in self.keys)) for r in batch]
+            [
+                model.Event(r.row_id, r.ts, tuple(getattr(r, k) for k in self.keys), passes(r))
+                for r in batch
+            ]
             for batch in self.batches
         ]
 
@@ -224,6 +236,7 @@ def cases(draw: st.DrawFn, windows: st.SearchStrategy[tuple]) -> Case:
         window_columns=draw(st.sampled_from(WINDOW_COLUMNS)),
         keys_first=draw(st.booleans()),
         watermark_in_from=draw(st.booleans()),
+        where=draw(st.sampled_from([None, None, *(w for w in FILTERS if w)])),
     )
 
 
@@ -261,8 +274,9 @@ def having(case: Case) -> str:
 def streaming_query(case: Case, source: str, emit: str) -> str:
     if case.watermark_in_from:
         source = f"{source} WATERMARK ts DELAY OF {interval(case.delay)}"
+    where = f" WHERE {case.where}" if case.where else ""
     return (
-        f"SELECT {select_list(case)} FROM {source} {window_clause(case.window)} "
+        f"SELECT {select_list(case)} FROM {source}{where} {window_clause(case.window)} "
         f"GROUP BY {group_by(case)}{having(case)} EMIT {emit.upper()}"
     )
 

@@ -892,9 +892,14 @@ def test_lag_per_partition_while_limited_in_progress_describe_and_status(
     produce(producer, topic, [(0, b'{"user_id": 0}')] * 30 + [(1, b'{"user_id": 1}')] * 10)
     with streamsql.connect(db_path) as con:
         con.execute(kafka_source(broker, topic, "user_id BIGINT", max_offsets_per_trigger=8))
-        con.execute(copy_sink(trigger="once"))
+        # One limited batch, then the next trigger is an hour away (trigger once would read
+        # everything: it ignores max_offsets_per_trigger, as Spark's Trigger.Once does).
+        con.execute(copy_sink(trigger="1 hour"))
         query = con.query("out")
-        assert query.await_termination(30) is True
+        deadline = time.monotonic() + 30
+        while not query.recent_progress and time.monotonic() < deadline:
+            time.sleep(0.02)
+        query.stop()
         (progress,) = query.recent_progress
         # shares of 8: 30/40 -> 6, 10/40 -> 2
         assert offsets(progress) == ({topic: {"0": 0, "1": 0}}, {topic: {"0": 6, "1": 2}})
@@ -909,7 +914,7 @@ def test_lag_per_partition_while_limited_in_progress_describe_and_status(
         assert described["num_input_rows"] == "8"
         assert described["status"] == "stopped"
         (show,) = rows(con, "SHOW QUERIES")
-        assert show[:4] == ("out", "stopped", "once", 0)
+        assert show[:4] == ("out", "stopped", "3600 seconds", 0)
         # another process (`streamsql status`) reads what this one published
         script = (
             "import json; from streamsql.status import database_status; "

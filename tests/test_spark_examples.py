@@ -12,6 +12,7 @@ import json
 from pathlib import Path
 
 import pytest
+import reference_model as model
 
 import streamsql
 
@@ -118,3 +119,89 @@ def test_emits_what_spark_emitted(tmp_path: Path, case: str, query: str) -> None
             if row[0] == batch["batch_id"]
         ]
         assert normalized(rows) == normalized(batch["rows"]), f"batch {batch['batch_id']}"
+
+
+# A case in the recordings' form, its expected batches derived from Spark's optimizer rule
+# rather than recorded: PushPredicateThroughNonJoin moves a Filter over EventTimeWatermark
+# below it when the conjunct is deterministic and does not reference the event-time column,
+# so the row of 'b' at 00:30 never reaches the watermark's max event time.
+FILTERED_INPUT = (
+    [
+        {"event_type": "a", "ts": "2024-01-01 00:00:00"},
+        {"event_type": "b", "ts": "2024-01-01 00:30:00"},
+    ],
+    [{"event_type": "a", "ts": "2024-01-01 00:01:00"}],
+)
+FILTERED_BATCHES = [
+    # (batch_id, no_data_batch, num_input_rows, watermark, late_event_watermark, rows)
+    (0, False, 2, "1970-01-01 00:00:00.000000", "1970-01-01 00:00:00.000000", []),
+    (1, False, 1, "2023-12-31 23:50:00.000000", "1970-01-01 00:00:00.000000", []),
+    (2, True, 0, "2023-12-31 23:51:00.000000", "2023-12-31 23:50:00.000000", []),
+]
+
+
+def test_rows_removed_by_where_do_not_move_the_watermark(tmp_path: Path) -> None:
+    """WHERE event_type = 'a' removes the 00:30 row before the watermark sees it: the
+    watermark stays at 23:50, so the 00:00 window is still open after batch 1 (the old
+    engine counted the filtered row, moved the watermark to 00:20 and emitted it)."""
+    inputs = tmp_path / "input"
+    inputs.mkdir()
+    for number, rows in enumerate(FILTERED_INPUT):
+        lines = "".join(json.dumps(row) + "\n" for row in rows)
+        (inputs / f"batch_{number:04d}.jsonl").write_text(lines)
+    con = streamsql.connect(str(tmp_path / "engine.db"))
+    try:
+        con.execute(SOURCE.format(watermark=WATERMARK, path=inputs))
+        con.execute(
+            "CREATE SINK out WITH (connector = 'duckdb', changelog = true, "
+            "trigger = 'available_now') AS SELECT window_start, window_end, event_type, "
+            "count(*) AS cnt FROM events WHERE event_type = 'a' "
+            "WINDOW TUMBLING (ts, INTERVAL '5 minutes') "
+            "GROUP BY window_start, window_end, event_type EMIT FINAL"
+        )
+        stream = con.query("out")
+        assert stream.await_termination(60)
+        emitted = con.execute("SELECT _batch_id, window_start, cnt FROM out").fetchall()
+        progress = list(stream.recent_progress)
+    finally:
+        con.close()
+    assert [
+        (
+            p.batch_id,
+            p.no_data_batch,
+            p.num_input_rows,
+            progress_timestamp(p.watermark),
+            progress_timestamp(p.late_threshold),
+            [row[1:] for row in emitted if row[0] == p.batch_id],
+        )
+        for p in progress
+    ] == FILTERED_BATCHES
+    assert emitted == []
+
+
+def test_reference_model_applies_the_filter_below_the_watermark() -> None:
+    """The reference model gives the same batches for the filtered case."""
+    minute = 60_000_000
+    t0 = 1_704_067_200_000_000  # 2024-01-01 00:00
+    events = [
+        [
+            model.Event(
+                i + 10 * b,
+                t0 + int(row["ts"][14:16]) * minute,
+                (row["event_type"],),
+                row["event_type"] == "a",
+            )
+            for i, row in enumerate(rows)
+        ]
+        for b, rows in enumerate(FILTERED_INPUT)
+    ]
+    outcome = model.run(events, model.Tumbling(5 * minute), 10 * minute, "final")
+    assert outcome.emitted == []
+    assert [
+        (b.batch_id, b.no_data, b.num_input_rows, b.watermark - t0, b.late_threshold)
+        for b in outcome.batches
+    ] == [
+        (0, False, 2, -t0, 0),
+        (1, False, 1, -10 * minute, 0),
+        (2, True, 0, -9 * minute, t0 - 10 * minute),
+    ]

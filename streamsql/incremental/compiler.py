@@ -31,10 +31,14 @@ from sqlglot import exp
 
 from streamsql.checkpoint.log import EMITTED_WINDOWS
 from streamsql.incremental.aggregates import StateColumn
+from streamsql.plan.catalog import INTERNAL_PREFIX
 from streamsql.plan.plan import Emit, QueryKind, StreamingPlan
 from streamsql.sql import literal
 
 INPUT_VIEW = "__input"
+# Columns added next to the source's own: named so that no source column can be one.
+WINDOW_START = f"{INTERNAL_PREFIX}ws"
+HOP, HOP_INDEX = f"{INTERNAL_PREFIX}hop", f"{INTERNAL_PREFIX}i"
 
 # Event and window times the engine computes with: years 1 to 9999, Spark's TimestampType
 # range. Far enough inside DuckDB's (and int64 microseconds') limits that a watermark delay,
@@ -94,11 +98,13 @@ class Statistics:
 
     Rows whose `window_time` is NULL are dropped, and late when it is below the late
     cutoff; the max of `event_time` drives the watermark; the min accepted `window_time`
-    bounds the windows the batch opens. When both columns are plain microsecond
-    timestamps the runtime measures them on the Arrow batch; otherwise the `sql` step
-    computes the same figures in DuckDB, and counts the rows whose times are outside
-    MIN_EVENT_US .. MAX_EVENT_US. `bad_times` gives those rows' errors, one per input row
-    (NULL for a good row), for the runtime to turn them into dead letters.
+    bounds the windows the batch opens (all of these over the rows that pass the WHERE
+    conjuncts pushed below the watermark, StreamingPlan.prefilter). When both columns are
+    plain microsecond timestamps and no WHERE is pushed down, the runtime measures them on
+    the Arrow batch; otherwise the `sql` step computes the same figures in DuckDB, and
+    counts the rows whose times are outside MIN_EVENT_US .. MAX_EVENT_US. `bad_times`
+    gives those rows' errors, one per input row (NULL for a good row), for the runtime to
+    turn them into dead letters.
     """
 
     window_time: str | None
@@ -205,8 +211,9 @@ class Compiler:
 
     # -- input ---------------------------------------------------------------------------------
 
-    def rows(self) -> str:
-        """The source relation: declared columns plus computed ones.
+    def rows(self, filtered: bool = True) -> str:
+        """The source relation: declared columns plus computed ones, and (`filtered`) only
+        the rows that pass the WHERE conjuncts Spark would apply below the watermark.
 
         Arrow has no HUGEINT: the batch carries such columns as DECIMAL(38, 0), and they are
         cast back so that the query computes (and its sink stores) the declared type.
@@ -221,6 +228,8 @@ class Compiler:
             relation = f"(SELECT * REPLACE ({', '.join(casts)}) FROM {relation})"
         for name, expression in self.plan.derived:
             relation = f"(SELECT *, {sql_of(expression)} AS {ident(name)} FROM {relation})"
+        if filtered and self.plan.prefilter is not None:
+            relation = f"(SELECT * FROM {relation} WHERE {sql_of(self.plan.prefilter)})"
         return relation
 
     @property
@@ -228,7 +237,15 @@ class Compiler:
         return self.plan.watermark_bounds_state and self.plan.emit is not Emit.SNAPSHOT
 
     def _time(self) -> str:
-        return f"epoch_us({ident(self.plan.window.time_column)})"
+        return self._epoch_us(self.plan.window.time_column)
+
+    def _epoch_us(self, column: str) -> str:
+        """Microseconds since the epoch of a time column. DuckDB's epoch_us goes through
+        nanoseconds for TIMESTAMP_MS and TIMESTAMP_S, which overflow after 2262-04-11:
+        those are cast to (microsecond) TIMESTAMP first, as batch SQL would compare them."""
+        if self.plan.time_types.get(column.lower()) in ("TIMESTAMP_MS", "TIMESTAMP_S"):
+            return f"epoch_us(CAST({ident(column)} AS TIMESTAMP))"
+        return f"epoch_us({ident(column)})"
 
     def _to_timestamp(self, micros: str) -> str:
         timestamp = f"make_timestamp({micros})"
@@ -247,7 +264,7 @@ class Compiler:
         event_time = plan.event_time if plan.has_watermark else None
         late = self.drops_late_rows
         outside = {
-            name: f"{ident(name)} IS NOT NULL AND coalesce(epoch_us({ident(name)}) NOT BETWEEN "
+            name: f"{ident(name)} IS NOT NULL AND coalesce({self._epoch_us(name)} NOT BETWEEN "
             f"{MIN_EVENT_US} AND {MAX_EVENT_US}, TRUE)"
             for name in (window_time, event_time)
             if name is not None
@@ -257,22 +274,36 @@ class Compiler:
             f"{ident(name)}::VARCHAR || {literal(OUTSIDE)}"
             for name, condition in outside.items()
         )
-        bad_times = f"SELECT CASE {errors} END AS __error FROM {self.rows()}" if outside else None
+        # One error (or NULL) per input row, in input order: a filter must not apply here.
+        bad_times = (
+            f"SELECT CASE {errors} END AS __error FROM {self.rows(filtered=False)}"
+            if outside
+            else None
+        )
         columns = {c.name.lower(): c.type for c in plan.source.columns}
-        if all(
+        if (plan.prefilter is None or not outside) and all(
             name is None or columns.get(name.lower()) in ("TIMESTAMP", "TIMESTAMP WITH TIME ZONE")
             for name in (window_time, event_time)
         ):
             return Statistics(window_time, event_time, late, None, bad_times)
         time = self._time() if window_time else None
         accepted = f" FILTER (WHERE {time} >= $late_cutoff)" if late else ""
+        # Every input row counts, and any may have a bad time; the other figures are over
+        # the rows the pushed-down WHERE keeps (in one pass when there is no such WHERE).
+        bad = " OR ".join(outside.values()) or "FALSE"
+        counts = ["count(*)", f"count(*) FILTER (WHERE {bad})"]
+        if plan.prefilter is not None:
+            counts = [
+                f"(SELECT count(*) FROM {INPUT_VIEW})",
+                f"(SELECT count(*) FROM {self.rows(filtered=False)} WHERE {bad})",
+            ]
         figures = [
-            "count(*)",
+            counts[0],
             f"count(*) FILTER (WHERE {ident(window_time)} IS NULL)" if time else "0",
             f"count(*) FILTER (WHERE {time} < $late_cutoff)" if late else "0",
-            f"max(epoch_us({ident(event_time)}))" if event_time else "NULL",
+            f"max({self._epoch_us(event_time)})" if event_time else "NULL",
             f"min({time}){accepted}" if time else "NULL",
-            f"count(*) FILTER (WHERE {' OR '.join(outside.values())})",
+            counts[1],
         ]
         sql = f"SELECT {', '.join(figures)} FROM {self.rows()}"
         step = Step("batch statistics", sql, Fetch.STATS)
@@ -283,22 +314,24 @@ class Compiler:
         window = self.plan.window
         time = self._time()
         present = f"{ident(window.time_column)} IS NOT NULL"
+        start = WINDOW_START
         if window.kind == "TUMBLING":
             starts = (
-                f"SELECT *, {floor_to(time, window.size_us)} AS __ws "
+                f"SELECT *, {floor_to(time, window.size_us)} AS {start} "
                 f"FROM {self.rows()} WHERE {present}"
             )
         else:
             last = floor_to(time, window.slide_us)
+            hop = f"{last} - {HOP_INDEX} * {window.slide_us}"
             starts = (
-                f"SELECT * EXCLUDE (__i), {last} - __i * {window.slide_us} AS __ws "
-                f"FROM {self.rows()}, range({window.windows_per_row}) AS __hop(__i) "
-                f"WHERE {present} AND {last} - __i * {window.slide_us} + {window.size_us} > {time}"
+                f"SELECT * EXCLUDE ({HOP_INDEX}), {hop} AS {start} "
+                f"FROM {self.rows()}, range({window.windows_per_row}) AS {HOP}({HOP_INDEX}) "
+                f"WHERE {present} AND {hop} + {window.size_us} > {time}"
             )
-        late = f" WHERE __ws + {window.size_us} > $late" if self.drops_late_rows else ""
+        late = f" WHERE {start} + {window.size_us} > $late" if self.drops_late_rows else ""
         return (
-            f"SELECT * EXCLUDE (__ws), {self._to_timestamp('__ws')} AS window_start, "
-            f"{self._to_timestamp(f'__ws + {window.size_us}')} AS window_end "
+            f"SELECT * EXCLUDE ({start}), {self._to_timestamp(start)} AS window_start, "
+            f"{self._to_timestamp(f'{start} + {window.size_us}')} AS window_end "
             f"FROM ({starts}){late}"
         )
 

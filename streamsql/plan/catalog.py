@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from sqlglot import exp
 
@@ -57,6 +59,8 @@ class SinkDef:
     options: dict[str, str]
     query: exp.Select
     sql: str = field(compare=False)
+    # Values of the query's `?` placeholders, in order: bound per batch, never SQL text.
+    parameters: tuple[Any, ...] = ()
 
     @property
     def connector(self) -> str:
@@ -89,6 +93,20 @@ def _option_value(key: str, value: exp.Expr | None) -> str:
     raise PlanningError(f"Option {key!r} needs a literal value, got {value.sql(DIALECT)!r}")
 
 
+# Columns the engine adds next to a source's own (window starts, decoded fields) are named
+# with this prefix, which no user column may take: they can never shadow each other.
+INTERNAL_PREFIX = "__streamsql_"
+
+
+def check_column_name(name: str, where: str) -> None:
+    """Refuse a user column name that an internal column could take."""
+    if name.lower().startswith(INTERNAL_PREFIX):
+        raise PlanningError(
+            f"{where}: column name {name!r} starts with {INTERNAL_PREFIX!r}, which streamsql "
+            "keeps for the columns it adds; choose another name"
+        )
+
+
 def source_def(create: exp.Create, sql: str) -> SourceDef:
     schema = create.this
     if not isinstance(schema, exp.Schema):
@@ -116,6 +134,8 @@ def source_def(create: exp.Create, sql: str) -> SourceDef:
     if "connector" not in options:
         raise PlanningError(f"CREATE SOURCE {name} needs WITH (connector = '...')")
     names = [c.name.lower() for c in columns] + [c.name.lower() for c in computed]
+    for column_name in names:
+        check_column_name(column_name, f"CREATE SOURCE {name}")
     if len(set(names)) != len(names):
         raise PlanningError(f"CREATE SOURCE {name} declares a column twice")
     if watermark and watermark.column.lower() not in names:
@@ -155,7 +175,7 @@ def _watermark_of(item: exp.WatermarkColumnConstraint) -> WatermarkSpec:
     )
 
 
-def sink_def(create: exp.Create, sql: str) -> SinkDef:
+def sink_def(create: exp.Create, sql: str, parameters: Sequence[Any] | None = None) -> SinkDef:
     query = create.expression
     if isinstance(query, exp.SetOperation):
         raise PlanningError(
@@ -165,7 +185,7 @@ def sink_def(create: exp.Create, sql: str) -> SinkDef:
         )
     if not isinstance(query, exp.Select):
         raise PlanningError(f"CREATE SINK {create.this.name} needs AS SELECT ...")
-    return SinkDef(create.this.name, options_of(create), query, sql)
+    return SinkDef(create.this.name, options_of(create), query, sql, tuple(parameters or ()))
 
 
 def differences(old: SourceDef | SinkDef, new: SourceDef | SinkDef) -> list[str]:
@@ -178,6 +198,8 @@ def differences(old: SourceDef | SinkDef, new: SourceDef | SinkDef) -> list[str]
     if isinstance(old, SinkDef) and isinstance(new, SinkDef):
         if old.query.sql(DIALECT) != new.query.sql(DIALECT):
             changed.insert(0, "query")
+        elif old.parameters != new.parameters:
+            changed.insert(0, "query parameters")
         return changed
     parts = {
         "columns": lambda d: ", ".join(f"{c.name} {c.type}" for c in d.columns),

@@ -66,7 +66,11 @@ class StreamingPlan:
     watermark_delay_us: int | None
     kind: QueryKind
     emit: Emit
-    where: exp.Expr | None
+    where: exp.Expr | None  # the WHERE conjuncts applied above the watermark
+    # The WHERE conjuncts that filter rows before the watermark measures them (Spark pushes
+    # them below EventTimeWatermark): those that reference neither the event-time column nor
+    # the window bounds, and call no volatile function.
+    prefilter: exp.Expr | None = None
     window: WindowSpec | None = None
     keys: list[exp.Expr] = field(default_factory=list)  # group keys besides the window bounds
     aggregates: list[AggregateCall] = field(default_factory=list)
@@ -76,6 +80,8 @@ class StreamingPlan:
     key_names: list[str] = field(default_factory=list)  # upsert key of EMIT CHANGES sinks
     keys_complete: bool = False  # every group key and the window are among the outputs
     parameters: dict[str, Any] = field(default_factory=dict)  # $p1, $p2, ... of `?` values
+    # DuckDB types of the event-time and window time columns, by lower-case name.
+    time_types: dict[str, str] = field(default_factory=dict)
     having: exp.Expr | None = None
     order: exp.Order | None = None
     limit: exp.Expr | None = None

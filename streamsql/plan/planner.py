@@ -15,7 +15,7 @@ from sqlglot import exp
 
 from streamsql.errors import PlanningError
 from streamsql.incremental.aggregates import decompose
-from streamsql.plan.catalog import SourceDef
+from streamsql.plan.catalog import SourceDef, check_column_name
 from streamsql.plan.plan import Emit, QueryKind, StreamingPlan, WindowSpec
 from streamsql.sql import nodes, parse_expression, position_of
 
@@ -42,7 +42,7 @@ class Planner:
     def __init__(self, con: duckdb.DuckDBPyConnection, sources: Mapping[str, SourceDef]) -> None:
         self.con = con
         self.sources = {name.lower(): source for name, source in sources.items()}
-        self._aggregate_names: set[str] | None = None
+        self._function_names: dict[str, set[str]] = {}
 
     # -- entry point -------------------------------------------------------------------------
 
@@ -75,6 +75,8 @@ class Planner:
                 window and window.kind, QueryKind.WINDOWED
             )
         emit = self._emit(select, kind, window, event_time)
+        where = select.args["where"].this if select.args.get("where") else None
+        prefilter, where = self._push_below_watermark(where, event_time)
         plan = StreamingPlan(
             select=query,
             source=source,
@@ -84,12 +86,18 @@ class Planner:
             watermark_delay_us=delay,
             kind=kind,
             emit=emit,
-            where=select.args["where"].this if select.args.get("where") else None,
+            where=where,
+            prefilter=prefilter,
             window=window,
             having=select.args["having"].this if select.args.get("having") else None,
             order=select.args.get("order"),
             limit=select.args["limit"].expression if select.args.get("limit") else None,
             parameters=bound,
+            time_types={
+                name.lower(): types[name.lower()]
+                for name in (event_time, window and window.time_column)
+                if name and name.lower() in types
+            },
         )
         self._check_modifiers(plan)
         names = self._validate(select, source, derived, window, bound)
@@ -166,9 +174,10 @@ class Planner:
             if source.watermark is None:
                 return None, None
             spec = source.watermark
-            return spec.column, self.interval_us(spec.delay, "WATERMARK delay")
+            return spec.column, self.delay_us(spec.delay)
         expression, name = clause.this, clause.args.get("alias")
         if name is not None:
+            check_column_name(name.name, "WATERMARK ... AS")
             derived.append((name.name, expression))
             column = name.name
         elif isinstance(expression, exp.Column):
@@ -180,7 +189,12 @@ class Planner:
                 rule="watermark-needs-name",
                 position=position_of(expression),
             )
-        return column, self.interval_us(clause.args["delay"], "WATERMARK delay")
+        return column, self.delay_us(clause.args["delay"])
+
+    def delay_us(self, node: exp.Expr) -> int:
+        """A watermark delay, truncated to whole milliseconds as Spark keeps it
+        (EventTimeWatermark.getDelayMs): 500 microseconds is no delay at all."""
+        return self.interval_us(node, "WATERMARK delay") // 1000 * 1000
 
     def interval_us(
         self, node: exp.Expr, what: str, positive: bool = False, at: exp.Expr | None = None
@@ -252,6 +266,46 @@ class Planner:
             )
         return relation
 
+    # -- filters -----------------------------------------------------------------------------
+
+    def _push_below_watermark(
+        self, where: exp.Expr | None, event_time: str | None
+    ) -> tuple[exp.Expr | None, exp.Expr | None]:
+        """Split WHERE into the conjuncts that filter rows before the watermark measures
+        them and those that stay above it (Spark's PushPredicateThroughNonJoin, case
+        `Filter(condition, watermark: EventTimeWatermark)`: a conjunct goes below iff it is
+        deterministic and does not reference the event-time column). Window bounds exist
+        only above the window, so conjuncts over them stay up as well."""
+        if where is None:
+            return None, None
+        above = {name.lower() for name in (event_time, *WINDOW_COLUMNS) if name}
+        pushed: list[exp.Expr] = []
+        kept: list[exp.Expr] = []
+        for conjunct in where.flatten() if isinstance(where, exp.And) else [where]:
+            stays = any(c.name.lower() in above for c in conjunct.find_all(exp.Column))
+            (kept if stays or self._volatile(conjunct) else pushed).append(conjunct)
+        return _conjunction(pushed), _conjunction(kept)
+
+    def _functions(self, condition: str) -> set[str]:
+        """Names of the DuckDB functions that meet `condition` (a fixed filter over
+        duckdb_functions()), looked up once per planner."""
+        if condition not in self._function_names:
+            self._function_names[condition] = {
+                name
+                for (name,) in self.con.execute(
+                    f"SELECT DISTINCT function_name FROM duckdb_functions() WHERE {condition}"
+                ).fetchall()
+            }
+        return self._function_names[condition]
+
+    def _volatile(self, node: exp.Expr) -> bool:
+        """Whether the expression calls a function DuckDB marks VOLATILE (random(), uuid())."""
+        volatile = self._functions("stability = 'VOLATILE'")
+        return any(
+            sql_of(call).split("(", 1)[0].strip().lower() in volatile
+            for call in node.find_all(exp.Func)
+        )
+
     # -- windows -----------------------------------------------------------------------------
 
     def _window(self, select: exp.Select, types: dict[str, str]) -> WindowSpec | None:
@@ -265,6 +319,15 @@ class Planner:
                 f"got {sql_of(column)}",
                 rule="window-time-column",
                 position=position_of(column),
+            )
+        taken = [c for c in WINDOW_COLUMNS if c in types]
+        if taken:
+            raise PlanningError(
+                f"WINDOW {node.kind} adds the columns window_start and window_end, and the "
+                f"source has a column {taken[0]}, which they would shadow: a windowed query "
+                "cannot read a source with a column of either name",
+                rule="window-column-names",
+                position=position_of(node),
             )
         name = column.name
         time_type = types[name.lower()]
@@ -320,16 +383,9 @@ class Planner:
         if isinstance(node, exp.AggFunc):
             return True
         if isinstance(node, (exp.Anonymous, exp.IgnoreNulls)):
-            if self._aggregate_names is None:
-                self._aggregate_names = {
-                    name
-                    for (name,) in self.con.execute(
-                        "SELECT DISTINCT function_name FROM duckdb_functions() "
-                        "WHERE function_type = 'aggregate'"
-                    ).fetchall()
-                }
             name = node.this.name if isinstance(node, exp.IgnoreNulls) else node.name
-            return name.lower() in self._aggregate_names or isinstance(node, exp.IgnoreNulls)
+            aggregates = self._functions("function_type = 'aggregate'")
+            return name.lower() in aggregates or isinstance(node, exp.IgnoreNulls)
         return False
 
     def _aggregate_calls(self, select: exp.Select) -> list[exp.Expr]:
@@ -516,6 +572,8 @@ class Planner:
             g for g in group_items if isinstance(g, exp.Column) and g.name.lower() in WINDOW_COLUMNS
         ]
         plan.keys = [g for g in group_items if g not in window_keys]
+        if plan.window and plan.window.kind == "SESSION":
+            plan.keys = self._session_keys(plan.keys)
         if plan.window and not window_keys:
             raise PlanningError(
                 f"A WINDOW {plan.window.kind} query must GROUP BY window_start and/or "
@@ -573,6 +631,29 @@ class Planner:
             plan.order = plan.order.transform(to_state)
 
     @staticmethod
+    def _session_keys(keys: list[exp.Expr]) -> list[exp.Expr]:
+        """A session's bounds are known only once its rows have merged, so a GROUP BY
+        expression over them (`window_end - window_start`) cannot group rows. One over the
+        bounds alone is a function of the session: it is left out of the keys and computed
+        from the merged bounds when the session is emitted. One that mixes the bounds with
+        row columns is refused."""
+        kept = []
+        for key in keys:
+            names = {c.name.lower() for c in key.find_all(exp.Column)}
+            if not names & set(WINDOW_COLUMNS):
+                kept.append(key)
+            elif not names <= set(WINDOW_COLUMNS):
+                raise PlanningError(
+                    f"GROUP BY {sql_of(key)} mixes session bounds with row columns: a "
+                    "session's bounds are known only after its rows merge. Group by the "
+                    "columns and window_start/window_end apart, and combine them in the "
+                    "SELECT list",
+                    rule="session-bounds-in-group-by",
+                    position=position_of(key),
+                )
+        return kept
+
+    @staticmethod
     def _check_grouped(value: exp.Expr, state_columns: set[str], where: str) -> None:
         for column in value.find_all(exp.Column):
             if column.name not in state_columns:
@@ -580,6 +661,10 @@ class Planner:
                     f"Column {column.sql('duckdb')} in {where} must appear in the GROUP BY clause "
                     "or be used in an aggregate function"
                 )
+
+
+def _conjunction(conjuncts: list[exp.Expr]) -> exp.Expr | None:
+    return exp.and_(*(c.copy() for c in conjuncts)) if conjuncts else None
 
 
 def _parenthesize(sql: str) -> exp.Expr:

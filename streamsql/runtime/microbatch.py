@@ -39,6 +39,7 @@ from streamsql.incremental.compiler import (
     Fetch,
     Step,
 )
+from streamsql.plan.catalog import INTERNAL_PREFIX
 from streamsql.plan.plan import StreamingPlan
 from streamsql.runtime.progress import QueryProgress, timestamp_of
 from streamsql.sinks.base import OutputSchema, Sink
@@ -48,6 +49,9 @@ from streamsql.sql import quote
 # Appended partials are combined once they outnumber the rows of the last compaction and
 # this many: the state stays within twice its compacted size, at a constant cost per row.
 COMPACTION_MIN_ROWS = 50_000
+
+# The rejected rows, each written as JSON by naming the relation: a name no column can have.
+REJECTED_VIEW = f"{INTERNAL_PREFIX}rejected"
 
 # The offset and commit logs keep the last this many batches (Spark's minBatchesToRetain).
 RETAINED_BATCHES = 100
@@ -261,15 +265,16 @@ class MicroBatchExecution:
             and self.watermark > self.late_threshold
         )
 
-    def next_batch(self, bound: Offset | None) -> PlannedBatch | None:
-        """The batch to run next: a logged, uncommitted one, a new one, or None (idle)."""
+    def next_batch(self, bound: Offset | None, limited: bool = True) -> PlannedBatch | None:
+        """The batch to run next: a logged, uncommitted one, a new one, or None (idle).
+        `limited`: the source's per-trigger limit applies."""
         if not self.recovered:
             self.recovered = True
             logged = self.checkpoint.planned(self.batch_id)
             if logged is not None:
                 return logged
         began = time.perf_counter()
-        end = self.source.plan_batch(self.committed_end, bound)
+        end = self.source.plan_batch(self.committed_end, bound, limited)
         if end is None:
             if not self.needs_no_data_batch:
                 return None
@@ -479,9 +484,11 @@ class MicroBatchExecution:
             origins = Origins.positional(data.rows.num_rows, self.source.name, 0)
         found = origins.take(bad)
         rejected = data.rows.filter(bad)
-        self._register("__rejected", rejected)
+        self._register(REJECTED_VIEW, rejected)
         written = (
-            self.cursor.sql("SELECT encode(to_json(__rejected)::VARCHAR) AS raw FROM __rejected")
+            self.cursor.sql(
+                f"SELECT encode(to_json({REJECTED_VIEW})::VARCHAR) AS raw FROM {REJECTED_VIEW}"
+            )
             .to_arrow_table()["raw"]
             .combine_chunks()
         )

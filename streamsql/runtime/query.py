@@ -214,7 +214,7 @@ class StreamingQuery:
             try:
                 if not bounded:
                     bound, bounded = self.execution.source.snapshot(), True
-                batch = pending or self.execution.next_batch(bound)
+                batch = pending or self.execution.next_batch(bound, self.trigger.limited)
                 if batch is not None:
                     pending = batch
                     self._enter("processing")

@@ -21,6 +21,12 @@ class Trigger:
     interval: float = 0.0
 
     @property
+    def limited(self) -> bool:
+        """Whether max_files/offsets/rows_per_trigger apply: not to trigger once, which
+        reads everything available in one batch (Spark's Trigger.Once ignores them)."""
+        return self.kind is not TriggerKind.ONCE
+
+    @property
     def stops(self) -> bool:
         return self.kind is not TriggerKind.PROCESSING_TIME
 

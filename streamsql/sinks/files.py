@@ -83,12 +83,19 @@ class CSV(FileFormat):
         self.delimiter = sink.option_char("delimiter", ",")
 
     def copy_options(self) -> str:
-        return f"FORMAT csv, HEADER true, DELIMITER {literal(self.delimiter)}"
+        delimiter = literal(self.delimiter)
+        return f"FORMAT csv, HEADER true, DELIMITER {delimiter}, QUOTE '\"', ESCAPE '\"'"
 
     def read_options(self, columns: list[tuple[str, str]]) -> str:
+        """The dialect the sink wrote, every part of it pinned: read_csv would otherwise
+        sniff each file on its own, and a file with a quoted field after one without (or
+        a file whose first lines look like another dialect) would be read wrong."""
         delimiter = literal(self.delimiter)
         # A NULL is written as an empty field, '' as "": read them back apart.
-        options = f", header = true, delim = {delimiter}, allow_quoted_nulls = false"
+        options = (
+            f", header = true, delim = {delimiter}, quote = '\"', escape = '\"', "
+            "new_line = '\\n', allow_quoted_nulls = false"
+        )
         return options + super().read_options(columns)
 
 

@@ -146,8 +146,12 @@ class Source(Configured, ABC):
         """Where a new query starts (starting_offsets)."""
 
     @abstractmethod
-    def plan_batch(self, start: Offset, bound: Offset | None) -> Offset | None:
-        """End of the next batch after `start`, within `bound`; None if there is nothing new."""
+    def plan_batch(
+        self, start: Offset, bound: Offset | None, limited: bool = True
+    ) -> Offset | None:
+        """End of the next batch after `start`, within `bound`; None if there is nothing new.
+        `limited`: the source's per-trigger limit applies (not under trigger once, which
+        reads everything available in one batch, as Spark's Trigger.Once does)."""
 
     @abstractmethod
     def read(self, start: Offset, end: Offset) -> SourceBatch:

@@ -121,7 +121,9 @@ class FileSource(Source):
     def snapshot(self) -> Offset:
         return {"files": [name for name in self._listing() if name not in self._seen]}
 
-    def plan_batch(self, start: Offset, bound: Offset | None) -> Offset | None:
+    def plan_batch(
+        self, start: Offset, bound: Offset | None, limited: bool = True
+    ) -> Offset | None:
         allowed = set(bound["files"]) if bound is not None else None
         new = [
             name
@@ -131,7 +133,7 @@ class FileSource(Source):
         if not new:
             self._unread = 0
             return None
-        chosen = new[: self.max_files] if self.max_files else new
+        chosen = new[: self.max_files] if self.max_files and limited else new
         self._seen.update(chosen)
         self._unread = len(new) - len(chosen)
         return {"files": chosen}
@@ -250,7 +252,7 @@ class FileSource(Source):
                 raise BadFile(f"its columns ({', '.join(names)}) include none of the declared ones")
             table = file.read(columns=[names[p - 1] for p in positions if p])
         columns = {
-            c.name: table[names[p - 1]] if p else pa.nulls(table.num_rows)
+            self.decoder.field(c): table[names[p - 1]] if p else pa.nulls(table.num_rows)
             for c, p in zip(self.decoder.columns, positions, strict=True)
         }
         raw = pa.table(

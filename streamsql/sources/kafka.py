@@ -236,7 +236,9 @@ class KafkaSource(Source):
         marks = self._marks = self.client.watermarks(partitions)
         return self._offset({tp: mark.high for tp, mark in marks.items()}, {})
 
-    def plan_batch(self, start: Offset, bound: Offset | None) -> Offset | None:
+    def plan_batch(
+        self, start: Offset, bound: Offset | None, limited: bool = True
+    ) -> Offset | None:
         positions = self._positions(start)
         partitions = self._partitions(missing_ok=True)  # a deleted topic is data loss
         ids = self.client.topic_ids({tp.topic for tp in partitions})
@@ -280,7 +282,7 @@ class KafkaSource(Source):
             else marks[tp].high
             for tp in begin
         }
-        if self.max_offsets:
+        if self.max_offsets and limited:
             until = self._rate_limit(begin, until)
         if not gone and all(until[tp] == positions.get(tp) for tp in until):
             return None  # (deleted partitions are dropped from the offsets by a batch)

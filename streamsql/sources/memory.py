@@ -58,10 +58,12 @@ class MemorySource(Source):
     def snapshot(self) -> Offset:
         return self._offset(self.total)
 
-    def plan_batch(self, start: Offset, bound: Offset | None) -> Offset | None:
+    def plan_batch(
+        self, start: Offset, bound: Offset | None, limited: bool = True
+    ) -> Offset | None:
         first = self._read_up_to(start)
         end = self.total if bound is None else min(self.total, self._read_up_to(bound))
-        if self.max_rows:
+        if self.max_rows and limited:
             end = min(end, first + self.max_rows)
         return self._offset(end) if end > first else None
 

@@ -448,6 +448,16 @@ def test_status_reads_through_the_endpoint_what_a_process_does_not_publish(
     con = streamsql.connect(db)
     con.execute("STOP QUERY k")
     con.close()
+    with serve_command(db) as (running, _):
+        assert not Path(f"{db}.status.json").exists()
+        status = cli_status(db)
+        assert f"live, served by process {running.pid}" in status
+        assert "│ k " in status and "stopped" in status
+
+
+@contextlib.contextmanager
+def serve_command(db: str) -> Iterator[tuple[subprocess.Popen[str], str]]:
+    """`streamsql serve db` on a free port, and the line it first prints; killed after."""
     running = subprocess.Popen(
         [sys.executable, "-m", "streamsql.cli", "serve", db, "--port", "0"],
         cwd=ROOT,
@@ -456,11 +466,7 @@ def test_status_reads_through_the_endpoint_what_a_process_does_not_publish(
     )
     try:
         assert running.stderr is not None
-        running.stderr.readline()  # Serving ...
-        assert not Path(f"{db}.status.json").exists()
-        status = cli_status(db)
-        assert f"live, served by process {running.pid}" in status
-        assert "│ k " in status and "stopped" in status
+        yield running, running.stderr.readline()
     finally:
         running.kill()
         running.wait()
@@ -480,15 +486,7 @@ def cli_status(db: str) -> str:
 
 def test_serve_opens_a_database_resumes_its_sinks_and_stops_on_sigterm(tmp_path: Path) -> None:
     db = stopped_engine(tmp_path)
-    running = subprocess.Popen(
-        [sys.executable, "-m", "streamsql.cli", "serve", db, "--port", "0"],
-        cwd=ROOT,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert running.stderr is not None
-        line = running.stderr.readline()
+    with serve_command(db) as (running, line):
         assert line.startswith(f"Serving {db} on postgresql://127.0.0.1:"), line
         endpoint = json.loads(endpoint_file(db).read_text())
         assert endpoint["pid"] == running.pid
@@ -497,9 +495,6 @@ def test_serve_opens_a_database_resumes_its_sinks_and_stops_on_sigterm(tmp_path:
         running.send_signal(signal.SIGTERM)
         assert running.wait(timeout=60) == 0
         assert not endpoint_file(db).exists()
-    finally:
-        running.kill()
-        running.wait()
 
 
 def test_a_restricted_engine_keeps_its_clients_to_its_directories(tmp_path: Path) -> None:

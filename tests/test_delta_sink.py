@@ -54,10 +54,16 @@ def put(directory: Path, name: str, rows: list[dict[str, Any]]) -> None:
     os.replace(hidden, directory / name)
 
 
+def create_source(con: streamsql.Connection, tmp_path: Path) -> None:
+    """The files source `ev` over tmp_path/in (which a files source needs to exist)."""
+    (tmp_path / "in").mkdir(exist_ok=True)
+    con.execute(SOURCE.format(path=tmp_path / "in"))
+
+
 def pipeline(con: streamsql.Connection, tmp_path: Path, mode: str, **options: Any) -> Path:
     """The files source `ev`, a delta sink `out` and a duckdb sink `ref` of one query."""
     out = tmp_path / "delta"
-    con.execute(SOURCE.format(path=tmp_path / "in"))
+    create_source(con, tmp_path)
     extra = "".join(f", {key} = '{value}'" for key, value in options.items())
     con.execute(
         f"CREATE SINK out WITH (connector = 'delta', path = '{out}'{extra}) AS {QUERIES[mode]}"
@@ -314,7 +320,7 @@ def test_a_batch_replayed_after_a_kill_between_delta_and_duckdb_commits_adds_no_
 
 def copy_sink(con: streamsql.Connection, tmp_path: Path, options: str = "") -> Path:
     """The files source `ev` and a delta sink `out` of its (k, v); returns the table's path."""
-    con.execute(SOURCE.format(path=tmp_path / "in"))
+    create_source(con, tmp_path)
     out = tmp_path / "delta"
     con.execute(
         f"CREATE SINK out WITH (connector = 'delta', path = '{out}'{options}) AS "
@@ -401,7 +407,7 @@ def test_timestamps_nested_in_lists_and_structs_round_trip_as_timestamp_ntz(
 ) -> None:
     """Top-level TIMESTAMPs are Delta `timestamp` (protocol 1/2); nested ones need
     `timestamp_ntz`, a reader feature the view reads."""
-    con.execute(SOURCE.format(path=tmp_path / "in"))
+    create_source(con, tmp_path)
     out = tmp_path / "delta"
     con.execute(
         f"CREATE SINK out WITH (connector = 'delta', path = '{out}') AS "
@@ -420,7 +426,7 @@ def test_timestamps_nested_in_lists_and_structs_round_trip_as_timestamp_ntz(
 def test_a_column_delta_has_no_type_for_is_refused_naming_it(
     con: streamsql.Connection, tmp_path: Path
 ) -> None:
-    con.execute(SOURCE.format(path=tmp_path / "in"))
+    create_source(con, tmp_path)
     with pytest.raises(
         streamsql.ProgrammingError, match=r"cannot be a Delta table's: .*Interval.*CAST the column"
     ):
@@ -447,6 +453,6 @@ def test_a_column_delta_has_no_type_for_is_refused_naming_it(
 def test_invalid_delta_options_are_refused(
     con: streamsql.Connection, tmp_path: Path, options: str, message: str
 ) -> None:
-    con.execute(SOURCE.format(path=tmp_path / "in"))
+    create_source(con, tmp_path)
     with pytest.raises(streamsql.ProgrammingError, match=message):
         con.execute(f"CREATE SINK out WITH (connector = 'delta'{options}) AS SELECT k FROM ev")

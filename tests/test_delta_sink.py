@@ -286,6 +286,7 @@ def test_a_batch_replayed_after_a_kill_between_delta_and_duckdb_commits_adds_no_
     before the engine database commits the batch: the next run replays that batch, finds
     txn(query id, batch) in the table and skips the commit, then commits the next batch."""
     (tmp_path / "job.sql").write_text(JOB.format(query=QUERIES["changes"]))
+    (tmp_path / "in").mkdir()
     assert _run(tmp_path, None) == 0  # the sinks, no input yet: no batch
     for i in range(3):
         minute = T0 + dt.timedelta(minutes=i)

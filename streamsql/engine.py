@@ -555,20 +555,21 @@ class Engine:
                     self._set_running(name, True)
                 return Result()
             self._check_allowed("Sink", definition)
-            self._sink(definition)  # every option checked before anything runs or is stored
+            sink = self._sink(definition)  # every option checked before anything runs or is stored
             self._check_outputs(definition, existing)
             if existing is not None and not create.args.get("replace"):
-                self._restart_changed(existing, definition)
+                self._restart_changed(existing, definition, sink)
                 self._remember("SINK", name, statement.text, definition.parameters)
             else:
-                self._create_sink(definition, existing)
+                self._create_sink(definition, existing, sink)
         return Result()
 
-    def _create_sink(self, definition: SinkDef, replaced: SinkDef | None) -> None:
+    def _create_sink(self, definition: SinkDef, replaced: SinkDef | None, sink: Sink) -> None:
         """Record the sink (replacing one: drop the old sink's checkpoint, state, dead letters
         and table or view in the same transaction), then start it. A sink that fails to
         start is not recorded; a crash after the record resumes it on the next open."""
-        execution = self._execution(definition)  # refuses a bad definition before any change
+        # refuses a bad definition before any change
+        execution = self._execution(definition, sink)
         statements = [
             self._remember_statement("SINK", definition.name, definition.sql, definition.parameters)
         ]
@@ -651,7 +652,7 @@ class Engine:
         ).fetchall()
         return rows[0][0] if rows else None
 
-    def _restart_changed(self, existing: SinkDef, definition: SinkDef) -> None:
+    def _restart_changed(self, existing: SinkDef, definition: SinkDef, sink: Sink) -> None:
         """Resume a sink's checkpoint under a new definition, if its state is unaffected
         (sink options, the trigger, projections and filters may change; Spark's rules)."""
         name = definition.name
@@ -667,7 +668,7 @@ class Engine:
         if previous is not None:
             previous.stop()
         try:
-            self._start(definition)
+            self._start(definition, self._execution(definition, sink, plan))
         except Exception:
             if previous is not None:
                 self._start(existing)
@@ -714,9 +715,12 @@ class Engine:
             raise
         return query
 
-    def _execution(self, definition: SinkDef) -> MicroBatchExecution:
-        plan = self.plan(definition.query, definition.parameters)
-        sink = self._sink(definition)
+    def _execution(
+        self, definition: SinkDef, sink: Sink | None = None, plan: StreamingPlan | None = None
+    ) -> MicroBatchExecution:
+        """The sink's query, ready to start (from the sink and plan already made, if given)."""
+        plan = plan or self.plan(definition.query, definition.parameters)
+        sink = sink or self._sink(definition)
         return self._prepare(definition.name, plan, self.program(definition.name, plan), sink)
 
     def _sink(self, definition: SinkDef) -> Sink:

@@ -23,11 +23,11 @@ import duckdb
 import streamsql
 from streamsql.engine import Engine, declared_paths
 from streamsql.errors import Error
-from streamsql.format import format_table
+from streamsql.format import elapsed_text, format_table
 from streamsql.runtime.query import StreamingQuery
 from streamsql.server import ServeOptions, Server
 from streamsql.sql import Statement, nodes, parse
-from streamsql.status import COLUMNS, database_status, elapsed_text, state_text
+from streamsql.status import COLUMNS, database_status, state_text
 
 PROGRESS_SECONDS = 2.0  # between a query's progress lines when not on a terminal, at least
 LIVE_SECONDS = 0.5  # between redraws of the live lines on a terminal

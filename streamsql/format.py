@@ -105,6 +105,19 @@ def format_duration(micros: int) -> str:
     return f"{count} {unit}{'' if count == 1 else 's'}"
 
 
+def elapsed_text(seconds: float) -> str:
+    """A duration as people read it: '0.4s', '12s', '3m12s', '2h05m'."""
+    if seconds < 10:
+        return f"{max(seconds, 0):.1f}s"
+    whole = round(seconds)
+    if whole < 60:
+        return f"{whole}s"
+    minutes, rest = divmod(whole, 60)
+    if minutes < 60:
+        return f"{minutes}m{rest:02d}s"
+    return f"{minutes // 60}h{minutes % 60:02d}m"
+
+
 SECONDS = {
     **dict.fromkeys(("ms", "millisecond", "milliseconds"), 0.001),
     **dict.fromkeys(("s", "sec", "secs", "second", "seconds"), 1.0),

@@ -23,6 +23,7 @@ from streamsql.checkpoint import dead_letters
 from streamsql.checkpoint.log import SCHEMA, Checkpoint, state_table
 from streamsql.engine import STATUS_HEARTBEAT_SECONDS, source_instance, status_file
 from streamsql.errors import OperationalError
+from streamsql.format import elapsed_text
 from streamsql.plan.catalog import source_def
 from streamsql.runtime.progress import timestamp_of
 from streamsql.server import read_endpoint
@@ -177,19 +178,6 @@ def state_text(status: dict[str, Any], running: bool, now: float) -> str:
         return state
     since = dt.datetime.fromisoformat(status["since"]).timestamp()
     return f"{state} for {elapsed_text(now - since)}"
-
-
-def elapsed_text(seconds: float) -> str:
-    """A duration as people read it: '0.4s', '12s', '3m12s', '2h05m'."""
-    if seconds < 10:
-        return f"{max(seconds, 0):.1f}s"
-    whole = round(seconds)
-    if whole < 60:
-        return f"{whole}s"
-    minutes, rest = divmod(whole, 60)
-    if minutes < 60:
-        return f"{minutes}m{rest:02d}s"
-    return f"{minutes // 60}h{minutes % 60:02d}m"
 
 
 def _from_checkpoint(

@@ -6,13 +6,14 @@ JSON values that only the source interprets; the runtime logs them before readin
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 import threading
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Self
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -161,6 +162,14 @@ class Source(Configured, ABC):
         """The instance a new query reads through: this one, unless the source keeps
         per-query progress of its own (the files a query has read)."""
         return self
+
+    def _reader(self) -> Self:
+        """A copy of this source for one query (for_query): options and decoders shared,
+        listeners and warnings its own."""
+        reader = copy.copy(self)
+        reader._listeners, reader._listeners_lock = [], threading.Lock()
+        reader._warnings = []
+        return reader
 
     def snapshot(self) -> Offset:
         """A bound covering everything available now (trigger available_now)."""

@@ -8,12 +8,10 @@ read once: the offset of a batch is the list of files it read.
 from __future__ import annotations
 
 import codecs
-import copy
 import csv
 import dataclasses
 import fnmatch
 import os
-import threading
 from pathlib import Path
 
 import pyarrow as pa
@@ -103,9 +101,8 @@ class FileSource(Source):
                 f"Source {self.name}: path {problem}: {self.directory.absolute()} (a files "
                 "source reads the files of a directory)"
             )
-        reader = copy.copy(self)
+        reader = self._reader()
         reader._seen, reader._read_stats, reader.files_changed_after_read = set(), {}, 0
-        reader._listeners, reader._listeners_lock = [], threading.Lock()
         return reader
 
     def merge_ends(self, ends: list[Offset]) -> Offset:

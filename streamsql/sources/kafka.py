@@ -9,11 +9,9 @@ while a query runs are read from their earliest offset, as in Spark.
 from __future__ import annotations
 
 import contextlib
-import copy
 import json
 import math
 import re
-import threading
 from typing import Any
 
 import kafka.errors as kafka_errors
@@ -132,10 +130,8 @@ class KafkaSource(Source):
 
     def for_query(self) -> KafkaSource:
         """A query reads through its own connection, on its own thread."""
-        reader = copy.copy(self)
-        reader._listeners, reader._listeners_lock = [], threading.Lock()
-        reader.client, reader._marks = self._new_client(), {}
-        reader._warnings, reader._planned = [], None
+        reader = self._reader()
+        reader.client, reader._marks, reader._planned = self._new_client(), {}, None
         return reader
 
     def close(self) -> None:

@@ -211,14 +211,14 @@ class Compiler:
 
     # -- input ---------------------------------------------------------------------------------
 
-    def rows(self, filtered: bool = True) -> str:
+    def rows(self, filtered: bool = True, relation: str = INPUT_VIEW) -> str:
         """The source relation: declared columns plus computed ones, and (`filtered`) only
         the rows that pass the WHERE conjuncts Spark would apply below the watermark.
+        `relation` is the batch's input, or a relation over it with columns of ours added.
 
         Arrow has no HUGEINT: the batch carries such columns as DECIMAL(38, 0), and they are
         cast back so that the query computes (and its sink stores) the declared type.
         """
-        relation = INPUT_VIEW
         casts = [
             f"CAST({ident(c.name)} AS {c.type}) AS {ident(c.name)}"
             for c in self.plan.source.columns
@@ -234,10 +234,12 @@ class Compiler:
 
     @property
     def drops_late_rows(self) -> bool:
+        if self.plan.deduplication:
+            return self.plan.deduplication.timed
         return self.plan.watermark_bounds_state and self.plan.emit is not Emit.SNAPSHOT
 
     def _time(self) -> str:
-        return self._epoch_us(self.plan.window.time_column)
+        return self._epoch_us(self.plan.row_time)
 
     def _epoch_us(self, column: str) -> str:
         """Microseconds since the epoch of a time column. DuckDB's epoch_us goes through
@@ -260,7 +262,7 @@ class Compiler:
 
     def statistics(self) -> Statistics:
         plan = self.plan
-        window_time = plan.window.time_column if plan.window else None
+        window_time = plan.row_time
         event_time = plan.event_time if plan.has_watermark else None
         late = self.drops_late_rows
         outside = {
@@ -585,4 +587,9 @@ class Compiler:
 
 
 def compile_plan(plan: StreamingPlan, state_table: str, temporary: bool = False) -> BatchProgram:
+    if plan.deduplication is not None:
+        # Imported here: the deduplication's compiler builds on this module's.
+        from streamsql.incremental.deduplicate import DeduplicationCompiler
+
+        return DeduplicationCompiler(plan, state_table, temporary).compile()
     return Compiler(plan, state_table, temporary).compile()

@@ -15,6 +15,7 @@ from sqlglot import exp
 
 from streamsql.errors import PlanningError
 from streamsql.incremental.aggregates import decompose
+from streamsql.plan import deduplication
 from streamsql.plan.catalog import SourceDef, check_column_name
 from streamsql.plan.plan import Emit, QueryKind, StreamingPlan, WindowSpec
 from streamsql.sql import nodes, parse_expression, position_of
@@ -50,9 +51,12 @@ class Planner:
         """`parameters` bind the query's `?` placeholders, in the order they appear."""
         select = query.copy()
         bound = self._bind_parameters(select, parameters)
+        select, requested = deduplication.take_out(select)
         table, source = self._bind_source(select)
         alias = table.alias_or_name
         self._unqualify(select, {alias.lower(), source.name.lower()})
+        for key in (requested.keys or []) if requested else []:
+            self._unqualify(key, {alias.lower(), source.name.lower()})
         derived = [(c.name, c.expression) for c in source.computed]
         event_time, delay = self._watermark(table, source, derived)
         types = self._relation_types(source, derived)
@@ -61,7 +65,10 @@ class Planner:
 
         aggregates = self._aggregate_calls(select)
         group_items = self._group_items(select)
-        if not aggregates and not group_items:
+        if requested:
+            emit = deduplication.check_query(requested, select, bool(aggregates or group_items))
+            kind = QueryKind.DEDUPLICATE
+        elif not aggregates and not group_items:
             if window:
                 raise PlanningError(
                     f"WINDOW {window.kind} needs an aggregation: GROUP BY window_start, "
@@ -74,7 +81,8 @@ class Planner:
             kind = {None: QueryKind.GLOBAL, "SESSION": QueryKind.SESSION}.get(
                 window and window.kind, QueryKind.WINDOWED
             )
-        emit = self._emit(select, kind, window, event_time)
+        if not requested:
+            emit = self._emit(select, kind, window, event_time)
         where = select.args["where"].this if select.args.get("where") else None
         prefilter, where = self._push_below_watermark(where, event_time)
         plan = StreamingPlan(
@@ -101,7 +109,12 @@ class Planner:
         )
         self._check_modifiers(plan)
         names = self._validate(select, source, derived, window, bound)
-        if kind is QueryKind.STATELESS:
+        if requested:
+            plan.keys, plan.deduplication = deduplication.deduplication_of(
+                requested, select, names, event_time, delay is not None
+            )
+            self._validate_keys(plan)
+        if kind in (QueryKind.STATELESS, QueryKind.DEDUPLICATE):
             plan.projection = [e.copy() for e in select.expressions]
             plan.output_names = names
         else:
@@ -557,6 +570,34 @@ class Planner:
                 "give them distinct aliases"
             )
         return names
+
+    def _validate_keys(self, plan: StreamingPlan) -> None:
+        """Deduplication keys are expressions over the source row: DuckDB types them."""
+        if plan.deduplication.over_output:
+            return  # the output columns, validated with the query
+        if any(
+            self._is_aggregate(n) or isinstance(n, exp.Window) for k in plan.keys for n in k.walk()
+        ):
+            raise PlanningError(
+                "A deduplication key is an expression over one row: no aggregates or window "
+                "functions",
+                rule="deduplication-key",
+                position=position_of(plan.keys[0]),
+            )
+        relation = self.empty_relation(plan.source, plan.derived)
+        keys = ", ".join(sql_of(key) for key in plan.keys)
+        names = {p.name for key in plan.keys for p in key.find_all(exp.Placeholder)}
+        values = {name: plan.parameters[name] for name in names}
+        try:
+            self.con.execute(
+                f"SELECT {keys} FROM ({relation}) AS {exp.to_identifier(plan.alias).sql('duckdb')}",
+                values or None,
+            ).fetchall()
+        except duckdb.Error as error:
+            raise PlanningError(
+                f"Invalid deduplication key: {_first_line(error)}",
+                position=position_of(plan.keys[0]),
+            ) from None
 
     # -- aggregation -------------------------------------------------------------------------
 

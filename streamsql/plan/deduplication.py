@@ -130,7 +130,8 @@ def _flatten_row_number(outer: exp.Select) -> tuple[exp.Select, Requested]:
             )
     where = outer.args.get("where")
     if where is None or not _is_first(where.this, name):
-        raise _refuse(f"The outer query needs WHERE {name} = 1 and nothing else", where or outer)
+        at = where.this.find(exp.Column) if where else None
+        raise _refuse(f"The outer query needs WHERE {name} = 1 and nothing else", at or outer)
     number = exp.cast(exp.Literal.number(1), exp.DataType.build("BIGINT"))
     alias = subquery.alias.lower()
 

@@ -1,4 +1,5 @@
-"""An independent reference model of docs/semantics.md (windowed aggregation).
+"""An independent reference model of docs/semantics.md (windowed aggregation; deduplication
+at the end of the file).
 
 Written from those rules alone, in plain Python over integer microseconds, so the
 property tests can say, for any input split into micro-batches, which rows a streaming

@@ -29,6 +29,7 @@ from test_incremental_properties import (
     T0,
     EngineRun,
     Row,
+    assert_spark_batches,
     iso_micros,
     micros,
     run_engine,
@@ -232,19 +233,7 @@ def test_reference_model_agrees_with_spark(case: str, query: str) -> None:
         within_watermark=spec["kind"] == "dedup_within_watermark",
         key_has_time="ts" in spec["keys"],
     )
-    assert [
-        (b.batch_id, b.no_data, b.num_input_rows, b.watermark, b.late_threshold)
-        for b in outcome.batches
-    ] == [
-        (
-            b["batch_id"],
-            b["no_data_batch"],
-            b["num_input_rows"],
-            spark_micros(b["watermark"]),
-            spark_micros(b["late_event_watermark"]),
-        )
-        for b in expected["batches"]
-    ]
+    assert_spark_batches(outcome.batches, expected)
     for b in expected["batches"]:
         emitted = [rows[i] for i, batch_id in outcome.emitted.items() if batch_id == b["batch_id"]]
         assert sorted(emitted, key=repr) == sorted(b["rows"], key=repr), f"batch {b['batch_id']}"

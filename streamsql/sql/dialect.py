@@ -53,6 +53,13 @@ class StreamSQLParser(DuckDBParser):
         ),
     }
 
+    # Clauses of ours that follow a SELECT's own modifiers, in this order: (word, the
+    # Select's arg, the method that parses what follows the word).
+    TRAILING_CLAUSES: t.ClassVar = (
+        ("DEDUPLICATE", "deduplicate", "_parse_deduplicate"),
+        ("EMIT", "emit", "_parse_emit"),
+    )
+
     QUERY_MODIFIER_PARSERS: t.ClassVar = {
         **DuckDBParser.QUERY_MODIFIER_PARSERS,
         TokenType.WINDOW: lambda self: self._parse_window_modifier(),
@@ -260,20 +267,14 @@ class StreamSQLParser(DuckDBParser):
 
     def _parse_query_modifiers(self, this):  # type: ignore[no-untyped-def]
         this = super()._parse_query_modifiers(this)
-        if isinstance(this, exp.Select) and self._match_text_seq("DEDUPLICATE"):
-            if this.args.get("deduplicate"):
-                self.raise_error("Found multiple 'DEDUPLICATE' clauses", token=self._prev)
-            first = self._prev
-            this.set("deduplicate", self._parse_deduplicate())
-            self._remove_from(first)
-            this = self._parse_query_modifiers(this)
-        if isinstance(this, exp.Select) and self._match_text_seq("EMIT"):
-            if this.args.get("emit"):
-                self.raise_error("Found multiple 'EMIT' clauses", token=self._prev)
-            first = self._prev
-            this.set("emit", self._parse_emit())
-            self._remove_from(first)
-            this = super()._parse_query_modifiers(this)
+        for word, arg, parse in self.TRAILING_CLAUSES:
+            if isinstance(this, exp.Select) and self._match_text_seq(word):
+                if this.args.get(arg):
+                    self.raise_error(f"Found multiple '{word}' clauses", token=self._prev)
+                first = self._prev
+                this.set(arg, getattr(self, parse)())
+                self._remove_from(first)
+                this = super()._parse_query_modifiers(this)
         return this
 
     def _parse_deduplicate(self) -> nodes.Deduplicate:

@@ -15,7 +15,7 @@ import time
 import uuid
 import warnings
 import weakref
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -53,7 +53,7 @@ from streamsql.plan.catalog import (
     sink_def,
     source_def,
 )
-from streamsql.plan.plan import StreamingPlan
+from streamsql.plan.plan import StreamingPlan, WatermarkPolicy
 from streamsql.plan.planner import Planner
 from streamsql.runtime.microbatch import MicroBatchExecution
 from streamsql.runtime.progress import timestamp_of
@@ -656,7 +656,7 @@ class Engine:
         """Resume a sink's checkpoint under a new definition, if its state is unaffected
         (sink options, the trigger, projections and filters may change; Spark's rules)."""
         name = definition.name
-        plan = self.plan(definition.query, definition.parameters)
+        plan = self.plan(definition.query, definition.parameters, definition.options)
         changed = Checkpoint(self.db, name).mismatch(fingerprint(plan))
         if changed:
             raise ProgrammingError(
@@ -675,9 +675,20 @@ class Engine:
             raise
         self.sinks[name.lower()] = definition
 
-    def plan(self, select: exp.Select, parameters: Sequence[Any] | None = None) -> StreamingPlan:
+    def plan(
+        self,
+        select: exp.Select,
+        parameters: Sequence[Any] | None = None,
+        options: Mapping[str, str] | None = None,
+    ) -> StreamingPlan:
+        """`options`: the sink's, which choose how several sources' watermarks combine."""
+        policy = (options or {}).get("multiple_watermark_policy", "min").lower()
+        if policy not in tuple(WatermarkPolicy):
+            raise ProgrammingError(
+                f"multiple_watermark_policy = {policy!r}: expected 'min' or 'max'"
+            )
         with contextlib.closing(self.cursor()) as cursor:
-            return Planner(cursor, self.sources).plan(select, parameters)
+            return Planner(cursor, self.sources).plan(select, parameters, WatermarkPolicy(policy))
 
     def cursor(self) -> DuckCursor:
         """A DuckDB cursor on the engine database, in UTC, closed with the engine."""
@@ -719,7 +730,7 @@ class Engine:
         self, definition: SinkDef, sink: Sink | None = None, plan: StreamingPlan | None = None
     ) -> MicroBatchExecution:
         """The sink's query, ready to start (from the sink and plan already made, if given)."""
-        plan = plan or self.plan(definition.query, definition.parameters)
+        plan = plan or self.plan(definition.query, definition.parameters, definition.options)
         sink = sink or self._sink(definition)
         return self._prepare(definition.name, plan, self.program(definition.name, plan), sink)
 
@@ -735,8 +746,8 @@ class Engine:
     def _prepare(
         self, name: str, plan: StreamingPlan, program: BatchProgram, sink: Sink
     ) -> MicroBatchExecution:
-        source = self.source(plan.source.name).for_query()
-        return MicroBatchExecution(name, self.cursor(), plan, program, source, sink)
+        sources = [self.source(scan.name).for_query() for scan in plan.scans]
+        return MicroBatchExecution(name, self.cursor(), plan, program, sources, sink)
 
     def _progressed(self, query: StreamingQuery) -> None:
         """After each batch of a sink's query (and when it waits for its source or ends)."""
@@ -872,12 +883,21 @@ class Engine:
         name = target.this.name if isinstance(target, exp.Create) else "query"
         plan = self.plan(select, params)
         program = self.program(name, plan)
+        names = ", ".join(scan.name for scan in plan.scans)
         header = [
-            f"-- {plan.kind.value} over source {plan.source.name}, EMIT {plan.emit.value}",
+            f"-- {plan.kind.value} over source{'s' if len(plan.scans) > 1 else ''} {names}, "
+            f"EMIT {plan.emit.value}",
         ]
-        if plan.has_watermark:
-            delay = format_duration(plan.watermark_delay_us)
-            header.append(f"-- watermark: max({plan.event_time}) - {delay}")
+        for scan in plan.scans:
+            if scan.has_watermark:
+                delay = format_duration(scan.watermark_delay_us)
+                whose = f" of {scan.name}" if len(plan.scans) > 1 else ""
+                header.append(f"-- watermark{whose}: max({scan.event_time}) - {delay}")
+        if sum(scan.has_watermark for scan in plan.scans) > 1:
+            header.append(
+                f"-- global watermark: the {plan.watermark_policy.value} of the sources' "
+                f"(late rows and closing windows judged on {plan.event_time})"
+            )
         if plan.window:
             window = plan.window
             sizes = (

@@ -52,6 +52,7 @@ from streamsql.plan.catalog import (
     options_of,
     sink_def,
     source_def,
+    union_as_select,
 )
 from streamsql.plan.plan import StreamingPlan, WatermarkPolicy
 from streamsql.plan.planner import Planner
@@ -480,14 +481,14 @@ class Engine:
             return self.set_trigger
         if isinstance(node, exp.Insert) and self._insert_target(node) is not None:
             return self.insert_into_source
-        if isinstance(node, exp.Select) and self._is_streaming(node):
+        if isinstance(node, exp.Select | exp.Union) and self._is_streaming(node):
             return self.push_query
         return None
 
     def _is_streaming(self, node: exp.Expr | None) -> bool:
         if isinstance(node, exp.Create) and node.kind == "SINK":
             return True
-        if not isinstance(node, exp.Select):
+        if not isinstance(node, exp.Select | exp.Union):
             return False
         if any(node.args.get(k) for k in ("stream_window", "emit")):
             return True
@@ -677,7 +678,7 @@ class Engine:
 
     def plan(
         self,
-        select: exp.Select,
+        select: exp.Query,
         parameters: Sequence[Any] | None = None,
         options: Mapping[str, str] | None = None,
     ) -> StreamingPlan:
@@ -687,6 +688,8 @@ class Engine:
             raise ProgrammingError(
                 f"multiple_watermark_policy = {policy!r}: expected 'min' or 'max'"
             )
+        if isinstance(select, exp.SetOperation):
+            select = union_as_select(select, "A streaming query")
         with contextlib.closing(self.cursor()) as cursor:
             return Planner(cursor, self.sources).plan(select, parameters, WatermarkPolicy(policy))
 

@@ -89,6 +89,11 @@ class Scan:
     def has_watermark(self) -> bool:
         return self.watermark_delay_us is not None
 
+    @property
+    def column_names(self) -> list[str]:
+        """The columns a query sees of the source: declared, then computed."""
+        return [c.name for c in self.source.columns] + [name for name, _ in self.derived]
+
 
 @dataclass
 class StreamingPlan:

@@ -74,7 +74,7 @@ class Planner:
             where = select.args["where"].this if select.args.get("where") else None
             scan.prefilter, where = self._push_below_watermark(where, scan)
         else:
-            relation, alias, event_time = self._relation(select, reading, scans)
+            relation, alias, event_time = self._relation(select, reading, scans, bound)
             ctes = [(s.view, s) for s in scans] + [(alias, relation)]
             types = self._types(ctes)
             where = select.args["where"].this if select.args.get("where") else None
@@ -163,7 +163,11 @@ class Planner:
         return list(scans.values())
 
     def _relation(
-        self, select: exp.Select, reading: BoundRelation, scans: list[Scan]
+        self,
+        select: exp.Select,
+        reading: BoundRelation,
+        scans: list[Scan],
+        parameters: dict[str, Any],
     ) -> tuple[exp.Query, str, str | None]:
         """The relation the operator reads, its name, and its event-time column; `select`
         is left reading it by that name."""
@@ -195,7 +199,8 @@ class Planner:
         else:
             relations = self._joined_relations(select, by_view)
             self._infer_not_null(select, by_view, once)
-            relation, names = renamed_join(select, relations)
+            output = self._join_output_names(select, scans, parameters)
+            relation, names = renamed_join(select, relations, output)
             alias = "__joined"
             times = [
                 names[(t.alias_or_name.lower(), by_view[t.name].event_time.lower())]
@@ -206,6 +211,29 @@ class Planner:
         select.set("from_", exp.From(this=exp.to_table(exp.to_identifier(alias).sql("duckdb"))))
         self._unqualify(select, {alias.lower()})
         return relation, alias, (times[0] if times else None)
+
+    def _join_output_names(
+        self, select: exp.Select, scans: list[Scan], parameters: dict[str, Any]
+    ) -> list[str]:
+        """The names DuckDB gives the query's columns over its join as written (its columns
+        are renamed in the relation the operator reads): the stream brings the window
+        columns."""
+        parts = [
+            f"{exp.to_identifier(s.view).sql('duckdb')} AS (SELECT *, "
+            "CAST(NULL AS TIMESTAMP) AS window_start, CAST(NULL AS TIMESTAMP) AS window_end "
+            f"FROM ({self.empty_relation(s.source, s.derived)}))"
+            for s in scans
+        ]
+        batch = select.copy()
+        for key in ("stream_window", "emit"):
+            batch.set(key, None)
+        sql = f"WITH {', '.join(parts)} SELECT * FROM ({sql_of(batch)}) LIMIT 0"
+        try:
+            return [c[0] for c in self.con.execute(sql, parameters or None).description]
+        except duckdb.Error as error:
+            raise PlanningError(
+                f"Invalid query: {_first_line(error)}", position=_culprit(select, error)
+            ) from None
 
     def _joined_relations(
         self, select: exp.Select, by_view: dict[str, Scan]

@@ -195,12 +195,13 @@ def _check_join(left: exp.Expr, join: exp.Join, sources: Mapping[str, SourceDef]
 
 
 def renamed_join(
-    select: exp.Select, relations: list[tuple[str, list[str]]]
+    select: exp.Select, relations: list[tuple[str, list[str]]], output: list[str]
 ) -> tuple[exp.Select, dict[tuple[str, str], str]]:
     """The FROM ... JOIN ... of `select` as one relation of uniquely named columns, and how
     each (relation alias, column) is called in it: a column name shared by two relations is
     prefixed with its relation's, in the internal namespace. `select`'s own column
-    references are rewritten to the new names."""
+    references are rewritten to the new names, and its columns keep the names `output` (as
+    DuckDB names them over the join as written)."""
     counts: dict[str, int] = {}
     for _, columns in relations:
         for column in columns:
@@ -237,22 +238,25 @@ def renamed_join(
         return node
 
     expressions = []
-    for projection in select.expressions:
-        value = projection.unalias()
+    for item in select.expressions:
+        value = item.unalias()
         star = isinstance(value, exp.Star) or (
             isinstance(value, exp.Column) and isinstance(value.this, exp.Star)
         )
         if not star:
-            expressions.append(projection.transform(rename))
+            expressions.append(item.unalias().transform(rename))
             continue
         wanted = value.table.lower() if isinstance(value, exp.Column) else None
         expressions += [
-            exp.alias_(exp.column(names[(a.lower(), c.lower())], quoted=True), c, quoted=True)
+            exp.column(names[(a.lower(), c.lower())], quoted=True)
             for a, columns in relations
             if wanted in (None, a.lower())
             for c in columns
         ]
-    select.set("expressions", expressions)
+    select.set(
+        "expressions",
+        [exp.alias_(e, name, quoted=True) for e, name in zip(expressions, output, strict=True)],
+    )
     joined = exp.select(*projection).from_(select.args["from_"].this.copy())
     joined.set("joins", [j.copy() for j in select.args.get("joins") or []])
     for key in ("where", "group", "having", "order", "stream_window", "qualify"):

@@ -67,6 +67,15 @@ class SinkDef:
         return self.options.get("connector", "duckdb")
 
 
+@dataclass(frozen=True)
+class ViewDef:
+    """A view over streams: a name for a query that later queries read as a stream."""
+
+    name: str
+    query: exp.Query
+    sql: str = field(compare=False)
+
+
 def options_of(create: exp.Create) -> dict[str, str]:
     """`WITH (key = value, ...)` as a dict of lower-case keys and string values."""
     options: dict[str, str] = {}

@@ -24,6 +24,7 @@ from streamsql.plan.relation import (
     bind_relation,
     event_time_of,
     inline_ctes,
+    inline_views,
     renamed_join,
 )
 from streamsql.sql import nodes, parse_expression, position_of
@@ -48,9 +49,15 @@ def sql_of(node: exp.Expr) -> str:
 class Planner:
     """Turns a SELECT over a source into a StreamingPlan, using DuckDB to type and validate it."""
 
-    def __init__(self, con: duckdb.DuckDBPyConnection, sources: Mapping[str, SourceDef]) -> None:
+    def __init__(
+        self,
+        con: duckdb.DuckDBPyConnection,
+        sources: Mapping[str, SourceDef],
+        views: Mapping[str, exp.Query] | None = None,
+    ) -> None:
         self.con = con
         self.sources = {name.lower(): source for name, source in sources.items()}
+        self.views = {name.lower(): query for name, query in (views or {}).items()}
         self._function_names: dict[str, set[str]] = {}
 
     # -- entry point -------------------------------------------------------------------------
@@ -64,7 +71,7 @@ class Planner:
         """`parameters` bind the query's `?` placeholders, in the order they appear."""
         select = query.copy()
         bound = self._bind_parameters(select, parameters)
-        select = inline_ctes(select)
+        select = inline_views(inline_ctes(select), self.views)
         reading = bind_relation(select, self.sources)
         scans = self._scans(reading.sources)
         if reading.relation is None and not select.args.get("joins"):

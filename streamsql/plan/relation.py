@@ -20,6 +20,7 @@ from streamsql.plan.catalog import INTERNAL_PREFIX, SourceDef
 from streamsql.sql import position_of
 
 SCAN_VIEW = "__input_{}"
+MAX_VIEW_DEPTH = 32
 
 # Joins of a stream (on the side named) with a table that Spark runs without state
 # (UnsupportedOperationChecker): the stream's rows meet the table as it is in each batch.
@@ -63,23 +64,43 @@ def inline_ctes(select: exp.Select) -> exp.Select:
             position=position_of(with_),
         )
     select.set("with_", None)
-    for cte in with_.expressions:
-        name = cte.alias.lower()
-        body = cte.this
-
-        def replace(node: exp.Expr, name: str = name, body: exp.Expr = body) -> exp.Expr:
-            if isinstance(node, exp.Table) and not node.db and node.name.lower() == name:
-                alias = node.alias or name
-                return exp.Subquery(
-                    this=body.copy(), alias=exp.TableAlias(this=exp.to_identifier(alias))
-                )
-            return node
-
-        select = select.transform(replace, copy=False)
-        for later in with_.expressions:
-            if later is not cte:
-                later.set("this", later.this.transform(replace, copy=False))
+    ctes = list(with_.expressions)
+    for index, cte in enumerate(ctes):
+        # A CTE sees the ones before it; the query sees them all.
+        for later in ctes[index + 1 :]:
+            later.set("this", inline(later.this, {cte.alias.lower(): cte.this}))
+        select = inline(select, {cte.alias.lower(): cte.this})
     return select
+
+
+def inline(query: exp.Expr, named: Mapping[str, exp.Query]) -> exp.Expr:
+    """Every relation read by one of `named`'s names (a CTE's, a view's) as that query, a
+    subquery under the name it is read by."""
+
+    def replace(node: exp.Expr) -> exp.Expr:
+        if (
+            isinstance(node, exp.Table)
+            and not node.db
+            and node.name.lower() in named
+            and isinstance(node.parent, (exp.From, exp.Join))
+        ):
+            body = named[node.name.lower()].copy()
+            return body.subquery(exp.to_identifier(node.alias_or_name))
+        return node
+
+    return query.transform(replace, copy=False)
+
+
+def inline_views(select: exp.Select, views: Mapping[str, exp.Query]) -> exp.Select:
+    """Views over streams as the subqueries they stand for, views over views too."""
+    for _ in range(MAX_VIEW_DEPTH):
+        if not any(t.name.lower() in views and not t.db for t in _tables(select)):
+            return select
+        select = inline(select, views)
+    raise PlanningError(
+        f"Views over streams nest more than {MAX_VIEW_DEPTH} deep (or read themselves)",
+        rule="view-depth",
+    )
 
 
 def bind_relation(select: exp.Select, sources: Mapping[str, SourceDef]) -> BoundRelation:

@@ -15,7 +15,7 @@ import time
 import uuid
 import warnings
 import weakref
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -48,13 +48,16 @@ from streamsql.metrics import EngineMetrics
 from streamsql.plan.catalog import (
     SinkDef,
     SourceDef,
+    ViewDef,
     differences,
     options_of,
     sink_def,
     source_def,
+    union_as_select,
 )
-from streamsql.plan.plan import StreamingPlan
+from streamsql.plan.plan import StreamingPlan, WatermarkPolicy
 from streamsql.plan.planner import Planner
+from streamsql.plan.relation import inline_views
 from streamsql.runtime.microbatch import MicroBatchExecution
 from streamsql.runtime.progress import timestamp_of
 from streamsql.runtime.push import PushStream
@@ -115,7 +118,7 @@ STATUS_HEARTBEAT_SECONDS = 10.0  # and how often at least, while a query of a si
 PUSH_LABEL_WIDTH = 60  # characters of a push query's first line its errors quote
 
 CATALOG = f"""CREATE TABLE IF NOT EXISTS {SCHEMA}.catalog (
-    kind VARCHAR NOT NULL,          -- SOURCE | SINK
+    kind VARCHAR NOT NULL,          -- SOURCE | VIEW (over streams) | SINK
     name VARCHAR NOT NULL,
     sql VARCHAR NOT NULL,           -- the CREATE statement, as written
     running BOOLEAN DEFAULT true,   -- sinks: resumed when the database is opened again
@@ -264,6 +267,7 @@ class Engine:
             raise
         self.sources: dict[str, SourceDef] = {}
         self.sinks: dict[str, SinkDef] = {}
+        self.views: dict[str, ViewDef] = {}  # over streams: DuckDB does not know them
         self.queries: dict[str, StreamingQuery] = {}
         self._instances: dict[str, Source] = {}
         self.callbacks: dict[str, BatchCallback] = {}  # functions callback sinks name
@@ -355,6 +359,8 @@ class Engine:
                 )
             if name in self.sources and not table.db:
                 raise _stream_outside_a_query(node, self.sources[name].name, table)
+            if name in self.views and not table.db:
+                raise _stream_outside_a_query(node, self.views[name].name, table)
 
     # -- catalog ---------------------------------------------------------------------------------
 
@@ -367,12 +373,17 @@ class Engine:
         ).fetchall()[0]
         stored = "parameters" if has_parameters else "NULL AS parameters"
         rows = self.db.execute(
-            f"SELECT kind, sql, running, {stored} FROM {SCHEMA}.catalog ORDER BY kind DESC, name"
+            f"SELECT kind, sql, running, {stored} FROM {SCHEMA}.catalog "
+            "ORDER BY list_position(['SOURCE', 'VIEW', 'SINK'], kind), name"
         ).fetchall()
         for kind, sql, running, parameters in rows:
             create = parse_one(sql, stored=True).expression
             if kind == "SOURCE":
                 self._register_source(source_def(create, sql))
+            elif kind == "VIEW":
+                self.views[create.this.name.lower()] = ViewDef(
+                    create.this.name, create.expression, sql
+                )
             else:
                 definition = sink_def(create, sql, parameters)
                 self.sinks[definition.name.lower()] = definition
@@ -462,6 +473,14 @@ class Engine:
     def handler(self, statement: Statement) -> Callable[..., Result] | None:
         """Our handler for a statement, or None when DuckDB should run it."""
         node = statement.expression
+        if (
+            isinstance(node, exp.Create)
+            and node.kind == "VIEW"
+            and self._is_streaming(node.expression)
+        ):
+            return self.create_view
+        if isinstance(node, exp.Drop) and node.kind == "VIEW" and self._names_view(node):
+            return self.drop
         if isinstance(node, exp.Create) and node.kind in ("SOURCE", "SINK"):
             return self.create_source if node.kind == "SOURCE" else self.create_sink
         if isinstance(node, exp.Drop) and node.kind in ("SOURCE", "SINK"):
@@ -480,18 +499,54 @@ class Engine:
             return self.set_trigger
         if isinstance(node, exp.Insert) and self._insert_target(node) is not None:
             return self.insert_into_source
-        if isinstance(node, exp.Select) and self._is_streaming(node):
+        if isinstance(node, exp.Select | exp.Union) and self._is_streaming(node):
             return self.push_query
         return None
 
     def _is_streaming(self, node: exp.Expr | None) -> bool:
         if isinstance(node, exp.Create) and node.kind == "SINK":
             return True
-        if not isinstance(node, exp.Select):
+        if not isinstance(node, exp.Select | exp.Union):
             return False
         if any(node.args.get(k) for k in ("stream_window", "emit")):
             return True
-        return any(t.name.lower() in self.sources for t in node.find_all(exp.Table))
+        return any(
+            t.name.lower() in self.sources or t.name.lower() in self.views
+            for t in node.find_all(exp.Table)
+            if not t.db
+        )
+
+    def _names_view(self, node: exp.Drop) -> bool:
+        tables = node.args.get("tables") or [node.this]
+        return any(t.name.lower() in self.views for t in tables)
+
+    def create_view(
+        self, statement: Statement, params: Sequence[Any] | None, cursor: DuckCursor
+    ) -> Result:
+        """A view over streams: kept in the catalog, read as a stream by later queries (its
+        query is planned into theirs); planned now, so that a view no query could read is
+        refused when it is created."""
+        create = statement.expression
+        name = create.this.name
+        if params:
+            raise ProgrammingError(f"CREATE VIEW {name}: a view over streams takes no parameters")
+        taken = self.sources.get(name.lower()) or self.sinks.get(name.lower())
+        if taken is not None or self._relation_kind((name,)):
+            raise ProgrammingError(f"CREATE VIEW {name}: the name is taken")
+        with self._lock:
+            if name.lower() in self.views and not create.args.get("replace"):
+                if create.args.get("exists"):
+                    return Result()
+                raise ProgrammingError(f"View {name!r} already exists")
+            users = [s.name for s in self.sinks.values() if self._reads(s, name)]
+            if users and name.lower() in self.views:
+                raise ProgrammingError(
+                    f"Cannot replace view {name}: sinks {', '.join(users)} read it"
+                )
+            self.plan(create.expression)
+            self._remember("VIEW", name, statement.text)
+            self.views[name.lower()] = ViewDef(name, create.expression, statement.text)
+        return Result()
 
     def _insert_target(self, node: exp.Insert) -> Source | None:
         target = node.this.this if isinstance(node.this, exp.Schema) else node.this
@@ -534,8 +589,12 @@ class Engine:
             return False
         return bool(create.args.get("exists")) or _canonical(existing.sql) == _canonical(text)
 
-    def _reads(self, sink: SinkDef, source: str) -> bool:
-        return any(t.name.lower() == source.lower() for t in sink.query.find_all(exp.Table))
+    def _reads(self, sink: SinkDef | ViewDef, relation: str) -> bool:
+        """Whether the query reads the source or view `relation`, through views too."""
+        query = inline_views(sink.query.copy(), {n: v.query for n, v in self.views.items()})
+        names = {t.name.lower() for t in query.find_all(exp.Table)}
+        names |= {t.name.lower() for t in sink.query.find_all(exp.Table)}
+        return relation.lower() in names
 
     def create_sink(
         self, statement: Statement, params: Sequence[Any] | None, cursor: DuckCursor
@@ -656,7 +715,7 @@ class Engine:
         """Resume a sink's checkpoint under a new definition, if its state is unaffected
         (sink options, the trigger, projections and filters may change; Spark's rules)."""
         name = definition.name
-        plan = self.plan(definition.query, definition.parameters)
+        plan = self.plan(definition.query, definition.parameters, definition.options)
         changed = Checkpoint(self.db, name).mismatch(fingerprint(plan))
         if changed:
             raise ProgrammingError(
@@ -675,9 +734,24 @@ class Engine:
             raise
         self.sinks[name.lower()] = definition
 
-    def plan(self, select: exp.Select, parameters: Sequence[Any] | None = None) -> StreamingPlan:
+    def plan(
+        self,
+        select: exp.Query,
+        parameters: Sequence[Any] | None = None,
+        options: Mapping[str, str] | None = None,
+    ) -> StreamingPlan:
+        """`options`: the sink's, which choose how several sources' watermarks combine."""
+        policy = (options or {}).get("multiple_watermark_policy", "min").lower()
+        if policy not in tuple(WatermarkPolicy):
+            raise ProgrammingError(
+                f"multiple_watermark_policy = {policy!r}: expected 'min' or 'max'"
+            )
+        if isinstance(select, exp.SetOperation):
+            select = union_as_select(select, "A streaming query")
         with contextlib.closing(self.cursor()) as cursor:
-            return Planner(cursor, self.sources).plan(select, parameters)
+            views = {name: view.query for name, view in self.views.items()}
+            planner = Planner(cursor, self.sources, views)
+            return planner.plan(select, parameters, WatermarkPolicy(policy))
 
     def cursor(self) -> DuckCursor:
         """A DuckDB cursor on the engine database, in UTC, closed with the engine."""
@@ -719,7 +793,7 @@ class Engine:
         self, definition: SinkDef, sink: Sink | None = None, plan: StreamingPlan | None = None
     ) -> MicroBatchExecution:
         """The sink's query, ready to start (from the sink and plan already made, if given)."""
-        plan = plan or self.plan(definition.query, definition.parameters)
+        plan = plan or self.plan(definition.query, definition.parameters, definition.options)
         sink = sink or self._sink(definition)
         return self._prepare(definition.name, plan, self.program(definition.name, plan), sink)
 
@@ -735,8 +809,8 @@ class Engine:
     def _prepare(
         self, name: str, plan: StreamingPlan, program: BatchProgram, sink: Sink
     ) -> MicroBatchExecution:
-        source = self.source(plan.source.name).for_query()
-        return MicroBatchExecution(name, self.cursor(), plan, program, source, sink)
+        sources = [self.source(scan.name).for_query() for scan in plan.scans]
+        return MicroBatchExecution(name, self.cursor(), plan, program, sources, sink)
 
     def _progressed(self, query: StreamingQuery) -> None:
         """After each batch of a sink's query (and when it waits for its source or ends)."""
@@ -815,21 +889,26 @@ class Engine:
             raise ProgrammingError(f"DROP {node.kind} takes one name")
         name = tables[0].name
         with self._lock:
-            registry = self.sources if node.kind == "SOURCE" else self.sinks
+            registry = {"SOURCE": self.sources, "VIEW": self.views}.get(node.kind, self.sinks)
             if name.lower() not in registry:
                 if node.args.get("exists"):
                     return Result()
                 raise ProgrammingError(f"{node.kind.title()} {name!r} does not exist")
-            if node.kind == "SOURCE":
-                users = [s.name for s in self.sinks.values() if self._reads(s, name)]
+            if node.kind in ("SOURCE", "VIEW"):
+                users = [
+                    f"{kind} {d.name}"
+                    for kind, defs in (("sink", self.sinks), ("view", self.views))
+                    for d in defs.values()
+                    if d.name.lower() != name.lower() and self._reads(d, name)
+                ]
                 if users:
                     raise ProgrammingError(
-                        f"Cannot drop source {name}: sinks {', '.join(users)} read it; "
+                        f"Cannot drop {node.kind.lower()} {name}: {', '.join(users)} read it; "
                         "drop them first"
                     )
-                del self.sources[name.lower()]
-                del self._instances[name.lower()]
-                self.db.execute(*self._forget_statement("SOURCE", name)).fetchall()
+                del registry[name.lower()]
+                self._instances.pop(name.lower(), None)
+                self.db.execute(*self._forget_statement(node.kind, name)).fetchall()
             else:
                 definition = self.sinks[name.lower()]
                 statements = self._drop_statements(definition)
@@ -872,12 +951,21 @@ class Engine:
         name = target.this.name if isinstance(target, exp.Create) else "query"
         plan = self.plan(select, params)
         program = self.program(name, plan)
+        names = ", ".join(scan.name for scan in plan.scans)
         header = [
-            f"-- {plan.kind.value} over source {plan.source.name}, EMIT {plan.emit.value}",
+            f"-- {plan.kind.value} over source{'s' if len(plan.scans) > 1 else ''} {names}, "
+            f"EMIT {plan.emit.value}",
         ]
-        if plan.has_watermark:
-            delay = format_duration(plan.watermark_delay_us)
-            header.append(f"-- watermark: max({plan.event_time}) - {delay}")
+        for scan in plan.scans:
+            if scan.has_watermark:
+                delay = format_duration(scan.watermark_delay_us)
+                whose = f" of {scan.name}" if len(plan.scans) > 1 else ""
+                header.append(f"-- watermark{whose}: max({scan.event_time}) - {delay}")
+        if sum(scan.has_watermark for scan in plan.scans) > 1:
+            header.append(
+                f"-- global watermark: the {plan.watermark_policy.value} of the sources' "
+                f"(late rows and closing windows judged on {plan.event_time})"
+            )
         if plan.window:
             window = plan.window
             sizes = (

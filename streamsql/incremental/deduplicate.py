@@ -25,8 +25,9 @@ DISTINCT the key is the whole output row, so any of a key's rows is its first.
 
 from __future__ import annotations
 
+from sqlglot import exp
+
 from streamsql.incremental.compiler import (
-    INPUT_VIEW,
     BatchProgram,
     Compiler,
     Effect,
@@ -75,7 +76,8 @@ class DeduplicationCompiler(Compiler):
                 )
             )
         steps.append(Step("drop the scratch table", f"DROP TABLE {FIRSTS}"))
-        return BatchProgram(setup, self.statistics(), tuple(steps), self.state)
+        statistics = tuple(self.statistics(scan) for scan in self.plan.scans)
+        return BatchProgram(setup, statistics, tuple(steps), self.state)
 
     @property
     def _forgets(self) -> bool:
@@ -97,9 +99,8 @@ class DeduplicationCompiler(Compiler):
         if not self._forgets:
             return "CAST(NULL AS BIGINT)"
         time = self._epoch_us(plan.event_time)
-        return (
-            f"{time} + {plan.watermark_delay_us}" if plan.deduplication.within_watermark else time
-        )
+        delay = plan.scans[0].watermark_delay_us
+        return f"{time} + {delay}" if plan.deduplication.within_watermark else time
 
     def _accepted(self) -> str:
         """The WHERE of the rows the operator sees: the query's, and not late."""
@@ -124,15 +125,33 @@ class DeduplicationCompiler(Compiler):
                 f"{ident(name)} AS {key}" for name, key in zip(plan.output_names, keys, strict=True)
             )
             return f"SELECT *, {named} FROM ({outputs})"
-        numbered = (
-            f"(SELECT * FROM {INPUT_VIEW} POSITIONAL JOIN (SELECT range AS {SEQUENCE} "
-            f"FROM range((SELECT count(*) FROM {INPUT_VIEW}))))"
-        )
         selects = [f"{sql_of(e)} AS {k}" for e, k in zip(plan.keys, keys, strict=True)]
         return (
             f"SELECT *, {', '.join(selects)}, {self._expiry()} AS {EXPIRES} "
-            f"FROM {self.rows(relation=numbered)} AS {alias}{self._accepted()}"
+            f"FROM {self.numbered_rows()} AS {alias}{self._accepted()}"
         )
+
+    def numbered_rows(self) -> str:
+        """The source's rows, each with its position in the batch's Arrow input: the input
+        joined by position (POSITIONAL JOIN) with 0, 1, 2, ..., before any column is
+        computed or any row filtered."""
+        view = self.plan.scans[0].view
+        count = exp.select(exp.func("count", exp.Star())).from_(view).subquery()
+        positions = exp.select(exp.column("range").as_(SEQUENCE)).from_(
+            exp.Table(this=exp.func("range", count))
+        )
+        numbered = (
+            exp.select("*")
+            .from_(view)
+            .join(exp.Join(this=positions.subquery(), method="POSITIONAL"))
+            .subquery(view)
+        )
+        rows = self.scan_rows(self.plan.scans[0]).transform(
+            lambda node: (
+                numbered.copy() if isinstance(node, exp.Table) and node.name == view else node
+            )
+        )
+        return f"({sql_of(rows)})"
 
     def firsts(self) -> str:
         keys = self._batch_keys()

@@ -238,6 +238,16 @@ def _expanded(expressions: list[exp.Expr], names: list[str]) -> list[exp.Expr]:
     return [exp.Star() for _ in names]
 
 
+def over_one_source(requested: Requested) -> PlanningError:
+    """Deduplication reads one source as it is: its rows' input order is the batch's."""
+    return PlanningError(
+        f"{requested.form} over a join, a UNION, a subquery, a CTE or a view is not supported "
+        "yet: deduplicate one source (FROM <source>)",
+        rule="deduplication-one-source",
+        position=position_of(requested.at),
+    )
+
+
 def check_query(requested: Requested, select: exp.Select, aggregated: bool) -> Emit:
     """Deduplication is append-only and stands alone in its SELECT."""
     if aggregated or select.args.get("stream_window"):

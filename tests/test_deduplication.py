@@ -245,6 +245,7 @@ SOURCES = (
     "CREATE SOURCE events (user_id BIGINT, event_type VARCHAR, ts TIMESTAMP, amount DOUBLE, "
     "WATERMARK FOR ts AS ts - INTERVAL '10 minutes') WITH (connector = 'memory')",
     "CREATE SOURCE raw (user_id BIGINT, ts TIMESTAMP) WITH (connector = 'memory')",
+    "CREATE TABLE users (user_id BIGINT, name VARCHAR)",
 )
 NUMBERED = (
     "SELECT * FROM (SELECT *, ROW_NUMBER() OVER (PARTITION BY user_id ORDER BY {order}) "
@@ -328,6 +329,18 @@ NUMBERED = (
             "deduplication-key",
             "no aggregates or window functions",
             "count",
+        ),
+        (
+            "SELECT DISTINCT user_id FROM (SELECT * FROM events WHERE amount > 0)",
+            "deduplication-one-source",
+            "DISTINCT over a join, a UNION, a subquery, a CTE or a view is not supported yet",
+            "user_id",
+        ),
+        (
+            "SELECT * FROM events JOIN users USING (user_id) DEDUPLICATE ON (user_id)",
+            "deduplication-one-source",
+            "DEDUPLICATE ON over a join",
+            "DEDUPLICATE",
         ),
         (
             "SELECT DISTINCT ON (nope) user_id FROM events",

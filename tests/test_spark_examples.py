@@ -76,6 +76,8 @@ SPELLINGS = {
         "SELECT DISTINCT ON (user_id, ts) * FROM events",
         "SELECT user_id, event_type, ts, amount FROM (SELECT *, ROW_NUMBER() OVER "
         "(PARTITION BY user_id, ts ORDER BY ts) AS rn FROM events) WHERE rn = 1",
+        "WITH numbered AS (SELECT *, ROW_NUMBER() OVER (PARTITION BY user_id, ts ORDER BY ts) "
+        "AS rn FROM events) SELECT * FROM numbered WHERE rn = 1",
     ],
 }
 RUNS = [(name, sql) for name, (_, sql) in QUERIES.items()] + [

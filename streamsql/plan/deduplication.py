@@ -226,9 +226,7 @@ def deduplication_of(
         timed = has_watermark
     if not has_watermark or requested.within_watermark:
         time_key = None
-    return keys, Deduplication(
-        requested.form, requested.within_watermark, timed, time_key, requested.keys is None
-    )
+    return keys, Deduplication(requested.within_watermark, timed, time_key, requested.keys is None)
 
 
 def _expanded(expressions: list[exp.Expr], names: list[str]) -> list[exp.Expr]:

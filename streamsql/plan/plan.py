@@ -60,9 +60,8 @@ class WindowSpec:
 @dataclass(frozen=True)
 class Deduplication:
     """Spark's dropDuplicates(keys), or dropDuplicatesWithinWatermark(keys); the keys are
-    the plan's `keys`. `form` is how the query asked for it, for EXPLAIN and messages."""
+    the plan's `keys`."""
 
-    form: str  # DISTINCT | DISTINCT ON | ROW_NUMBER | DEDUPLICATE ON
     within_watermark: bool
     # The event-time column reaches the operator (it is in the deduplicated row): rows at
     # or below the late threshold are dropped, and the watermark can forget keys.

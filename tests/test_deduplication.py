@@ -7,7 +7,9 @@ as changelog sinks over one files source, and emit exactly the rows the referenc
 (tests/reference_model.py, `deduplicate`) accepts, batch for batch, with the same
 watermarks, no-data batches and late rows, and keep exactly the keys it keeps.
 
-STREAMSQL_DEDUP_EXAMPLES sets the examples (200 by default, about 1 minute on one core).
+STREAMSQL_DEDUP_EXAMPLES sets the examples (200 by default: 2 minutes on the shared 2-core
+machine). A crash test (`slow`) SIGKILLs `streamsql run` of both deduplications
+STREAMSQL_DEDUP_CRASH_KILLS times (8 by default) and compares with an uninterrupted run.
 """
 
 from __future__ import annotations
@@ -15,11 +17,16 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
+import random
+import signal
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import duckdb
 import pytest
 import reference_model as model
+from crash import harness
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from test_incremental_properties import (
@@ -440,3 +447,76 @@ def test_explain_shows_the_deduplication_steps() -> None:
     assert "POSITIONAL JOIN" in text and "ANTI JOIN" in text
     assert "forget keys the watermark passed" in text
     assert "__expires <= $watermark" in text
+
+
+# -- exactly-once across SIGKILL -----------------------------------------------------------
+
+CRASH_KILLS = int(os.environ.get("STREAMSQL_DEDUP_CRASH_KILLS", "8"))
+CRASH_RUN = ("run", "job.sql", "--db", "app.db", "--trigger", "available_now")
+CRASH_JOB = """
+CREATE SOURCE events (id BIGINT, k VARCHAR, ts TIMESTAMP,
+    WATERMARK FOR ts AS ts - INTERVAL '2 minutes')
+WITH (connector = 'files', path = 'data', format = 'json', max_files_per_trigger = 1);
+CREATE SINK drops WITH (connector = 'duckdb', changelog = true) AS
+SELECT * FROM events DEDUPLICATE ON (id, ts);
+CREATE SINK within WITH (connector = 'duckdb', changelog = true) AS
+SELECT * FROM events DEDUPLICATE ON (k) WITHIN WATERMARK;
+"""
+
+
+def crash_job(directory: Path, rng: random.Random) -> None:
+    """40 files of 50 rows: ids and keys repeat within and across files, late ones too."""
+    (directory / "data").mkdir(parents=True)
+    (directory / "job.sql").write_text(CRASH_JOB)
+    for number in range(40):
+        rows = [
+            {
+                "id": rng.randrange(60),
+                "k": f"k{rng.randrange(12)}",
+                "ts": f"2024-01-01 00:{max(0, number + rng.randrange(-5, 3)):02d}:00",
+            }
+            for _ in range(50)
+        ]
+        text = "".join(json.dumps(row) + "\n" for row in rows)
+        (directory / "data" / f"batch_{number:04d}.jsonl").write_text(text)
+
+
+def sink_rows(directory: Path) -> dict[str, list[tuple]]:
+    with duckdb.connect(str(directory / "app.db"), read_only=True) as con:
+        return {
+            name: con.execute(f"SELECT * FROM {name} ORDER BY ALL").fetchall()
+            for name in ("drops", "within")
+        }
+
+
+@pytest.mark.slow
+def test_sigkilled_deduplication_resumes_exactly_once(tmp_path: Path) -> None:
+    """Killed at random moments and run again, the two deduplications' changelogs (every
+    row with its batch id) equal an uninterrupted run's: the keys in state, the sink rows
+    and the commit are one transaction."""
+    seed = int(os.environ.get("STREAMSQL_CRASH_SEED", random.randrange(1 << 32)))
+    rng = random.Random(seed)
+    reference = tmp_path / "reference"
+    crash_job(reference, random.Random(seed))
+    started = time.monotonic()
+    proc = harness.spawn(reference, reference / "log.txt", CRASH_RUN)
+    proc.wait(120)
+    harness.exited(proc, reference / "log.txt", "the reference run")
+    duration = time.monotonic() - started
+    expected = sink_rows(reference)
+    assert len(expected["drops"]) > 100 and len(expected["within"]) > 50
+
+    crashed = tmp_path / "crashed"
+    crash_job(crashed, random.Random(seed))
+    killed = 0
+    for _ in range(CRASH_KILLS):
+        proc = harness.spawn(crashed, crashed / "log.txt", CRASH_RUN)
+        if harness.wait_for(proc, time.monotonic() + rng.uniform(0.2, duration)) is None:
+            proc.send_signal(signal.SIGKILL)
+            killed += 1
+        proc.wait(120)
+    proc = harness.spawn(crashed, crashed / "log.txt", CRASH_RUN)
+    proc.wait(120)
+    harness.exited(proc, crashed / "log.txt", "the run after the kills")
+    assert killed >= CRASH_KILLS // 2, f"seed {seed}: the runs ended before the kills"
+    assert sink_rows(crashed) == expected, f"seed {seed}"

@@ -344,6 +344,12 @@ NUMBERED = (
             "user_id",
         ),
         (
+            "SELECT * FROM (SELECT * FROM events DEDUPLICATE ON (user_id)) WHERE user_id > 0",
+            "stateful-subquery",
+            "DEDUPLICATE ON in a subquery, CTE or view over a stream",
+            "DEDUPLICATE",
+        ),
+        (
             "SELECT * FROM events JOIN users USING (user_id) DEDUPLICATE ON (user_id)",
             "deduplication-one-source",
             "DEDUPLICATE ON over a join",

@@ -356,6 +356,12 @@ NUMBERED = (
             "DEDUPLICATE",
         ),
         (
+            "SELECT * FROM users DEDUPLICATE ON (user_id)",
+            None,
+            "Unknown source 'users': a streaming query reads FROM a source",
+            "users",
+        ),
+        (
             "SELECT DISTINCT ON (nope) user_id FROM events",
             None,
             'Invalid deduplication key: Binder Error: Referenced column "nope" not found',

@@ -295,7 +295,8 @@ def _run_sessions(
 # - Late rows: with a watermark, a row whose event time is at or below the late-event
 #   watermark L_N is dropped (applyRemovingRowsOlderThanWatermark with
 #   watermarkPredicateForDataForLateEvents, a LessThanOrEqual on the event-time column).
-#   Rows with a NULL event time are dropped and counted (DESIGN section 3), as for windows.
+#   Rows with a NULL event time are dropped and counted (DESIGN section 3), as for windows
+#   (Spark's predicate is not true for NULL and keeps them: a difference README documents).
 # - In input order, a row is emitted iff its key is not in state, and its key is then put
 #   in state (the `baseIterator.filter` over store.get(key)): a key in state drops the
 #   batch's rows; otherwise the first row wins.

@@ -518,17 +518,22 @@ def test_sigkilled_deduplication_resumes_exactly_once(tmp_path: Path) -> None:
     expected = sink_rows(reference)
     assert len(expected["drops"]) > 100 and len(expected["within"]) > 50
 
-    crashed = tmp_path / "crashed"
-    crash_job(crashed, random.Random(seed))
-    killed = 0
-    for _ in range(CRASH_KILLS):
-        proc = harness.spawn(crashed, crashed / "log.txt", CRASH_RUN)
-        if harness.wait_for(proc, time.monotonic() + rng.uniform(0.2, duration)) is None:
-            proc.send_signal(signal.SIGKILL)
-            killed += 1
-        proc.wait(120)
-    proc = harness.spawn(crashed, crashed / "log.txt", CRASH_RUN)
-    proc.wait(120)
-    harness.exited(proc, crashed / "log.txt", "the run after the kills")
-    assert killed >= CRASH_KILLS // 2, f"seed {seed}: the runs ended before the kills"
-    assert sink_rows(crashed) == expected, f"seed {seed}"
+    killed = rounds = 0
+    while killed < CRASH_KILLS:  # a round ends when a run finishes before its kill
+        rounds += 1
+        assert rounds <= CRASH_KILLS, f"seed {seed}: the runs end before the kills"
+        crashed = tmp_path / f"crashed_{rounds}"
+        crash_job(crashed, random.Random(seed))
+        log = crashed / "log.txt"
+        while True:
+            proc = harness.spawn(crashed, log, CRASH_RUN)
+            if killed == CRASH_KILLS:
+                proc.wait(120)
+            elif harness.wait_for(proc, time.monotonic() + rng.uniform(0.2, duration)) is None:
+                proc.send_signal(signal.SIGKILL)
+                proc.wait(120)
+                killed += 1
+                continue
+            harness.exited(proc, log, "a run after kills")
+            break
+        assert sink_rows(crashed) == expected, f"seed {seed}, {crashed}"

@@ -221,6 +221,7 @@ class Planner:
         else:
             relations = self._joined_relations(select, by_view)
             self._infer_not_null(select, by_view, once)
+            self._push_into_stream(select, relations, by_view, once)
             output = self._join_output_names(select, scans, parameters)
             relation, names = renamed_join(select, relations, output)
             alias = "__joined"
@@ -277,6 +278,49 @@ class Planner:
                 columns = list(self._types([*scans, ("__relation", query)], cased=True))
             relations.append((node.alias_or_name, columns))
         return relations
+
+    def _push_into_stream(
+        self,
+        select: exp.Select,
+        relations: list[tuple[str, list[str]]],
+        by_view: dict[str, Scan],
+        once: set[str],
+    ) -> None:
+        """The WHERE conjuncts over a join that read the stream's columns alone go below its
+        watermark, as Spark's optimizer pushes them through the join (the stream is never
+        the NULL-extended side of a stream-static join) and below EventTimeWatermark."""
+        where = select.args.get("where")
+        if where is None:
+            return
+        streams = {
+            t.alias_or_name.lower(): by_view[t.name]
+            for t in select.find_all(exp.Table)
+            if t.name in by_view and t.name in once
+        }
+        owners: dict[str, list[str]] = {}
+        for alias, columns in relations:
+            for column in columns:
+                owners.setdefault(column.lower(), []).append(alias.lower())
+        kept = []
+        conjuncts = where.this.flatten() if isinstance(where.this, exp.And) else [where.this]
+        for conjunct in conjuncts:
+            readers = {
+                c.table.lower() if c.table else next(iter(owners.get(c.name.lower(), [""])))
+                for c in conjunct.find_all(exp.Column)
+            }
+            scan = streams.get(next(iter(readers))) if len(readers) == 1 else None
+            if scan is None:
+                kept.append(conjunct)
+                continue
+            unqualified = conjunct.copy()
+            for column in unqualified.find_all(exp.Column):
+                column.set("table", None)
+            pushed, stays = self._push_below_watermark(unqualified, scan)
+            if stays is not None:
+                kept.append(conjunct)
+                continue
+            scan.prefilter = _conjunction([c for c in (scan.prefilter, pushed) if c is not None])
+        select.set("where", exp.Where(this=_conjunction(kept)) if kept else None)
 
     def _infer_not_null(self, select: exp.Select, by_view: dict[str, Scan], once: set[str]) -> None:
         """Spark infers `key IS NOT NULL` for the join keys of a side whose rows are never

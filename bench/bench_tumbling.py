@@ -57,7 +57,7 @@ def raw_duckdb(table: pa.Table, threads: int) -> float:
     return time.perf_counter() - started
 
 
-def run_query(source_sql: str, threads: int, load=None, query: str = QUERY) -> tuple[float, int]:
+def run_query(source_sql: str, threads: int, load=None) -> tuple[float, int]:
     """Seconds from starting the sink until it stopped (available_now), and its batches."""
     with tempfile.TemporaryDirectory() as scratch:
         con = streamsql.connect(str(Path(scratch) / "bench.db"), config={"threads": threads})
@@ -67,11 +67,11 @@ def run_query(source_sql: str, threads: int, load=None, query: str = QUERY) -> t
                 load(con)
             started = time.perf_counter()
             con.execute(
-                f"CREATE SINK out WITH (connector = 'duckdb', trigger = 'available_now') AS {query}"
+                f"CREATE SINK out WITH (connector = 'duckdb', trigger = 'available_now') AS {QUERY}"
             )
-            stream = con.query("out")
-            stream.await_termination()
-            return time.perf_counter() - started, stream.last_progress.batch_id + 1
+            query = con.query("out")
+            query.await_termination()
+            return time.perf_counter() - started, query.last_progress.batch_id + 1
         finally:
             con.close()
 

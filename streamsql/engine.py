@@ -534,10 +534,15 @@ class Engine:
         if taken is not None or self._relation_kind((name,)):
             raise ProgrammingError(f"CREATE VIEW {name}: the name is taken")
         with self._lock:
-            if name.lower() in self.views and not create.args.get("replace"):
-                if create.args.get("exists"):
+            existing = self.views.get(name.lower())
+            if existing is not None and not create.args.get("replace"):
+                # A script run again declares its views again: the same one is a no-op.
+                if create.args.get("exists") or existing.query == create.expression:
                     return Result()
-                raise ProgrammingError(f"View {name!r} already exists")
+                raise ProgrammingError(
+                    f"View {name!r} already exists with another query; CREATE OR REPLACE "
+                    "VIEW to change it"
+                )
             users = [s.name for s in self.sinks.values() if self._reads(s, name)]
             if users and name.lower() in self.views:
                 raise ProgrammingError(

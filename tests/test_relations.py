@@ -212,3 +212,15 @@ def test_explain_names_every_source_and_the_global_watermark(two_sources) -> Non
     assert "-- watermark of a: max(ts) - 5 minutes" in text
     assert "-- watermark of b: max(ts) - 10 minutes" in text
     assert "-- global watermark: the min of the sources'" in text
+
+
+def test_a_view_declared_again_is_a_no_op_and_a_different_one_an_error(two_sources) -> None:
+    """A script run again (streamsql run after a stop) declares its views again."""
+    view = "CREATE VIEW pa AS SELECT k, ts FROM a WHERE k = 'p'"
+    two_sources.execute(view)
+    two_sources.execute(view)
+    two_sources.execute("CREATE VIEW IF NOT EXISTS pa AS SELECT k FROM a")
+    with pytest.raises(ProgrammingError, match="View 'pa' already exists with another query"):
+        two_sources.execute("CREATE VIEW pa AS SELECT k FROM a")
+    two_sources.execute("CREATE OR REPLACE VIEW pa AS SELECT k FROM a")
+    assert two_sources.execute("EXPLAIN SELECT * FROM pa").fetchall()

@@ -225,10 +225,12 @@ class Planner:
             output = self._join_output_names(select, scans, parameters)
             relation, names = renamed_join(select, relations, output)
             alias = "__joined"
+            inputs = [select.args["from_"].this, *(j.this for j in select.args["joins"])]
             times = [
-                names[(t.alias_or_name.lower(), by_view[t.name].event_time.lower())]
-                for t in select.find_all(exp.Table)
-                if scan_time(t) and (t.alias_or_name.lower(), scan_time(t).lower()) in names
+                names[(node.alias_or_name.lower(), time.lower())]
+                for node in inputs
+                for time in event_time_of(node, scan_time)
+                if (node.alias_or_name.lower(), time.lower()) in names
             ]
             select.set("joins", None)
         select.set("from_", exp.From(this=exp.to_table(exp.to_identifier(alias).sql("duckdb"))))
@@ -239,18 +241,26 @@ class Planner:
         self, select: exp.Select, scans: list[Scan], parameters: dict[str, Any]
     ) -> list[str]:
         """The names DuckDB gives the query's columns over its join as written (its columns
-        are renamed in the relation the operator reads): the stream brings the window
-        columns."""
+        are renamed in the relation the operator reads); the window bounds, which no
+        relation of the join has yet, stand in as NULL timestamps."""
         parts = [
-            f"{exp.to_identifier(s.view).sql('duckdb')} AS (SELECT *, "
-            "CAST(NULL AS TIMESTAMP) AS window_start, CAST(NULL AS TIMESTAMP) AS window_end "
-            f"FROM ({self.empty_relation(s.source, s.derived)}))"
+            f"{exp.to_identifier(s.view).sql('duckdb')} AS "
+            f"({self.empty_relation(s.source, s.derived)})"
             for s in scans
         ]
         batch = select.copy()
         for key in ("stream_window", "emit"):
             batch.set(key, None)
-        sql = f"WITH {', '.join(parts)} SELECT * FROM ({sql_of(batch)}) LIMIT 0"
+        for item in batch.expressions:
+            if isinstance(item, exp.Column) and item.name.lower() in WINDOW_COLUMNS:
+                item.replace(exp.alias_(item.copy(), item.name, quoted=True))
+
+        def bound(node: exp.Expr) -> exp.Expr:
+            if isinstance(node, exp.Column) and node.name.lower() in WINDOW_COLUMNS:
+                return exp.cast(exp.null(), "TIMESTAMP")
+            return node
+
+        sql = f"WITH {', '.join(parts)} SELECT * FROM ({sql_of(batch.transform(bound))}) LIMIT 0"
         try:
             return [c[0] for c in self.con.execute(sql, parameters or None).description]
         except duckdb.Error as error:

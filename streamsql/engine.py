@@ -508,7 +508,7 @@ class Engine:
             return True
         if not isinstance(node, exp.Select | exp.Union):
             return False
-        if any(node.args.get(k) for k in ("stream_window", "emit")):
+        if any(node.args.get(k) for k in ("stream_window", "deduplicate", "emit")):
             return True
         return any(
             t.name.lower() in self.sources or t.name.lower() in self.views

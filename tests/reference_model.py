@@ -1,4 +1,5 @@
-"""An independent reference model of docs/semantics.md (windowed aggregation).
+"""An independent reference model of docs/semantics.md (windowed aggregation; deduplication
+at the end of the file).
 
 Written from those rules alone, in plain Python over integer microseconds, so the
 property tests can say, for any input split into micro-batches, which rows a streaming
@@ -353,4 +354,88 @@ def _run_sessions(
     for key, sessions in state.items():
         for session in sessions:
             outcome.open_groups[(session.start, session.end, key)] = frozenset(session.rows)
+    return outcome
+
+
+# -- deduplication ---------------------------------------------------------------------------
+#
+# Spark's streaming deduplication (sql/core/src/main/scala/org/apache/spark/sql/execution/
+# streaming/statefulOperators.scala, BaseStreamingDeduplicateExec and its two subclasses):
+#
+# - Late rows: with a watermark, a row whose event time is at or below the late-event
+#   watermark L_N is dropped (applyRemovingRowsOlderThanWatermark with
+#   watermarkPredicateForDataForLateEvents, a LessThanOrEqual on the event-time column).
+#   Rows with a NULL event time are dropped and counted (DESIGN section 3), as for windows
+#   (Spark's predicate is not true for NULL and keeps them: a difference README documents).
+# - In input order, a row is emitted iff its key is not in state, and its key is then put
+#   in state (the `baseIterator.filter` over store.get(key)): a key in state drops the
+#   batch's rows; otherwise the first row wins.
+# - After the batch's rows (the CompletionIterator's evictDupInfoFromState), with W_N:
+#   dropDuplicates removes a key whose event-time column is <= W_N, and only when a key
+#   column is the event time (watermarkPredicateForKeysForEviction); otherwise a key stays
+#   for good. dropDuplicatesWithinWatermark stores expiresAt = ts + delay of the row it
+#   emits and removes the key once W_N >= expiresAt.
+# - A no-data batch runs when the watermark moved (shouldRunAnotherBatch: the new watermark
+#   is greater than the eviction watermark), as schedule() has it for every operator.
+# - Without a watermark nothing is late, nothing is forgotten and no no-data batch runs.
+
+
+@dataclass
+class DedupOutcome:
+    batches: list[BatchInfo] = field(default_factory=list)
+    emitted: dict[int, int] = field(default_factory=dict)  # row_id -> batch it is emitted in
+    state: dict[Hashable, int | None] = field(default_factory=dict)  # key -> expiry at the end
+
+
+def deduplicate(
+    batches: Sequence[Sequence[Event]],
+    delay: int | None,
+    within_watermark: bool = False,
+    key_has_time: bool = False,
+    stops: Collection[int] = (),
+) -> DedupOutcome:
+    """The model of both deduplications; Event.key is the row's key. `delay` None: no
+    watermark. `key_has_time`: for dropDuplicates, one key column is the event time."""
+    assert delay is not None or not within_watermark  # Spark requires the watermark
+    if delay is None:
+        steps = [Step(index, NO_WATERMARK, NO_WATERMARK) for index in range(len(batches))]
+    else:
+        steps = schedule(batches, delay, stops)
+    outcome = DedupOutcome()
+    state = outcome.state
+    for batch_id, step in enumerate(steps):
+        batch = batches[step.batch] if step.batch is not None else []
+        late = nulls = 0
+        for event in batch:
+            if not event.passes:
+                continue
+            if delay is not None:
+                if event.ts is None:
+                    nulls += 1
+                    continue
+                if event.ts <= step.late_threshold:
+                    late += 1
+                    continue
+            if event.key in state:
+                continue
+            if within_watermark:
+                state[event.key] = event.ts + delay
+            else:
+                state[event.key] = event.ts if key_has_time and delay is not None else None
+            outcome.emitted[event.row_id] = batch_id
+        outcome.batches.append(
+            BatchInfo(
+                batch_id=batch_id,
+                watermark=step.watermark,
+                late_threshold=step.late_threshold,
+                no_data=step.batch is None,
+                num_input_rows=len(batch),
+                num_null_event_times=nulls,
+                num_late_rows=late,
+                num_late_windows=late,
+            )
+        )
+        for key in [k for k, expiry in state.items() if expiry is not None]:
+            if state[key] <= step.watermark:
+                del state[key]
     return outcome

@@ -850,6 +850,22 @@ def spark_micros(text: str) -> int:
     return micros(dt.datetime.strptime(text, "%Y-%m-%d %H:%M:%S.%f"))
 
 
+def assert_spark_batches(batches: Sequence[model.BatchInfo], expected: dict) -> None:
+    """The model's batches are Spark's: ids, no-data batches, input rows, thresholds."""
+    assert [
+        (b.batch_id, b.no_data, b.num_input_rows, b.watermark, b.late_threshold) for b in batches
+    ] == [
+        (
+            b["batch_id"],
+            b["no_data_batch"],
+            b["num_input_rows"],
+            spark_micros(b["watermark"]),
+            spark_micros(b["late_event_watermark"]),
+        )
+        for b in expected["batches"]
+    ]
+
+
 @pytest.mark.parametrize("query", SPARK_QUERIES)
 @pytest.mark.parametrize("case", ["c07_boundaries", "c09_sessions"])
 def test_reference_model_agrees_with_spark(case: str, query: str) -> None:
@@ -883,19 +899,7 @@ def test_reference_model_agrees_with_spark(case: str, query: str) -> None:
     emit = "final" if expected["output_mode"] == "append" else "changes"
     outcome = model.run(events, window, delay, emit)
 
-    assert [
-        (b.batch_id, b.no_data, b.num_input_rows, b.watermark, b.late_threshold)
-        for b in outcome.batches
-    ] == [
-        (
-            b["batch_id"],
-            b["no_data_batch"],
-            b["num_input_rows"],
-            spark_micros(b["watermark"]),
-            spark_micros(b["late_event_watermark"]),
-        )
-        for b in expected["batches"]
-    ]
+    assert_spark_batches(outcome.batches, expected)
     start, end, key_column = expected["columns"][:3]
     for b in expected["batches"]:
         spark_rows = sorted(

@@ -91,7 +91,7 @@ def test_every_example_parses_and_runs(
     beyond the directories their sources and sinks name."""
     assert parse(path.read_text())
     rename = request.getfixturevalue("kafka_names") if path.stem.startswith("kafka") else None
-    if path.stem == "kafka_windows":  # reads what kafka_load.sql writes
+    if path.stem in ("kafka_windows", "kafka_dedup"):  # read what kafka_load.sql writes
         load = run(
             ROOT / "queries" / "kafka_load.sql", str(tmp_path / "load.db"), rename, restricted
         )
@@ -230,6 +230,30 @@ def test_kafka_windows_equal_the_files_example(tmp_path: Path, kafka_names: dict
     assert run(ROOT / "queries" / "kafka_windows.sql", db, kafka_names)[0] == 0
     with duckdb.connect(db, read_only=True) as kafka:
         assert kafka.execute(select.format("kafka_clicks_per_window")).fetchall() == expected
+
+
+def test_kafka_dedup_keeps_each_event_once_when_the_topic_is_loaded_twice(
+    tmp_path: Path, kafka_names: dict[str, str]
+) -> None:
+    """The topic loaded once, then again (each event redelivered): the deduplicated sink
+    holds each event once, and the redelivered copies add nothing."""
+    load = ROOT / "queries" / "kafka_load.sql"
+    dedup = ROOT / "queries" / "kafka_dedup.sql"
+    assert run(load, str(tmp_path / "load.db"), kafka_names)[0] == 0
+    db = str(tmp_path / "app.db")
+    code, _, err = run(dedup, db, kafka_names)
+    assert code == 0, err
+    select = "SELECT user_id, event_type, timestamp FROM unique_events ORDER BY ALL"
+    with duckdb.connect(db, read_only=True) as con:
+        once = con.execute(select).fetchall()
+    assert run(load, str(tmp_path / "again.db"), kafka_names)[0] == 0
+    code, _, err = run(dedup, db, kafka_names)
+    assert code == 0, err
+    with duckdb.connect(db, read_only=True) as con:
+        assert con.execute(select).fetchall() == once
+    everything = {(e["user_id"], e["event_type"], e["timestamp"]) for b in events() for e in b}
+    assert len(once) == len(set(once)) and set(once) <= everything
+    assert len(once) > 200  # all but the events late by the time they first arrive
 
 
 def test_backfill_resumes_where_it_stopped(tmp_path: Path) -> None:

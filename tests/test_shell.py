@@ -299,6 +299,8 @@ def test_a_clause_keyword_completes_after_the_relation_in_from(
     ]
     # Elsewhere a word may be a column: window_start comes with the WINDOW clause.
     assert "window_start" in completions(completer, "SELECT * FROM events WHERE win")
+    assert completions(completer, "SELECT * FROM events DED") == {"DEDUPLICATE ON": "keyword"}
+    assert list(completions(completer, "SELECT * FROM events DEDUPLICATE ")) == ["ON"]
 
 
 # -- input, errors and commands --------------------------------------------------------------

@@ -53,12 +53,20 @@ def _watermark(plan: StreamingPlan) -> str:
     return ", ".join(marks) or "none"
 
 
+def _deduplication(plan: StreamingPlan) -> str:
+    dedup = plan.deduplication
+    if dedup is None:
+        return "none"
+    return "dropDuplicatesWithinWatermark" if dedup.within_watermark else "dropDuplicates"
+
+
 # What a checkpoint's state is shaped by, in the order a change is reported.
 PARTS: dict[str, Callable[[StreamingPlan], str]] = {
     "source": _source,
     "grouping keys": _keys,
     "aggregates": _aggregates,
     "window": _window,
+    "deduplication": _deduplication,
     "watermark": _watermark,
     "emit mode": lambda plan: plan.emit.value,
 }

@@ -258,10 +258,12 @@ class Compiler:
 
     @property
     def drops_late_rows(self) -> bool:
+        if self.plan.deduplication:
+            return self.plan.deduplication.timed
         return self.plan.watermark_bounds_state and self.plan.emit is not Emit.SNAPSHOT
 
     def _time(self) -> str:
-        return self._epoch_us(self.plan.window.time_column)
+        return self._epoch_us(self.plan.row_time)
 
     def _epoch_us(self, column: str, types: dict[str, str] | None = None) -> str:
         """Microseconds since the epoch of a time column (of `types`, by default the
@@ -289,7 +291,7 @@ class Compiler:
         the operator reads the source as it is, the window times too."""
         plan = self.plan
         own = plan.relation is None
-        window_time = plan.window.time_column if plan.window and own else None
+        window_time = plan.row_time if own else None
         event_time = scan.event_time if scan.has_watermark else None
         late = self.drops_late_rows and own
         outside = {
@@ -629,4 +631,9 @@ class Compiler:
 
 
 def compile_plan(plan: StreamingPlan, state_table: str, temporary: bool = False) -> BatchProgram:
+    if plan.deduplication is not None:
+        # Imported here: the deduplication's compiler builds on this module's.
+        from streamsql.incremental.deduplicate import DeduplicationCompiler
+
+        return DeduplicationCompiler(plan, state_table, temporary).compile()
     return Compiler(plan, state_table, temporary).compile()

@@ -25,6 +25,7 @@ class QueryKind(StrEnum):
     WINDOWED = "windowed aggregation"
     SESSION = "session window aggregation"
     GLOBAL = "global aggregation"
+    DEDUPLICATE = "deduplication"
 
 
 @dataclass(frozen=True)
@@ -54,6 +55,21 @@ class WindowSpec:
         if self.kind == "SESSION":
             return late_us - self.gap_us + 1
         return (late_us - self.size_us) // self.slide_us * self.slide_us + self.slide_us
+
+
+@dataclass(frozen=True)
+class Deduplication:
+    """Spark's dropDuplicates(keys), or dropDuplicatesWithinWatermark(keys); the keys are
+    the plan's `keys`."""
+
+    within_watermark: bool
+    # The event-time column reaches the operator (it is in the deduplicated row): rows at
+    # or below the late threshold are dropped, and the watermark can forget keys.
+    timed: bool
+    # dropDuplicates: the key that is the event-time column, by which a key is forgotten
+    # (None: keys stay in state for good, as in Spark).
+    time_key: int | None = None
+    over_output: bool = False  # SELECT DISTINCT: the keys are the output columns
 
 
 class WatermarkPolicy(StrEnum):
@@ -122,6 +138,7 @@ class StreamingPlan:
     having: exp.Expr | None = None
     order: exp.Order | None = None
     limit: exp.Expr | None = None
+    deduplication: Deduplication | None = None
 
     @property
     def has_watermark(self) -> bool:
@@ -138,8 +155,33 @@ class StreamingPlan:
     def runs_no_data_batches(self) -> bool:
         """A batch without data runs when the watermark moved, to close and evict windows.
         Not in complete mode (SNAPSHOT), which evicts nothing and emits only with data, as
-        Spark's stateful operators in Complete mode never ask for another batch."""
+        Spark's stateful operators in Complete mode never ask for another batch. A
+        deduplication with a watermark asks whatever its keys (Spark's
+        BaseStreamingDeduplicateExec.shouldRunAnotherBatch: the eviction watermark is set)."""
+        if self.deduplication is not None:
+            return self.has_watermark
         return self.watermark_bounds_state and self.emit is not Emit.SNAPSHOT
+
+    @property
+    def row_time(self) -> str | None:
+        """The time column each row is judged by: a NULL drops the row, and a value below
+        the late cutoff makes it late. The window's column, or the event time that a
+        deduplication sees."""
+        if self.window:
+            return self.window.time_column
+        if self.deduplication and self.deduplication.timed:
+            return self.event_time
+        return None
+
+    def late_cutoff(self, late_us: int | None) -> int | None:
+        """Rows with a row time below this are late under the late threshold L: for a
+        deduplication those at or below L (Spark's watermarkPredicateForDataForLateEvents,
+        `event_time <= L`)."""
+        if late_us is None:
+            return None
+        if self.window:
+            return self.window.late_cutoff(late_us)
+        return late_us + 1 if self.row_time else None
 
     @property
     def stateful(self) -> bool:

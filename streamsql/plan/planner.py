@@ -16,6 +16,7 @@ from sqlglot import exp
 
 from streamsql.errors import PlanningError
 from streamsql.incremental.aggregates import decompose
+from streamsql.plan import deduplication
 from streamsql.plan.catalog import SourceDef, check_column_name
 from streamsql.plan.plan import Emit, QueryKind, Scan, StreamingPlan, WatermarkPolicy, WindowSpec
 from streamsql.plan.relation import (
@@ -72,15 +73,20 @@ class Planner:
         select = query.copy()
         bound = self._bind_parameters(select, parameters)
         select = inline_views(inline_ctes(select), self.views)
+        select, requested = deduplication.take_out(select)
         reading = bind_relation(select, self.sources)
         scans = self._scans(reading.sources)
         if reading.relation is None and not select.args.get("joins"):
             scan, relation, alias = scans[0], None, reading.alias
             self._unqualify(select, {alias.lower(), scan.name.lower()})
+            for key in (requested.keys or []) if requested else []:
+                self._unqualify(key, {alias.lower(), scan.name.lower()})
             event_time, types, ctes = scan.event_time, scan.types, [(scan.view, scan)]
             where = select.args["where"].this if select.args.get("where") else None
             scan.prefilter, where = self._push_below_watermark(where, scan)
         else:
+            if requested:
+                raise deduplication.over_one_source(requested)
             relation, alias, event_time = self._relation(select, reading, scans, bound)
             ctes = [(s.view, s) for s in scans] + [(alias, relation)]
             types = self._types(ctes)
@@ -90,7 +96,10 @@ class Planner:
 
         aggregates = self._aggregate_calls(select)
         group_items = self._group_items(select)
-        if not aggregates and not group_items:
+        if requested:
+            emit = deduplication.check_query(requested, select, bool(aggregates or group_items))
+            kind = QueryKind.DEDUPLICATE
+        elif not aggregates and not group_items:
             if window:
                 raise PlanningError(
                     f"WINDOW {window.kind} needs an aggregation: GROUP BY window_start, "
@@ -104,7 +113,8 @@ class Planner:
                 window and window.kind, QueryKind.WINDOWED
             )
         watermarked = any(s.has_watermark for s in scans) and event_time is not None
-        emit = self._emit(select, kind, window, event_time if watermarked else None)
+        if not requested:
+            emit = self._emit(select, kind, window, event_time if watermarked else None)
         plan = StreamingPlan(
             select=query,
             scans=scans,
@@ -128,7 +138,12 @@ class Planner:
         )
         self._check_modifiers(plan)
         names = self._validate(select, ctes, window, bound)
-        if kind is QueryKind.STATELESS:
+        if requested:
+            plan.keys, plan.deduplication = deduplication.deduplication_of(
+                requested, select, names, plan.event_time, plan.has_watermark
+            )
+            self._validate_keys(plan)
+        if kind in (QueryKind.STATELESS, QueryKind.DEDUPLICATE):
             # Named as DuckDB names them (a join's columns are renamed in its relation).
             plan.projection = (
                 [e.copy() for e in select.expressions]
@@ -789,6 +804,34 @@ class Planner:
                 "give them distinct aliases"
             )
         return names
+
+    def _validate_keys(self, plan: StreamingPlan) -> None:
+        """Deduplication keys are expressions over the source row: DuckDB types them."""
+        if plan.deduplication.over_output:
+            return  # the output columns, validated with the query
+        if any(
+            self._is_aggregate(n) or isinstance(n, exp.Window) for k in plan.keys for n in k.walk()
+        ):
+            raise PlanningError(
+                "A deduplication key is an expression over one row: no aggregates or window "
+                "functions",
+                rule="deduplication-key",
+                position=position_of(plan.keys[0]),
+            )
+        relation = self.empty_relation(plan.scans[0].source, plan.scans[0].derived)
+        keys = ", ".join(sql_of(key) for key in plan.keys)
+        names = {p.name for key in plan.keys for p in key.find_all(exp.Placeholder)}
+        values = {name: plan.parameters[name] for name in names}
+        try:
+            self.con.execute(
+                f"SELECT {keys} FROM ({relation}) AS {exp.to_identifier(plan.alias).sql('duckdb')}",
+                values or None,
+            ).fetchall()
+        except duckdb.Error as error:
+            raise PlanningError(
+                f"Invalid deduplication key: {_first_line(error)}",
+                position=position_of(plan.keys[0]),
+            ) from None
 
     # -- aggregation -------------------------------------------------------------------------
 

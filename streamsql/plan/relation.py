@@ -165,6 +165,7 @@ def _check_stateless(select: exp.Select) -> None:
         ("group", "GROUP BY"),
         ("having", "HAVING"),
         ("distinct", "DISTINCT"),
+        ("deduplicate", "DEDUPLICATE ON"),
         ("stream_window", "WINDOW"),
         ("order", "ORDER BY"),
         ("limit", "LIMIT"),

@@ -493,13 +493,12 @@ class MicroBatchExecution:
 
     def _values(self, batch: PlannedBatch) -> dict[str, Any]:
         """The parameters of the batch's statements."""
-        window = self.plan.window
         late = batch.late_threshold_us
         return {
             **self.plan.parameters,
             "late": late,
             "watermark": batch.watermark_us,
-            "late_cutoff": window.late_cutoff(late) if window and late is not None else None,
+            "late_cutoff": self.plan.late_cutoff(late),
             "query": self.checkpoint.query,
             "batch_id": batch.batch_id,
         }

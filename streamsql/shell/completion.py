@@ -18,6 +18,7 @@ EXTENSION_KEYWORDS = (
     "CLOSE",
     "COMPACT",
     "COMPLETE",
+    "DEDUPLICATE",
     "DELAY",
     "DESCRIBE",
     "EMIT",
@@ -37,11 +38,13 @@ EXTENSION_KEYWORDS = (
     "TUMBLING",
     "WATERMARK",
     "WINDOW",
+    "WITHIN",
 )
 
 # What may follow a word, offered as soon as the word is followed by a space.
 KEYWORDS_AFTER = {
     "emit": ("CHANGES", "FINAL", "SNAPSHOT", "ON WINDOW CLOSE"),
+    "deduplicate": ("ON",),
     "window": ("TUMBLING", "HOPPING", "SESSION"),
     "delay": ("OF",),
     "show": ("SOURCES", "SINKS", "QUERIES", "TABLES"),
@@ -71,6 +74,7 @@ AFTER_RELATION = (
     "WATERMARK",
     "WINDOW",
     "WHERE",
+    "DEDUPLICATE ON",
     "GROUP BY",
     "HAVING",
     "EMIT",

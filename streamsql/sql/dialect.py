@@ -1,4 +1,5 @@
-"""The streamsql dialect: DuckDB's SQL plus WATERMARK, WINDOW TUMBLING/HOPPING/SESSION and EMIT.
+"""The streamsql dialect: DuckDB's SQL plus WATERMARK, WINDOW TUMBLING/HOPPING/SESSION,
+DEDUPLICATE ON and EMIT.
 
 Built the way sqlglot builds its dialects: class-level tables of keywords, statement
 parsers and transforms, and a few small hooks where the DuckDB parser needs to learn
@@ -30,7 +31,7 @@ EMIT_MODES: dict[tuple[str, ...], str] = {
 }
 
 # Words that end a FROM item here instead of naming it.
-CLAUSE_WORDS = {"WATERMARK", "EMIT"}
+CLAUSE_WORDS = {"WATERMARK", "EMIT", "DEDUPLICATE"}
 
 # An edit of a statement's text that turns it into DuckDB's syntax, so DuckDB's parser can
 # judge it: (start offset, end offset, replacement), offsets into the script.
@@ -51,6 +52,13 @@ class StreamSQLParser(DuckDBParser):
             this=this, gap=self._parse_window_argument("gap")
         ),
     }
+
+    # Clauses of ours that follow a SELECT's own modifiers, in this order: (word, the
+    # Select's arg, the method that parses what follows the word).
+    TRAILING_CLAUSES: t.ClassVar = (
+        ("DEDUPLICATE", "deduplicate", "_parse_deduplicate"),
+        ("EMIT", "emit", "_parse_emit"),
+    )
 
     QUERY_MODIFIER_PARSERS: t.ClassVar = {
         **DuckDBParser.QUERY_MODIFIER_PARSERS,
@@ -259,14 +267,25 @@ class StreamSQLParser(DuckDBParser):
 
     def _parse_query_modifiers(self, this):  # type: ignore[no-untyped-def]
         this = super()._parse_query_modifiers(this)
-        if isinstance(this, exp.Select) and self._match_text_seq("EMIT"):
-            if this.args.get("emit"):
-                self.raise_error("Found multiple 'EMIT' clauses", token=self._prev)
-            first = self._prev
-            this.set("emit", self._parse_emit())
-            self._remove_from(first)
-            this = super()._parse_query_modifiers(this)
+        for word, arg, parse in self.TRAILING_CLAUSES:
+            if isinstance(this, exp.Select) and self._match_text_seq(word):
+                if this.args.get(arg):
+                    self.raise_error(f"Found multiple '{word}' clauses", token=self._prev)
+                first = self._prev
+                this.set(arg, getattr(self, parse)())
+                self._remove_from(first)
+                this = super()._parse_query_modifiers(this)
         return this
+
+    def _parse_deduplicate(self) -> nodes.Deduplicate:
+        token = self._prev
+        if not self._match(TokenType.ON) or not self._match(TokenType.L_PAREN, advance=False):
+            self.raise_error("Expected ON (key, ...) after DEDUPLICATE")
+        keys = self._parse_wrapped_csv(self._parse_disjunction)
+        within = self._match_text_seq("WITHIN", "WATERMARK")
+        return self.expression(
+            nodes.Deduplicate(expressions=keys, within_watermark=within or None), token
+        )
 
     def _parse_emit(self) -> nodes.Emit | None:
         token = self._prev
@@ -336,6 +355,10 @@ class StreamSQLGenerator(DuckDBGenerator):
             + f" DELAY OF {self.sql(e, 'delay')}"
         ),
         nodes.Emit: lambda self, e: f"EMIT {e.mode}",
+        nodes.Deduplicate: lambda self, e: (
+            f"DEDUPLICATE ON ({self.expressions(e, flat=True)})"
+            + (" WITHIN WATERMARK" if e.args.get("within_watermark") else "")
+        ),
         nodes.Explain: lambda self, e: f"EXPLAIN {self.sql(e, 'this')}",
         nodes.ShowStreams: lambda self, e: f"SHOW {e.name}",
         nodes.DescribeQuery: lambda self, e: f"DESCRIBE QUERY {self.sql(e, 'this')}",
@@ -353,6 +376,9 @@ class StreamSQLGenerator(DuckDBGenerator):
 
     AFTER_HAVING_MODIFIER_TRANSFORMS: t.ClassVar = {
         **DuckDBGenerator.AFTER_HAVING_MODIFIER_TRANSFORMS,
+        "deduplicate": lambda self, e: (
+            self.seg(self.sql(e, "deduplicate")) if e.args.get("deduplicate") else ""
+        ),
         "stream_window": lambda self, e: (
             self.seg(self.sql(e, "stream_window")) if e.args.get("stream_window") else ""
         ),

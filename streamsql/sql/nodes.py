@@ -81,3 +81,10 @@ class CompactSink(exp.Expression):
     """`COMPACT SINK name`: rewrite a file sink's small files into fewer, now."""
 
     arg_types = {"this": True}
+
+
+class Deduplicate(exp.Expression):
+    """`DEDUPLICATE ON (key, ...) [WITHIN WATERMARK]`: Spark's dropDuplicates(keys), or with
+    WITHIN WATERMARK its dropDuplicatesWithinWatermark(keys)."""
+
+    arg_types = {"expressions": True, "within_watermark": False}

@@ -24,6 +24,14 @@ import duckdb
 import pyarrow as pa
 from sqlglot import exp
 
+from streamsql.catalog.binding import (
+    SinkDef,
+    SourceDef,
+    differences,
+    options_of,
+    sink_def,
+    source_def,
+)
 from streamsql.checkpoint import dead_letters
 from streamsql.checkpoint.fingerprint import fingerprint
 from streamsql.checkpoint.log import (
@@ -45,14 +53,6 @@ from streamsql.format import format_duration
 from streamsql.incremental.aggregates import MACROS
 from streamsql.incremental.compiler import BatchProgram, compile_plan
 from streamsql.metrics import EngineMetrics
-from streamsql.plan.catalog import (
-    SinkDef,
-    SourceDef,
-    differences,
-    options_of,
-    sink_def,
-    source_def,
-)
 from streamsql.plan.plan import StreamingPlan
 from streamsql.plan.planner import Planner
 from streamsql.runtime.microbatch import MicroBatchExecution

@@ -29,9 +29,9 @@ from enum import StrEnum
 import sqlglot
 from sqlglot import exp
 
+from streamsql.catalog.binding import INTERNAL_PREFIX
 from streamsql.checkpoint.log import EMITTED_WINDOWS
 from streamsql.incremental.aggregates import StateColumn
-from streamsql.plan.catalog import INTERNAL_PREFIX
 from streamsql.plan.plan import Emit, QueryKind, StreamingPlan
 from streamsql.sql import literal
 

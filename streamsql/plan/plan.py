@@ -8,8 +8,8 @@ from typing import Any
 
 from sqlglot import exp
 
+from streamsql.catalog.binding import SourceDef
 from streamsql.incremental.aggregates import AggregateCall
-from streamsql.plan.catalog import SourceDef
 
 
 class Emit(StrEnum):

@@ -13,9 +13,9 @@ from typing import Any
 import duckdb
 from sqlglot import exp
 
+from streamsql.catalog.binding import SourceDef, check_column_name
 from streamsql.errors import PlanningError
 from streamsql.incremental.aggregates import decompose
-from streamsql.plan.catalog import SourceDef, check_column_name
 from streamsql.plan.plan import Emit, QueryKind, StreamingPlan, WindowSpec
 from streamsql.sql import nodes, parse_expression, position_of
 

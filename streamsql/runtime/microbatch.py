@@ -20,6 +20,7 @@ import duckdb
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from streamsql.catalog.binding import INTERNAL_PREFIX
 from streamsql.checkpoint.dead_letters import DeadLetters
 from streamsql.checkpoint.fingerprint import fingerprint
 from streamsql.checkpoint.log import (
@@ -39,7 +40,6 @@ from streamsql.incremental.compiler import (
     Fetch,
     Step,
 )
-from streamsql.plan.catalog import INTERNAL_PREFIX
 from streamsql.plan.plan import StreamingPlan
 from streamsql.runtime.progress import QueryProgress, timestamp_of
 from streamsql.sinks.base import OutputSchema, Sink

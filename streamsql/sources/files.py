@@ -18,8 +18,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from streamsql.catalog.binding import Column
 from streamsql.errors import OperationalError, ProgrammingError
-from streamsql.plan.catalog import Column
 from streamsql.sources.base import (
     DEAD_LETTER_SCHEMA,
     Offset,

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import duckdb
 import pyarrow as pa
 
-from streamsql.plan.catalog import INTERNAL_PREFIX, Column
+from streamsql.catalog.binding import INTERNAL_PREFIX, Column
 from streamsql.sources.base import DEAD_LETTER_SCHEMA, Origins, SourceBatch
 from streamsql.sql import literal, quote
 

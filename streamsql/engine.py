@@ -24,14 +24,8 @@ import duckdb
 import pyarrow as pa
 from sqlglot import exp
 
-from streamsql.catalog.binding import (
-    SinkDef,
-    SourceDef,
-    differences,
-    options_of,
-    sink_def,
-    source_def,
-)
+from streamsql.catalog.binding import differences, options_of, sink_def, source_def
+from streamsql.catalog.definitions import SinkDef, SourceDef
 from streamsql.checkpoint import dead_letters
 from streamsql.checkpoint.fingerprint import fingerprint
 from streamsql.checkpoint.log import (
@@ -55,6 +49,7 @@ from streamsql.incremental.compiler import BatchProgram, compile_plan
 from streamsql.metrics import EngineMetrics
 from streamsql.plan.plan import StreamingPlan
 from streamsql.plan.planner import Planner
+from streamsql.quoting import literal, quote
 from streamsql.runtime.microbatch import MicroBatchExecution
 from streamsql.runtime.progress import timestamp_of
 from streamsql.runtime.push import PushStream
@@ -74,16 +69,7 @@ from streamsql.sources.files import FileSource
 from streamsql.sources.formats import cast_to_column
 from streamsql.sources.kafka import KafkaSource
 from streamsql.sources.memory import MemorySource
-from streamsql.sql import (
-    DIALECT,
-    Statement,
-    literal,
-    nesting_room,
-    nodes,
-    parse_one,
-    position_of,
-    quote,
-)
+from streamsql.sql import DIALECT, Statement, nesting_room, nodes, parse_one, position_of
 
 DuckCursor = duckdb.DuckDBPyConnection
 

@@ -32,8 +32,8 @@ from prompt_toolkit.output import DummyOutput
 from pygments.token import Keyword
 
 import streamsql
+from streamsql.catalog.definitions import Emit
 from streamsql.engine import SINK_CONNECTORS
-from streamsql.plan.plan import Emit
 from streamsql.shell import Shell, main
 from streamsql.shell.answers import Changelog
 from streamsql.shell.completion import SQLCompleter

@@ -29,11 +29,11 @@ from enum import StrEnum
 import sqlglot
 from sqlglot import exp
 
-from streamsql.catalog.binding import INTERNAL_PREFIX
+from streamsql.catalog.definitions import INTERNAL_PREFIX, Emit
 from streamsql.checkpoint.log import EMITTED_WINDOWS
 from streamsql.incremental.aggregates import StateColumn
-from streamsql.plan.plan import Emit, QueryKind, StreamingPlan
-from streamsql.sql import literal
+from streamsql.plan.plan import QueryKind, StreamingPlan
+from streamsql.quoting import literal
 
 INPUT_VIEW = "__input"
 # Columns added next to the source's own: named so that no source column can be one.

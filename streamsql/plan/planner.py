@@ -13,10 +13,11 @@ from typing import Any
 import duckdb
 from sqlglot import exp
 
-from streamsql.catalog.binding import SourceDef, check_column_name
+from streamsql.catalog.binding import check_column_name
+from streamsql.catalog.definitions import Emit, SourceDef
 from streamsql.errors import PlanningError
 from streamsql.incremental.aggregates import decompose
-from streamsql.plan.plan import Emit, QueryKind, StreamingPlan, WindowSpec
+from streamsql.plan.plan import QueryKind, StreamingPlan, WindowSpec
 from streamsql.sql import nodes, parse_expression, position_of
 
 WINDOW_COLUMNS = ("window_start", "window_end")

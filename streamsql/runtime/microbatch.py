@@ -20,7 +20,7 @@ import duckdb
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from streamsql.catalog.binding import INTERNAL_PREFIX
+from streamsql.catalog.definitions import INTERNAL_PREFIX
 from streamsql.checkpoint.dead_letters import DeadLetters
 from streamsql.checkpoint.fingerprint import fingerprint
 from streamsql.checkpoint.log import (
@@ -41,10 +41,10 @@ from streamsql.incremental.compiler import (
     Step,
 )
 from streamsql.plan.plan import StreamingPlan
+from streamsql.quoting import quote
 from streamsql.runtime.progress import QueryProgress, timestamp_of
 from streamsql.sinks.base import OutputSchema, Sink
 from streamsql.sources.base import Offset, Origins, Source, SourceBatch
-from streamsql.sql import quote
 
 # Appended partials are combined once they outnumber the rows of the last compaction and
 # this many: the state stays within twice its compacted size, at a constant cost per row.

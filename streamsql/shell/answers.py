@@ -9,9 +9,8 @@ from typing import Any
 
 from sqlglot import exp
 
-from streamsql.catalog.binding import SinkDef, SourceDef
+from streamsql.catalog.definitions import Emit, SinkDef, SourceDef
 from streamsql.engine import Engine
-from streamsql.plan.plan import Emit
 from streamsql.runtime.query import StreamingQuery
 from streamsql.sinks.base import OutputSchema
 from streamsql.sql import nodes

@@ -9,9 +9,9 @@ from typing import ClassVar
 import duckdb
 import pyarrow as pa
 
+from streamsql.catalog.definitions import Emit
 from streamsql.errors import PlanningError, ProgrammingError
 from streamsql.options import Configured
-from streamsql.plan.plan import Emit
 from streamsql.runtime.triggers import Trigger
 
 

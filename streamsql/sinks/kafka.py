@@ -23,14 +23,15 @@ import pyarrow as pa
 from kafka import KafkaProducer
 from kafka.errors import KafkaConfigurationError, KafkaError
 from sqlglot import exp
+from sqlglot.dialects.duckdb import DuckDB
 from sqlglot.errors import ParseError, TokenError
 
 from streamsql.checkpoint.log import registered
 from streamsql.errors import OperationalError, ProgrammingError, from_duckdb
 from streamsql.kafka_net import NetworkClients, within
 from streamsql.kafka_settings import client_settings, topic_names
+from streamsql.quoting import literal, one_statement, quote
 from streamsql.sinks.base import OutputSchema, Sink
-from streamsql.sql import DIALECT, literal, one_statement, quote
 
 ROWS_VIEW = "__kafka_rows"
 FORMATS = ("json", "csv")
@@ -205,7 +206,7 @@ def _key_expression(sink: KafkaSink, text: str | None) -> str | None:
     if text is None:
         return None
     try:
-        parsed = DIALECT.parse_into(exp.Expr, text)
+        parsed = DuckDB().parse_into(exp.Expr, text)
     except (ParseError, TokenError):
         parsed = []
     if len(parsed) != 1 or parsed[0] is None or parsed[0].find(exp.Query, exp.Table):

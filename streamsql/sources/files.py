@@ -18,7 +18,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from streamsql.catalog.binding import Column
+from streamsql.catalog.definitions import Column
 from streamsql.errors import OperationalError, ProgrammingError
 from streamsql.sources.base import (
     DEAD_LETTER_SCHEMA,

@@ -36,6 +36,19 @@ from streamsql.checkpoint.log import (
     atomically,
     state_table,
 )
+from streamsql.connectors.callback import BatchCallback, CallbackSink
+from streamsql.connectors.collect import CollectSink
+from streamsql.connectors.console import ConsoleSink
+from streamsql.connectors.delta import DeltaSink
+from streamsql.connectors.duckdb import DuckDBSink
+from streamsql.connectors.files.sink import CSVSink, JSONSink, ParquetSink
+from streamsql.connectors.files.source import FileSource
+from streamsql.connectors.formats import cast_to_column
+from streamsql.connectors.kafka.sink import KafkaSink
+from streamsql.connectors.kafka.source import KafkaSource
+from streamsql.connectors.memory import MemorySource
+from streamsql.connectors.sink import Sink
+from streamsql.connectors.source import Source
 from streamsql.errors import (
     Error,
     OperationalError,
@@ -56,19 +69,6 @@ from streamsql.runtime.push import PushStream
 from streamsql.runtime.query import StreamingQuery
 from streamsql.runtime.triggers import Trigger
 from streamsql.secrets import shown
-from streamsql.sinks.base import Sink
-from streamsql.sinks.callback import BatchCallback, CallbackSink
-from streamsql.sinks.collect import CollectSink
-from streamsql.sinks.console import ConsoleSink
-from streamsql.sinks.delta import DeltaSink
-from streamsql.sinks.duckdb import DuckDBSink
-from streamsql.sinks.files import CSVSink, JSONSink, ParquetSink
-from streamsql.sinks.kafka import KafkaSink
-from streamsql.sources.base import Source
-from streamsql.sources.files import FileSource
-from streamsql.sources.formats import cast_to_column
-from streamsql.sources.kafka import KafkaSource
-from streamsql.sources.memory import MemorySource
 from streamsql.sql import DIALECT, Statement, nesting_room, nodes, parse_one, position_of
 
 DuckCursor = duckdb.DuckDBPyConnection

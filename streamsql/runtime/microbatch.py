@@ -30,6 +30,8 @@ from streamsql.checkpoint.log import (
     atomically,
     transaction,
 )
+from streamsql.connectors.sink import OutputSchema, Sink
+from streamsql.connectors.source import Offset, Origins, Source, SourceBatch
 from streamsql.errors import DataError, NotSupportedError, ProgrammingError, from_duckdb
 from streamsql.incremental.compiler import (
     INPUT_VIEW,
@@ -43,8 +45,6 @@ from streamsql.incremental.compiler import (
 from streamsql.plan.plan import StreamingPlan
 from streamsql.quoting import quote
 from streamsql.runtime.progress import QueryProgress, timestamp_of
-from streamsql.sinks.base import OutputSchema, Sink
-from streamsql.sources.base import Offset, Origins, Source, SourceBatch
 
 # Appended partials are combined once they outnumber the rows of the last compaction and
 # this many: the state stays within twice its compacted size, at a constant cost per row.

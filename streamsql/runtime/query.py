@@ -17,12 +17,12 @@ from typing import Any, TypeVar
 
 import duckdb
 
+from streamsql.connectors.source import Offset
 from streamsql.errors import Error, SourceUnavailable, StreamingQueryError, from_duckdb
 from streamsql.runtime.microbatch import MicroBatchExecution
 from streamsql.runtime.progress import QueryProgress, RunTotals, timestamp_of
 from streamsql.runtime.triggers import Trigger, TriggerKind
 from streamsql.secrets import redact
-from streamsql.sources.base import Offset
 
 T = TypeVar("T")
 

@@ -19,16 +19,16 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from kafka import KafkaConsumer, TopicPartition
 
-from streamsql.errors import DataError, OperationalError, ProgrammingError
-from streamsql.kafka_settings import PREFIX, client_settings, topic_names
-from streamsql.sources.base import Offset, Source, SourceBatch
-from streamsql.sources.formats import Decoder
-from streamsql.sources.kafka_client import (
+from streamsql.connectors.formats import Decoder
+from streamsql.connectors.kafka.kafka_python import (
     KafkaPythonClient,
     PartitionError,
     Watermarks,
     partition_name,
 )
+from streamsql.connectors.kafka.settings import PREFIX, client_settings, topic_names
+from streamsql.connectors.source import Offset, Source, SourceBatch
+from streamsql.errors import DataError, OperationalError, ProgrammingError
 
 FORMATS = ("json", "csv", "raw")
 # In an offset, beside Spark's {"topic": {"partition": offset}}: each topic's id where the
@@ -53,7 +53,7 @@ CLIENTS = ("kafka-python", "confluent")
 def _client_class(name: str) -> type:
     if name == "confluent":
         try:
-            from streamsql.sources.kafka_confluent import ConfluentClient
+            from streamsql.connectors.kafka.confluent import ConfluentClient
         except ImportError:
             raise ProgrammingError(
                 "client = 'confluent' needs the confluent-kafka package "

@@ -26,10 +26,10 @@ import pyarrow as pa
 
 from streamsql.catalog.definitions import Emit
 from streamsql.checkpoint.log import SINK_FILES, registered, transaction
+from streamsql.connectors.sink import OutputSchema, Sink
 from streamsql.errors import OperationalError, ProgrammingError
 from streamsql.options import Configured
 from streamsql.quoting import literal, one_statement, quote
-from streamsql.sinks.base import OutputSchema, Sink
 
 ROWS_VIEW = "__file_rows"
 STAGING = ".staging"

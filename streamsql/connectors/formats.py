@@ -17,8 +17,8 @@ import duckdb
 import pyarrow as pa
 
 from streamsql.catalog.definitions import INTERNAL_PREFIX, Column
+from streamsql.connectors.source import DEAD_LETTER_SCHEMA, Origins, SourceBatch
 from streamsql.quoting import literal, quote
-from streamsql.sources.base import DEAD_LETTER_SCHEMA, Origins, SourceBatch
 
 FORMATS = ("json", "csv", "parquet")  # of files; Kafka values are json, csv or raw
 INTEGER_TYPES = {

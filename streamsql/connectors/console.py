@@ -8,8 +8,8 @@ from typing import TextIO
 import duckdb
 import pyarrow as pa
 
+from streamsql.connectors.sink import OutputSchema, Sink
 from streamsql.format import format_table, python_rows
-from streamsql.sinks.base import OutputSchema, Sink
 
 
 class ConsoleSink(Sink):

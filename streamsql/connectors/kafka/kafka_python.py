@@ -2,7 +2,7 @@
 
 The source assigns partitions itself and keeps offsets in its checkpoint, as Spark does, so
 it needs no consumer: it sends Fetch requests through kafka-python's connection manager and
-decodes the record sets with kafka_records, without a Python object per message.
+decodes the record sets with records.py, without a Python object per message.
 """
 
 from __future__ import annotations
@@ -19,9 +19,9 @@ from kafka import KafkaConsumer, OffsetAndMetadata, TopicPartition
 from kafka.net.compat import KafkaNetClient
 from kafka.protocol.consumer import FetchRequest, ListOffsetsRequest
 
+from streamsql.connectors.kafka.net import NetworkClients, within
+from streamsql.connectors.kafka.records import RecordColumns
 from streamsql.errors import SourceUnavailable
-from streamsql.kafka_net import NetworkClients, within
-from streamsql.sources.kafka_records import RecordColumns
 
 FETCH_VERSION = 12  # the last Fetch version that names topics (13+ use topic ids)
 PROBE_WAIT_MS = 1  # for watermarks; Tansu answers max_wait_ms = 0 with no partitions at all
@@ -98,7 +98,7 @@ class KafkaPythonClient:
             )
             client._manager._net.start()
             try:
-                # kafka-python's bootstrap does not bound a TLS handshake: kafka_net does
+                # kafka-python's bootstrap does not bound a TLS handshake: net.py does
                 bootstrap = client._manager.bootstrap
                 within(self.connect_timeout, lambda: bootstrap(connect_ms), [client])
             except kafka_errors.KafkaError as error:

@@ -13,9 +13,9 @@ import pyarrow as pa
 
 from streamsql.catalog.definitions import Emit
 from streamsql.checkpoint.log import registered
+from streamsql.connectors.sink import OutputSchema, Sink
 from streamsql.errors import ProgrammingError
 from streamsql.quoting import one_statement, quote
-from streamsql.sinks.base import OutputSchema, Sink
 
 EMITTED_VIEW = "__emitted"
 

@@ -27,11 +27,11 @@ from sqlglot.dialects.duckdb import DuckDB
 from sqlglot.errors import ParseError, TokenError
 
 from streamsql.checkpoint.log import registered
+from streamsql.connectors.kafka.net import NetworkClients, within
+from streamsql.connectors.kafka.settings import client_settings, topic_names
+from streamsql.connectors.sink import OutputSchema, Sink
 from streamsql.errors import OperationalError, ProgrammingError, from_duckdb
-from streamsql.kafka_net import NetworkClients, within
-from streamsql.kafka_settings import client_settings, topic_names
 from streamsql.quoting import literal, one_statement, quote
-from streamsql.sinks.base import OutputSchema, Sink
 
 ROWS_VIEW = "__kafka_rows"
 FORMATS = ("json", "csv")
@@ -137,7 +137,7 @@ class KafkaSink(Sink):
 
     def _connect(self) -> KafkaProducer:
         """A producer connected within `timeout`: KafkaProducer() bootstraps on the calling
-        thread, where kafka-python does not bound every wait (kafka_net)."""
+        thread, where kafka-python does not bound every wait (net.py)."""
         millis = max(int(self.timeout * 1000), 1)
         clients = NetworkClients()
         config: dict[str, Any] = {

@@ -20,8 +20,8 @@ from typing import Any
 import duckdb
 import pyarrow as pa
 
+from streamsql.connectors.sink import OutputSchema, Sink
 from streamsql.errors import ProgrammingError
-from streamsql.sinks.base import OutputSchema, Sink
 
 BatchCallback = Callable[[int, pa.Table], Any]
 

@@ -27,8 +27,9 @@ from kafka import KafkaAdminClient, KafkaProducer, TopicPartition
 from kafka.errors import OffsetOutOfRangeError, UnknownTopicOrPartitionError
 
 import streamsql
+from streamsql.connectors.kafka.client import PartitionError, Watermarks
 from streamsql.connectors.kafka.confluent import ConfluentClient, librdkafka_settings
-from streamsql.connectors.kafka.kafka_python import KafkaPythonClient, PartitionError, Watermarks
+from streamsql.connectors.kafka.kafka_python import KafkaPythonClient
 from streamsql.runtime.query import StreamingQuery
 from streamsql.testing.broker import Broker, free_port
 

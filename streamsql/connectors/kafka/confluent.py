@@ -48,7 +48,8 @@ from confluent_kafka import TopicPartition as ConfluentPartition
 from confluent_kafka.admin import AdminClient
 from kafka import TopicPartition
 
-from streamsql.connectors.kafka.kafka_python import (
+from streamsql.connectors.kafka.client import (
+    KafkaClient,
     PartitionError,
     Watermarks,
     partition_name,
@@ -202,16 +203,13 @@ def librdkafka_settings(config: dict[str, Any]) -> dict[str, Any]:
     return settings
 
 
-class ConfluentClient:
-    """KafkaPythonClient's interface (partitions, watermarks, fetch, commit, close) on
-    librdkafka. One consumer, assigned by hand for the length of each call."""
+class ConfluentClient(KafkaClient):
+    """The client on librdkafka. One consumer, assigned by hand for the length of each call."""
 
     def __init__(
         self, bootstrap_servers: str, config: dict[str, Any], connect_timeout: float
     ) -> None:
-        self.bootstrap_servers = bootstrap_servers
-        self.config = config
-        self.connect_timeout = connect_timeout
+        super().__init__(bootstrap_servers, config, connect_timeout)
         self.request_timeout = int(config.get("request_timeout_ms", 30_000)) / 1000
         self.exclude_internal = bool(config.get("exclude_internal_topics", True))
         self.settings = {
@@ -226,7 +224,6 @@ class ConfluentClient:
         self._committers: dict[str, tuple[Consumer, list]] = {}
         self._known: set[tuple[str, int]] = set()  # partitions in the last metadata
         self._admin: AdminClient | None = None  # for topic ids, asked for when needed
-        self._interrupted = False
         self._new_consumer(self.settings).close()  # refuse a bad setting now, not at start
 
     # -- connection ------------------------------------------------------------------------

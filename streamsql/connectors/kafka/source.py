@@ -20,12 +20,13 @@ import pyarrow.compute as pc
 from kafka import KafkaConsumer, TopicPartition
 
 from streamsql.connectors.formats import Decoder
-from streamsql.connectors.kafka.kafka_python import (
-    KafkaPythonClient,
+from streamsql.connectors.kafka.client import (
+    KafkaClient,
     PartitionError,
     Watermarks,
     partition_name,
 )
+from streamsql.connectors.kafka.kafka_python import KafkaPythonClient
 from streamsql.connectors.kafka.settings import PREFIX, client_settings, topic_names
 from streamsql.connectors.source import Offset, Source, SourceBatch
 from streamsql.errors import DataError, OperationalError, ProgrammingError
@@ -50,7 +51,7 @@ OWNED = {
 CLIENTS = ("kafka-python", "confluent")
 
 
-def _client_class(name: str) -> type:
+def _client_class(name: str) -> type[KafkaClient]:
     if name == "confluent":
         try:
             from streamsql.connectors.kafka.confluent import ConfluentClient
@@ -118,7 +119,7 @@ class KafkaSource(Source):
         self._marks: dict[TopicPartition, Watermarks] = {}  # as of the last planning
         self._planned: Offset | None = None  # the last end offset this instance planned
 
-    def _new_client(self) -> Any:
+    def _new_client(self) -> KafkaClient:
         config = client_settings(
             f"Source {self.name}", self.options, KafkaConsumer.DEFAULT_CONFIG, OWNED
         )

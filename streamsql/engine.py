@@ -38,15 +38,9 @@ from streamsql.checkpoint.log import (
 )
 from streamsql.connectors.callback import BatchCallback, CallbackSink
 from streamsql.connectors.collect import CollectSink
-from streamsql.connectors.console import ConsoleSink
-from streamsql.connectors.delta import DeltaSink
-from streamsql.connectors.duckdb import DuckDBSink
-from streamsql.connectors.files.sink import CSVSink, JSONSink, ParquetSink
-from streamsql.connectors.files.source import FileSource
 from streamsql.connectors.formats import cast_to_column
-from streamsql.connectors.kafka.sink import KafkaSink
-from streamsql.connectors.kafka.source import KafkaSource
 from streamsql.connectors.memory import MemorySource
+from streamsql.connectors.registry import SINK_CONNECTORS, SOURCE_CONNECTORS, connector_class
 from streamsql.connectors.sink import Sink
 from streamsql.connectors.source import Source
 from streamsql.errors import (
@@ -72,25 +66,6 @@ from streamsql.secrets import shown
 from streamsql.sql import DIALECT, Statement, nesting_room, nodes, parse_one, position_of
 
 DuckCursor = duckdb.DuckDBPyConnection
-
-SOURCE_CONNECTORS: dict[str, type[Source]] = {
-    "memory": MemorySource,
-    "files": FileSource,
-    "kafka": KafkaSource,
-}
-# Where the sinks without a table in the database write, as their errors say it.
-SINK_TARGETS = {"console": "the console", "callback": "a Python callback", "kafka": "Kafka"}
-
-SINK_CONNECTORS: dict[str, type[Sink]] = {
-    "duckdb": DuckDBSink,
-    "parquet": ParquetSink,
-    "csv": CSVSink,
-    "json": JSONSink,
-    "delta": DeltaSink,
-    "kafka": KafkaSink,
-    "callback": CallbackSink,
-    "console": ConsoleSink,
-}
 
 # DuckDB statement types restricted mode refuses (INSTALL and LOAD are LOAD; IMPORT DATABASE
 # and COPY FROM DATABASE are PRAGMA; SET, RESET and USE are SET).
@@ -139,34 +114,12 @@ class Result:
 
 def source_instance(con: DuckCursor, definition: SourceDef) -> Source:
     """The connector's reader of a source, its declared columns typed by DuckDB."""
-    connector = _connector("Source", definition, SOURCE_CONNECTORS)
+    connector = connector_class("Source", definition, SOURCE_CONNECTORS)
     try:
         schema = con.sql(Planner.empty_relation(definition, [])).to_arrow_table().schema
     except duckdb.Error as error:
         raise ProgrammingError(f"Source {definition.name}: {str(error).splitlines()[0]}") from None
     return connector(definition, schema)
-
-
-def _connector(kind: str, definition: SourceDef | SinkDef, registry: dict[str, type]) -> Any:
-    """The class of a definition's connector, which must know every option it is given (a
-    misspelt option is an error, not a setting silently ignored)."""
-    connector = registry.get(definition.connector.lower())
-    if connector is None:
-        raise ProgrammingError(
-            f"Unknown {kind.lower()} connector {definition.connector!r}; available: "
-            f"{', '.join(registry)}"
-        )
-    unknown = sorted(
-        key
-        for key in set(definition.options) - set(connector.OPTIONS)
-        if not key.startswith(getattr(connector, "OPTION_PREFIXES", ()))
-    )
-    if unknown:
-        raise ProgrammingError(
-            f"{kind} {definition.name}: unknown option {unknown[0]!r} for connector "
-            f"{definition.connector!r}; its options are {', '.join(connector.OPTIONS)}"
-        )
-    return connector
 
 
 def status_file(database: str) -> Path:
@@ -332,7 +285,7 @@ class Engine:
             name = table.name.lower()
             sink = self.sinks.get(name)
             if sink is not None and not table.db and _output(sink) is None:
-                target = SINK_TARGETS.get(sink.connector.lower(), sink.connector)
+                target = getattr(_sink_class(sink), "TARGET", None) or sink.connector
                 raise PlanningError(
                     f"Sink {sink.name} writes to {target} and has no table to select from; "
                     "sinks with connector = 'duckdb' (a table) or a file connector (a view) "
@@ -711,7 +664,7 @@ class Engine:
 
     def _sink(self, definition: SinkDef) -> Sink:
         """The connector's sink, its options checked (it connects to nothing yet)."""
-        connector = _connector("Sink", definition, SINK_CONNECTORS)
+        connector = connector_class("Sink", definition, SINK_CONNECTORS)
         if connector is CallbackSink:
             return CallbackSink(
                 definition.name, definition.options, self.callbacks, not self.restricted
@@ -1151,10 +1104,15 @@ def _stream_outside_a_query(node: exp.Expr, source: str, table: exp.Table) -> Pl
 
 def _output(definition: SinkDef) -> tuple[str, tuple[str, ...]] | None:
     """(TABLE or VIEW, its identifier parts) that a sink keeps in the database."""
-    connector = SINK_CONNECTORS.get(definition.connector.lower())
+    connector = _sink_class(definition)
     if connector is None or connector.OUTPUT is None:
         return None
     return connector.OUTPUT[0], connector.output(definition.name, definition.options)
+
+
+def _sink_class(definition: SinkDef) -> type[Sink] | None:
+    """A stored sink's connector class (None for a connector this version does not know)."""
+    return SINK_CONNECTORS.get(definition.connector.lower())
 
 
 def _same_relation(one: tuple[str, ...], other: tuple[str, ...]) -> bool:

@@ -34,8 +34,8 @@ from pygments.token import Keyword
 import streamsql
 from streamsql.catalog.definitions import Emit
 from streamsql.connectors.files.sink import ParquetSink
+from streamsql.connectors.registry import SINK_CONNECTORS
 from streamsql.connectors.sink import OutputSchema
-from streamsql.engine import SINK_CONNECTORS
 from streamsql.shell import Shell, main
 from streamsql.shell.answers import Changelog
 from streamsql.shell.completion import SQLCompleter

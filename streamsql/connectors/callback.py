@@ -28,6 +28,7 @@ BatchCallback = Callable[[int, pa.Table], Any]
 
 class CallbackSink(Sink):
     OPTIONS = (*Sink.OPTIONS, "callback")
+    TARGET = "a Python callback"
 
     def __init__(
         self,

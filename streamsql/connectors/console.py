@@ -14,6 +14,7 @@ from streamsql.format import format_table, python_rows
 
 class ConsoleSink(Sink):
     OPTIONS = (*Sink.OPTIONS, "print_empty")
+    TARGET = "the console"
 
     def __init__(self, name: str, options: dict[str, str], stream: TextIO | None = None) -> None:
         super().__init__(name, options)

@@ -50,6 +50,7 @@ FORCE_CLOSE_SECONDS = 5.0  # for the producer's I/O thread to stop once told to
 class KafkaSink(Sink):
     OPTIONS = (*Sink.OPTIONS, "bootstrap_servers", "topic", "format", "key", "timeout")
     OPTION_PREFIXES: ClassVar[tuple[str, ...]] = ("kafka.",)  # passed to KafkaProducer
+    TARGET = "Kafka"
 
     def __init__(self, name: str, options: dict[str, str]) -> None:
         super().__init__(name, options)

@@ -21,7 +21,8 @@ from typing import Any, TextIO
 import duckdb
 
 import streamsql
-from streamsql.engine import Engine, declared_paths
+from streamsql.engine import Engine
+from streamsql.engine.engine import declared_paths
 from streamsql.errors import Error
 from streamsql.format import elapsed_text, format_table
 from streamsql.runtime.query import StreamingQuery

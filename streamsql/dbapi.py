@@ -17,7 +17,8 @@ import duckdb
 import pyarrow as pa
 from sqlglot import exp
 
-from streamsql.engine import Engine, Result
+from streamsql.engine import Engine
+from streamsql.engine.engine import Result
 from streamsql.errors import (
     DatabaseError,
     DataError,

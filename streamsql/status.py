@@ -22,7 +22,7 @@ from sqlglot import exp
 from streamsql.catalog.binding import source_def
 from streamsql.checkpoint import dead_letters
 from streamsql.checkpoint.log import SCHEMA, Checkpoint, state_table
-from streamsql.engine import STATUS_HEARTBEAT_SECONDS, source_instance, status_file
+from streamsql.engine.engine import STATUS_HEARTBEAT_SECONDS, source_instance, status_file
 from streamsql.errors import OperationalError
 from streamsql.format import elapsed_text
 from streamsql.runtime.progress import timestamp_of

@@ -368,7 +368,7 @@ def _summary(query: StreamingQuery, database: str) -> str:
     )
     if not totals.dead_letters:
         return line
-    if query.execution.source.on_error == "skip":
+    if all(source.on_error == "skip" for source in query.execution.sources.values()):
         return line + " (skipped: the source has on_error = 'skip')"
     if database == ":memory:":
         return line + " (kept in the in-memory database only: run with --db to keep them)"

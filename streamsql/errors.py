@@ -112,3 +112,5 @@ def from_duckdb(error: duckdb.Error, context: str = "") -> Error:
 class SourceUnavailable(OperationalError):
     """A source that cannot be reached right now (broker down, leader moving): a running
     query waits and retries the same batch, with backoff, instead of failing."""
+
+    source: str | None = None  # the source's name, told by the runtime that asked it

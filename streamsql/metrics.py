@@ -126,10 +126,11 @@ class _QueryGauges(Collector):
         )
         now_us = time.time() * 1_000_000
         for query in self._queries():
-            available.add_metric(
-                [query.name, query.execution.source.name],
-                1.0 if query.unavailable_since is None else 0.0,
-            )
+            for source in query.execution.sources:
+                available.add_metric(
+                    [query.name, source],
+                    0.0 if query.unavailable_since and query.unavailable_source == source else 1.0,
+                )
             watermark = query.execution.watermark
             if watermark:  # None or 0: no event time seen yet
                 delay.add_metric([query.name], (now_us - watermark) / 1_000_000)

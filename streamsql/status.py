@@ -20,6 +20,7 @@ import duckdb
 from sqlglot import exp
 
 from streamsql.catalog.binding import source_def
+from streamsql.catalog.definitions import SourceDef
 from streamsql.checkpoint import dead_letters
 from streamsql.checkpoint.log import SCHEMA, Checkpoint, state_table
 from streamsql.engine.engine import STATUS_HEARTBEAT_SECONDS, source_instance, status_file
@@ -183,16 +184,26 @@ def state_text(status: dict[str, Any], running: bool, now: float) -> str:
 def _from_checkpoint(
     con: duckdb.DuckDBPyConnection, name: str, sql: str, running: bool
 ) -> dict[str, Any]:
-    checkpoint = Checkpoint(con, name)
+    sources = _sources_of(con, sql)
+    checkpoint = Checkpoint(con, name, [s.name for s in sources])
     last = checkpoint.last_commit()
-    end = checkpoint.planned(last.batch_id).end if last else checkpoint.first_start()
+    ends = checkpoint.planned(last.batch_id).end if last else checkpoint.first_start()
     state_rows = None
     if con.execute(
         "SELECT 1 FROM duckdb_tables() WHERE schema_name = ? AND lower(table_name) = ?",
         [SCHEMA, f"state_{name.lower()}"],
     ).fetchall():
         state_rows = con.execute(f"SELECT count(*) FROM {state_table(name)}").fetchall()[0][0]
-    shown, lag = _lag(con, checkpoint, sql, end)
+    planned = checkpoint.planned_ends()
+    figures = {
+        s.name: _lag(con, s, (ends or {}).get(s.name), [end[s.name] for end in planned])
+        for s in sources
+    }
+    if len(figures) <= 1:
+        shown, lag = next(iter(figures.values()), (None, None))
+    else:
+        shown = {n: f[0] for n, f in figures.items()}
+        lag = {n: f[1] for n, f in figures.items()}
     return {
         "sink": name,
         "running": False,  # no process has the database open
@@ -206,25 +217,27 @@ def _from_checkpoint(
     }
 
 
-def _lag(
-    con: duckdb.DuckDBPyConnection, checkpoint: Checkpoint, sink_sql: str, end: Any
-) -> tuple[Any, Any]:
-    """The committed offsets as the source shows them, and what the source holds beyond
-    them, as it tells (per partition for sources that have them, asking the broker)."""
+def _sources_of(con: duckdb.DuckDBPyConnection, sink_sql: str) -> list[SourceDef]:
+    """The definitions of the sources a sink's query reads."""
     query = parse_one(sink_sql, stored=True).expression.expression
     names = sorted({table.name.lower() for table in query.find_all(exp.Table)})
     rows = con.execute(
         f"SELECT sql FROM {SCHEMA}.catalog WHERE kind = 'SOURCE' AND list_contains(?, lower(name))",
         [names],
     ).fetchall()
-    if not rows:
-        return end, None
-    source = source_instance(
-        con, source_def(parse_one(rows[0][0], stored=True).expression, rows[0][0])
-    )
+    return [source_def(parse_one(sql, stored=True).expression, sql) for (sql,) in rows]
+
+
+def _lag(
+    con: duckdb.DuckDBPyConnection, definition: SourceDef, end: Any, planned: list[Any]
+) -> tuple[Any, Any]:
+    """A source's committed offset as the source shows it, and what the source holds beyond
+    it, as it tells (per partition for sources that have them, asking the broker)."""
+    source = source_instance(con, definition)
+    shown = end
     try:
         shown = source.public_offset(end)
-        source.recover(checkpoint.planned_ends())
+        source.recover(planned)
         end = end if end is not None else source.initial_offset()
         source.snapshot()  # what is there now (for Kafka: the broker's end offsets)
         return shown, source.lag_by_partition(end) or source.backlog(end)

@@ -17,7 +17,7 @@ from streamsql.catalog.definitions import (
 )
 from streamsql.errors import PlanningError
 from streamsql.secrets import shown
-from streamsql.sql import DIALECT
+from streamsql.sql import DIALECT, position_of
 from streamsql.sql.nodes import MetadataColumnConstraint
 
 
@@ -127,14 +127,37 @@ def _watermark_of(item: exp.WatermarkColumnConstraint) -> WatermarkSpec:
 def sink_def(create: exp.Create, sql: str, parameters: Sequence[Any] | None = None) -> SinkDef:
     query = create.expression
     if isinstance(query, exp.SetOperation):
-        raise PlanningError(
-            f"CREATE SINK {create.this.name}: UNION, INTERSECT and EXCEPT over streams are not "
-            "supported yet",
-            rule="set-operation",
-        )
+        query = union_as_select(query, f"CREATE SINK {create.this.name}")
     if not isinstance(query, exp.Select):
         raise PlanningError(f"CREATE SINK {create.this.name} needs AS SELECT ...")
     return SinkDef(create.this.name, options_of(create), query, sql, tuple(parameters or ()))
+
+
+def union_as_select(query: exp.SetOperation, where: str) -> exp.Select:
+    """`q1 UNION ALL q2 [EMIT ...]` as `SELECT * FROM (q1 UNION ALL q2) [EMIT ...]`: a query
+    that reads a relation, as every streaming query does. The other set operations keep
+    state (UNION deduplicates, INTERSECT and EXCEPT remember both sides) and are refused."""
+    if not isinstance(query, exp.Union) or query.args.get("distinct"):
+        raise PlanningError(
+            f"{where}: {query.key.upper()} over streams is not supported: only UNION ALL is "
+            "stateless (for UNION, deduplicate the UNION ALL)",
+            rule="union-all-only",
+            position=position_of(query),
+        )
+    last = query
+    while isinstance(last, exp.SetOperation):
+        last = last.expression
+    union = query.copy()
+    select = exp.select("*").from_(union.subquery("__union"))
+    for key in ("order", "limit"):
+        select.set(key, union.args.get(key))
+        union.set(key, None)
+    last = union
+    while isinstance(last, exp.SetOperation):
+        last = last.expression
+    select.set("emit", last.args.get("emit"))
+    last.set("emit", None)
+    return select
 
 
 def differences(old: SourceDef | SinkDef, new: SourceDef | SinkDef) -> list[str]:

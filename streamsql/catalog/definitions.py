@@ -74,3 +74,12 @@ class SinkDef:
     @property
     def connector(self) -> str:
         return self.options.get("connector", "duckdb")
+
+
+@dataclass(frozen=True)
+class ViewDef:
+    """A view over streams: a name for a query that later queries read as a stream."""
+
+    name: str
+    query: exp.Query
+    sql: str = field(compare=False)

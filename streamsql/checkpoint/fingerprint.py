@@ -17,7 +17,7 @@ Fingerprint = dict[str, str]
 
 
 def _source(plan: StreamingPlan) -> str:
-    return f"{plan.source.name} ({plan.source.connector})"
+    return ", ".join(f"{s.name} ({s.source.connector})" for s in plan.scans)
 
 
 def _keys(plan: StreamingPlan) -> str:
@@ -41,9 +41,16 @@ def _window(plan: StreamingPlan) -> str:
 
 
 def _watermark(plan: StreamingPlan) -> str:
-    if not plan.has_watermark:
-        return "none"
-    return f"{plan.event_time} - {format_duration(plan.watermark_delay_us)}"
+    """Each source's (by its event time alone, for one source), and how they combine."""
+    marks = [
+        f"{'' if len(plan.scans) == 1 else s.name + ': '}{s.event_time} - "
+        f"{format_duration(s.watermark_delay_us)}"
+        for s in plan.scans
+        if s.has_watermark
+    ]
+    if len(marks) > 1:
+        marks.append(f"the {plan.watermark_policy.value}")
+    return ", ".join(marks) or "none"
 
 
 # What a checkpoint's state is shaped by, in the order a change is reported.

@@ -1,11 +1,12 @@
 """A query's checkpoint in the engine's DuckDB database (Spark's offsets/, commits/, metadata).
 
-Batch N's input range is written to the offset log, in its own transaction, before the
-batch reads anything. The commit record of batch N is written in the same transaction as
-batch N's state, its sink's rows (or file records) and the windows it emitted. On restart a
-batch that is in the offset log but not in the commit log is run again over exactly its
-logged range, with its logged thresholds. The plan fingerprint says which query the state
-belongs to: another query is refused rather than resumed on it.
+Batch N's input range, an offset for every source the query reads (Spark's OffsetSeq), is
+written to the offset log, in its own transaction, before the batch reads anything. The
+commit record of batch N is written in the same transaction as batch N's state, its sink's
+rows (or file records) and the windows it emitted. On restart a batch that is in the offset
+log but not in the commit log is run again over exactly its logged ranges, with its logged
+thresholds. The plan fingerprint says which query the state belongs to: another query is
+refused rather than resumed on it.
 """
 
 from __future__ import annotations
@@ -50,6 +51,9 @@ TABLES = (
         output_rows BIGINT,
         committed_at TIMESTAMPTZ DEFAULT current_timestamp,
         PRIMARY KEY (query, batch_id))""",
+    # Each source's max event time (ms precision) in batches 0..N, by source name: what
+    # each source's own watermark is, of which the global one is the min (or max).
+    f"ALTER TABLE {SCHEMA}.commits ADD COLUMN IF NOT EXISTS max_event_by_source JSON",
     f"""CREATE TABLE IF NOT EXISTS {SCHEMA}.metadata (
         query VARCHAR PRIMARY KEY,
         id VARCHAR NOT NULL,        -- the query's id, kept across restarts (Spark's metadata)
@@ -137,30 +141,60 @@ def registered(cursor: duckdb.DuckDBPyConnection, name: str, rows: Any) -> Itera
     cursor.unregister(name)
 
 
+Offsets = dict[str, Any]  # by source name, in the query's order: Spark's OffsetSeq
+
+
 @dataclass(frozen=True)
 class PlannedBatch:
     batch_id: int
-    start: Any
-    end: Any
+    start: Offsets
+    end: Offsets
     watermark_us: int | None
     late_threshold_us: int | None
+
+    @property
+    def no_data(self) -> bool:
+        return self.start == self.end
 
 
 @dataclass(frozen=True)
 class CommitRecord:
     batch_id: int
     next_watermark_us: int | None
-    max_event_us: int | None
+    max_event_by_source: dict[str, int | None]
     input_rows: int = 0
     output_rows: int = 0
 
+    @property
+    def max_event_us(self) -> int | None:
+        return max((m for m in self.max_event_by_source.values() if m is not None), default=None)
+
 
 class Checkpoint:
-    """One query's view of the offset and commit logs."""
+    """One query's view of the offset and commit logs.
 
-    def __init__(self, cursor: duckdb.DuckDBPyConnection, query: str) -> None:
+    `sources` names the sources whose offsets the log holds, in the query's order. The
+    offsets of a query of one source are logged as that source's offset alone, as they were
+    before queries read several: such checkpoints resume as they are.
+    """
+
+    def __init__(
+        self, cursor: duckdb.DuckDBPyConnection, query: str, sources: Sequence[str] = ()
+    ) -> None:
         self.cursor = cursor
         self.query = query.lower()  # names are case-insensitive, as in DuckDB
+        self.sources = list(sources)
+
+    def _encode(self, offsets: Offsets) -> str:
+        if len(self.sources) == 1:
+            return json.dumps(offsets[self.sources[0]])
+        return json.dumps({name: offsets[name] for name in self.sources})
+
+    def _decode(self, value: str | None) -> Offsets:
+        loaded = _load(value)
+        if len(self.sources) == 1:
+            return {self.sources[0]: loaded}
+        return {name: (loaded or {}).get(name) for name in self.sources}
 
     def is_new(self) -> bool:
         """Nothing of this query is recorded yet."""
@@ -177,11 +211,16 @@ class Checkpoint:
 
     def last_commit(self) -> CommitRecord | None:
         row = self.cursor.execute(
-            f"SELECT batch_id, next_watermark_us, max_event_us, input_rows, output_rows "
-            f"FROM {SCHEMA}.commits WHERE query = ? ORDER BY batch_id DESC LIMIT 1",
+            f"SELECT batch_id, next_watermark_us, max_event_us, max_event_by_source, input_rows, "
+            f"output_rows FROM {SCHEMA}.commits WHERE query = ? ORDER BY batch_id DESC LIMIT 1",
             [self.query],
         ).fetchall()
-        return CommitRecord(*row[0]) if row else None
+        if not row:
+            return None
+        batch_id, watermark, max_event, by_source, inputs, outputs = row[0]
+        # A commit written before sources had their own: the one source's max.
+        by_source = _load(by_source) or dict.fromkeys(self.sources, max_event)
+        return CommitRecord(batch_id, watermark, by_source, inputs, outputs)
 
     def planned(self, batch_id: int) -> PlannedBatch | None:
         row = self.cursor.execute(
@@ -192,9 +231,9 @@ class Checkpoint:
         if not row:
             return None
         batch, start, end, watermark, late = row[0]
-        return PlannedBatch(batch, _load(start), _load(end), watermark, late)
+        return PlannedBatch(batch, self._decode(start), self._decode(end), watermark, late)
 
-    def first_start(self) -> Any | None:
+    def first_start(self) -> Offsets | None:
         """Where the first batch in the log starts: the initial offset recorded when the query
         was created (Spark's initial offset log), or the offsets truncation merged; None for a
         query that has none recorded yet."""
@@ -202,24 +241,24 @@ class Checkpoint:
             f"SELECT end_offset FROM {SCHEMA}.offsets WHERE query = ? AND batch_id = -1",
             [self.query],
         ).fetchall()
-        return _load(row[0][0]) if row else None
+        return self._decode(row[0][0]) if row else None
 
-    def log_initial(self, offset: Any) -> None:
+    def log_initial(self, offsets: Offsets) -> None:
         """Record where a new query starts, before any batch: a query stopped before its first
         batch resumes from here, not from wherever `latest` points by then."""
         self.cursor.execute(
             f"INSERT INTO {SCHEMA}.offsets (query, batch_id, end_offset) VALUES (?, -1, ?)",
-            [self.query, json.dumps(offset)],
+            [self.query, self._encode(offsets)],
         ).fetchall()
 
-    def planned_ends(self) -> list[Any]:
+    def planned_ends(self) -> list[Offsets]:
         """Every end offset planned, in batch order (the batches truncated away merged into
         one, first): what a file source has seen."""
         rows = self.cursor.execute(
             f"SELECT end_offset FROM {SCHEMA}.offsets WHERE query = ? ORDER BY batch_id",
             [self.query],
         ).fetchall()
-        return [_load(end) for (end,) in rows]
+        return [self._decode(end) for (end,) in rows]
 
     def log_offsets(self, batch: PlannedBatch) -> None:
         """Write-ahead: durable before the batch reads its input."""
@@ -229,8 +268,8 @@ class Checkpoint:
             [
                 self.query,
                 batch.batch_id,
-                json.dumps(batch.start),
-                json.dumps(batch.end),
+                self._encode(batch.start),
+                self._encode(batch.end),
                 batch.watermark_us,
                 batch.late_threshold_us,
             ],
@@ -240,12 +279,13 @@ class Checkpoint:
         """Called inside the batch's transaction."""
         self.cursor.execute(
             f"INSERT INTO {SCHEMA}.commits (query, batch_id, next_watermark_us, max_event_us, "
-            f"input_rows, output_rows) VALUES (?, ?, ?, ?, ?, ?)",
+            f"max_event_by_source, input_rows, output_rows) VALUES (?, ?, ?, ?, ?, ?, ?)",
             [
                 self.query,
                 commit.batch_id,
                 commit.next_watermark_us,
                 commit.max_event_us,
+                json.dumps(commit.max_event_by_source),
                 commit.input_rows,
                 commit.output_rows,
             ],
@@ -290,16 +330,18 @@ class Checkpoint:
         ).fetchall()
         return query_id
 
-    def truncate(self, through: int, merge: Callable[[list[Any]], Any]) -> None:
+    def truncate(self, through: int, merge: Callable[[str, list[Any]], Any]) -> None:
         """Drop the log entries of batches up to `through` (Spark's minBatchesToRetain),
-        keeping what the source needs of their offsets merged into one entry, batch -1."""
+        keeping what each source needs of their offsets (`merge(source, offsets)`) merged
+        into one entry, batch -1."""
         with transaction(self.cursor):
             rows = self.cursor.execute(
                 f"SELECT end_offset FROM {SCHEMA}.offsets WHERE query = ? AND batch_id <= ? "
                 "ORDER BY batch_id",
                 [self.query, through],
             ).fetchall()
-            merged = merge([_load(end) for (end,) in rows])
+            ends = [self._decode(end) for (end,) in rows]
+            merged = {name: merge(name, [end[name] for end in ends]) for name in self.sources}
             for table in ("offsets", "commits"):
                 self.cursor.execute(
                     f"DELETE FROM {SCHEMA}.{table} WHERE query = ? AND batch_id <= ?",
@@ -307,7 +349,7 @@ class Checkpoint:
                 ).fetchall()
             self.cursor.execute(
                 f"INSERT INTO {SCHEMA}.offsets (query, batch_id, end_offset) VALUES (?, -1, ?)",
-                [self.query, json.dumps(merged)],
+                [self.query, self._encode(merged)],
             ).fetchall()
 
     def forget_statements(self) -> Statements:

@@ -28,7 +28,8 @@ class OutputSchema:
 
 
 class Sink(Configured, ABC):
-    OPTIONS: ClassVar[tuple[str, ...]] = ("connector", "trigger")  # WITH (...) keys it reads
+    # WITH (...) keys it reads (and the engine: how several sources' watermarks combine)
+    OPTIONS: ClassVar[tuple[str, ...]] = ("connector", "trigger", "multiple_watermark_policy")
     # The TABLE or VIEW the sink keeps in the engine database, and the option that names it
     # (by default the sink's name): the sink's own, so DROP SINK drops it.
     OUTPUT: ClassVar[tuple[str, str] | None] = None

@@ -15,15 +15,15 @@ import threading
 import time
 import warnings
 import weakref
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import duckdb
 from sqlglot import exp
 
-from streamsql.catalog.binding import options_of, sink_def, source_def
-from streamsql.catalog.definitions import SinkDef, SourceDef
+from streamsql.catalog.binding import options_of, sink_def, source_def, union_as_select
+from streamsql.catalog.definitions import SinkDef, SourceDef, ViewDef
 from streamsql.checkpoint import dead_letters
 from streamsql.checkpoint.fingerprint import fingerprint
 from streamsql.checkpoint.log import (
@@ -50,7 +50,7 @@ from streamsql.errors import (
 from streamsql.incremental.aggregates import MACROS
 from streamsql.incremental.compiler import BatchProgram, compile_plan
 from streamsql.metrics import EngineMetrics
-from streamsql.plan.plan import StreamingPlan
+from streamsql.plan.plan import StreamingPlan, WatermarkPolicy
 from streamsql.plan.planner import Planner
 from streamsql.quoting import literal, quote
 from streamsql.runtime.microbatch import MicroBatchExecution
@@ -66,7 +66,7 @@ STATUS_SECONDS = 1.0  # how often a running process publishes its status, at mos
 STATUS_HEARTBEAT_SECONDS = 10.0  # and how often at least, while a query of a sink runs
 
 CATALOG = f"""CREATE TABLE IF NOT EXISTS {SCHEMA}.catalog (
-    kind VARCHAR NOT NULL,          -- SOURCE | SINK
+    kind VARCHAR NOT NULL,          -- SOURCE | VIEW (over streams) | SINK
     name VARCHAR NOT NULL,
     sql VARCHAR NOT NULL,           -- the CREATE statement, as written
     running BOOLEAN DEFAULT true,   -- sinks: resumed when the database is opened again
@@ -183,6 +183,7 @@ class Engine:
             raise
         self.sources: dict[str, SourceDef] = {}
         self.sinks: dict[str, SinkDef] = {}
+        self.views: dict[str, ViewDef] = {}  # over streams: DuckDB does not know them
         self.queries: dict[str, StreamingQuery] = {}
         self._instances: dict[str, Source] = {}
         self.callbacks: dict[str, BatchCallback] = {}  # functions callback sinks name
@@ -274,6 +275,8 @@ class Engine:
                 )
             if name in self.sources and not table.db:
                 raise _stream_outside_a_query(node, self.sources[name].name, table)
+            if name in self.views and not table.db:
+                raise _stream_outside_a_query(node, self.views[name].name, table)
 
     # -- catalog ---------------------------------------------------------------------------------
 
@@ -286,12 +289,17 @@ class Engine:
         ).fetchall()[0]
         stored = "parameters" if has_parameters else "NULL AS parameters"
         rows = self.db.execute(
-            f"SELECT kind, sql, running, {stored} FROM {SCHEMA}.catalog ORDER BY kind DESC, name"
+            f"SELECT kind, sql, running, {stored} FROM {SCHEMA}.catalog "
+            "ORDER BY list_position(['SOURCE', 'VIEW', 'SINK'], kind), name"
         ).fetchall()
         for kind, sql, running, parameters in rows:
             create = parse_one(sql, stored=True).expression
             if kind == "SOURCE":
                 self._register_source(source_def(create, sql))
+            elif kind == "VIEW":
+                self.views[create.this.name.lower()] = ViewDef(
+                    create.this.name, create.expression, sql
+                )
             else:
                 definition = sink_def(create, sql, parameters)
                 self.sinks[definition.name.lower()] = definition
@@ -474,7 +482,7 @@ class Engine:
         """Resume a sink's checkpoint under a new definition, if its state is unaffected
         (sink options, the trigger, projections and filters may change; Spark's rules)."""
         name = definition.name
-        plan = self.plan(definition.query, definition.parameters)
+        plan = self.plan(definition.query, definition.parameters, definition.options)
         changed = Checkpoint(self.db, name).mismatch(fingerprint(plan))
         if changed:
             raise ProgrammingError(
@@ -493,9 +501,24 @@ class Engine:
             raise
         self.sinks[name.lower()] = definition
 
-    def plan(self, select: exp.Select, parameters: Sequence[Any] | None = None) -> StreamingPlan:
+    def plan(
+        self,
+        select: exp.Query,
+        parameters: Sequence[Any] | None = None,
+        options: Mapping[str, str] | None = None,
+    ) -> StreamingPlan:
+        """`options`: the sink's, which choose how several sources' watermarks combine."""
+        policy = (options or {}).get("multiple_watermark_policy", "min").lower()
+        if policy not in tuple(WatermarkPolicy):
+            raise ProgrammingError(
+                f"multiple_watermark_policy = {policy!r}: expected 'min' or 'max'"
+            )
+        if isinstance(select, exp.SetOperation):
+            select = union_as_select(select, "A streaming query")
         with contextlib.closing(self.cursor()) as cursor:
-            return Planner(cursor, self.sources).plan(select, parameters)
+            views = {name: view.query for name, view in self.views.items()}
+            planner = Planner(cursor, self.sources, views)
+            return planner.plan(select, parameters, WatermarkPolicy(policy))
 
     def cursor(self) -> DuckCursor:
         """A DuckDB cursor on the engine database, in UTC, closed with the engine."""
@@ -537,7 +560,7 @@ class Engine:
         self, definition: SinkDef, sink: Sink | None = None, plan: StreamingPlan | None = None
     ) -> MicroBatchExecution:
         """The sink's query, ready to start (from the sink and plan already made, if given)."""
-        plan = plan or self.plan(definition.query, definition.parameters)
+        plan = plan or self.plan(definition.query, definition.parameters, definition.options)
         sink = sink or self._sink(definition)
         return self._prepare(definition.name, plan, self.program(definition.name, plan), sink)
 
@@ -553,8 +576,8 @@ class Engine:
     def _prepare(
         self, name: str, plan: StreamingPlan, program: BatchProgram, sink: Sink
     ) -> MicroBatchExecution:
-        source = self.source(plan.source.name).for_query()
-        return MicroBatchExecution(name, self.cursor(), plan, program, source, sink)
+        sources = [self.source(scan.name).for_query() for scan in plan.scans]
+        return MicroBatchExecution(name, self.cursor(), plan, program, sources, sink)
 
     def _progressed(self, query: StreamingQuery) -> None:
         """After each batch of a sink's query (and when it waits for its source or ends)."""

@@ -25,12 +25,21 @@ def explain(
     name = target.this.name if isinstance(target, exp.Create) else "query"
     plan = engine.plan(select, params)
     program = engine.program(name, plan)
+    names = ", ".join(scan.name for scan in plan.scans)
     header = [
-        f"-- {plan.kind.value} over source {plan.source.name}, EMIT {plan.emit.value}",
+        f"-- {plan.kind.value} over source{'s' if len(plan.scans) > 1 else ''} {names}, "
+        f"EMIT {plan.emit.value}",
     ]
-    if plan.has_watermark:
-        delay = format_duration(plan.watermark_delay_us)
-        header.append(f"-- watermark: max({plan.event_time}) - {delay}")
+    for scan in plan.scans:
+        if scan.has_watermark:
+            delay = format_duration(scan.watermark_delay_us)
+            whose = f" of {scan.name}" if len(plan.scans) > 1 else ""
+            header.append(f"-- watermark{whose}: max({scan.event_time}) - {delay}")
+    if sum(scan.has_watermark for scan in plan.scans) > 1:
+        header.append(
+            f"-- global watermark: the {plan.watermark_policy.value} of the sources' "
+            f"(late rows and closing windows judged on {plan.event_time})"
+        )
     if plan.window:
         window = plan.window
         sizes = (

@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import uuid
 from collections.abc import Callable, Sequence
+from types import UnionType
 from typing import TYPE_CHECKING, Any
 
 import duckdb
@@ -14,7 +15,7 @@ import pyarrow as pa
 from sqlglot import exp
 
 from streamsql.catalog.binding import differences, sink_def, source_def
-from streamsql.catalog.definitions import SinkDef, SourceDef
+from streamsql.catalog.definitions import SinkDef, SourceDef, ViewDef
 from streamsql.checkpoint import dead_letters
 from streamsql.checkpoint.log import Checkpoint, atomically
 from streamsql.connectors.collect import CollectSink
@@ -26,6 +27,7 @@ from streamsql.engine.result import DuckCursor, Result
 from streamsql.engine.show import describe_query, show
 from streamsql.errors import ProgrammingError, from_duckdb
 from streamsql.incremental.compiler import compile_plan
+from streamsql.plan.relation import inline_views
 from streamsql.quoting import quote
 from streamsql.runtime.push import PushStream
 from streamsql.runtime.query import StreamingQuery
@@ -45,11 +47,47 @@ PUSH_LABEL_WIDTH = 60  # characters of a push query's first line its errors quot
 def _is_streaming(engine: Engine, node: exp.Expr | None) -> bool:
     if isinstance(node, exp.Create) and node.kind == "SINK":
         return True
-    if not isinstance(node, exp.Select):
+    if not isinstance(node, exp.Select | exp.Union):
         return False
     if any(node.args.get(k) for k in ("stream_window", "emit")):
         return True
-    return any(t.name.lower() in engine.sources for t in node.find_all(exp.Table))
+    return any(
+        t.name.lower() in engine.sources or t.name.lower() in engine.views
+        for t in node.find_all(exp.Table)
+        if not t.db
+    )
+
+
+def _names_view(engine: Engine, node: exp.Drop) -> bool:
+    tables = node.args.get("tables") or [node.this]
+    return any(t.name.lower() in engine.views for t in tables)
+
+
+def create_view(
+    engine: Engine, statement: Statement, params: Sequence[Any] | None, cursor: DuckCursor
+) -> Result:
+    """A view over streams: kept in the catalog, read as a stream by later queries (its
+    query is planned into theirs); planned now, so that a view no query could read is
+    refused when it is created."""
+    create = statement.expression
+    name = create.this.name
+    if params:
+        raise ProgrammingError(f"CREATE VIEW {name}: a view over streams takes no parameters")
+    taken = engine.sources.get(name.lower()) or engine.sinks.get(name.lower())
+    if taken is not None or engine._relation_kind((name,)):
+        raise ProgrammingError(f"CREATE VIEW {name}: the name is taken")
+    with engine._lock:
+        if name.lower() in engine.views and not create.args.get("replace"):
+            if create.args.get("exists"):
+                return Result()
+            raise ProgrammingError(f"View {name!r} already exists")
+        users = [s.name for s in engine.sinks.values() if _reads(engine, s, name)]
+        if users and name.lower() in engine.views:
+            raise ProgrammingError(f"Cannot replace view {name}: sinks {', '.join(users)} read it")
+        engine.plan(create.expression)
+        engine._remember("VIEW", name, statement.text)
+        engine.views[name.lower()] = ViewDef(name, create.expression, statement.text)
+    return Result()
 
 
 def _insert_target(engine: Engine, node: exp.Insert) -> Source | None:
@@ -77,7 +115,7 @@ def create_source(
                 f"SOURCE or DROP SOURCE {name} first"
             )
         if existing is not None:
-            users = [s.name for s in engine.sinks.values() if _reads(s, name)]
+            users = [s.name for s in engine.sinks.values() if _reads(engine, s, name)]
             if users:
                 raise ProgrammingError(
                     f"Cannot replace source {name}: sinks {', '.join(users)} read it"
@@ -95,8 +133,12 @@ def _unchanged(existing: SourceDef | SinkDef, create: exp.Create, text: str) -> 
     return bool(create.args.get("exists")) or _canonical(existing.sql) == _canonical(text)
 
 
-def _reads(sink: SinkDef, source: str) -> bool:
-    return any(t.name.lower() == source.lower() for t in sink.query.find_all(exp.Table))
+def _reads(engine: Engine, sink: SinkDef | ViewDef, relation: str) -> bool:
+    """Whether the query reads the source or view `relation`, through views too."""
+    query = inline_views(sink.query.copy(), {n: v.query for n, v in engine.views.items()})
+    names = {t.name.lower() for t in query.find_all(exp.Table)}
+    names |= {t.name.lower() for t in sink.query.find_all(exp.Table)}
+    return relation.lower() in names
 
 
 def create_sink(
@@ -136,20 +178,26 @@ def drop(
         raise ProgrammingError(f"DROP {node.kind} takes one name")
     name = tables[0].name
     with engine._lock:
-        registry = engine.sources if node.kind == "SOURCE" else engine.sinks
+        registry = {"SOURCE": engine.sources, "VIEW": engine.views}.get(node.kind, engine.sinks)
         if name.lower() not in registry:
             if node.args.get("exists"):
                 return Result()
             raise ProgrammingError(f"{node.kind.title()} {name!r} does not exist")
-        if node.kind == "SOURCE":
-            users = [s.name for s in engine.sinks.values() if _reads(s, name)]
+        if node.kind in ("SOURCE", "VIEW"):
+            users = [
+                f"{kind} {d.name}"
+                for kind, defs in (("sink", engine.sinks), ("view", engine.views))
+                for d in defs.values()
+                if d.name.lower() != name.lower() and _reads(engine, d, name)
+            ]
             if users:
                 raise ProgrammingError(
-                    f"Cannot drop source {name}: sinks {', '.join(users)} read it; drop them first"
+                    f"Cannot drop {node.kind.lower()} {name}: {', '.join(users)} read it; "
+                    "drop them first"
                 )
-            del engine.sources[name.lower()]
-            del engine._instances[name.lower()]
-            engine.db.execute(*engine._forget_statement("SOURCE", name)).fetchall()
+            del registry[name.lower()]
+            engine._instances.pop(name.lower(), None)
+            engine.db.execute(*engine._forget_statement(node.kind, name)).fetchall()
         else:
             definition = engine.sinks[name.lower()]
             statements = engine._drop_statements(definition)
@@ -303,7 +351,13 @@ def _always(engine: Engine, node: exp.Expr) -> bool:
     return True
 
 
-HANDLERS: tuple[tuple[type[exp.Expr], Condition, Handler], ...] = (
+HANDLERS: tuple[tuple[type[exp.Expr] | UnionType, Condition, Handler], ...] = (
+    (
+        exp.Create,
+        lambda engine, node: node.kind == "VIEW" and _is_streaming(engine, node.expression),
+        create_view,
+    ),
+    (exp.Drop, lambda engine, node: node.kind == "VIEW" and _names_view(engine, node), drop),
     (exp.Create, lambda engine, node: node.kind == "SOURCE", create_source),
     (exp.Create, lambda engine, node: node.kind == "SINK", create_sink),
     (exp.Drop, lambda engine, node: node.kind in ("SOURCE", "SINK"), drop),
@@ -314,7 +368,7 @@ HANDLERS: tuple[tuple[type[exp.Expr], Condition, Handler], ...] = (
     (nodes.CompactSink, _always, compact_sink),
     (exp.Set, lambda engine, node: _setting(node) == "trigger", set_trigger),
     (exp.Insert, lambda engine, node: _insert_target(engine, node) is not None, insert_into_source),
-    (exp.Select, _is_streaming, push_query),
+    (exp.Select | exp.Union, _is_streaming, push_query),
 )
 
 

@@ -32,10 +32,9 @@ from sqlglot import exp
 from streamsql.catalog.definitions import INTERNAL_PREFIX, Emit
 from streamsql.checkpoint.log import EMITTED_WINDOWS
 from streamsql.incremental.aggregates import StateColumn
-from streamsql.plan.plan import QueryKind, StreamingPlan
+from streamsql.plan.plan import QueryKind, Scan, StreamingPlan
 from streamsql.quoting import literal
 
-INPUT_VIEW = "__input"
 # Columns added next to the source's own: named so that no source column can be one.
 WINDOW_START = f"{INTERNAL_PREFIX}ws"
 HOP, HOP_INDEX = f"{INTERNAL_PREFIX}hop", f"{INTERNAL_PREFIX}i"
@@ -94,7 +93,7 @@ class Step:
 
 @dataclass(frozen=True)
 class Statistics:
-    """What the runtime measures on every batch's input.
+    """What the runtime measures on every batch's input of one source (`view`).
 
     Rows whose `window_time` is NULL are dropped, and late when it is below the late
     cutoff; the max of `event_time` drives the watermark; the min accepted `window_time`
@@ -107,7 +106,8 @@ class Statistics:
     turn them into dead letters.
     """
 
-    window_time: str | None
+    view: str
+    window_time: str | None  # measured here when the operator reads the source as it is
     event_time: str | None
     late: bool  # whether this query drops late rows (and so counts them)
     sql: Step | None
@@ -117,10 +117,13 @@ class Statistics:
 @dataclass(frozen=True)
 class BatchProgram:
     setup: tuple[str, ...]
-    statistics: Statistics
+    statistics: tuple[Statistics, ...]  # one per scan, in the plan's order
     steps: tuple[Step, ...]
     state_table: str | None
     compaction: tuple[Step, ...] = ()  # combine appended partials into one row per group
+    # Over the relation of several sources (or one transformed): the rows whose window time
+    # is NULL, the late rows, the earliest accepted window time.
+    window_statistics: Step | None = None
 
     @property
     def state_rows_sql(self) -> str:
@@ -134,7 +137,8 @@ class BatchProgram:
         lines: list[str] = []
         for statement in self.setup:
             lines += ["-- once, when the query starts", f"{pretty(statement)};", ""]
-        steps = [self.statistics.sql] if self.statistics.sql else []
+        steps = [s.sql for s in self.statistics if s.sql]
+        steps += [self.window_statistics] if self.window_statistics else []
         for title, group in (("per batch", [*steps, *self.steps]), ("compaction", self.compaction)):
             for step in group:
                 notes = []
@@ -191,7 +195,8 @@ class Compiler:
 
     def compile(self) -> BatchProgram:
         plan = self.plan
-        statistics = self.statistics()
+        statistics = tuple(self.statistics(scan) for scan in plan.scans)
+        window_statistics = self.window_statistics()
         if plan.kind is QueryKind.STATELESS:
             emit = Step("emit rows", self.stateless_output(), Fetch.EMIT)
             return BatchProgram((), statistics, (emit,), None)
@@ -207,30 +212,49 @@ class Compiler:
             f"CREATE {'TEMP ' if self.temporary else ''}TABLE IF NOT EXISTS {self.state} AS "
             f"SELECT * FROM ({self.state_shape()}) LIMIT 0",
         )
-        return BatchProgram(setup, statistics, tuple(steps), self.state, compaction)
+        return BatchProgram(
+            setup, statistics, tuple(steps), self.state, compaction, window_statistics
+        )
 
     # -- input ---------------------------------------------------------------------------------
 
-    def rows(self, filtered: bool = True) -> str:
-        """The source relation: declared columns plus computed ones, and (`filtered`) only
-        the rows that pass the WHERE conjuncts Spark would apply below the watermark.
+    def scan_rows(self, scan: Scan, filtered: bool = True) -> exp.Query:
+        """A source's relation: declared columns plus computed ones, and (`filtered`) only
+        the rows that pass the filters Spark would apply below the watermark.
 
         Arrow has no HUGEINT: the batch carries such columns as DECIMAL(38, 0), and they are
         cast back so that the query computes (and its sink stores) the declared type.
         """
-        relation = INPUT_VIEW
+        relation: exp.Query = exp.select("*").from_(scan.view)
         casts = [
-            f"CAST({ident(c.name)} AS {c.type}) AS {ident(c.name)}"
-            for c in self.plan.source.columns
+            exp.alias_(exp.cast(exp.column(c.name, quoted=True), c.type), c.name, quoted=True)
+            for c in scan.source.columns
             if ARROW_LOSES.search(c.type)
         ]
         if casts:
-            relation = f"(SELECT * REPLACE ({', '.join(casts)}) FROM {relation})"
-        for name, expression in self.plan.derived:
-            relation = f"(SELECT *, {sql_of(expression)} AS {ident(name)} FROM {relation})"
-        if filtered and self.plan.prefilter is not None:
-            relation = f"(SELECT * FROM {relation} WHERE {sql_of(self.plan.prefilter)})"
+            relation = exp.select(exp.Star(replace=casts)).from_(scan.view)
+        for name, expression in scan.derived:
+            computed = exp.alias_(expression.copy(), name, quoted=True)
+            relation = exp.select("*", computed).from_(relation.subquery())
+        if filtered and scan.prefilter is not None:
+            relation = exp.select("*").from_(relation.subquery()).where(scan.prefilter.copy())
         return relation
+
+    def rows(self, filtered: bool = True) -> str:
+        """The relation the operator reads: its one source's rows, or the query's relation
+        over the sources' rows."""
+        plan = self.plan
+        if plan.relation is None:
+            return f"({sql_of(self.scan_rows(plan.scans[0], filtered))})"
+        scans = {scan.view: scan for scan in plan.scans}
+
+        def substitute(node: exp.Expr) -> exp.Expr:
+            if isinstance(node, exp.Table) and node.name in scans and not node.db:
+                rows = self.scan_rows(scans[node.name], filtered)
+                return rows.subquery(exp.to_identifier(node.alias_or_name, quoted=True))
+            return node
+
+        return f"({sql_of(plan.relation.transform(substitute))})"
 
     @property
     def drops_late_rows(self) -> bool:
@@ -239,11 +263,13 @@ class Compiler:
     def _time(self) -> str:
         return self._epoch_us(self.plan.window.time_column)
 
-    def _epoch_us(self, column: str) -> str:
-        """Microseconds since the epoch of a time column. DuckDB's epoch_us goes through
-        nanoseconds for TIMESTAMP_MS and TIMESTAMP_S, which overflow after 2262-04-11:
-        those are cast to (microsecond) TIMESTAMP first, as batch SQL would compare them."""
-        if self.plan.time_types.get(column.lower()) in ("TIMESTAMP_MS", "TIMESTAMP_S"):
+    def _epoch_us(self, column: str, types: dict[str, str] | None = None) -> str:
+        """Microseconds since the epoch of a time column (of `types`, by default the
+        relation's). DuckDB's epoch_us goes through nanoseconds for TIMESTAMP_MS and
+        TIMESTAMP_S, which overflow after 2262-04-11: those are cast to (microsecond)
+        TIMESTAMP first, as batch SQL would compare them."""
+        types = self.plan.time_types if types is None else types
+        if types.get(column.lower()) in ("TIMESTAMP_MS", "TIMESTAMP_S"):
             return f"epoch_us(CAST({ident(column)} AS TIMESTAMP))"
         return f"epoch_us({ident(column)})"
 
@@ -258,14 +284,18 @@ class Compiler:
         """A state row's window ended at or before the watermark."""
         return f"window_end <= {self._to_timestamp('$watermark::BIGINT')}"
 
-    def statistics(self) -> Statistics:
+    def statistics(self, scan: Scan) -> Statistics:
+        """What is measured on a source's rows: its event times for its watermark, and when
+        the operator reads the source as it is, the window times too."""
         plan = self.plan
-        window_time = plan.window.time_column if plan.window else None
-        event_time = plan.event_time if plan.has_watermark else None
-        late = self.drops_late_rows
+        own = plan.relation is None
+        window_time = plan.window.time_column if plan.window and own else None
+        event_time = scan.event_time if scan.has_watermark else None
+        late = self.drops_late_rows and own
         outside = {
-            name: f"{ident(name)} IS NOT NULL AND coalesce({self._epoch_us(name)} NOT BETWEEN "
-            f"{MIN_EVENT_US} AND {MAX_EVENT_US}, TRUE)"
+            name: f"{ident(name)} IS NOT NULL AND coalesce("
+            f"{self._epoch_us(name, scan.types)} NOT BETWEEN {MIN_EVENT_US} AND {MAX_EVENT_US}, "
+            "TRUE)"
             for name in (window_time, event_time)
             if name is not None
         }
@@ -274,40 +304,54 @@ class Compiler:
             f"{ident(name)}::VARCHAR || {literal(OUTSIDE)}"
             for name, condition in outside.items()
         )
+        everything = f"({sql_of(self.scan_rows(scan, filtered=False))})"
         # One error (or NULL) per input row, in input order: a filter must not apply here.
-        bad_times = (
-            f"SELECT CASE {errors} END AS __error FROM {self.rows(filtered=False)}"
-            if outside
-            else None
-        )
-        columns = {c.name.lower(): c.type for c in plan.source.columns}
-        if (plan.prefilter is None or not outside) and all(
+        bad_times = f"SELECT CASE {errors} END AS __error FROM {everything}" if outside else None
+        columns = {c.name.lower(): c.type for c in scan.source.columns}
+        if (scan.prefilter is None or not outside) and all(
             name is None or columns.get(name.lower()) in ("TIMESTAMP", "TIMESTAMP WITH TIME ZONE")
             for name in (window_time, event_time)
         ):
-            return Statistics(window_time, event_time, late, None, bad_times)
+            return Statistics(scan.view, window_time, event_time, late, None, bad_times)
         time = self._time() if window_time else None
         accepted = f" FILTER (WHERE {time} >= $late_cutoff)" if late else ""
         # Every input row counts, and any may have a bad time; the other figures are over
         # the rows the pushed-down WHERE keeps (in one pass when there is no such WHERE).
         bad = " OR ".join(outside.values()) or "FALSE"
         counts = ["count(*)", f"count(*) FILTER (WHERE {bad})"]
-        if plan.prefilter is not None:
+        if scan.prefilter is not None:
             counts = [
-                f"(SELECT count(*) FROM {INPUT_VIEW})",
-                f"(SELECT count(*) FROM {self.rows(filtered=False)} WHERE {bad})",
+                f"(SELECT count(*) FROM {scan.view})",
+                f"(SELECT count(*) FROM {everything} WHERE {bad})",
             ]
         figures = [
             counts[0],
             f"count(*) FILTER (WHERE {ident(window_time)} IS NULL)" if time else "0",
             f"count(*) FILTER (WHERE {time} < $late_cutoff)" if late else "0",
-            f"max({self._epoch_us(event_time)})" if event_time else "NULL",
+            f"max({self._epoch_us(event_time, scan.types)})" if event_time else "NULL",
             f"min({time}){accepted}" if time else "NULL",
             counts[1],
         ]
+        sql = f"SELECT {', '.join(figures)} FROM ({sql_of(self.scan_rows(scan))})"
+        step = Step(f"statistics of {scan.name}", sql, Fetch.STATS)
+        return Statistics(scan.view, window_time, event_time, late, step, bad_times)
+
+    def window_statistics(self) -> Step | None:
+        """Over a relation of the sources: the rows whose window time is NULL, the late
+        rows and the earliest accepted window time (the sources' own statistics give the
+        input rows and event times)."""
+        plan = self.plan
+        if plan.relation is None or plan.window is None:
+            return None
+        time = self._time()
+        late = self.drops_late_rows
+        figures = [
+            f"count(*) FILTER (WHERE {ident(plan.window.time_column)} IS NULL)",
+            f"count(*) FILTER (WHERE {time} < $late_cutoff)" if late else "0",
+            f"min({time})" + (f" FILTER (WHERE {time} >= $late_cutoff)" if late else ""),
+        ]
         sql = f"SELECT {', '.join(figures)} FROM {self.rows()}"
-        step = Step("batch statistics", sql, Fetch.STATS)
-        return Statistics(window_time, event_time, late, step, bad_times)
+        return Step("window statistics", sql, Fetch.STATS)
 
     def windowed_rows(self) -> str:
         """Rows with their window bounds; a hopping row appears once per window it is in."""

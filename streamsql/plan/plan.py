@@ -48,21 +48,58 @@ class WindowSpec:
         return (late_us - self.size_us) // self.slide_us * self.slide_us + self.slide_us
 
 
+class WatermarkPolicy(StrEnum):
+    """How the global watermark follows the sources' own (Spark's multipleWatermarkPolicy)."""
+
+    MIN = "min"  # the slowest source holds it back: no row of any source is late early
+    MAX = "max"  # the fastest source drives it: the slower ones' rows may be late
+
+
+@dataclass
+class Scan:
+    """One source a query reads (Spark's StreamingRelation under its EventTimeWatermark):
+    the batch's rows of the source, registered as `view`, with its computed columns, its
+    watermark, and the filters that apply before the watermark measures the rows."""
+
+    source: SourceDef
+    view: str
+    derived: list[tuple[str, exp.Expr]]  # computed columns, in order, over the physical ones
+    event_time: str | None = None  # the watermarked column
+    watermark_delay_us: int | None = None
+    # The WHERE conjuncts that filter rows before the watermark measures them (Spark pushes
+    # them below EventTimeWatermark): those that reference neither the event-time column nor
+    # the window bounds, and call no volatile function; for a join, the inferred
+    # `key IS NOT NULL` of a side that is never NULL-extended.
+    prefilter: exp.Expr | None = None
+    types: dict[str, str] = field(default_factory=dict)  # DuckDB types by lower-case name
+
+    @property
+    def name(self) -> str:
+        return self.source.name
+
+    @property
+    def has_watermark(self) -> bool:
+        return self.watermark_delay_us is not None
+
+    @property
+    def column_names(self) -> list[str]:
+        """The columns a query sees of the source: declared, then computed."""
+        return [c.name for c in self.source.columns] + [name for name, _ in self.derived]
+
+
 @dataclass
 class StreamingPlan:
     select: exp.Select  # the query as written
-    source: SourceDef
-    alias: str  # the name the query gives the source relation
-    derived: list[tuple[str, exp.Expr]]  # computed columns, in order, over the physical ones
-    event_time: str | None  # the watermarked column
-    watermark_delay_us: int | None
+    scans: list[Scan]  # the sources read, each once, in the order the query names them
+    alias: str  # the name the query gives the relation it reads
+    # What the operator reads when it is not one source as it is: the FROM clause (joins
+    # with tables, subqueries, UNION ALL), with every source a Table named by its scan's view.
+    relation: exp.Expr | None
+    event_time: str | None  # the event-time column of the relation the operator reads
     kind: QueryKind
     emit: Emit
     where: exp.Expr | None  # the WHERE conjuncts applied above the watermark
-    # The WHERE conjuncts that filter rows before the watermark measures them (Spark pushes
-    # them below EventTimeWatermark): those that reference neither the event-time column nor
-    # the window bounds, and call no volatile function.
-    prefilter: exp.Expr | None = None
+    watermark_policy: WatermarkPolicy = WatermarkPolicy.MIN
     window: WindowSpec | None = None
     keys: list[exp.Expr] = field(default_factory=list)  # group keys besides the window bounds
     aggregates: list[AggregateCall] = field(default_factory=list)
@@ -80,7 +117,7 @@ class StreamingPlan:
 
     @property
     def has_watermark(self) -> bool:
-        return self.watermark_delay_us is not None
+        return any(scan.has_watermark for scan in self.scans)
 
     @property
     def watermark_bounds_state(self) -> bool:

@@ -7,6 +7,7 @@ modes: a user who reads the message knows what to change.
 from __future__ import annotations
 
 import re
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -17,7 +18,16 @@ from streamsql.catalog.binding import check_column_name
 from streamsql.catalog.definitions import Emit, SourceDef
 from streamsql.errors import PlanningError
 from streamsql.incremental.aggregates import decompose
-from streamsql.plan.plan import QueryKind, StreamingPlan, WindowSpec
+from streamsql.plan.plan import QueryKind, Scan, StreamingPlan, WatermarkPolicy, WindowSpec
+from streamsql.plan.relation import (
+    SCAN_VIEW,
+    BoundRelation,
+    bind_relation,
+    event_time_of,
+    inline_ctes,
+    inline_views,
+    renamed_join,
+)
 from streamsql.sql import nodes, parse_expression, position_of
 
 WINDOW_COLUMNS = ("window_start", "window_end")
@@ -40,23 +50,42 @@ def sql_of(node: exp.Expr) -> str:
 class Planner:
     """Turns a SELECT over a source into a StreamingPlan, using DuckDB to type and validate it."""
 
-    def __init__(self, con: duckdb.DuckDBPyConnection, sources: Mapping[str, SourceDef]) -> None:
+    def __init__(
+        self,
+        con: duckdb.DuckDBPyConnection,
+        sources: Mapping[str, SourceDef],
+        views: Mapping[str, exp.Query] | None = None,
+    ) -> None:
         self.con = con
         self.sources = {name.lower(): source for name, source in sources.items()}
+        self.views = {name.lower(): query for name, query in (views or {}).items()}
         self._function_names: dict[str, set[str]] = {}
 
     # -- entry point -------------------------------------------------------------------------
 
-    def plan(self, query: exp.Select, parameters: Sequence[Any] | None = None) -> StreamingPlan:
+    def plan(
+        self,
+        query: exp.Select,
+        parameters: Sequence[Any] | None = None,
+        watermark_policy: WatermarkPolicy = WatermarkPolicy.MIN,
+    ) -> StreamingPlan:
         """`parameters` bind the query's `?` placeholders, in the order they appear."""
         select = query.copy()
         bound = self._bind_parameters(select, parameters)
-        table, source = self._bind_source(select)
-        alias = table.alias_or_name
-        self._unqualify(select, {alias.lower(), source.name.lower()})
-        derived = [(c.name, c.expression) for c in source.computed]
-        event_time, delay = self._watermark(table, source, derived)
-        types = self._relation_types(source, derived)
+        select = inline_views(inline_ctes(select), self.views)
+        reading = bind_relation(select, self.sources)
+        scans = self._scans(reading.sources)
+        if reading.relation is None and not select.args.get("joins"):
+            scan, relation, alias = scans[0], None, reading.alias
+            self._unqualify(select, {alias.lower(), scan.name.lower()})
+            event_time, types, ctes = scan.event_time, scan.types, [(scan.view, scan)]
+            where = select.args["where"].this if select.args.get("where") else None
+            scan.prefilter, where = self._push_below_watermark(where, scan)
+        else:
+            relation, alias, event_time = self._relation(select, reading, scans, bound)
+            ctes = [(s.view, s) for s in scans] + [(alias, relation)]
+            types = self._types(ctes)
+            where = select.args["where"].this if select.args.get("where") else None
         window = self._window(select, types)
         self._refuse_unsupported(select)
 
@@ -75,20 +104,18 @@ class Planner:
             kind = {None: QueryKind.GLOBAL, "SESSION": QueryKind.SESSION}.get(
                 window and window.kind, QueryKind.WINDOWED
             )
-        emit = self._emit(select, kind, window, event_time)
-        where = select.args["where"].this if select.args.get("where") else None
-        prefilter, where = self._push_below_watermark(where, event_time)
+        watermarked = any(s.has_watermark for s in scans) and event_time is not None
+        emit = self._emit(select, kind, window, event_time if watermarked else None)
         plan = StreamingPlan(
             select=query,
-            source=source,
+            scans=scans,
             alias=alias,
-            derived=derived,
-            event_time=event_time,
-            watermark_delay_us=delay,
+            relation=relation,
+            event_time=event_time if watermarked else None,
             kind=kind,
             emit=emit,
             where=where,
-            prefilter=prefilter,
+            watermark_policy=watermark_policy,
             window=window,
             having=select.args["having"].this if select.args.get("having") else None,
             order=select.args.get("order"),
@@ -101,13 +128,165 @@ class Planner:
             },
         )
         self._check_modifiers(plan)
-        names = self._validate(select, source, derived, window, bound)
+        names = self._validate(select, ctes, window, bound)
         if kind is QueryKind.STATELESS:
-            plan.projection = [e.copy() for e in select.expressions]
+            # Named as DuckDB names them (a join's columns are renamed in its relation).
+            plan.projection = (
+                [e.copy() for e in select.expressions]
+                if select.find(exp.Star)
+                else [
+                    exp.alias_(e.unalias().copy(), exp.to_identifier(name, quoted=True))
+                    for e, name in zip(select.expressions, names, strict=True)
+                ]
+            )
             plan.output_names = names
         else:
             self._plan_aggregation(plan, select, group_items, aggregates, names)
         return plan
+
+    # -- sources and the relation over them --------------------------------------------------
+
+    def _scans(self, references: list[tuple[exp.Table, SourceDef]]) -> list[Scan]:
+        """One scan per source, however often the query names it; every reference becomes
+        the scan's view under the name the query gives it."""
+        scans: dict[str, Scan] = {}
+        for table, source in references:
+            scan = scans.get(source.name.lower())
+            derived = [(c.name, c.expression) for c in source.computed]
+            event_time, delay = self._watermark(table, source, derived)
+            if scan is None:
+                scan = Scan(source, SCAN_VIEW.format(len(scans)), derived, event_time, delay)
+                scan.types = self._types([(scan.view, scan)])
+                scans[source.name.lower()] = scan
+            elif (scan.event_time, scan.watermark_delay_us) != (event_time, delay):
+                raise PlanningError(
+                    f"Source {source.name} is read twice with different watermarks: a source "
+                    "has one watermark in a query",
+                    rule="one-watermark-per-source",
+                    position=position_of(table),
+                )
+            table.set("alias", exp.TableAlias(this=exp.to_identifier(table.alias_or_name)))
+            table.set("this", exp.to_identifier(scan.view))
+            table.set("watermark", None)
+        return list(scans.values())
+
+    def _relation(
+        self,
+        select: exp.Select,
+        reading: BoundRelation,
+        scans: list[Scan],
+        parameters: dict[str, Any],
+    ) -> tuple[exp.Query, str, str | None]:
+        """The relation the operator reads, its name, and its event-time column; `select`
+        is left reading it by that name."""
+        by_view = {scan.view: scan for scan in scans}
+        references = Counter(t.name for t in select.find_all(exp.Table))
+        once = {view for view in by_view if references[view] == 1}
+
+        def scan_time(table: exp.Table) -> str | None:
+            scan = by_view.get(table.name)
+            return scan.event_time if scan and scan.has_watermark else None
+
+        for inner in list(select.find_all(exp.Select)):
+            table = inner.args["from_"].this if inner.args.get("from_") else None
+            if (
+                inner is not select
+                and isinstance(table, exp.Table)
+                and table.name in once
+                and not inner.args.get("joins")
+                and inner.args.get("where")
+            ):
+                scan = by_view[table.name]
+                pushed, kept = self._push_below_watermark(inner.args["where"].this, scan)
+                scan.prefilter = pushed
+                inner.set("where", exp.Where(this=kept) if kept is not None else None)
+        if reading.relation is not None:
+            alias = reading.alias or "__relation"
+            relation = reading.relation
+            times = event_time_of(relation, scan_time)
+        else:
+            relations = self._joined_relations(select, by_view)
+            self._infer_not_null(select, by_view, once)
+            output = self._join_output_names(select, scans, parameters)
+            relation, names = renamed_join(select, relations, output)
+            alias = "__joined"
+            times = [
+                names[(t.alias_or_name.lower(), by_view[t.name].event_time.lower())]
+                for t in select.find_all(exp.Table)
+                if scan_time(t) and (t.alias_or_name.lower(), scan_time(t).lower()) in names
+            ]
+            select.set("joins", None)
+        select.set("from_", exp.From(this=exp.to_table(exp.to_identifier(alias).sql("duckdb"))))
+        self._unqualify(select, {alias.lower()})
+        return relation, alias, (times[0] if times else None)
+
+    def _join_output_names(
+        self, select: exp.Select, scans: list[Scan], parameters: dict[str, Any]
+    ) -> list[str]:
+        """The names DuckDB gives the query's columns over its join as written (its columns
+        are renamed in the relation the operator reads): the stream brings the window
+        columns."""
+        parts = [
+            f"{exp.to_identifier(s.view).sql('duckdb')} AS (SELECT *, "
+            "CAST(NULL AS TIMESTAMP) AS window_start, CAST(NULL AS TIMESTAMP) AS window_end "
+            f"FROM ({self.empty_relation(s.source, s.derived)}))"
+            for s in scans
+        ]
+        batch = select.copy()
+        for key in ("stream_window", "emit"):
+            batch.set(key, None)
+        sql = f"WITH {', '.join(parts)} SELECT * FROM ({sql_of(batch)}) LIMIT 0"
+        try:
+            return [c[0] for c in self.con.execute(sql, parameters or None).description]
+        except duckdb.Error as error:
+            raise PlanningError(
+                f"Invalid query: {_first_line(error)}", position=_culprit(select, error)
+            ) from None
+
+    def _joined_relations(
+        self, select: exp.Select, by_view: dict[str, Scan]
+    ) -> list[tuple[str, list[str]]]:
+        """Each relation of FROM ... JOIN ...: its name in the query and its columns."""
+        scans = [(s.view, s) for s in by_view.values()]
+        relations = []
+        for node in [select.args["from_"].this, *(j.this for j in select.args["joins"])]:
+            if isinstance(node, exp.Table) and node.name in by_view:
+                columns = by_view[node.name].column_names
+            else:
+                query = (
+                    node.this
+                    if isinstance(node, exp.Subquery)
+                    else exp.select("*").from_(
+                        exp.table_(node.name, db=node.db or None, catalog=node.catalog or None)
+                    )
+                )
+                columns = list(self._types([*scans, ("__relation", query)], cased=True))
+            relations.append((node.alias_or_name, columns))
+        return relations
+
+    def _infer_not_null(self, select: exp.Select, by_view: dict[str, Scan], once: set[str]) -> None:
+        """Spark infers `key IS NOT NULL` for the join keys of a side whose rows are never
+        NULL-extended (InferFiltersFromConstraints) and pushes it below the watermark: such
+        rows of a stream never reach the watermark. Here: the stream of an inner or semi
+        stream-static join, on its equality keys."""
+        streams = {
+            t.alias_or_name.lower(): by_view[t.name]
+            for t in select.find_all(exp.Table)
+            if t.name in by_view and t.name in once
+        }
+        for join in select.args.get("joins") or []:
+            kind = " ".join(filter(None, (join.side, join.kind))).upper()
+            on = join.args.get("on")
+            if kind not in ("", "INNER", "LEFT SEMI") or on is None:
+                continue
+            for eq in on.find_all(exp.EQ):
+                for side in (eq.this, eq.expression):
+                    if isinstance(side, exp.Column) and side.table.lower() in streams:
+                        scan = streams[side.table.lower()]
+                        check = exp.column(side.name, quoted=True).is_(exp.null()).not_()
+                        scan.prefilter = _conjunction(
+                            [c for c in (scan.prefilter, check) if c is not None]
+                        )
 
     # -- binding -----------------------------------------------------------------------------
 
@@ -129,36 +308,6 @@ class Planner:
             placeholder.set("this", f"p{index}")
             bound[f"p{index}"] = value
         return bound
-
-    def _bind_source(self, select: exp.Select) -> tuple[exp.Table, SourceDef]:
-        if select.args.get("with_"):
-            raise PlanningError(
-                "WITH (common table expressions) over a stream is not supported; "
-                "write the expressions in the SELECT",
-                rule="single-source",
-                position=position_of(select.args["with_"]),
-            )
-        if select.args.get("joins"):
-            raise PlanningError(
-                "Joins are not supported in streaming queries yet: a query reads one source",
-                rule="single-source",
-                position=position_of(select.args["joins"][0]),
-            )
-        from_ = select.args.get("from_")
-        table = from_.this if from_ else None
-        if not isinstance(table, exp.Table) or not table.name:
-            raise PlanningError(
-                "A streaming query reads FROM one source by name",
-                rule="single-source",
-                position=position_of(table or select),
-            )
-        source = self.sources.get(table.name.lower())
-        if source is None:
-            raise PlanningError(
-                f"Unknown source {table.name!r}: create it with CREATE SOURCE",
-                position=position_of(table),
-            )
-        return table, source
 
     @staticmethod
     def _unqualify(select: exp.Select, names: set[str]) -> None:
@@ -233,24 +382,51 @@ class Planner:
             )
         return micros
 
-    def _relation_types(
-        self, source: SourceDef, derived: list[tuple[str, exp.Expr]]
+    def _types(
+        self, ctes: list[tuple[str, Scan | exp.Query]], cased: bool = False
     ) -> dict[str, str]:
-        sql = f"DESCRIBE {self.empty_relation(source, derived)}"
+        """The columns of the last of `ctes` and their DuckDB types, over no rows: by
+        lower-case name, or (`cased`) as the relation spells them."""
+        sql = f"DESCRIBE {self.empty_query(ctes)}"
         try:
             rows = self.con.execute(sql).fetchall()
         except duckdb.Error as error:
+            last = ctes[-1][1]
+            what = (
+                f"Computed columns of source {last.name}"
+                if isinstance(last, Scan)
+                else "The relation the query reads"
+            )
             raise PlanningError(
-                f"Computed columns of source {source.name} do not evaluate: {_first_line(error)}"
+                f"{what} do not evaluate: {_first_line(error)}", position=_culprit(last, error)
             ) from None
-        return {name.lower(): type_ for name, type_, *_ in rows}
+        return {(name if cased else name.lower()): type_ for name, type_, *_ in rows}
 
     @staticmethod
-    def empty_relation(
-        source: SourceDef,
-        derived: list[tuple[str, exp.Expr]],
-        window_type: str | None = None,
+    def empty_query(
+        ctes: list[tuple[str, Scan | exp.Query]], window_type: str | None = None
     ) -> str:
+        """The last of `ctes` as a relation DuckDB can type, over no rows: a Scan's source
+        with its computed columns, or a query over the ones before it (by their names)."""
+        parts = []
+        for name, item in ctes:
+            sql = (
+                Planner.empty_relation(item.source, item.derived)
+                if isinstance(item, Scan)
+                else sql_of(item)
+            )
+            parts.append(f"{exp.to_identifier(name).sql('duckdb')} AS ({sql})")
+        last = exp.to_identifier(ctes[-1][0]).sql("duckdb")
+        columns = (
+            f", CAST(NULL AS {window_type}) AS window_start, "
+            f"CAST(NULL AS {window_type}) AS window_end"
+            if window_type
+            else ""
+        )
+        return f"WITH {', '.join(parts)} SELECT *{columns} FROM {last}"
+
+    @staticmethod
+    def empty_relation(source: SourceDef, derived: list[tuple[str, exp.Expr]]) -> str:
         """The columns a query over `source` sees, as an empty relation DuckDB can type."""
         physical = ", ".join(
             f"CAST(NULL AS {c.type}) AS {exp.to_identifier(c.name).sql('duckdb')}"
@@ -260,17 +436,12 @@ class Planner:
         for name, expression in derived:
             ident = exp.to_identifier(name).sql("duckdb")
             relation = f"SELECT *, {sql_of(expression)} AS {ident} FROM ({relation})"
-        if window_type:
-            relation = (
-                f"SELECT *, CAST(NULL AS {window_type}) AS window_start, "
-                f"CAST(NULL AS {window_type}) AS window_end FROM ({relation})"
-            )
         return relation
 
     # -- filters -----------------------------------------------------------------------------
 
     def _push_below_watermark(
-        self, where: exp.Expr | None, event_time: str | None
+        self, where: exp.Expr | None, scan: Scan
     ) -> tuple[exp.Expr | None, exp.Expr | None]:
         """Split WHERE into the conjuncts that filter rows before the watermark measures
         them and those that stay above it (Spark's PushPredicateThroughNonJoin, case
@@ -279,7 +450,7 @@ class Planner:
         only above the window, so conjuncts over them stay up as well."""
         if where is None:
             return None, None
-        above = {name.lower() for name in (event_time, *WINDOW_COLUMNS) if name}
+        above = {name.lower() for name in (scan.event_time, *WINDOW_COLUMNS) if name}
         pushed: list[exp.Expr] = []
         kept: list[exp.Expr] = []
         for conjunct in where.flatten() if isinstance(where, exp.And) else [where]:
@@ -373,11 +544,19 @@ class Planner:
                 rule="window-function",
                 position=position_of(window),
             )
-        if select.find(exp.Subquery, exp.Exists) or any(
-            isinstance(node, exp.Select) and node is not select for node in select.walk()
-        ):
+        relations = {id(n) for n in select.find_all(exp.From, exp.Join)}
+        for node in select.find_all(exp.Subquery, exp.Exists, exp.Select):
+            if node is select or id(node.parent) in relations:
+                continue
+            if isinstance(node, exp.Select) and isinstance(
+                node.parent, (exp.Subquery, exp.SetOperation)
+            ):
+                continue
             raise PlanningError(
-                "Subqueries are not supported in streaming queries yet", rule="single-source"
+                "Subqueries in expressions (IN, EXISTS, scalar) are not supported in streaming "
+                "queries yet; join the table instead",
+                rule="subquery-expression",
+                position=position_of(node),
             )
 
     def _is_aggregate(self, node: exp.Expr) -> bool:
@@ -531,8 +710,7 @@ class Planner:
     def _validate(
         self,
         select: exp.Select,
-        source: SourceDef,
-        derived: list[tuple[str, exp.Expr]],
+        ctes: list[tuple[str, Scan | exp.Query]],
         window: WindowSpec | None,
         parameters: dict[str, Any],
     ) -> list[str]:
@@ -540,9 +718,9 @@ class Planner:
         batch = select.copy()
         for key in ("stream_window", "emit"):
             batch.set(key, None)
-        batch.args["from_"].this.set("watermark", None)
-        relation = self.empty_relation(source, derived, window.bound_type if window else None)
-        sql = f"WITH {exp.to_identifier(source.name).sql('duckdb')} AS ({relation}) {sql_of(batch)}"
+        relation = self.empty_query(ctes, window.bound_type if window else None)
+        alias = exp.to_identifier(ctes[-1][0]).sql("duckdb")
+        sql = f"WITH {alias} AS ({relation}) {sql_of(batch)}"
         try:
             description = self.con.execute(
                 f"SELECT * FROM ({sql}) LIMIT 0", parameters or None
@@ -672,10 +850,11 @@ def _parenthesize(sql: str) -> exp.Expr:
     return exp.paren(parse_expression(sql), copy=False)
 
 
-def _culprit(select: exp.Select, error: Exception) -> tuple[int, int] | None:
+def _culprit(node: exp.Expr | Scan, error: Exception) -> tuple[int, int] | None:
     """Where a DuckDB binder error points: the first column it names in quotes."""
     names = {name.lower() for name in re.findall(r'"([^"]+)"', str(error))}
-    for column in select.find_all(exp.Column):
+    nodes = [e for _, e in node.derived] if isinstance(node, Scan) else [node]
+    for column in (c for n in nodes for c in n.find_all(exp.Column)):
         if column.name.lower() in names:
             return position_of(column)
     return None

@@ -1,50 +1,63 @@
 """One query's micro-batch protocol (Spark's MicroBatchExecution), on one DuckDB cursor.
 
 Per batch N:
-  1. plan the input range and append it to the offset log (its own transaction), or take
-     the logged range of a batch that was planned but never committed;
-  2. read and decode exactly that range;
+  1. plan the input range of every source the query reads and append them to the offset log
+     (its own transaction), or take the logged ranges of a batch that was planned but never
+     committed;
+  2. read and decode exactly those ranges;
   3. in one transaction: run the batch's SQL steps with W_N and L_N = W_(N-1), write the
      sink, the dead letters and the commit record (with W_(N+1)); commit.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import duckdb
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from streamsql.catalog.definitions import INTERNAL_PREFIX
-from streamsql.checkpoint.dead_letters import DeadLetters
+from streamsql.checkpoint.dead_letters import WRITE_LOCK, DeadLetters
 from streamsql.checkpoint.fingerprint import fingerprint
 from streamsql.checkpoint.log import (
     Checkpoint,
     CommitRecord,
+    Offsets,
     PlannedBatch,
     atomically,
     transaction,
 )
 from streamsql.connectors.sink import OutputSchema, Sink
-from streamsql.connectors.source import Offset, Origins, Source, SourceBatch
-from streamsql.errors import DataError, NotSupportedError, ProgrammingError, from_duckdb
+from streamsql.connectors.source import Origins, Source, SourceBatch
+from streamsql.errors import (
+    DataError,
+    NotSupportedError,
+    ProgrammingError,
+    SourceUnavailable,
+    from_duckdb,
+)
 from streamsql.incremental.compiler import (
-    INPUT_VIEW,
     MAX_EVENT_US,
     MIN_EVENT_US,
     BatchProgram,
     Effect,
     Fetch,
+    Statistics,
     Step,
 )
 from streamsql.plan.plan import StreamingPlan
 from streamsql.quoting import quote
 from streamsql.runtime.progress import QueryProgress, timestamp_of
+from streamsql.runtime.watermark import WatermarkTracker
+
+T = TypeVar("T")
 
 # Appended partials are combined once they outnumber the rows of the last compaction and
 # this many: the state stays within twice its compacted size, at a constant cost per row.
@@ -66,6 +79,15 @@ class BatchStats:
     min_time_us: int | None = None  # earliest accepted window time
     bad_times: int = 0  # rows whose event or window time is out of range (none are counted)
 
+    def add(self, other: BatchStats) -> None:
+        """Another source's figures (each counts its own rows; window figures come from
+        one of them, or from the relation over them)."""
+        self.input_rows += other.input_rows
+        self.null_event_times += other.null_event_times
+        self.late_rows += other.late_rows
+        if other.min_time_us is not None:
+            self.min_time_us = min(self.min_time_us or other.min_time_us, other.min_time_us)
+
 
 class MicroBatchExecution:
     def __init__(
@@ -74,7 +96,7 @@ class MicroBatchExecution:
         cursor: duckdb.DuckDBPyConnection,
         plan: StreamingPlan,
         program: BatchProgram,
-        source: Source,
+        sources: list[Source],
         sink: Sink,
     ) -> None:
         self.name = name
@@ -82,18 +104,19 @@ class MicroBatchExecution:
         self.run_id = str(uuid.uuid4())  # this run's
         self.plan = plan
         self.program = program
-        self.source = source
+        self.sources = {source.name: source for source in sources}  # in the plan's order
         self.sink = sink
         self.cursor = cursor  # this query's own connection to the engine database, in UTC
-        self.checkpoint = Checkpoint(self.cursor, name)
-        self.dead_letter_store = DeadLetters(
-            self.cursor, name, source.name, source.dead_letter_retention
-        )
+        self.checkpoint = Checkpoint(self.cursor, name, list(self.sources))
+        self.dead_letter_stores = {
+            s.name: DeadLetters(self.cursor, name, s.name, s.dead_letter_retention) for s in sources
+        }
+        self.watermarks = WatermarkTracker(plan)
         self.batch_id = 0
-        self.committed_end: Offset = None
+        self.committed_end: Offsets = {}
         self.watermark: int | None = None  # W for the next batch
         self.late_threshold: int | None = None  # L for the next batch (W of the last one)
-        self.max_event_us: int | None = None
+        self.max_events: dict[str, int | None] = dict.fromkeys(self.sources)
         self.output: OutputSchema | None = None
         self.empty_output: pa.Table = pa.table({})
         self.state_rows = 0
@@ -133,7 +156,8 @@ class MicroBatchExecution:
             atomically(self.cursor, statements)
 
     def _resume(self) -> None:
-        self.cursor.register(INPUT_VIEW, self.source.schema.empty_table())
+        for scan in self.plan.scans:
+            self.cursor.register(scan.view, self.sources[scan.name].schema.empty_table())
         values = self._dry_run_values()
         for statement in self.program.setup:
             params = {name: values[name] for name in Step("setup", statement).parameters}
@@ -144,7 +168,7 @@ class MicroBatchExecution:
         if last is None:
             self.committed_end = self.checkpoint.first_start()
             if self.committed_end is None:  # a new query: its start is part of its checkpoint
-                self.committed_end = self.source.initial_offset()
+                self.committed_end = {n: s.initial_offset() for n, s in self.sources.items()}
                 self.checkpoint.log_initial(self.committed_end)
         else:
             done = self.checkpoint.planned(last.batch_id)
@@ -152,14 +176,17 @@ class MicroBatchExecution:
             self.committed_end = done.end
             self.watermark = last.next_watermark_us
             self.late_threshold = done.watermark_us
-            self.max_event_us = last.max_event_us
+            self.max_events.update(last.max_event_by_source)
         if self.program.state_table:
             self.state_rows = self.compacted_rows = self._scalar(self.program.state_rows_sql)
             if self.plan.window:
                 self.earliest_end = self._scalar(self.program.earliest_end_sql)
             self._create_state_views()
-        self.source.recover(self.checkpoint.planned_ends())
-        self.dead_letters = self.dead_letter_store.resume()
+        ends = self.checkpoint.planned_ends()
+        for name, source in self.sources.items():
+            source.recover([end[name] for end in ends])
+        for store in self.dead_letter_stores.values():
+            self.dead_letters = store.resume()  # the query's count, of all its sources
         self.output = self._describe_output()
 
     def _create_state_views(self) -> None:
@@ -241,14 +268,19 @@ class MicroBatchExecution:
         """The last batch in the commit log (restored from the checkpoint at start)."""
         return self.batch_id - 1 if self.batch_id else None
 
+    def by_source(self, figure: Callable[[Source, Any], Any]) -> Any:
+        """`figure(source, committed offset)` of the query's one source, or of each of its
+        sources by name."""
+        figures = {n: figure(s, self.committed_end.get(n)) for n, s in self.sources.items()}
+        return next(iter(figures.values())) if len(figures) == 1 else figures
+
     def position(self) -> dict[str, Any]:
         """Where the query stands, as `streamsql status` shows it."""
         return {
             "sink": self.name,
             "last_batch": self.last_committed,
-            "committed_offsets": self.source.public_offset(self.committed_end),
-            "lag": self.source.lag_by_partition(self.committed_end)
-            or self.source.backlog(self.committed_end),
+            "committed_offsets": self.by_source(lambda s, end: s.public_offset(end)),
+            "lag": self.by_source(lambda s, end: s.lag_by_partition(end) or s.backlog(end)),
             "watermark": timestamp_of(self.watermark),
             "state_rows": self.state_rows if self.program.state_table else None,
             "dead_letters": self.dead_letters,
@@ -265,20 +297,29 @@ class MicroBatchExecution:
             and self.watermark > self.late_threshold
         )
 
-    def next_batch(self, bound: Offset | None, limited: bool = True) -> PlannedBatch | None:
+    def snapshot(self) -> Offsets:
+        """Bounds covering everything each source has now (trigger available_now)."""
+        return {name: source.snapshot() for name, source in self.sources.items()}
+
+    def next_batch(self, bound: Offsets | None, limited: bool = True) -> PlannedBatch | None:
         """The batch to run next: a logged, uncommitted one, a new one, or None (idle).
-        `limited`: the source's per-trigger limit applies."""
+        Each source plans its own range (nothing, when it has nothing new); `limited`: the
+        sources' per-trigger limits apply."""
         if not self.recovered:
             self.recovered = True
             logged = self.checkpoint.planned(self.batch_id)
             if logged is not None:
                 return logged
         began = time.perf_counter()
-        end = self.source.plan_batch(self.committed_end, bound, limited)
-        if end is None:
-            if not self.needs_no_data_batch:
-                return None
-            end = self.committed_end
+        ends = {
+            name: self._ask(
+                name, source.plan_batch, self.committed_end[name], (bound or {}).get(name), limited
+            )
+            for name, source in self.sources.items()
+        }
+        if all(end is None for end in ends.values()) and not self.needs_no_data_batch:
+            return None
+        end = {n: self.committed_end[n] if e is None else e for n, e in ends.items()}
         batch = PlannedBatch(
             self.batch_id, self.committed_end, end, self.watermark, self.late_threshold
         )
@@ -291,29 +332,39 @@ class MicroBatchExecution:
         self.planning_ms = 0.0
         began = time.perf_counter()
         self.state_updated = self.state_removed = 0
-        no_data = batch.end == batch.start
-        data = self.source.empty() if no_data else self.source.read(batch.start, batch.end)
+        inputs = {
+            name: source.empty()
+            if batch.end[name] == batch.start[name]
+            else self._ask(name, source.read, batch.start[name], batch.end[name])
+            for name, source in self.sources.items()
+        }
         timings["read"] = _ms_since(began)
         mark = time.perf_counter()
         state_rows, earliest_end = self.state_rows, self.earliest_end
         retired = self._retired_through(batch.batch_id)
         try:
             values = self._values(batch)
-            stats, data = self._measure(data, values)
-            dead = self._dead_letters(data)
-            stored = dead if self.source.on_error == "dead_letter" else dead.slice(0, 0)
-            with self.dead_letter_store.lock_for(stored), transaction(self.cursor):
+            stats, inputs, per_source = self._measure(inputs, values)
+            dead = {name: self._dead_letters(data, name) for name, data in inputs.items()}
+            stored = {
+                name: rows if self.sources[name].on_error == "dead_letter" else rows.slice(0, 0)
+                for name, rows in dead.items()
+            }
+            with self._dead_letter_lock(stored), transaction(self.cursor):
                 emitted = self._execute_steps(batch, stats, values)
                 timings["execute"] = _ms_since(mark)
                 mark = time.perf_counter()
-                expired = self.dead_letter_store.store(batch.batch_id, stored)
-                max_event = self.max_event_us
-                if stats.max_event_us is not None:
-                    truncated = stats.max_event_us // 1000 * 1000  # Spark keeps ms
-                    max_event = truncated if max_event is None else max(max_event, truncated)
-                next_watermark = batch.watermark_us
-                if max_event is not None and next_watermark is not None:
-                    next_watermark = max(next_watermark, max_event - self.plan.watermark_delay_us)
+                expired = sum(
+                    self.dead_letter_stores[name].store(batch.batch_id, rows)
+                    for name, rows in stored.items()
+                )
+                max_events = dict(self.max_events)
+                for name, figures in per_source.items():
+                    if figures.max_event_us is not None:
+                        truncated = figures.max_event_us // 1000 * 1000  # Spark keeps ms
+                        known = max_events[name]
+                        max_events[name] = truncated if known is None else max(known, truncated)
+                next_watermark = self.watermarks.advance(batch.watermark_us, max_events)
                 self.sink.write(self.cursor, batch.batch_id, emitted)
                 timings["sink"] = _ms_since(mark)
                 mark = time.perf_counter()
@@ -321,7 +372,7 @@ class MicroBatchExecution:
                     CommitRecord(
                         batch.batch_id,
                         next_watermark,
-                        max_event,
+                        max_events,
                         stats.input_rows,
                         emitted.num_rows,
                     )
@@ -336,17 +387,18 @@ class MicroBatchExecution:
                 self.cursor.unregister(view)
             self._registered.clear()
         self.sink.committed(self.cursor, batch.batch_id)
-        self.source.committed(batch.end)
+        for name, source in self.sources.items():
+            source.committed(batch.end[name])
         if retired is not None:
-            self.checkpoint.truncate(retired, self.source.merge_ends)
+            self.checkpoint.truncate(retired, self._merge_ends)
         timings["commit"] = _ms_since(mark)
         timings["total"] = round(timings["plan"] + _ms_since(began), 3)
         self.batch_id = batch.batch_id + 1
         self.committed_end = batch.end
         self.late_threshold = batch.watermark_us
         self.watermark = next_watermark
-        self.max_event_us = max_event
-        self.dead_letters += stored.num_rows - expired
+        self.max_events = max_events
+        self.dead_letters += sum(rows.num_rows for rows in stored.values()) - expired
         seconds = max(timings["total"] / 1000, 1e-9)
         since_last = began - self.last_started if self.last_started is not None else seconds
         self.last_started = began
@@ -359,7 +411,7 @@ class MicroBatchExecution:
             num_input_rows=stats.input_rows,
             num_late_rows=stats.late_rows,
             num_null_event_times=stats.null_event_times,
-            num_dead_letters=dead.num_rows,
+            num_dead_letters=sum(rows.num_rows for rows in dead.values()),
             num_output_rows=emitted.num_rows,
             watermark=timestamp_of(batch.watermark_us),
             late_threshold=timestamp_of(batch.late_threshold_us),
@@ -368,20 +420,22 @@ class MicroBatchExecution:
             duration_ms=timings,
             input_rows_per_second=stats.input_rows / max(since_last, 1e-9),
             processed_rows_per_second=stats.input_rows / seconds,
-            no_data_batch=no_data,
+            no_data_batch=batch.no_data,
             state_operators=self._state_operators(),
             sources=[
                 {
-                    "source": self.source.name,
-                    "connector": self.source.definition.connector,
-                    "start_offset": self.source.public_offset(batch.start),
-                    "end_offset": self.source.public_offset(batch.end),
-                    "num_input_rows": stats.input_rows,
-                    "lag": self.source.backlog(batch.end),
-                    "lag_by_partition": self.source.lag_by_partition(batch.end),
-                    **self.source.metrics(),
-                    "warnings": self.source.take_warnings(),
+                    "source": name,
+                    "connector": source.definition.connector,
+                    "start_offset": source.public_offset(batch.start[name]),
+                    "end_offset": source.public_offset(batch.end[name]),
+                    "num_input_rows": per_source[name].input_rows,
+                    "lag": source.backlog(batch.end[name]),
+                    "lag_by_partition": source.lag_by_partition(batch.end[name]),
+                    "watermark": timestamp_of(self._own_watermark(name)),
+                    **source.metrics(),
+                    "warnings": source.take_warnings(),
                 }
+                for name, source in self.sources.items()
             ],
             sink={
                 "name": self.sink.name,
@@ -389,6 +443,32 @@ class MicroBatchExecution:
                 "num_output_rows": emitted.num_rows,
             },
         )
+
+    @staticmethod
+    def _ask(name: str, call: Callable[..., T], *args: Any) -> T:
+        """A source's answer; if it cannot be reached, the error says which source."""
+        try:
+            return call(*args)
+        except SourceUnavailable as error:
+            error.source = name
+            raise
+
+    def _merge_ends(self, name: str, ends: list[Any]) -> Any:
+        return self.sources[name].merge_ends(ends)
+
+    def _own_watermark(self, name: str) -> int | None:
+        """A source's own watermark after the last batch (None: it has none)."""
+        delay = self.watermarks.delays.get(name)
+        if delay is None:
+            return None
+        known = self.max_events.get(name)
+        return 0 if known is None else max(0, known - delay)
+
+    def _dead_letter_lock(self, stored: dict[str, pa.Table]) -> Any:
+        """What the batch holds around its transaction: the dead-letter write lock when any
+        source's store writes (each decides once, for its `store`)."""
+        locks = [self.dead_letter_stores[n].lock_for(rows) for n, rows in stored.items()]
+        return WRITE_LOCK if any(lock is WRITE_LOCK for lock in locks) else contextlib.nullcontext()
 
     @staticmethod
     def _retired_through(batch_id: int) -> int | None:
@@ -424,17 +504,31 @@ class MicroBatchExecution:
             "batch_id": batch.batch_id,
         }
 
-    def _measure(self, data: SourceBatch, values: dict[str, Any]) -> tuple[BatchStats, SourceBatch]:
-        """The input's figures, and the input with the rows whose times are out of range
-        moved to its dead letters (before the batch's transaction, which then knows every
-        dead letter it stores)."""
-        self._register(INPUT_VIEW, data.rows)
-        stats = self._statistics(data.rows, values)
-        if stats.bad_times:
-            data = self._reject_bad_times(data)
-            self._register(INPUT_VIEW, data.rows)
-            stats = self._statistics(data.rows, values)
-        return stats, data
+    def _measure(
+        self, inputs: dict[str, SourceBatch], values: dict[str, Any]
+    ) -> tuple[BatchStats, dict[str, SourceBatch], dict[str, BatchStats]]:
+        """The batch's figures (and each source's), and the inputs with the rows whose times
+        are out of range moved to their dead letters (before the batch's transaction, which
+        then knows every dead letter it stores)."""
+        total = BatchStats()
+        per_source = {}
+        for statistics in self.program.statistics:
+            name = statistics.view
+            source = next(s for s in self.plan.scans if s.view == name).name
+            data = inputs[source]
+            self._register(name, data.rows)
+            stats = self._statistics(statistics, data.rows, values)
+            if stats.bad_times:
+                data = inputs[source] = self._reject_bad_times(statistics, data, source)
+                self._register(name, data.rows)
+                stats = self._statistics(statistics, data.rows, values)
+            per_source[source] = stats
+            total.add(stats)
+        step = self.program.window_statistics
+        if step is not None:
+            figures = self._run_step(step, {p: values[p] for p in step.parameters} or None)
+            total.null_event_times, total.late_rows, total.min_time_us = figures
+        return total, inputs, per_source
 
     def _execute_steps(
         self, batch: PlannedBatch, stats: BatchStats, values: dict[str, Any]
@@ -473,15 +567,17 @@ class MicroBatchExecution:
             self.compacted_rows = self.state_rows
         return self.empty_output if emitted is None else emitted
 
-    def _reject_bad_times(self, data: SourceBatch) -> SourceBatch:
+    def _reject_bad_times(
+        self, statistics: Statistics, data: SourceBatch, source: str
+    ) -> SourceBatch:
         """Rows whose event or window time the engine cannot compute with become dead
         letters, where they came from, before they reach the watermark or any window."""
-        errors = self.cursor.sql(self.program.statistics.bad_times).to_arrow_table()["__error"]
+        errors = self.cursor.sql(statistics.bad_times).to_arrow_table()["__error"]
         errors = errors.combine_chunks()
         bad = pc.is_valid(errors)
         origins = data.origins
         if origins is None:  # a source that cannot say: the row's position in the batch
-            origins = Origins.positional(data.rows.num_rows, self.source.name, 0)
+            origins = Origins.positional(data.rows.num_rows, source, 0)
         found = origins.take(bad)
         rejected = data.rows.filter(bad)
         self._register(REJECTED_VIEW, rejected)
@@ -525,8 +621,9 @@ class MicroBatchExecution:
             self.state_removed += removed
         return result
 
-    def _statistics(self, rows: pa.Table, values: dict[str, int | None]) -> BatchStats:
-        statistics = self.program.statistics
+    def _statistics(
+        self, statistics: Statistics, rows: pa.Table, values: dict[str, int | None]
+    ) -> BatchStats:
         cutoff = values["late_cutoff"] if statistics.late else None
         if statistics.sql is not None:
             step = statistics.sql
@@ -572,14 +669,14 @@ class MicroBatchExecution:
         self.cursor.register(view, rows)
         self._registered.add(view)
 
-    def _dead_letters(self, data: SourceBatch) -> pa.Table:
-        """The batch's bad records; an error, before the batch writes anything, under
-        on_error = 'fail'."""
+    def _dead_letters(self, data: SourceBatch, source: str) -> pa.Table:
+        """A source's bad records of the batch; an error, before the batch writes anything,
+        under on_error = 'fail'."""
         dead = data.dead_letters
-        if dead.num_rows and self.source.on_error == "fail":
+        if dead.num_rows and self.sources[source].on_error == "fail":
             first = dead.slice(0, 1).to_pylist()[0]
             raise DataError(
-                f"Source {self.source.name}: bad record at {first['partition']} offset "
+                f"Source {source}: bad record at {first['partition']} offset "
                 f"{first['offset']}: {first['error']} (on_error = 'fail')"
             )
         return dead
@@ -588,8 +685,11 @@ class MicroBatchExecution:
         try:
             self.sink.close()
         finally:
-            self.source.close()
-            self.cursor.close()
+            try:
+                for source in self.sources.values():
+                    source.close()
+            finally:
+                self.cursor.close()
 
 
 def _ms_since(start: float) -> float:

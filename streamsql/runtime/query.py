@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 
 import duckdb
 
-from streamsql.connectors.source import Offset
+from streamsql.checkpoint.log import Offsets
 from streamsql.errors import Error, SourceUnavailable, StreamingQueryError, from_duckdb
 from streamsql.runtime.microbatch import MicroBatchExecution
 from streamsql.runtime.progress import QueryProgress, RunTotals, timestamp_of
@@ -63,7 +63,8 @@ class StreamingQuery:
         self._errands: queue.SimpleQueue[tuple[Callable[[MicroBatchExecution], Any], Future]] = (
             queue.SimpleQueue()
         )
-        self.unavailable_since: float | None = None  # when the source stopped answering
+        self.unavailable_since: float | None = None  # when a source stopped answering
+        self.unavailable_source: str | None = None  # which
         self._retries = 0
         self._thread = threading.Thread(
             target=self._loop, name=f"streamsql-{execution.name}", daemon=True
@@ -88,7 +89,8 @@ class StreamingQuery:
         except BaseException:
             self.execution.close()
             raise
-        self.execution.source.subscribe(self._wake.set)
+        for source in self.execution.sources.values():
+            source.subscribe(self._wake.set)
         self._thread.start()
         return self
 
@@ -153,7 +155,8 @@ class StreamingQuery:
             grace = STOP_GRACE_SECONDS if timeout is None else min(timeout, STOP_GRACE_SECONDS)
             self._thread.join(grace)
             if self._thread.is_alive():
-                self.execution.source.interrupt()
+                for source in self.execution.sources.values():
+                    source.interrupt()
                 left = None if timeout is None else max(0.0, timeout - (time.monotonic() - began))
                 self._thread.join(left)
 
@@ -202,7 +205,7 @@ class StreamingQuery:
     # -- the loop ------------------------------------------------------------------------------
 
     def _run(self) -> None:
-        bound: Offset | None = None
+        bound: Offsets | None = None
         bounded = not self.trigger.stops  # available_now and once: bound taken at the start
         pending = None  # a planned batch whose source could not be read yet
         while not self._stopping.is_set():
@@ -213,7 +216,7 @@ class StreamingQuery:
             self._run_errands()
             try:
                 if not bounded:
-                    bound, bounded = self.execution.source.snapshot(), True
+                    bound, bounded = self.execution.snapshot(), True
                 batch = pending or self.execution.next_batch(bound, self.trigger.limited)
                 if batch is not None:
                     pending = batch
@@ -259,8 +262,9 @@ class StreamingQuery:
         self._retries += 1
         if self.unavailable_since is None:
             self.unavailable_since = time.time()
+        self.unavailable_source = error.source
         self._enter(
-            f"source {self.execution.source.name} unavailable: {error} "
+            f"source {error.source} unavailable: {error} "
             f"(attempt {self._retries}, next in {delay:g} s)"
         )
         deadline = time.monotonic() + delay
@@ -284,7 +288,8 @@ class StreamingQuery:
             self._enter("stopped")
         finally:
             self.totals.ended = time.monotonic()
-            self.execution.source.unsubscribe(self._wake.set)
+            for source in self.execution.sources.values():
+                source.unsubscribe(self._wake.set)
             self.execution.close()
             self._terminated.set()
             if self.on_progress:

@@ -64,6 +64,10 @@ class Event:
     ts: int | None  # microseconds since the epoch; None is a NULL event time
     key: Hashable  # a tuple of grouping key values (None is a NULL key)
     passes: bool = True  # passes the WHERE conjuncts Spark pushes below the watermark
+    # Reaches the aggregation: False for a row that a filter above the watermark removes,
+    # such as a stream-static inner join that finds no match for it (it moves the
+    # watermark, and is never late, never NULL, never in a window).
+    reaches: bool = True
 
 
 # A group is (window_start, window_end, key), window bounds in microseconds.
@@ -137,6 +141,72 @@ def schedule(
     return steps
 
 
+def schedule_sources(
+    sources: Sequence[Sequence[Sequence[Event]]],
+    delays: Sequence[int | None],
+    policy: str = "min",
+    stops: Collection[int] = (),
+) -> tuple[list[list[Event]], list[Step]]:
+    """A query over several sources (a UNION ALL, a join with a table): the input of each
+    micro-batch and every micro-batch that runs, as schedule() gives them for one source.
+
+    Rules (DESIGN.md section 8, as Spark 4.3 runs them on file sources, one file per
+    trigger per source): micro-batch N reads batch N of every source that still has one (a
+    source that ran out adds nothing). Each source with a delay has its own watermark: the
+    max event time of its passing rows so far, truncated to milliseconds, minus its delay;
+    a source that has produced no row yet counts as the epoch (Spark's WatermarkTracker
+    puts 0 for an EventTimeWatermarkExec that saw no rows). The global watermark is the min
+    of them (`policy` 'min', Spark's default multipleWatermarkPolicy) or the max, and never
+    moves backwards. Sources without a delay have no say.
+    """
+    assert policy in ("min", "max")
+    length = max(len(batches) for batches in sources)
+    combined = [
+        [event for batches in sources if n < len(batches) for event in batches[n]]
+        for n in range(length)
+    ]
+    steps: list[Step] = []
+    current = previous = NO_WATERMARK
+    max_seen: list[int | None] = [None] * len(sources)
+    for index in range(length):
+        steps.append(Step(index, current, previous))
+        for number, batches in enumerate(sources):
+            batch = batches[index] if index < len(batches) else []
+            times = [e.ts for e in batch if e.ts is not None and e.passes]
+            if times:
+                known = max_seen[number]
+                max_seen[number] = max(times) if known is None else max(known, *times)
+        own = [
+            NO_WATERMARK if seen is None else truncate_to_millis(seen) - delay
+            for seen, delay in zip(max_seen, delays, strict=True)
+            if delay is not None
+        ]
+        following = current
+        if own:
+            following = max(current, min(own) if policy == "min" else max(own))
+        previous, current = current, following
+        if (index in stops or index == length - 1) and current > previous:
+            steps.append(Step(None, current, previous))
+            previous = current
+    return combined, steps
+
+
+def run_sources(
+    sources: Sequence[Sequence[Sequence[Event]]],
+    delays: Sequence[int | None],
+    window: Tumbling | Hopping,
+    emit: str,
+    policy: str = "min",
+    stops: Collection[int] = (),
+) -> Outcome:
+    """The model of a windowed aggregation over several sources' rows (UNION ALL): the
+    operator above them judges every row against the one global watermark, whatever its
+    own source's (DESIGN.md section 8: a row late for its own source's watermark is kept
+    while the global one is behind)."""
+    batches, steps = schedule_sources(sources, delays, policy, stops)
+    return _run_fixed(batches, steps, window, emit)
+
+
 def window_starts(window: Tumbling | Hopping, ts: int) -> list[int]:
     """Starts of every window containing ts, windows aligned to the Unix epoch."""
     if isinstance(window, Tumbling):
@@ -174,7 +244,7 @@ def _batch_info(
         late_threshold=step.late_threshold,
         no_data=step.batch is None,
         num_input_rows=len(batch),
-        num_null_event_times=sum(event.ts is None and event.passes for event in batch),
+        num_null_event_times=sum(e.ts is None and e.passes and e.reaches for e in batch),
         num_late_rows=late,
         num_late_windows=late_windows,
     )
@@ -192,7 +262,7 @@ def _run_fixed(
         late = late_windows = 0
         touched: dict[Group, None] = {}  # in order of first touch
         for event in batch:
-            if event.ts is None or not event.passes:
+            if event.ts is None or not event.passes or not event.reaches:
                 continue
             starts = window_starts(window, event.ts)
             if all(start + size <= late_threshold for start in starts):

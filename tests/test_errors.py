@@ -20,6 +20,7 @@ SOURCES = (
     "CREATE SOURCE events (user_id BIGINT, event_type VARCHAR, ts TIMESTAMP, amount DOUBLE, "
     "WATERMARK FOR ts AS ts - INTERVAL '10 minutes') WITH (connector = 'memory')",
     "CREATE SOURCE raw (user_id BIGINT, ts TIMESTAMP) WITH (connector = 'memory')",
+    "CREATE TABLE dim (user_id BIGINT, name VARCHAR)",
 )
 WINDOWED = "SELECT window_start, count(*) FROM {source} WINDOW {window} GROUP BY window_start"
 
@@ -182,9 +183,27 @@ PLANNING_ERRORS = [
     ("SELECT * FROM events EMIT SNAPSHOT", "snapshot-needs-aggregation", "aggregation", "EMIT"),
     (
         "SELECT count(*) FROM events e JOIN raw r ON e.user_id = r.user_id",
-        "single-source",
-        "Joins are not supported",
-        "raw",
+        "stream-stream-join",
+        "A join of two streams",
+        "raw r ON",
+    ),
+    (
+        "SELECT * FROM events e FULL JOIN dim d ON e.user_id = d.user_id",
+        "stream-static-outer-join",
+        "FULL JOIN with the stream on the left: Spark refuses it too",
+        "dim d",
+    ),
+    (
+        "SELECT * FROM (SELECT user_id, count(*) AS n FROM events GROUP BY user_id) AS c",
+        "stateful-subquery",
+        "GROUP BY in a subquery, CTE or view over a stream",
+        "user_id) AS c",
+    ),
+    (
+        "SELECT * FROM events WHERE user_id IN (SELECT user_id FROM dim)",
+        "subquery-expression",
+        "Subqueries in expressions",
+        "user_id FROM dim",
     ),
     (
         "SELECT user_id, sum(amount) OVER (PARTITION BY user_id) FROM events",
@@ -210,16 +229,16 @@ PLANNING_ERRORS = [
         for grouping in ("ROLLUP(user_id)", "CUBE(user_id)", "GROUPING SETS ((user_id), ())")
     ),
     (
-        "SELECT user_id FROM raw UNION ALL SELECT user_id FROM events",
-        "set-operation",
-        "Source raw is a stream: UNION, INTERSECT and EXCEPT over streams are not supported",
-        "raw",
+        "SELECT user_id FROM raw UNION SELECT user_id FROM events",
+        "union-all-only",
+        "UNION over streams is not supported: only UNION ALL is stateless",
+        "user_id FROM raw",
     ),
     (
-        "CREATE VIEW v AS SELECT user_id FROM events",
-        "view-over-stream",
-        "Source events is a stream: views over sources are not supported yet",
-        "events",
+        "SELECT user_id FROM raw INTERSECT SELECT user_id FROM events",
+        "union-all-only",
+        "Source raw is a stream: INTERSECT over streams is not supported",
+        "raw",
     ),
     (
         "INSERT INTO totals SELECT user_id FROM events",
@@ -326,9 +345,9 @@ def test_create_sink_with_a_union_names_the_rule(con: streamsql.Connection) -> N
     with pytest.raises(PlanningError) as caught:
         con.execute(
             "CREATE SINK u WITH (connector = 'console') AS "
-            "SELECT user_id FROM raw UNION ALL SELECT user_id FROM raw"
+            "SELECT user_id FROM raw EXCEPT SELECT user_id FROM raw"
         )
-    assert caught.value.rule == "set-operation"
+    assert caught.value.rule == "union-all-only"
 
 
 def test_any_value_merges_across_batches(tmp_path: Path) -> None:

@@ -107,6 +107,9 @@ def stage(tmp_path: Path, broker: Broker, monkeypatch: pytest.MonkeyPatch) -> St
         target = root / path.relative_to(ROOT)
         if path.is_dir():
             target.mkdir(parents=True, exist_ok=True)
+        elif path.suffix == ".parquet":
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(path.read_bytes())
         else:
             target.parent.mkdir(parents=True, exist_ok=True)
             target.write_text(stage.localize(path.read_text()))
@@ -210,7 +213,8 @@ def test_sql_blocks_run_in_order(stage: Stage) -> None:
     )
     with consumer:
         assert len(list(consumer)) == len(expected)
-    pushed = [line for line in outputs[-1].splitlines() if line.startswith("│")][1:]
+    printed = [output for output in outputs if "│" in output]  # the push query's table
+    pushed = [line for line in printed[-1].splitlines() if line.startswith("│")][1:]
     assert len(pushed) == sum(1 for _, _, n in expected if n > 1)
     assert_ignored_by_git(stage)
 

@@ -708,9 +708,9 @@ def _stream_outside_a_query(node: exp.Expr, source: str, table: exp.Table) -> Pl
     where = position_of(table)
     if isinstance(node, exp.SetOperation):
         return PlanningError(
-            f"Source {source} is a stream: UNION, INTERSECT and EXCEPT over streams are not "
-            "supported yet",
-            rule="set-operation",
+            f"Source {source} is a stream: {node.key.upper()} over streams is not supported: "
+            "only UNION ALL is stateless",
+            rule="union-all-only",
             position=where,
         )
     if isinstance(node, exp.Insert) or (isinstance(node, exp.Create) and node.kind == "TABLE"):
@@ -718,13 +718,6 @@ def _stream_outside_a_query(node: exp.Expr, source: str, table: exp.Table) -> Pl
         return PlanningError(
             f"Source {source} is a stream: to write it into table {target.name}, use "
             f"CREATE SINK name WITH (connector = 'duckdb', table = '{target.name}') AS SELECT ...",
-            position=where,
-        )
-    if isinstance(node, exp.Create) and node.kind == "VIEW":
-        return PlanningError(
-            f"Source {source} is a stream: views over sources are not supported yet; a "
-            "CREATE SINK ... WITH (connector = 'duckdb') keeps a table of the query's result",
-            rule="view-over-stream",
             position=where,
         )
     return PlanningError(

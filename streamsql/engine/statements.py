@@ -77,10 +77,15 @@ def create_view(
     if taken is not None or engine._relation_kind((name,)):
         raise ProgrammingError(f"CREATE VIEW {name}: the name is taken")
     with engine._lock:
-        if name.lower() in engine.views and not create.args.get("replace"):
-            if create.args.get("exists"):
+        existing = engine.views.get(name.lower())
+        if existing is not None and not create.args.get("replace"):
+            # A script run again declares its views again: the same one is a no-op.
+            if create.args.get("exists") or existing.query == create.expression:
                 return Result()
-            raise ProgrammingError(f"View {name!r} already exists")
+            raise ProgrammingError(
+                f"View {name!r} already exists with another query; CREATE OR REPLACE "
+                "VIEW to change it"
+            )
         users = [s.name for s in engine.sinks.values() if _reads(engine, s, name)]
         if users and name.lower() in engine.views:
             raise ProgrammingError(f"Cannot replace view {name}: sinks {', '.join(users)} read it")

@@ -207,13 +207,16 @@ class Planner:
         else:
             relations = self._joined_relations(select, by_view)
             self._infer_not_null(select, by_view, once)
+            self._push_into_stream(select, relations, by_view, once)
             output = self._join_output_names(select, scans, parameters)
             relation, names = renamed_join(select, relations, output)
             alias = "__joined"
+            inputs = [select.args["from_"].this, *(j.this for j in select.args["joins"])]
             times = [
-                names[(t.alias_or_name.lower(), by_view[t.name].event_time.lower())]
-                for t in select.find_all(exp.Table)
-                if scan_time(t) and (t.alias_or_name.lower(), scan_time(t).lower()) in names
+                names[(node.alias_or_name.lower(), time.lower())]
+                for node in inputs
+                for time in event_time_of(node, scan_time)
+                if (node.alias_or_name.lower(), time.lower()) in names
             ]
             select.set("joins", None)
         select.set("from_", exp.From(this=exp.to_table(exp.to_identifier(alias).sql("duckdb"))))
@@ -224,18 +227,26 @@ class Planner:
         self, select: exp.Select, scans: list[Scan], parameters: dict[str, Any]
     ) -> list[str]:
         """The names DuckDB gives the query's columns over its join as written (its columns
-        are renamed in the relation the operator reads): the stream brings the window
-        columns."""
+        are renamed in the relation the operator reads); the window bounds, which no
+        relation of the join has yet, stand in as NULL timestamps."""
         parts = [
-            f"{exp.to_identifier(s.view).sql('duckdb')} AS (SELECT *, "
-            "CAST(NULL AS TIMESTAMP) AS window_start, CAST(NULL AS TIMESTAMP) AS window_end "
-            f"FROM ({self.empty_relation(s.source, s.derived)}))"
+            f"{exp.to_identifier(s.view).sql('duckdb')} AS "
+            f"({self.empty_relation(s.source, s.derived)})"
             for s in scans
         ]
         batch = select.copy()
         for key in ("stream_window", "emit"):
             batch.set(key, None)
-        sql = f"WITH {', '.join(parts)} SELECT * FROM ({sql_of(batch)}) LIMIT 0"
+        for item in batch.expressions:
+            if isinstance(item, exp.Column) and item.name.lower() in WINDOW_COLUMNS:
+                item.replace(exp.alias_(item.copy(), item.name, quoted=True))
+
+        def bound(node: exp.Expr) -> exp.Expr:
+            if isinstance(node, exp.Column) and node.name.lower() in WINDOW_COLUMNS:
+                return exp.cast(exp.null(), "TIMESTAMP")
+            return node
+
+        sql = f"WITH {', '.join(parts)} SELECT * FROM ({sql_of(batch.transform(bound))}) LIMIT 0"
         try:
             return [c[0] for c in self.con.execute(sql, parameters or None).description]
         except duckdb.Error as error:
@@ -263,6 +274,49 @@ class Planner:
                 columns = list(self._types([*scans, ("__relation", query)], cased=True))
             relations.append((node.alias_or_name, columns))
         return relations
+
+    def _push_into_stream(
+        self,
+        select: exp.Select,
+        relations: list[tuple[str, list[str]]],
+        by_view: dict[str, Scan],
+        once: set[str],
+    ) -> None:
+        """The WHERE conjuncts over a join that read the stream's columns alone go below its
+        watermark, as Spark's optimizer pushes them through the join (the stream is never
+        the NULL-extended side of a stream-static join) and below EventTimeWatermark."""
+        where = select.args.get("where")
+        if where is None:
+            return
+        streams = {
+            t.alias_or_name.lower(): by_view[t.name]
+            for t in select.find_all(exp.Table)
+            if t.name in by_view and t.name in once
+        }
+        owners: dict[str, list[str]] = {}
+        for alias, columns in relations:
+            for column in columns:
+                owners.setdefault(column.lower(), []).append(alias.lower())
+        kept = []
+        conjuncts = where.this.flatten() if isinstance(where.this, exp.And) else [where.this]
+        for conjunct in conjuncts:
+            readers = {
+                c.table.lower() if c.table else next(iter(owners.get(c.name.lower(), [""])))
+                for c in conjunct.find_all(exp.Column)
+            }
+            scan = streams.get(next(iter(readers))) if len(readers) == 1 else None
+            if scan is None:
+                kept.append(conjunct)
+                continue
+            unqualified = conjunct.copy()
+            for column in unqualified.find_all(exp.Column):
+                column.set("table", None)
+            pushed, stays = self._push_below_watermark(unqualified, scan)
+            if stays is not None:
+                kept.append(conjunct)
+                continue
+            scan.prefilter = _conjunction([c for c in (scan.prefilter, pushed) if c is not None])
+        select.set("where", exp.Where(this=_conjunction(kept)) if kept else None)
 
     def _infer_not_null(self, select: exp.Select, by_view: dict[str, Scan], once: set[str]) -> None:
         """Spark infers `key IS NOT NULL` for the join keys of a side whose rows are never

@@ -144,7 +144,7 @@ def raw_confluent(servers: str, topic: str, count: int) -> float:
     from confluent_kafka import Consumer
     from confluent_kafka import TopicPartition as ConfluentPartition
 
-    from streamsql.sources.kafka_confluent import CHUNK, CONSUMER_SETTINGS
+    from streamsql.connectors.kafka.confluent import CHUNK, CONSUMER_SETTINGS
 
     consumer = Consumer({**CONSUMER_SETTINGS, "bootstrap.servers": servers})
     try:
@@ -166,7 +166,7 @@ def raw_confluent_untouched(servers: str, topic: str, count: int) -> float:
     from confluent_kafka import Consumer
     from confluent_kafka import TopicPartition as ConfluentPartition
 
-    from streamsql.sources.kafka_confluent import CHUNK, CONSUMER_SETTINGS
+    from streamsql.connectors.kafka.confluent import CHUNK, CONSUMER_SETTINGS
 
     consumer = Consumer({**CONSUMER_SETTINGS, "bootstrap.servers": servers})
     try:

@@ -21,7 +21,9 @@ from typing import Any, TextIO
 import duckdb
 
 import streamsql
-from streamsql.engine import Engine, declared_paths
+from streamsql.engine import Engine
+from streamsql.engine.engine import declared_paths
+from streamsql.engine.statements import push_query
 from streamsql.errors import Error
 from streamsql.format import elapsed_text, format_table
 from streamsql.runtime.query import StreamingQuery
@@ -415,7 +417,7 @@ def explain_file(sql: str, out: TextIO) -> int:
             kind = getattr(node, "kind", None)
             if kind == "SOURCE":
                 cursor.execute_statement(statement)
-            elif kind == "SINK" or engine.handler(statement) == engine.push_query:
+            elif kind == "SINK" or engine.handler(statement) is push_query:
                 label = f"sink {node.this.name}" if kind == "SINK" else "push query"
                 out.write(f"-- {label} (line {statement.line})\n")
                 explain = Statement(nodes.Explain(this=node), statement.text, statement.line)

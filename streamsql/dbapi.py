@@ -17,7 +17,8 @@ import duckdb
 import pyarrow as pa
 from sqlglot import exp
 
-from streamsql.engine import Engine, Result
+from streamsql.engine import Engine
+from streamsql.engine.result import Result
 from streamsql.errors import (
     DatabaseError,
     DataError,
@@ -292,7 +293,7 @@ class Cursor:
             return
         self._from_duckdb = False
         with nesting_room(statement.line):
-            result = handler(statement, parameters, self._duck)
+            result = handler(self.connection.engine, statement, parameters, self._duck)
         self._result = result
         self._stream = result.stream
         if result.rowcount >= 0:

@@ -19,12 +19,13 @@ from typing import Any
 import duckdb
 from sqlglot import exp
 
+from streamsql.catalog.binding import source_def
+from streamsql.catalog.definitions import SourceDef
 from streamsql.checkpoint import dead_letters
 from streamsql.checkpoint.log import SCHEMA, Checkpoint, state_table
-from streamsql.engine import STATUS_HEARTBEAT_SECONDS, source_instance, status_file
+from streamsql.engine.engine import STATUS_HEARTBEAT_SECONDS, source_instance, status_file
 from streamsql.errors import OperationalError
 from streamsql.format import elapsed_text
-from streamsql.plan.catalog import SourceDef, source_def
 from streamsql.runtime.progress import timestamp_of
 from streamsql.server import read_endpoint
 from streamsql.sql import parse_one

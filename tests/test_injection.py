@@ -13,7 +13,7 @@ import pytest
 from kafka import KafkaProducer
 
 import streamsql
-from streamsql.engine import SINK_CONNECTORS, SOURCE_CONNECTORS
+from streamsql.connectors.registry import SINK_CONNECTORS, SOURCE_CONNECTORS
 from streamsql.testing.broker import Broker
 
 PAYLOADS = {

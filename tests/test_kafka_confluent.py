@@ -27,9 +27,10 @@ from kafka import KafkaAdminClient, KafkaProducer, TopicPartition
 from kafka.errors import OffsetOutOfRangeError, UnknownTopicOrPartitionError
 
 import streamsql
+from streamsql.connectors.kafka.client import PartitionError, Watermarks
+from streamsql.connectors.kafka.confluent import ConfluentClient, librdkafka_settings
+from streamsql.connectors.kafka.kafka_python import KafkaPythonClient
 from streamsql.runtime.query import StreamingQuery
-from streamsql.sources.kafka_client import KafkaPythonClient, PartitionError, Watermarks
-from streamsql.sources.kafka_confluent import ConfluentClient, librdkafka_settings
 from streamsql.testing.broker import Broker, free_port
 
 T0_MS = 1_704_067_200_000  # 2024-01-01T00:00:00Z

@@ -1,4 +1,4 @@
-"""Kafka record batches -> Arrow columns (streamsql/sources/kafka_records.py), on batches
+"""Kafka record batches -> Arrow columns (streamsql/connectors/kafka/records.py), on batches
 built by kafka-python's own encoder: the layout is the library's, not a copy of ours."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from kafka.record.default_records import DefaultRecordBatchBuilder
 
-from streamsql.sources.kafka_records import CorruptRecordError, RecordColumns
+from streamsql.connectors.kafka.records import CorruptRecordError, RecordColumns
 
 CODECS = {"none": 0, "gzip": 1, "snappy": 2, "lz4": 3, "zstd": 4}
 

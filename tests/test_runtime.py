@@ -524,7 +524,8 @@ def test_the_status_file_is_refreshed_while_idle_and_a_stale_one_runs_nothing(
     """Issue 11 item 19: while a query runs its process rewrites the status file every
     STATUS_HEARTBEAT_SECONDS, also when nothing happens; so a file older than STALE_SECONDS
     (a process hung, or its pid now another program's) shows nothing running."""
-    from streamsql import engine, status
+    from streamsql import status
+    from streamsql.engine import engine
 
     monkeypatch.setattr(engine, "STATUS_HEARTBEAT_SECONDS", 0.5)
     db = str(tmp_path / "app.db")

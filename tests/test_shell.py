@@ -32,16 +32,16 @@ from prompt_toolkit.output import DummyOutput
 from pygments.token import Keyword
 
 import streamsql
-from streamsql.engine import SINK_CONNECTORS
-from streamsql.plan.plan import Emit
+from streamsql.catalog.definitions import Emit
+from streamsql.connectors.files.sink import ParquetSink
+from streamsql.connectors.registry import SINK_CONNECTORS
+from streamsql.connectors.sink import OutputSchema
 from streamsql.shell import Shell, main
 from streamsql.shell.answers import Changelog
 from streamsql.shell.completion import SQLCompleter
 from streamsql.shell.highlight import StreamSQLLexer
 from streamsql.shell.render import Settings, render
 from streamsql.shell.repl import PROMPT, is_complete
-from streamsql.sinks.base import OutputSchema
-from streamsql.sinks.files import ParquetSink
 
 WAIT_SECONDS = 10
 TERMINAL_SECONDS = 30  # a terminal test's wait for the screen: the shell starts a Python first

@@ -25,7 +25,7 @@ import duckdb
 
 from streamsql.checkpoint.fingerprint import Fingerprint, changes
 from streamsql.errors import PlanningError
-from streamsql.sql import quote
+from streamsql.quoting import quote
 
 SCHEMA = "_streamsql"
 EMITTED_WINDOWS = f"{SCHEMA}.emitted_windows"

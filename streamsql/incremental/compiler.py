@@ -29,11 +29,11 @@ from enum import StrEnum
 import sqlglot
 from sqlglot import exp
 
+from streamsql.catalog.definitions import INTERNAL_PREFIX, Emit
 from streamsql.checkpoint.log import EMITTED_WINDOWS
 from streamsql.incremental.aggregates import StateColumn
-from streamsql.plan.catalog import INTERNAL_PREFIX
-from streamsql.plan.plan import Emit, QueryKind, Scan, StreamingPlan
-from streamsql.sql import literal
+from streamsql.plan.plan import QueryKind, Scan, StreamingPlan
+from streamsql.quoting import literal
 
 # Columns added next to the source's own: named so that no source column can be one.
 WINDOW_START = f"{INTERNAL_PREFIX}ws"

@@ -8,16 +8,8 @@ from typing import Any
 
 from sqlglot import exp
 
+from streamsql.catalog.definitions import Emit, SourceDef
 from streamsql.incremental.aggregates import AggregateCall
-from streamsql.plan.catalog import SourceDef
-
-
-class Emit(StrEnum):
-    """Output modes, named as in the SQL; Spark's names in the comments."""
-
-    CHANGES = "CHANGES"  # update
-    FINAL = "FINAL"  # append
-    SNAPSHOT = "SNAPSHOT"  # complete
 
 
 class QueryKind(StrEnum):

@@ -14,11 +14,12 @@ from typing import Any
 import duckdb
 from sqlglot import exp
 
+from streamsql.catalog.binding import check_column_name
+from streamsql.catalog.definitions import Emit, SourceDef
 from streamsql.errors import PlanningError
 from streamsql.incremental.aggregates import decompose
 from streamsql.plan import deduplication
-from streamsql.plan.catalog import SourceDef, check_column_name
-from streamsql.plan.plan import Emit, QueryKind, Scan, StreamingPlan, WatermarkPolicy, WindowSpec
+from streamsql.plan.plan import QueryKind, Scan, StreamingPlan, WatermarkPolicy, WindowSpec
 from streamsql.plan.relation import (
     SCAN_VIEW,
     BoundRelation,

@@ -15,8 +15,8 @@ from dataclasses import dataclass
 
 from sqlglot import exp
 
+from streamsql.catalog.definitions import INTERNAL_PREFIX, SourceDef
 from streamsql.errors import PlanningError
-from streamsql.plan.catalog import INTERNAL_PREFIX, SourceDef
 from streamsql.sql import position_of
 
 SCAN_VIEW = "__input_{}"

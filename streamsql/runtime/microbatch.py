@@ -23,6 +23,7 @@ import duckdb
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from streamsql.catalog.definitions import INTERNAL_PREFIX
 from streamsql.checkpoint.dead_letters import WRITE_LOCK, DeadLetters
 from streamsql.checkpoint.fingerprint import fingerprint
 from streamsql.checkpoint.log import (
@@ -33,6 +34,8 @@ from streamsql.checkpoint.log import (
     atomically,
     transaction,
 )
+from streamsql.connectors.sink import OutputSchema, Sink
+from streamsql.connectors.source import Origins, Source, SourceBatch
 from streamsql.errors import (
     DataError,
     NotSupportedError,
@@ -49,13 +52,10 @@ from streamsql.incremental.compiler import (
     Statistics,
     Step,
 )
-from streamsql.plan.catalog import INTERNAL_PREFIX
 from streamsql.plan.plan import StreamingPlan
+from streamsql.quoting import quote
 from streamsql.runtime.progress import QueryProgress, timestamp_of
 from streamsql.runtime.watermark import WatermarkTracker
-from streamsql.sinks.base import OutputSchema, Sink
-from streamsql.sources.base import Origins, Source, SourceBatch
-from streamsql.sql import quote
 
 T = TypeVar("T")
 

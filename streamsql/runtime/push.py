@@ -10,9 +10,9 @@ from typing import Any
 
 import pyarrow as pa
 
+from streamsql.connectors.collect import CollectSink
 from streamsql.format import python_rows
 from streamsql.runtime.query import StreamingQuery
-from streamsql.sinks.collect import CollectSink
 
 POLL_SECONDS = 0.05
 

@@ -30,6 +30,9 @@ import duckdb
 from sqlglot import exp
 
 from streamsql import dbapi, errors
+from streamsql.engine.explain import explain
+from streamsql.engine.show import describe_query, show
+from streamsql.engine.statements import push_query
 from streamsql.server import pgtypes
 from streamsql.sql import Statement, parse
 
@@ -547,7 +550,7 @@ class Session(socketserver.BaseRequestHandler):
         if not self.server.allow_writes:
             _check_read_only(statement, self.server.connection)
         engine = self.server.connection.engine
-        if engine.handler(statement) == engine.push_query:
+        if engine.handler(statement) is push_query:
             raise Refused(
                 "push queries (a SELECT over a source) are not served over the PostgreSQL "
                 "protocol: CREATE SINK ... WITH (connector = 'duckdb') and query its table",
@@ -665,7 +668,7 @@ def _check_read_only(statement: Statement, connection: dbapi.Connection) -> None
     engine = connection.engine
     handler = engine.handler(statement)
     if handler is not None:
-        if handler in (engine.show, engine.describe_query, engine.explain, engine.push_query):
+        if handler in (show, describe_query, explain, push_query):
             return
     elif set(_duckdb_kinds(statement.text)) <= READ_STATEMENTS:
         return

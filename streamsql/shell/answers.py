@@ -9,11 +9,10 @@ from typing import Any
 
 from sqlglot import exp
 
+from streamsql.catalog.definitions import Emit, SinkDef, SourceDef
+from streamsql.connectors.sink import OutputSchema
 from streamsql.engine import Engine
-from streamsql.plan.catalog import SinkDef, SourceDef
-from streamsql.plan.plan import Emit
 from streamsql.runtime.query import StreamingQuery
-from streamsql.sinks.base import OutputSchema
 from streamsql.sql import nodes
 
 OP_COLUMN = "op"

@@ -9,7 +9,8 @@ from prompt_toolkit.completion import CompleteEvent, Completer, Completion
 from prompt_toolkit.document import Document
 
 from streamsql.checkpoint.log import SCHEMA
-from streamsql.engine import SINK_CONNECTORS, SOURCE_CONNECTORS, Engine
+from streamsql.connectors.registry import SINK_CONNECTORS, SOURCE_CONNECTORS
+from streamsql.engine import Engine
 
 # The streaming extension's words (grammar/streamsql.ebnf); DuckDB's come from DuckDB itself.
 EXTENSION_KEYWORDS = (

@@ -20,6 +20,7 @@ from sqlglot.errors import TokenError
 from sqlglot.tokens import TokenType
 
 from streamsql.dbapi import Connection
+from streamsql.engine.statements import push_query
 from streamsql.errors import Error
 from streamsql.format import rows_text
 from streamsql.shell.answers import OP_COLUMN, Catalog, Changelog
@@ -128,7 +129,7 @@ class Shell:
         engine = self.con.engine
         for statement in parse(sql):
             started = time.perf_counter()
-            if engine.handler(statement) == engine.push_query:
+            if engine.handler(statement) is push_query:
                 self._push(statement)
             else:
                 before = Catalog.of(engine)
@@ -166,7 +167,7 @@ class Shell:
         row is a group's first (+I) or an update of a group shown before (+U)."""
         engine = self.con.engine
         with contextlib.closing(engine.cursor()) as duck:
-            stream = engine.push_query(statement, None, duck).stream
+            stream = push_query(engine, statement, None, duck).stream
         schema = stream.sink.schema
         names, types = list(schema.names), list(schema.types)
         changes = Changelog.of(schema)

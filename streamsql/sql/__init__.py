@@ -16,7 +16,7 @@ from sqlglot import exp
 from sqlglot.errors import ParseError, TokenError
 from sqlglot.tokens import Token, TokenType
 
-from streamsql.errors import InternalError, SQLSyntaxError
+from streamsql.errors import SQLSyntaxError
 from streamsql.secrets import redact
 from streamsql.sql import nodes
 from streamsql.sql.dialect import Edit, StreamSQL, StreamSQLParser
@@ -62,30 +62,6 @@ class Statement:
     expression: exp.Expr
     text: str
     line: int
-
-
-def quote(name: str) -> str:
-    """A DuckDB identifier, always quoted: safe for any name a user or a file gives."""
-    return '"' + name.replace('"', '""') + '"'
-
-
-def literal(text: str) -> str:
-    """A DuckDB string literal, for the few places (file paths in COPY and readers) where a
-    statement cannot take a parameter."""
-    return "'" + text.replace("'", "''") + "'"
-
-
-def one_statement(sql: str) -> str:
-    """`sql`, checked by DuckDB's parser to be exactly one statement: for generated SQL that
-    holds option values (paths, names, codecs, the Kafka key), which DuckDB's execute would
-    otherwise run as several statements if a value ever broke out of its quoting."""
-    try:
-        count = len(duckdb.extract_statements(sql))
-    except duckdb.Error:
-        count = 1  # one statement that does not parse: executing it reports the error
-    if count != 1:
-        raise InternalError(f"Generated SQL is {count} statements, not one: {sql[:200]!r}")
-    return sql
 
 
 def parse(sql: str, stored: bool = False) -> list[Statement]:

@@ -18,9 +18,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from streamsql.errors import OperationalError, ProgrammingError
-from streamsql.plan.catalog import Column
-from streamsql.sources.base import (
+from streamsql.catalog.definitions import Column
+from streamsql.connectors.formats import FORMATS, CsvFields, Decoder
+from streamsql.connectors.source import (
     DEAD_LETTER_SCHEMA,
     Offset,
     Origins,
@@ -28,7 +28,7 @@ from streamsql.sources.base import (
     SourceBatch,
     numbers,
 )
-from streamsql.sources.formats import FORMATS, CsvFields, Decoder
+from streamsql.errors import OperationalError, ProgrammingError
 
 
 class FileSource(Source):

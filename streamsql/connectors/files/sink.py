@@ -24,12 +24,12 @@ from pathlib import Path
 import duckdb
 import pyarrow as pa
 
+from streamsql.catalog.definitions import Emit
 from streamsql.checkpoint.log import SINK_FILES, registered, transaction
+from streamsql.connectors.sink import OutputSchema, Sink
 from streamsql.errors import OperationalError, ProgrammingError
 from streamsql.options import Configured
-from streamsql.plan.plan import Emit
-from streamsql.sinks.base import OutputSchema, Sink
-from streamsql.sql import literal, one_statement, quote
+from streamsql.quoting import literal, one_statement, quote
 
 ROWS_VIEW = "__file_rows"
 STAGING = ".staging"

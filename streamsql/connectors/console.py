@@ -8,12 +8,13 @@ from typing import TextIO
 import duckdb
 import pyarrow as pa
 
+from streamsql.connectors.sink import OutputSchema, Sink
 from streamsql.format import format_table, python_rows
-from streamsql.sinks.base import OutputSchema, Sink
 
 
 class ConsoleSink(Sink):
     OPTIONS = (*Sink.OPTIONS, "print_empty")
+    TARGET = "the console"
 
     def __init__(self, name: str, options: dict[str, str], stream: TextIO | None = None) -> None:
         super().__init__(name, options)

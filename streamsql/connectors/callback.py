@@ -20,14 +20,15 @@ from typing import Any
 import duckdb
 import pyarrow as pa
 
+from streamsql.connectors.sink import OutputSchema, Sink
 from streamsql.errors import ProgrammingError
-from streamsql.sinks.base import OutputSchema, Sink
 
 BatchCallback = Callable[[int, pa.Table], Any]
 
 
 class CallbackSink(Sink):
     OPTIONS = (*Sink.OPTIONS, "callback")
+    TARGET = "a Python callback"
 
     def __init__(
         self,

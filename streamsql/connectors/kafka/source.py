@@ -19,16 +19,17 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from kafka import KafkaConsumer, TopicPartition
 
-from streamsql.errors import DataError, OperationalError, ProgrammingError
-from streamsql.kafka_settings import PREFIX, client_settings, topic_names
-from streamsql.sources.base import Offset, Source, SourceBatch
-from streamsql.sources.formats import Decoder
-from streamsql.sources.kafka_client import (
-    KafkaPythonClient,
+from streamsql.connectors.formats import Decoder
+from streamsql.connectors.kafka.client import (
+    KafkaClient,
     PartitionError,
     Watermarks,
     partition_name,
 )
+from streamsql.connectors.kafka.kafka_python import KafkaPythonClient
+from streamsql.connectors.kafka.settings import PREFIX, client_settings, topic_names
+from streamsql.connectors.source import Offset, Source, SourceBatch
+from streamsql.errors import DataError, OperationalError, ProgrammingError
 
 FORMATS = ("json", "csv", "raw")
 # In an offset, beside Spark's {"topic": {"partition": offset}}: each topic's id where the
@@ -50,10 +51,10 @@ OWNED = {
 CLIENTS = ("kafka-python", "confluent")
 
 
-def _client_class(name: str) -> type:
+def _client_class(name: str) -> type[KafkaClient]:
     if name == "confluent":
         try:
-            from streamsql.sources.kafka_confluent import ConfluentClient
+            from streamsql.connectors.kafka.confluent import ConfluentClient
         except ImportError:
             raise ProgrammingError(
                 "client = 'confluent' needs the confluent-kafka package "
@@ -118,7 +119,7 @@ class KafkaSource(Source):
         self._marks: dict[TopicPartition, Watermarks] = {}  # as of the last planning
         self._planned: Offset | None = None  # the last end offset this instance planned
 
-    def _new_client(self) -> Any:
+    def _new_client(self) -> KafkaClient:
         config = client_settings(
             f"Source {self.name}", self.options, KafkaConsumer.DEFAULT_CONFIG, OWNED
         )

@@ -23,14 +23,15 @@ import pyarrow as pa
 from kafka import KafkaProducer
 from kafka.errors import KafkaConfigurationError, KafkaError
 from sqlglot import exp
+from sqlglot.dialects.duckdb import DuckDB
 from sqlglot.errors import ParseError, TokenError
 
 from streamsql.checkpoint.log import registered
+from streamsql.connectors.kafka.net import NetworkClients, within
+from streamsql.connectors.kafka.settings import client_settings, topic_names
+from streamsql.connectors.sink import OutputSchema, Sink
 from streamsql.errors import OperationalError, ProgrammingError, from_duckdb
-from streamsql.kafka_net import NetworkClients, within
-from streamsql.kafka_settings import client_settings, topic_names
-from streamsql.sinks.base import OutputSchema, Sink
-from streamsql.sql import DIALECT, literal, one_statement, quote
+from streamsql.quoting import literal, one_statement, quote
 
 ROWS_VIEW = "__kafka_rows"
 FORMATS = ("json", "csv")
@@ -49,6 +50,7 @@ FORCE_CLOSE_SECONDS = 5.0  # for the producer's I/O thread to stop once told to
 class KafkaSink(Sink):
     OPTIONS = (*Sink.OPTIONS, "bootstrap_servers", "topic", "format", "key", "timeout")
     OPTION_PREFIXES: ClassVar[tuple[str, ...]] = ("kafka.",)  # passed to KafkaProducer
+    TARGET = "Kafka"
 
     def __init__(self, name: str, options: dict[str, str]) -> None:
         super().__init__(name, options)
@@ -136,7 +138,7 @@ class KafkaSink(Sink):
 
     def _connect(self) -> KafkaProducer:
         """A producer connected within `timeout`: KafkaProducer() bootstraps on the calling
-        thread, where kafka-python does not bound every wait (kafka_net)."""
+        thread, where kafka-python does not bound every wait (net.py)."""
         millis = max(int(self.timeout * 1000), 1)
         clients = NetworkClients()
         config: dict[str, Any] = {
@@ -205,7 +207,7 @@ def _key_expression(sink: KafkaSink, text: str | None) -> str | None:
     if text is None:
         return None
     try:
-        parsed = DIALECT.parse_into(exp.Expr, text)
+        parsed = DuckDB().parse_into(exp.Expr, text)
     except (ParseError, TokenError):
         parsed = []
     if len(parsed) != 1 or parsed[0] is None or parsed[0].find(exp.Query, exp.Table):

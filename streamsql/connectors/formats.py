@@ -16,9 +16,9 @@ from dataclasses import dataclass
 import duckdb
 import pyarrow as pa
 
-from streamsql.plan.catalog import INTERNAL_PREFIX, Column
-from streamsql.sources.base import DEAD_LETTER_SCHEMA, Origins, SourceBatch
-from streamsql.sql import literal, quote
+from streamsql.catalog.definitions import INTERNAL_PREFIX, Column
+from streamsql.connectors.source import DEAD_LETTER_SCHEMA, Origins, SourceBatch
+from streamsql.quoting import literal, quote
 
 FORMATS = ("json", "csv", "parquet")  # of files; Kafka values are json, csv or raw
 INTEGER_TYPES = {

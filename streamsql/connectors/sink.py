@@ -9,9 +9,9 @@ from typing import ClassVar
 import duckdb
 import pyarrow as pa
 
+from streamsql.catalog.definitions import Emit
 from streamsql.errors import PlanningError, ProgrammingError
 from streamsql.options import Configured
-from streamsql.plan.plan import Emit
 from streamsql.runtime.triggers import Trigger
 
 
@@ -33,6 +33,8 @@ class Sink(Configured, ABC):
     # The TABLE or VIEW the sink keeps in the engine database, and the option that names it
     # (by default the sink's name): the sink's own, so DROP SINK drops it.
     OUTPUT: ClassVar[tuple[str, str] | None] = None
+    # Where a sink without OUTPUT writes, as its errors say it (by default its connector's name).
+    TARGET: ClassVar[str | None] = None
 
     def __init__(self, name: str, options: dict[str, str]) -> None:
         """Read and check every option (the trigger too, which `--trigger` may override in

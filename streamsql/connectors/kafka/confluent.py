@@ -1,6 +1,6 @@
 """The Kafka source's client on confluent-kafka (librdkafka): `client = 'confluent'`.
 
-Same requests and semantics as KafkaPythonClient (kafka_client.py): partitions are assigned by
+Same requests and semantics as KafkaPythonClient (kafka_python.py): partitions are assigned by
 hand (Consumer.assign, never a group subscription, whose join takes many seconds), offsets
 live in the query's checkpoint, and a fetch reads each partition's [start, end) exactly.
 
@@ -48,14 +48,15 @@ from confluent_kafka import TopicPartition as ConfluentPartition
 from confluent_kafka.admin import AdminClient
 from kafka import TopicPartition
 
-from streamsql.errors import ProgrammingError, SourceUnavailable
-from streamsql.sources.kafka_client import (
+from streamsql.connectors.kafka.client import (
+    KafkaClient,
     PartitionError,
     Watermarks,
     partition_name,
     topic_id_text,
 )
-from streamsql.sources.kafka_records import COLUMNS, HEADERS_TYPE, RecordColumns
+from streamsql.connectors.kafka.records import COLUMNS, HEADERS_TYPE, RecordColumns
+from streamsql.errors import ProgrammingError, SourceUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -67,9 +68,9 @@ CONSUMER_SETTINGS: dict[str, Any] = {
     "enable.auto.offset.store": False,
     "enable.partition.eof": True,  # the event that says a partition's end was reached
     "auto.offset.reset": "error",  # an offset off the log is an error, never a jump
-    "isolation.level": "read_uncommitted",  # up to the high watermark, as kafka_client
+    "isolation.level": "read_uncommitted",  # up to the high watermark, as kafka_python
     "allow.auto.create.topics": False,
-    "check.crcs": True,  # kafka_records checks every batch's CRC too
+    "check.crcs": True,  # records.py checks every batch's CRC too
     "fetch.wait.max.ms": 1,  # Tansu answers max_wait_ms = 0 with no partitions at all
     "fetch.min.bytes": 1,
     "fetch.max.bytes": 64 << 20,
@@ -202,16 +203,13 @@ def librdkafka_settings(config: dict[str, Any]) -> dict[str, Any]:
     return settings
 
 
-class ConfluentClient:
-    """KafkaPythonClient's interface (partitions, watermarks, fetch, commit, close) on
-    librdkafka. One consumer, assigned by hand for the length of each call."""
+class ConfluentClient(KafkaClient):
+    """The client on librdkafka. One consumer, assigned by hand for the length of each call."""
 
     def __init__(
         self, bootstrap_servers: str, config: dict[str, Any], connect_timeout: float
     ) -> None:
-        self.bootstrap_servers = bootstrap_servers
-        self.config = config
-        self.connect_timeout = connect_timeout
+        super().__init__(bootstrap_servers, config, connect_timeout)
         self.request_timeout = int(config.get("request_timeout_ms", 30_000)) / 1000
         self.exclude_internal = bool(config.get("exclude_internal_topics", True))
         self.settings = {
@@ -226,7 +224,6 @@ class ConfluentClient:
         self._committers: dict[str, tuple[Consumer, list]] = {}
         self._known: set[tuple[str, int]] = set()  # partitions in the last metadata
         self._admin: AdminClient | None = None  # for topic ids, asked for when needed
-        self._interrupted = False
         self._new_consumer(self.settings).close()  # refuse a bad setting now, not at start
 
     # -- connection ------------------------------------------------------------------------
@@ -366,7 +363,7 @@ class ConfluentClient:
 
     def _check_known(self, partitions: Any) -> None:
         """PartitionError for a partition the cluster does not have (after a refresh), as
-        kafka_client does for a partition without a leader: librdkafka would wait for it."""
+        kafka_python does for a partition without a leader: librdkafka would wait for it."""
         if any((tp.topic, tp.partition) not in self._known for tp in partitions):
             self._metadata()
             for tp in partitions:
@@ -526,7 +523,7 @@ class ConfluentClient:
             self._raise_for(tp, error)
         at = event.offset()  # the partition's end (high watermark) when it was reached
         if at < ends[i]:
-            # The log ends before the range does: truncated under us (as in kafka_client).
+            # The log ends before the range does: truncated under us (as in kafka_python).
             raise PartitionError(tp, kafka_errors.OffsetOutOfRangeError)
         reached[i] = max(reached[i], ends[i])
 
@@ -636,7 +633,7 @@ class _Columns:
     def table(self) -> pa.Table:
         count = len(self.offsets)
         kinds = pa.Array.from_buffers(pa.int8(), count, [None, pa.py_buffer(self.kinds)])
-        # librdkafka: 1 CreateTime, 2 LogAppendTime (0 none) -> kafka_records' 0 and 1.
+        # librdkafka: 1 CreateTime, 2 LogAppendTime (0 none) -> records.py's 0 and 1.
         kinds = pc.equal(kinds, pa.scalar(2, pa.int8())).cast(pa.int8())
         headers = (
             pa.array([h or [] for h in self.headers], HEADERS_TYPE)

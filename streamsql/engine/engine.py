@@ -1,7 +1,8 @@
-"""The engine behind a connection: catalog, sources, running queries, statement dispatch.
+"""The engine behind a connection: the database and its catalog, the sources, and the
+lifecycle of the sinks' queries (start, restart, stop, drop, the status they publish).
 
-Statements of the streaming dialect are handled here; every other statement is handed to
-DuckDB verbatim, in its own text, so DuckDB behaves exactly as DuckDB.
+Statements of the streaming dialect are handled by the table in `statements`; every other
+statement is handed to DuckDB verbatim, in its own text, so DuckDB behaves exactly as DuckDB.
 """
 
 from __future__ import annotations
@@ -12,18 +13,17 @@ import json
 import os
 import threading
 import time
-import uuid
 import warnings
 import weakref
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import duckdb
-import pyarrow as pa
 from sqlglot import exp
 
+from streamsql.catalog.binding import options_of, sink_def, source_def, union_as_select
+from streamsql.catalog.definitions import SinkDef, SourceDef, ViewDef
 from streamsql.checkpoint import dead_letters
 from streamsql.checkpoint.fingerprint import fingerprint
 from streamsql.checkpoint.log import (
@@ -34,6 +34,12 @@ from streamsql.checkpoint.log import (
     atomically,
     state_table,
 )
+from streamsql.connectors.callback import BatchCallback, CallbackSink
+from streamsql.connectors.registry import SINK_CONNECTORS, SOURCE_CONNECTORS, connector_class
+from streamsql.connectors.sink import Sink
+from streamsql.connectors.source import Source
+from streamsql.engine.result import DuckCursor
+from streamsql.engine.statements import Handler, handler_for
 from streamsql.errors import (
     Error,
     OperationalError,
@@ -41,73 +47,16 @@ from streamsql.errors import (
     ProgrammingError,
     from_duckdb,
 )
-from streamsql.format import format_duration
 from streamsql.incremental.aggregates import MACROS
 from streamsql.incremental.compiler import BatchProgram, compile_plan
 from streamsql.metrics import EngineMetrics
-from streamsql.plan.catalog import (
-    SinkDef,
-    SourceDef,
-    ViewDef,
-    differences,
-    options_of,
-    sink_def,
-    source_def,
-    union_as_select,
-)
 from streamsql.plan.plan import StreamingPlan, WatermarkPolicy
 from streamsql.plan.planner import Planner
-from streamsql.plan.relation import inline_views
+from streamsql.quoting import literal, quote
 from streamsql.runtime.microbatch import MicroBatchExecution
-from streamsql.runtime.progress import timestamp_of
-from streamsql.runtime.push import PushStream
 from streamsql.runtime.query import StreamingQuery
 from streamsql.runtime.triggers import Trigger
-from streamsql.secrets import shown
-from streamsql.sinks.base import Sink
-from streamsql.sinks.callback import BatchCallback, CallbackSink
-from streamsql.sinks.collect import CollectSink
-from streamsql.sinks.console import ConsoleSink
-from streamsql.sinks.delta import DeltaSink
-from streamsql.sinks.duckdb import DuckDBSink
-from streamsql.sinks.files import CSVSink, JSONSink, ParquetSink
-from streamsql.sinks.kafka import KafkaSink
-from streamsql.sources.base import Source
-from streamsql.sources.files import FileSource
-from streamsql.sources.formats import cast_to_column
-from streamsql.sources.kafka import KafkaSource
-from streamsql.sources.memory import MemorySource
-from streamsql.sql import (
-    DIALECT,
-    Statement,
-    literal,
-    nesting_room,
-    nodes,
-    parse_one,
-    position_of,
-    quote,
-)
-
-DuckCursor = duckdb.DuckDBPyConnection
-
-SOURCE_CONNECTORS: dict[str, type[Source]] = {
-    "memory": MemorySource,
-    "files": FileSource,
-    "kafka": KafkaSource,
-}
-# Where the sinks without a table in the database write, as their errors say it.
-SINK_TARGETS = {"console": "the console", "callback": "a Python callback", "kafka": "Kafka"}
-
-SINK_CONNECTORS: dict[str, type[Sink]] = {
-    "duckdb": DuckDBSink,
-    "parquet": ParquetSink,
-    "csv": CSVSink,
-    "json": JSONSink,
-    "delta": DeltaSink,
-    "kafka": KafkaSink,
-    "callback": CallbackSink,
-    "console": ConsoleSink,
-}
+from streamsql.sql import Statement, nesting_room, parse_one, position_of
 
 # DuckDB statement types restricted mode refuses (INSTALL and LOAD are LOAD; IMPORT DATABASE
 # and COPY FROM DATABASE are PRAGMA; SET, RESET and USE are SET).
@@ -115,7 +64,6 @@ RESTRICTED_STATEMENTS = ("ATTACH", "DETACH", "LOAD", "EXTENSION", "PRAGMA", "EXP
 
 STATUS_SECONDS = 1.0  # how often a running process publishes its status, at most
 STATUS_HEARTBEAT_SECONDS = 10.0  # and how often at least, while a query of a sink runs
-PUSH_LABEL_WIDTH = 60  # characters of a push query's first line its errors quote
 
 CATALOG = f"""CREATE TABLE IF NOT EXISTS {SCHEMA}.catalog (
     kind VARCHAR NOT NULL,          -- SOURCE | VIEW (over streams) | SINK
@@ -144,46 +92,14 @@ def _close_open_engines() -> None:
         engine.close()
 
 
-@dataclass
-class Result:
-    """Rows our own statements return (DuckDB statements return DuckDB's result)."""
-
-    columns: list[str] = field(default_factory=list)
-    rows: list[tuple[Any, ...]] = field(default_factory=list)
-    rowcount: int = -1
-    stream: PushStream | None = None  # a push query's rows, fetched as they are emitted
-
-
 def source_instance(con: DuckCursor, definition: SourceDef) -> Source:
     """The connector's reader of a source, its declared columns typed by DuckDB."""
-    connector = _connector("Source", definition, SOURCE_CONNECTORS)
+    connector = connector_class("Source", definition, SOURCE_CONNECTORS)
     try:
         schema = con.sql(Planner.empty_relation(definition, [])).to_arrow_table().schema
     except duckdb.Error as error:
         raise ProgrammingError(f"Source {definition.name}: {str(error).splitlines()[0]}") from None
     return connector(definition, schema)
-
-
-def _connector(kind: str, definition: SourceDef | SinkDef, registry: dict[str, type]) -> Any:
-    """The class of a definition's connector, which must know every option it is given (a
-    misspelt option is an error, not a setting silently ignored)."""
-    connector = registry.get(definition.connector.lower())
-    if connector is None:
-        raise ProgrammingError(
-            f"Unknown {kind.lower()} connector {definition.connector!r}; available: "
-            f"{', '.join(registry)}"
-        )
-    unknown = sorted(
-        key
-        for key in set(definition.options) - set(connector.OPTIONS)
-        if not key.startswith(getattr(connector, "OPTION_PREFIXES", ()))
-    )
-    if unknown:
-        raise ProgrammingError(
-            f"{kind} {definition.name}: unknown option {unknown[0]!r} for connector "
-            f"{definition.connector!r}; its options are {', '.join(connector.OPTIONS)}"
-        )
-    return connector
 
 
 def status_file(database: str) -> Path:
@@ -350,7 +266,7 @@ class Engine:
             name = table.name.lower()
             sink = self.sinks.get(name)
             if sink is not None and not table.db and _output(sink) is None:
-                target = SINK_TARGETS.get(sink.connector.lower(), sink.connector)
+                target = getattr(_sink_class(sink), "TARGET", None) or sink.connector
                 raise PlanningError(
                     f"Sink {sink.name} writes to {target} and has no table to select from; "
                     "sinks with connector = 'duckdb' (a table) or a file connector (a view) "
@@ -468,165 +384,11 @@ class Engine:
         self._instances[definition.name.lower()] = source_instance(self.db, definition)
         self.sources[definition.name.lower()] = definition
 
-    # -- statements ------------------------------------------------------------------------------
+    # -- statements and queries ------------------------------------------------------------------
 
-    def handler(self, statement: Statement) -> Callable[..., Result] | None:
+    def handler(self, statement: Statement) -> Handler | None:
         """Our handler for a statement, or None when DuckDB should run it."""
-        node = statement.expression
-        if (
-            isinstance(node, exp.Create)
-            and node.kind == "VIEW"
-            and self._is_streaming(node.expression)
-        ):
-            return self.create_view
-        if isinstance(node, exp.Drop) and node.kind == "VIEW" and self._names_view(node):
-            return self.drop
-        if isinstance(node, exp.Create) and node.kind in ("SOURCE", "SINK"):
-            return self.create_source if node.kind == "SOURCE" else self.create_sink
-        if isinstance(node, exp.Drop) and node.kind in ("SOURCE", "SINK"):
-            return self.drop
-        if isinstance(node, nodes.Explain) and self._is_streaming(node.this):
-            return self.explain
-        if isinstance(node, nodes.ShowStreams):
-            return self.show
-        if isinstance(node, nodes.DescribeQuery):
-            return self.describe_query
-        if isinstance(node, nodes.StopQuery):
-            return self.stop_query
-        if isinstance(node, nodes.CompactSink):
-            return self.compact_sink
-        if isinstance(node, exp.Set) and _setting(node) == "trigger":
-            return self.set_trigger
-        if isinstance(node, exp.Insert) and self._insert_target(node) is not None:
-            return self.insert_into_source
-        if isinstance(node, exp.Select | exp.Union) and self._is_streaming(node):
-            return self.push_query
-        return None
-
-    def _is_streaming(self, node: exp.Expr | None) -> bool:
-        if isinstance(node, exp.Create) and node.kind == "SINK":
-            return True
-        if not isinstance(node, exp.Select | exp.Union):
-            return False
-        if any(node.args.get(k) for k in ("stream_window", "deduplicate", "emit")):
-            return True
-        return any(
-            t.name.lower() in self.sources or t.name.lower() in self.views
-            for t in node.find_all(exp.Table)
-            if not t.db
-        )
-
-    def _names_view(self, node: exp.Drop) -> bool:
-        tables = node.args.get("tables") or [node.this]
-        return any(t.name.lower() in self.views for t in tables)
-
-    def create_view(
-        self, statement: Statement, params: Sequence[Any] | None, cursor: DuckCursor
-    ) -> Result:
-        """A view over streams: kept in the catalog, read as a stream by later queries (its
-        query is planned into theirs); planned now, so that a view no query could read is
-        refused when it is created."""
-        create = statement.expression
-        name = create.this.name
-        if params:
-            raise ProgrammingError(f"CREATE VIEW {name}: a view over streams takes no parameters")
-        taken = self.sources.get(name.lower()) or self.sinks.get(name.lower())
-        if taken is not None or self._relation_kind((name,)):
-            raise ProgrammingError(f"CREATE VIEW {name}: the name is taken")
-        with self._lock:
-            existing = self.views.get(name.lower())
-            if existing is not None and not create.args.get("replace"):
-                # A script run again declares its views again: the same one is a no-op.
-                if create.args.get("exists") or existing.query == create.expression:
-                    return Result()
-                raise ProgrammingError(
-                    f"View {name!r} already exists with another query; CREATE OR REPLACE "
-                    "VIEW to change it"
-                )
-            users = [s.name for s in self.sinks.values() if self._reads(s, name)]
-            if users and name.lower() in self.views:
-                raise ProgrammingError(
-                    f"Cannot replace view {name}: sinks {', '.join(users)} read it"
-                )
-            self.plan(create.expression)
-            self._remember("VIEW", name, statement.text)
-            self.views[name.lower()] = ViewDef(name, create.expression, statement.text)
-        return Result()
-
-    def _insert_target(self, node: exp.Insert) -> Source | None:
-        target = node.this.this if isinstance(node.this, exp.Schema) else node.this
-        if isinstance(target, exp.Table) and target.name.lower() in self.sources:
-            return self._instances[target.name.lower()]
-        return None
-
-    def create_source(
-        self, statement: Statement, params: Sequence[Any] | None, cursor: DuckCursor
-    ) -> Result:
-        create = statement.expression
-        name = create.this.this.name if isinstance(create.this, exp.Schema) else create.this.name
-        with self._lock:
-            existing = self.sources.get(name.lower())
-            if existing is not None and self._unchanged(existing, create, statement.text):
-                return Result()
-            definition = source_def(create, statement.text)
-            self._check_allowed("Source", definition)
-            if existing is not None and not create.args.get("replace"):
-                raise ProgrammingError(
-                    f"Source {name} already exists with a different definition "
-                    f"({'; '.join(differences(existing, definition))}); use CREATE OR REPLACE "
-                    f"SOURCE or DROP SOURCE {name} first"
-                )
-            if existing is not None:
-                users = [s.name for s in self.sinks.values() if self._reads(s, name)]
-                if users:
-                    raise ProgrammingError(
-                        f"Cannot replace source {name}: sinks {', '.join(users)} read it"
-                    )
-            self._register_source(definition)
-            self._remember("SOURCE", definition.name, statement.text)
-        return Result()
-
-    @staticmethod
-    def _unchanged(existing: SourceDef | SinkDef, create: exp.Create, text: str) -> bool:
-        """CREATE of something that exists: IF NOT EXISTS and identical re-runs are no-ops
-        (as re-submitting a Spark job with the same checkpoint is)."""
-        if create.args.get("replace"):
-            return False
-        return bool(create.args.get("exists")) or _canonical(existing.sql) == _canonical(text)
-
-    def _reads(self, sink: SinkDef | ViewDef, relation: str) -> bool:
-        """Whether the query reads the source or view `relation`, through views too."""
-        query = inline_views(sink.query.copy(), {n: v.query for n, v in self.views.items()})
-        names = {t.name.lower() for t in query.find_all(exp.Table)}
-        names |= {t.name.lower() for t in sink.query.find_all(exp.Table)}
-        return relation.lower() in names
-
-    def create_sink(
-        self, statement: Statement, params: Sequence[Any] | None, cursor: DuckCursor
-    ) -> Result:
-        create = statement.expression
-        name = create.this.name
-        with self._lock:
-            existing = self.sinks.get(name.lower())
-            definition = sink_def(create, statement.text, params)
-            if (
-                existing is not None
-                and self._unchanged(existing, create, statement.text)
-                and (create.args.get("exists") or existing.parameters == definition.parameters)
-            ):
-                if not create.args.get("exists") and self._resubmittable(name):
-                    self._start(existing)
-                    self._set_running(name, True)
-                return Result()
-            self._check_allowed("Sink", definition)
-            sink = self._sink(definition)  # every option checked before anything runs or is stored
-            self._check_outputs(definition, existing)
-            if existing is not None and not create.args.get("replace"):
-                self._restart_changed(existing, definition, sink)
-                self._remember("SINK", name, statement.text, definition.parameters)
-            else:
-                self._create_sink(definition, existing, sink)
-        return Result()
+        return handler_for(self, statement)
 
     def _create_sink(self, definition: SinkDef, replaced: SinkDef | None, sink: Sink) -> None:
         """Record the sink (replacing one: drop the old sink's checkpoint, state, dead letters
@@ -804,7 +566,7 @@ class Engine:
 
     def _sink(self, definition: SinkDef) -> Sink:
         """The connector's sink, its options checked (it connects to nothing yet)."""
-        connector = _connector("Sink", definition, SINK_CONNECTORS)
+        connector = connector_class("Sink", definition, SINK_CONNECTORS)
         if connector is CallbackSink:
             return CallbackSink(
                 definition.name, definition.options, self.callbacks, not self.restricted
@@ -885,44 +647,6 @@ class Engine:
         except KeyError:
             raise ProgrammingError(f"No running query named {name!r}") from None
 
-    def drop(
-        self, statement: Statement, params: Sequence[Any] | None, cursor: DuckCursor
-    ) -> Result:
-        node = statement.expression
-        tables = node.args.get("tables") or [node.this]
-        if len(tables) != 1:
-            raise ProgrammingError(f"DROP {node.kind} takes one name")
-        name = tables[0].name
-        with self._lock:
-            registry = {"SOURCE": self.sources, "VIEW": self.views}.get(node.kind, self.sinks)
-            if name.lower() not in registry:
-                if node.args.get("exists"):
-                    return Result()
-                raise ProgrammingError(f"{node.kind.title()} {name!r} does not exist")
-            if node.kind in ("SOURCE", "VIEW"):
-                users = [
-                    f"{kind} {d.name}"
-                    for kind, defs in (("sink", self.sinks), ("view", self.views))
-                    for d in defs.values()
-                    if d.name.lower() != name.lower() and self._reads(d, name)
-                ]
-                if users:
-                    raise ProgrammingError(
-                        f"Cannot drop {node.kind.lower()} {name}: {', '.join(users)} read it; "
-                        "drop them first"
-                    )
-                del registry[name.lower()]
-                self._instances.pop(name.lower(), None)
-                self.db.execute(*self._forget_statement(node.kind, name)).fetchall()
-            else:
-                definition = self.sinks[name.lower()]
-                statements = self._drop_statements(definition)
-                self._stop(name)
-                with dead_letters.WRITE_LOCK:
-                    atomically(self.db, statements)
-                del self.sinks[name.lower()]
-        return Result()
-
     def _stop(self, name: str) -> None:
         query = self.queries.pop(name.lower(), None)
         if query is not None:
@@ -945,172 +669,6 @@ class Engine:
             statements.append((f"DROP {kind} IF EXISTS {'.'.join(map(quote, parts))}", []))
         return statements
 
-    def explain(
-        self, statement: Statement, params: Sequence[Any] | None, cursor: DuckCursor
-    ) -> Result:
-        target = statement.expression.this
-        # a sink's query, checked as CREATE SINK checks it (one without AS SELECT, say)
-        select = (
-            sink_def(target, statement.text).query if isinstance(target, exp.Create) else target
-        )
-        name = target.this.name if isinstance(target, exp.Create) else "query"
-        plan = self.plan(select, params)
-        program = self.program(name, plan)
-        names = ", ".join(scan.name for scan in plan.scans)
-        header = [
-            f"-- {plan.kind.value} over source{'s' if len(plan.scans) > 1 else ''} {names}, "
-            f"EMIT {plan.emit.value}",
-        ]
-        for scan in plan.scans:
-            if scan.has_watermark:
-                delay = format_duration(scan.watermark_delay_us)
-                whose = f" of {scan.name}" if len(plan.scans) > 1 else ""
-                header.append(f"-- watermark{whose}: max({scan.event_time}) - {delay}")
-        if sum(scan.has_watermark for scan in plan.scans) > 1:
-            header.append(
-                f"-- global watermark: the {plan.watermark_policy.value} of the sources' "
-                f"(late rows and closing windows judged on {plan.event_time})"
-            )
-        if plan.window:
-            window = plan.window
-            sizes = (
-                f"gap {format_duration(window.gap_us)}"
-                if window.kind == "SESSION"
-                else f"size {format_duration(window.size_us)}, "
-                f"slide {format_duration(window.slide_us)}"
-            )
-            header.append(f"-- window: {window.kind} on {window.time_column}, {sizes}")
-        text = "\n".join(header) + "\n" + program.explain()
-        return Result(["explain"], [(line,) for line in text.splitlines()])
-
-    def show(
-        self, statement: Statement, params: Sequence[Any] | None, cursor: DuckCursor
-    ) -> Result:
-        what = statement.expression.name.upper()
-        if what == "SOURCES":
-            return Result(
-                ["name", "connector", "columns", "watermark", "options"],
-                [
-                    (
-                        s.name,
-                        s.connector,
-                        ", ".join(s.column_names),
-                        f"{s.watermark.column} - {s.watermark.delay.sql('duckdb')}"
-                        if s.watermark
-                        else None,
-                        _shown_options(s),
-                    )
-                    for s in self.sources.values()
-                ],
-            )
-        if what == "SINKS":
-            return Result(
-                ["name", "connector", "query", "options"],
-                [
-                    (s.name, s.connector, s.query.sql(DIALECT), _shown_options(s))
-                    for s in self.sinks.values()
-                ],
-            )
-        return Result(
-            ["name", "status", "trigger", "last_batch", "watermark", "state_rows"],
-            [self._query_row(q) for q in self.queries.values()],
-        )
-
-    def _query_row(self, query: StreamingQuery) -> tuple[Any, ...]:
-        """Where the query stands: from its checkpoint, so also right after a restart."""
-        execution = query.execution
-        return (
-            query.name,
-            query.status["message"],
-            str(query.trigger),
-            execution.last_committed,
-            timestamp_of(execution.watermark),
-            execution.state_rows,
-        )
-
-    def describe_query(
-        self, statement: Statement, params: Sequence[Any] | None, cursor: DuckCursor
-    ) -> Result:
-        """One row per property, each once: the query, its state, where it stands, the
-        totals of this run, then its last batch under Spark's progress names. Structured
-        values are JSON."""
-        query = self.query(statement.expression.this.name)
-        status = query.status
-        totals = query.totals
-        properties: dict[str, Any] = {
-            "name": query.name,
-            "id": query.id,
-            "run_id": query.run_id,
-            "status": status["message"],
-            "since": status["since"],
-            "batch_in_flight": status["batch"],
-            "trigger": status["trigger"],
-            "error": status["error"],
-            **{k: v for k, v in query.execution.position().items() if k != "sink"},
-            "run_batches": totals.batches,
-            "run_input_rows": totals.input_rows,
-            "run_output_rows": totals.output_rows,
-            "run_late_rows": totals.late_rows,
-            "run_dead_letters": totals.dead_letters,
-        }
-        progress = query.last_progress
-        if progress is not None:
-            shown = {"id", "run_id", "name", "batch_id", "state_rows", "next_watermark"}
-            last = {k: v for k, v in progress.to_dict().items() if k not in shown}
-            last["batch_watermark"] = last.pop("watermark")
-            properties |= last
-        return Result(
-            ["property", "value"],
-            [
-                (
-                    key,
-                    None
-                    if value is None
-                    else json.dumps(value)
-                    if isinstance(value, dict | list)
-                    else str(value),
-                )
-                for key, value in properties.items()
-            ],
-        )
-
-    def stop_query(
-        self, statement: Statement, params: Sequence[Any] | None, cursor: DuckCursor
-    ) -> Result:
-        name = statement.expression.this.name
-        self.query(name).stop()
-        self._set_running(name, False)
-        return Result()
-
-    def compact_sink(
-        self, statement: Statement, params: Sequence[Any] | None, cursor: DuckCursor
-    ) -> Result:
-        """Compact in the sink's own query, between two batches; a stopped sink's query is
-        opened (recovered) for it, without running batches."""
-        name = statement.expression.this.name
-        definition = self.sinks.get(name.lower())
-        if definition is None:
-            raise ProgrammingError(f"Sink {name!r} does not exist")
-        query = self.queries.get(name.lower())
-        if query is not None and query.is_active:
-            replaced, written = query.between_batches(lambda e: e.sink.compact(e.cursor))
-        else:
-            execution = self._execution(definition)
-            try:
-                execution.start()
-                replaced, written = execution.sink.compact(execution.cursor)
-            finally:
-                execution.close()
-        return Result(["files_replaced", "files_written"], [(replaced, written)])
-
-    def set_trigger(
-        self, statement: Statement, params: Sequence[Any] | None, cursor: DuckCursor
-    ) -> Result:
-        """`SET trigger = '...'`: the trigger of queries this session starts without one."""
-        value = statement.expression.expressions[0].this.expression
-        self.session_trigger = Trigger.parse(value.name)
-        return Result()
-
     def _set_running(self, name: str, running: bool) -> None:
         """Whether the sink resumes when the database is opened again."""
         self.db.execute(
@@ -1118,79 +676,6 @@ class Engine:
             "WHERE kind = 'SINK' AND lower(name) = lower(?)",
             [running, name],
         ).fetchall()
-
-    def insert_into_source(
-        self, statement: Statement, params: Sequence[Any] | None, cursor: DuckCursor
-    ) -> Result:
-        """Evaluate the INSERT's rows in DuckDB, cast to the source's columns, and append them."""
-        node = statement.expression
-        source = self._insert_target(node)
-        if not isinstance(source, MemorySource):
-            raise ProgrammingError(
-                f"INSERT INTO {source.name}: only memory sources accept rows; "
-                f"{source.definition.connector} sources read from their connector"
-            )
-        rows = self._evaluate_insert(node, source, params, cursor)
-        return Result(rowcount=source.append(rows))
-
-    def _evaluate_insert(
-        self,
-        node: exp.Insert,
-        source: MemorySource,
-        params: Sequence[Any] | None,
-        cursor: DuckCursor,
-    ) -> pa.Table:
-        declared = {c.name.lower(): c for c in source.definition.columns}
-        if isinstance(node.this, exp.Schema):
-            targets = [c.name for c in node.this.expressions]
-        else:
-            targets = [c.name for c in source.definition.columns]
-        unknown = [t for t in targets if t.lower() not in declared]
-        if unknown:
-            raise ProgrammingError(
-                f"INSERT INTO {source.name}: no column {unknown[0]!r} (computed columns are "
-                "derived, not inserted)"
-            )
-        values = node.expression
-        if values is None:
-            raise ProgrammingError(f"INSERT INTO {source.name} needs VALUES or a query")
-        names = ", ".join(quote(f"c{i}") for i in range(len(targets)))
-        given = {t.lower(): f"c{i}" for i, t in enumerate(targets)}
-        casts = ", ".join(
-            f"{cast_to_column(quote(given[c.name.lower()]), c.type)} AS {quote(c.name)}"
-            if c.name.lower() in given
-            else f"CAST(NULL AS {c.type}) AS {quote(c.name)}"
-            for c in source.definition.columns
-        )
-        sql = f"SELECT {casts} FROM ({values.sql('duckdb')}) AS __values({names})"
-        try:
-            # The caller's cursor: its registered views and parameters are in scope.
-            return cursor.sql(sql, params=list(params) if params else None).to_arrow_table()
-        except duckdb.Error as error:
-            raise from_duckdb(error, f"INSERT INTO {source.name}") from None
-
-    def push_query(
-        self, statement: Statement, params: Sequence[Any] | None, cursor: DuckCursor
-    ) -> Result:
-        """Run a streaming SELECT for the caller: its rows arrive as batches emit them."""
-        name = f"__push_{uuid.uuid4().hex[:12]}"
-        plan = self.plan(statement.expression, params)
-        program = compile_plan(plan, quote(f"state_{name}"), temporary=True)
-        sink = CollectSink(name, {})
-        trigger = self.trigger_override or self.session_trigger
-        query = StreamingQuery(
-            self._prepare(name, plan, program, sink), trigger, label=_push_label(statement)
-        )
-        self.queries[name] = query.start()
-
-        def forget() -> None:
-            self.queries.pop(name, None)
-            if self.closed:  # nothing left to forget in: its checkpoint went with the engine
-                return
-            with contextlib.closing(self.cursor()) as cursor:
-                Checkpoint(cursor, name).forget()
-
-        return Result(columns=plan.output_names, stream=PushStream(query, sink, forget))
 
     def close(self) -> None:
         """Stop every query (each after its batch in flight commits) and close the database."""
@@ -1218,14 +703,6 @@ class Engine:
                 del _OPEN_FILES[self._file]
 
 
-def _push_label(statement: Statement) -> str:
-    """What a push query's errors call it: its SQL's first line, and where it starts."""
-    first = statement.text.strip().splitlines()[0]
-    if len(first) > PUSH_LABEL_WIDTH:
-        first = first[: PUSH_LABEL_WIDTH - 3] + "..."
-    return f"Push query `{first}` (line {statement.line})"
-
-
 def _stream_outside_a_query(node: exp.Expr, source: str, table: exp.Table) -> PlanningError:
     """Why a statement DuckDB would run cannot read `source`, and what to write instead."""
     where = position_of(table)
@@ -1251,10 +728,15 @@ def _stream_outside_a_query(node: exp.Expr, source: str, table: exp.Table) -> Pl
 
 def _output(definition: SinkDef) -> tuple[str, tuple[str, ...]] | None:
     """(TABLE or VIEW, its identifier parts) that a sink keeps in the database."""
-    connector = SINK_CONNECTORS.get(definition.connector.lower())
+    connector = _sink_class(definition)
     if connector is None or connector.OUTPUT is None:
         return None
     return connector.OUTPUT[0], connector.output(definition.name, definition.options)
+
+
+def _sink_class(definition: SinkDef) -> type[Sink] | None:
+    """A stored sink's connector class (None for a connector this version does not know)."""
+    return SINK_CONNECTORS.get(definition.connector.lower())
 
 
 def _same_relation(one: tuple[str, ...], other: tuple[str, ...]) -> bool:
@@ -1268,23 +750,3 @@ def _same_relation(one: tuple[str, ...], other: tuple[str, ...]) -> bool:
 
 def _output_option(definition: SinkDef) -> str:
     return SINK_CONNECTORS[definition.connector.lower()].OUTPUT[1]
-
-
-def _shown_options(definition: SourceDef | SinkDef) -> str:
-    """A definition's options as SHOW lists them, secret values hidden."""
-    return ", ".join(f"{key} = {shown(key, value)}" for key, value in definition.options.items())
-
-
-def _setting(node: exp.Set) -> str | None:
-    """The name a one-item `SET name = value` sets."""
-    items = node.expressions
-    if len(items) == 1 and isinstance(items[0].this, exp.EQ):
-        return items[0].this.this.name.lower()
-    return None
-
-
-def _canonical(sql: str) -> str:
-    node = parse_one(sql, stored=True).expression.copy()  # SQL accepted already
-    node.set("exists", False)
-    node.set("replace", False)
-    return node.sql(DIALECT)

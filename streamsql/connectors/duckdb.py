@@ -11,11 +11,11 @@ from __future__ import annotations
 import duckdb
 import pyarrow as pa
 
+from streamsql.catalog.definitions import Emit
 from streamsql.checkpoint.log import registered
+from streamsql.connectors.sink import OutputSchema, Sink
 from streamsql.errors import ProgrammingError
-from streamsql.plan.plan import Emit
-from streamsql.sinks.base import OutputSchema, Sink
-from streamsql.sql import one_statement, quote
+from streamsql.quoting import one_statement, quote
 
 EMITTED_VIEW = "__emitted"
 

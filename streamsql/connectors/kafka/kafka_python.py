@@ -2,16 +2,14 @@
 
 The source assigns partitions itself and keeps offsets in its checkpoint, as Spark does, so
 it needs no consumer: it sends Fetch requests through kafka-python's connection manager and
-decodes the record sets with kafka_records, without a Python object per message.
+decodes the record sets with records.py, without a Python object per message.
 """
 
 from __future__ import annotations
 
-import base64
 import re
 import time
 from collections import defaultdict
-from dataclasses import dataclass
 from typing import Any
 
 import kafka.errors as kafka_errors
@@ -19,9 +17,16 @@ from kafka import KafkaConsumer, OffsetAndMetadata, TopicPartition
 from kafka.net.compat import KafkaNetClient
 from kafka.protocol.consumer import FetchRequest, ListOffsetsRequest
 
+from streamsql.connectors.kafka.client import (
+    KafkaClient,
+    PartitionError,
+    Watermarks,
+    partition_name,
+    topic_id_text,
+)
+from streamsql.connectors.kafka.net import NetworkClients, within
+from streamsql.connectors.kafka.records import RecordColumns
 from streamsql.errors import SourceUnavailable
-from streamsql.kafka_net import NetworkClients, within
-from streamsql.sources.kafka_records import RecordColumns
 
 FETCH_VERSION = 12  # the last Fetch version that names topics (13+ use topic ids)
 PROBE_WAIT_MS = 1  # for watermarks; Tansu answers max_wait_ms = 0 with no partitions at all
@@ -41,45 +46,17 @@ NETWORK_ERRORS = (
 )
 
 
-def topic_id_text(raw: bytes) -> str | None:
-    """A topic id as Kafka's tools print it (URL-safe base64 of its 16 bytes, unpadded);
-    None for the zero id, which a broker sends when it has none."""
-    if not any(raw):
-        return None
-    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+class KafkaPythonClient(KafkaClient):
+    """The client on kafka-python's connection manager: Fetch and ListOffsets requests sent
+    by hand, record batches decoded to columns without a Python object per record."""
 
-
-def partition_name(tp: TopicPartition) -> str:
-    """`topic-N`, as Kafka's tools write a partition."""
-    return f"{tp.topic}-{tp.partition}"
-
-
-@dataclass(frozen=True)
-class Watermarks:
-    log_start: int  # the earliest offset the broker still has
-    high: int  # the offset after the last record (the fetch response's high watermark)
-
-
-class PartitionError(Exception):
-    """The broker refused a partition's fetch (offset out of range, unknown topic)."""
-
-    def __init__(self, partition: TopicPartition, error: type[kafka_errors.KafkaError]) -> None:
-        super().__init__(f"{partition_name(partition)}: {error.__name__}")
-        self.partition = partition
-        self.error = error
-
-
-class KafkaPythonClient:
     def __init__(
         self, bootstrap_servers: str, config: dict[str, Any], connect_timeout: float
     ) -> None:
-        self.bootstrap_servers = bootstrap_servers
-        self.config = config
-        self.connect_timeout = connect_timeout
+        super().__init__(bootstrap_servers, config, connect_timeout)
         self.request_timeout_ms = int(config.get("request_timeout_ms", 30_000))
         self._client: KafkaNetClient | None = None
         self._committer: KafkaConsumer | None = None
-        self._interrupted = False
 
     @property
     def _manager(self) -> Any:
@@ -98,7 +75,7 @@ class KafkaPythonClient:
             )
             client._manager._net.start()
             try:
-                # kafka-python's bootstrap does not bound a TLS handshake: kafka_net does
+                # kafka-python's bootstrap does not bound a TLS handshake: net.py does
                 bootstrap = client._manager.bootstrap
                 within(self.connect_timeout, lambda: bootstrap(connect_ms), [client])
             except kafka_errors.KafkaError as error:

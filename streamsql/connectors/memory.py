@@ -14,7 +14,7 @@ import uuid
 
 import pyarrow as pa
 
-from streamsql.sources.base import Offset, Origins, Source, SourceBatch
+from streamsql.connectors.source import Offset, Origins, Source, SourceBatch
 
 
 class MemorySource(Source):

@@ -24,12 +24,12 @@ from deltalake import CommitProperties, DeltaTable, Schema, Transaction, write_d
 from deltalake.exceptions import DeltaError, TableNotFoundError
 from deltalake.schema import PrimitiveType
 
+from streamsql.catalog.definitions import Emit
 from streamsql.checkpoint.log import SCHEMA, kill_point, registered
+from streamsql.connectors.files.sink import typed_relation
+from streamsql.connectors.sink import OutputSchema, Sink
 from streamsql.errors import OperationalError, ProgrammingError
-from streamsql.plan.plan import Emit
-from streamsql.sinks.base import OutputSchema, Sink
-from streamsql.sinks.files import typed_relation
-from streamsql.sql import one_statement, quote
+from streamsql.quoting import one_statement, quote
 
 ROWS_VIEW = "__delta_rows"
 

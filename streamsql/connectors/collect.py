@@ -7,8 +7,8 @@ import queue
 import duckdb
 import pyarrow as pa
 
-from streamsql.sinks.base import OutputSchema, Sink
-from streamsql.sql import quote
+from streamsql.connectors.sink import OutputSchema, Sink
+from streamsql.quoting import quote
 
 
 class CollectSink(Sink):

@@ -18,10 +18,10 @@ from typing import Any, ClassVar, Self
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from streamsql.catalog.definitions import SourceDef
 from streamsql.errors import ProgrammingError
 from streamsql.format import parse_seconds
 from streamsql.options import Configured
-from streamsql.plan.catalog import SourceDef
 
 Offset = Any
 

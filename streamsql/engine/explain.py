@@ -1,0 +1,52 @@
+"""EXPLAIN of a streaming query or sink: the plan's header, then each per-batch statement."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from sqlglot import exp
+
+from streamsql.catalog.binding import sink_def
+from streamsql.engine.result import DuckCursor, Result
+from streamsql.format import format_duration
+from streamsql.sql import Statement
+
+if TYPE_CHECKING:
+    from streamsql.engine.engine import Engine
+
+
+def explain(
+    engine: Engine, statement: Statement, params: Sequence[Any] | None, cursor: DuckCursor
+) -> Result:
+    target = statement.expression.this
+    # a sink's query, checked as CREATE SINK checks it (one without AS SELECT, say)
+    select = sink_def(target, statement.text).query if isinstance(target, exp.Create) else target
+    name = target.this.name if isinstance(target, exp.Create) else "query"
+    plan = engine.plan(select, params)
+    program = engine.program(name, plan)
+    names = ", ".join(scan.name for scan in plan.scans)
+    header = [
+        f"-- {plan.kind.value} over source{'s' if len(plan.scans) > 1 else ''} {names}, "
+        f"EMIT {plan.emit.value}",
+    ]
+    for scan in plan.scans:
+        if scan.has_watermark:
+            delay = format_duration(scan.watermark_delay_us)
+            whose = f" of {scan.name}" if len(plan.scans) > 1 else ""
+            header.append(f"-- watermark{whose}: max({scan.event_time}) - {delay}")
+    if sum(scan.has_watermark for scan in plan.scans) > 1:
+        header.append(
+            f"-- global watermark: the {plan.watermark_policy.value} of the sources' "
+            f"(late rows and closing windows judged on {plan.event_time})"
+        )
+    if plan.window:
+        window = plan.window
+        sizes = (
+            f"gap {format_duration(window.gap_us)}"
+            if window.kind == "SESSION"
+            else f"size {format_duration(window.size_us)}, slide {format_duration(window.slide_us)}"
+        )
+        header.append(f"-- window: {window.kind} on {window.time_column}, {sizes}")
+    text = "\n".join(header) + "\n" + program.explain()
+    return Result(["explain"], [(line,) for line in text.splitlines()])

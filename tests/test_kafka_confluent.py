@@ -311,7 +311,7 @@ def test_json_and_metadata_columns_across_four_partitions(
         )
     )
     query = run_to_end(con, copy_sink())
-    assert isinstance(query.execution.source.client, ConfluentClient)
+    assert isinstance(query.execution.sources["ev"].client, ConfluentClient)
     expected = sorted(
         (
             i,

@@ -1566,7 +1566,7 @@ def test_kafka_settings_are_passed_to_the_client_typed(
     )  # fmt: skip
     con.execute(copy_sink(trigger=None))
     query = caught_up(con)
-    config = query.execution.source.client.config
+    config = query.execution.sources["ev"].client.config
     assert (config["client_id"], config["reconnect_backoff_ms"], config["check_crcs"]) == (
         "streamsql-test",
         75,

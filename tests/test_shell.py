@@ -267,6 +267,7 @@ def test_connector_options_complete_inside_with(memory_con: streamsql.Connection
     }
     assert completions(completer, create + "path = 'x', connector = 'duckdb', ") == {
         "trigger": "duckdb sink",
+        "multiple_watermark_policy": "duckdb sink",
         "table": "duckdb sink",
         "changelog": "duckdb sink",
     }

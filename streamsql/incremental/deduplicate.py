@@ -27,6 +27,7 @@ from __future__ import annotations
 
 from sqlglot import exp
 
+from streamsql.catalog.definitions import INTERNAL_PREFIX
 from streamsql.incremental.compiler import (
     BatchProgram,
     Compiler,
@@ -36,7 +37,6 @@ from streamsql.incremental.compiler import (
     ident,
     sql_of,
 )
-from streamsql.plan.catalog import INTERNAL_PREFIX
 
 SEQUENCE = f"{INTERNAL_PREFIX}seq"  # a row's position in the batch's input
 RANK = f"{INTERNAL_PREFIX}rank"

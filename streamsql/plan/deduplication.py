@@ -19,8 +19,9 @@ from dataclasses import dataclass
 
 from sqlglot import exp
 
+from streamsql.catalog.definitions import Emit
 from streamsql.errors import PlanningError
-from streamsql.plan.plan import Deduplication, Emit
+from streamsql.plan.plan import Deduplication
 from streamsql.sql import position_of
 
 DISTINCT = "DISTINCT"

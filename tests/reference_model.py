@@ -32,10 +32,11 @@ Rules modelled (docs/semantics.md):
 from __future__ import annotations
 
 from collections.abc import Collection, Hashable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 MICROS_PER_MILLI = 1_000
 NO_WATERMARK = 0  # 1970-01-01T00:00:00, in microseconds since the Unix epoch
+MIN_TIME = -(2**62)  # before any event time: nothing is late, nothing closes
 
 
 @dataclass(frozen=True)
@@ -199,13 +200,28 @@ def run_sources(
     emit: str,
     policy: str = "min",
     stops: Collection[int] = (),
+    watermarked: bool = True,
 ) -> Outcome:
     """The model of a windowed aggregation over several sources' rows (UNION ALL): the
     operator above them judges every row against the one global watermark, whatever its
     own source's (DESIGN.md section 8: a row late for its own source's watermark is kept
-    while the global one is behind)."""
+    while the global one is behind).
+
+    `watermarked` False: the window's time column carries no watermark (a UNION ALL's
+    columns are its first branch's, and Spark's `Union.output` keeps its first child's
+    metadata: a first branch without one leaves the union's time column without). Then no
+    row is late, no window is evicted and no no-data batch runs, as with one source whose
+    window is not on the watermarked column; the watermark itself still moves."""
     batches, steps = schedule_sources(sources, delays, policy, stops)
-    return _run_fixed(batches, steps, window, emit)
+    if not watermarked:
+        steps = [step for step in steps if step.batch is not None]
+    outcome = _run_fixed(batches, steps, window, emit, watermarked)
+    if not watermarked:  # the progress records still report the moving watermark
+        outcome.batches = [
+            replace(info, watermark=step.watermark, late_threshold=step.late_threshold)
+            for info, step in zip(outcome.batches, steps, strict=True)
+        ]
+    return outcome
 
 
 def window_starts(window: Tumbling | Hopping, ts: int) -> list[int]:
@@ -252,13 +268,21 @@ def _batch_info(
 
 
 def _run_fixed(
-    batches: Sequence[Sequence[Event]], steps: Sequence[Step], window: Tumbling | Hopping, emit: str
+    batches: Sequence[Sequence[Event]],
+    steps: Sequence[Step],
+    window: Tumbling | Hopping,
+    emit: str,
+    bounded: bool = True,
 ) -> Outcome:
+    """`bounded` False: the window's time column carries no watermark, so no row is late
+    and no window is evicted (the watermark still moves and is reported)."""
     outcome = Outcome()
     size = window.size
     state: dict[Group, set[int]] = {}  # open groups and their rows
     for batch_id, step in enumerate(steps):
         watermark, late_threshold = step.watermark, step.late_threshold
+        if not bounded:
+            watermark = late_threshold = MIN_TIME
         batch = batches[step.batch] if step.batch is not None else []
         late = late_windows = 0
         touched: dict[Group, None] = {}  # in order of first touch

@@ -290,6 +290,7 @@ def test_union_of_two_sources_matches_reference(
         emit,
         policy,
         set(stops),
+        watermarked=delays[0] is not None,
     )
     rows = [r for source in (first, second) for batch in source for r in batch]
     check_windows(f"UNION ALL, EMIT {emit.upper()}, {policy}", run, rows, outcome)

@@ -17,6 +17,7 @@ import re
 import shutil
 import sys
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -68,23 +69,28 @@ def load_job(job: SparkJob, directory: Path) -> ModuleType:
     return module
 
 
-def spark_batches(rows: DataFrame, mode: str, checkpoint: Path) -> Batches:
-    """Every batch the query's sink would receive, through foreachBatch."""
-    batches: Batches = {}
+class SparkRun:
+    """A query of an exported job running in Spark, its batches collected through
+    foreachBatch; many run at once, which is how the tests stay fast on two cores."""
 
-    def collect(batch: DataFrame, batch_id: int) -> None:
-        batches[batch_id] = [tuple(row) for row in batch.collect()]
+    def __init__(self, rows: DataFrame, mode: str, checkpoint: Path) -> None:
+        self.batches: Batches = {}
+        self.query = (
+            rows.writeStream.outputMode(mode)
+            .trigger(availableNow=True)
+            .option("checkpointLocation", str(checkpoint))
+            .foreachBatch(self._collect)
+            .start()
+        )
 
-    query = (
-        rows.writeStream.outputMode(mode)
-        .trigger(availableNow=True)
-        .option("checkpointLocation", str(checkpoint))
-        .foreachBatch(collect)
-        .start()
-    )
-    query.awaitTermination()
-    assert query.exception() is None
-    return batches
+    def _collect(self, batch: DataFrame, batch_id: int) -> None:
+        self.batches[batch_id] = [tuple(row) for row in batch.collect()]
+
+    def result(self) -> dict[int, list[tuple]]:
+        """The normalized batches, once the query has run to its end."""
+        self.query.awaitTermination()
+        assert self.query.exception() is None
+        return normalized(spark_rows_local_to_utc(self.batches))
 
 
 def streamsql_batches(sql: str, sink: str, database: Path) -> Batches:
@@ -163,24 +169,39 @@ def copy_inputs(files: list[Path], directory: Path) -> Path:
     return directory
 
 
-def compare(
-    spark: SparkSession, sql: str, tmp: Path, raw: Callable[[ModuleType, str], DataFrame] | None = None
-) -> dict[str, Batches]:
-    """Export `sql`, run every sink in Spark and in streamsql, assert equal batches; the
-    normalized batches by sink."""
+@dataclass
+class Comparison:
+    """One sink of an exported file: running in Spark, and what streamsql emitted."""
+
+    label: str
+    spark: SparkRun
+    expected: dict[int, list[tuple]]
+
+    def check(self) -> dict[int, list[tuple]]:
+        got = self.spark.result()
+        assert got == self.expected, self.label
+        return got
+
+
+def start(
+    spark: SparkSession,
+    sql: str,
+    tmp: Path,
+    raw: Callable[[ModuleType, str], DataFrame] | None = None,
+) -> dict[str, Comparison]:
+    """Export `sql`, start every sink's query in Spark and run it in streamsql; `raw` gives
+    a sink's source records instead of the job's reader."""
     job = export_spark(sql, "test.sql")
     module = load_job(job, tmp)
     parse_with_spark(spark, job)
-    results = {}
+    comparisons = {}
     for number, (sink, mode) in enumerate(job.output_modes.items()):
         query, source_rows, read = module.QUERIES[sink]
         records = raw(module, sink) if raw else read(spark)
-        rows = query(source_rows(records))
-        got = normalized(spark_rows_local_to_utc(spark_batches(rows, mode, tmp / f"ck{number}")))
+        run = SparkRun(query(source_rows(records)), mode, tmp / f"checkpoint{number}")
         expected = normalized(streamsql_batches(sql, sink, tmp / f"engine{number}.db"))
-        assert got == expected, f"sink {sink}"
-        results[sink] = got
-    return results
+        comparisons[sink] = Comparison(f"{tmp.name}: sink {sink}", run, expected)
+    return comparisons
 
 
 def parse_with_spark(spark: SparkSession, job: SparkJob) -> None:
@@ -218,6 +239,7 @@ def test_spark_examples_match_in_spark(spark: SparkSession, tmp_path: Path, case
     """The five non-dedup queries of the Spark recordings, exported: Spark's batches equal
     streamsql's, and both equal what Spark 4.3 recorded."""
     inputs = copy_inputs(list((EXAMPLES / case / "input").iterdir()), tmp_path / "input")
+    runs = {}
     for name, (has_watermark, query) in spark_example_queries().items():
         sql = SPARK_SOURCE.format(
             watermark=", WATERMARK FOR ts AS ts - INTERVAL '10 minutes'" if has_watermark else "",
@@ -225,23 +247,26 @@ def test_spark_examples_match_in_spark(spark: SparkSession, tmp_path: Path, case
             name=name,
             query=query,
         )
-        got = compare(spark, sql, tmp_path / name)[name]
+        (tmp_path / name).mkdir()
+        runs[name] = start(spark, sql, tmp_path / name)[name]
+    for name, run in runs.items():
         recorded = json.loads((EXAMPLES / case / "expected" / f"{name}.json").read_text())
-        columns = recorded["columns"]
-        expected = normalized(
+        assert run.check() == normalized(
             {
-                b["batch_id"]: [
-                    tuple(
-                        dt.datetime.fromisoformat(r[c]) if c in ("window_start", "window_end",
-                        "session_start", "session_end") else r[c]
-                        for c in columns
-                    )
-                    for r in b["rows"]
-                ]
+                b["batch_id"]: [recorded_row(r, recorded["columns"]) for r in b["rows"]]
                 for b in recorded["batches"]
             }
-        )
-        assert got == expected, name
+        ), name
+
+
+def recorded_row(row: dict, columns: list[str]) -> tuple:
+    """A row of the recordings, its times (Spark's text) as datetimes."""
+    return tuple(
+        dt.datetime.fromisoformat(row[c])
+        if isinstance(row[c], str) and c.startswith(("window_", "session_"))
+        else row[c]
+        for c in columns
+    )
 
 
 def files_example(path: Path, inputs: Path) -> str:
@@ -251,14 +276,17 @@ def files_example(path: Path, inputs: Path) -> str:
     return re.sub(r"(path = '[^']*')", r"\1, max_files_per_trigger = 1", text, count=1)
 
 
-@pytest.mark.parametrize(
-    "path",
-    [p for p in QUERIES if "connector = 'files'" in p.read_text()],
-    ids=lambda p: p.stem,
-)
-def test_files_examples_match_in_spark(spark: SparkSession, tmp_path: Path, path: Path) -> None:
-    inputs = copy_inputs(sorted((ROOT / "queries" / "data" / "events").glob("*.jsonl")),
-                         tmp_path / "input")
-    sql = files_example(path, inputs)
-    results = compare(spark, sql, tmp_path)
-    assert any(results.values())  # the examples emit rows
+FILES_EXAMPLES = [p for p in QUERIES if "connector = 'files'" in p.read_text()]
+
+
+def test_files_examples_match_in_spark(spark: SparkSession, tmp_path: Path) -> None:
+    """Every example of queries/ reading files, exported, emits in Spark what it emits in
+    streamsql, batch by batch."""
+    events = sorted((ROOT / "queries" / "data" / "events").glob("*.jsonl"))
+    inputs = copy_inputs(events, tmp_path / "input")
+    runs = []
+    for path in FILES_EXAMPLES:
+        (tmp_path / path.stem).mkdir()
+        runs += start(spark, files_example(path, inputs), tmp_path / path.stem).values()
+    assert {run.label.split(":")[0] for run in runs} == {p.stem for p in FILES_EXAMPLES}
+    assert all([run.check() for run in runs])  # every example emits rows

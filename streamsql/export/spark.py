@@ -322,8 +322,10 @@ class _Exporter:
         except importlib.metadata.PackageNotFoundError:
             version = "(not installed)"
         packages = sorted(self.packages)
-        submit = f"spark-submit --packages {','.join(packages)} job.py" if packages else (
-            "spark-submit job.py"
+        submit = (
+            f"spark-submit --packages {','.join(packages)} job.py"
+            if packages
+            else ("spark-submit job.py")
         )
         lines = [
             f"PySpark Structured Streaming job exported by streamsql {version} from {file_name}.",
@@ -448,8 +450,10 @@ class _Exporter:
             f"        .load({options['path']!r})",
             "    )",
         ]
-        raw = f"{quoted(CORRUPT)} AS {DEAD_LETTER}" if fmt != "parquet" else (
-            f"CAST(NULL AS STRING) AS {DEAD_LETTER}"
+        raw = (
+            f"{quoted(CORRUPT)} AS {DEAD_LETTER}"
+            if fmt != "parquet"
+            else (f"CAST(NULL AS STRING) AS {DEAD_LETTER}")
         )
         columns = [quoted(c.name) for c in source.columns] + [raw, "input_file_name() AS _file"]
         return reader, [], columns
@@ -510,7 +514,9 @@ class _Exporter:
         ]
         if fmt == "raw":
             value = values[0]
-            columns.append(f"CAST(value AS {spark_type(value.type, typer)}) AS {quoted(value.name)}")
+            columns.append(
+                f"CAST(value AS {spark_type(value.type, typer)}) AS {quoted(value.name)}"
+            )
             columns.append(f"CAST(NULL AS STRING) AS {DEAD_LETTER}")
             parse_step: list[str] = []
         else:
@@ -685,8 +691,10 @@ class _Exporter:
             text = self.spark_sql(expression, typer)
             body.append(f"    rows = rows.withColumn({column!r}, F.expr({text!r}))")
         if plan.has_watermark:
-            delay = format_duration(plan.watermark_delay_us) if plan.watermark_delay_us else (
-                "0 seconds"
+            delay = (
+                format_duration(plan.watermark_delay_us)
+                if plan.watermark_delay_us
+                else ("0 seconds")
             )
             body.append(f"    rows = rows.withWatermark({plan.event_time!r}, {delay!r})")
         sql = self._query_sql(sink, typer)
@@ -699,7 +707,7 @@ class _Exporter:
             [
                 f"def {query}(rows: DataFrame) -> DataFrame:",
                 f'    """{what} (line {sink.line}): a {plan.kind.value}, EMIT {plan.emit.value}'
-                f' ({mode}),',
+                f" ({mode}),",
                 f'    over the rows of source {source.name}."""',
                 *body,
                 "",

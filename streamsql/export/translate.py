@@ -199,8 +199,9 @@ def ordered_array_agg(node: exp.Expr, typer: Typer) -> exp.Expr | None:
     if keys:
         collected = _call("array_sort", collected)
     element = exp.to_identifier("e")
-    pick = exp.Lambda(this=exp.Dot(this=exp.column("e"), expression=exp.to_identifier("v")),
-                      expressions=[element])
+    pick = exp.Lambda(
+        this=exp.Dot(this=exp.column("e"), expression=exp.to_identifier("v")), expressions=[element]
+    )
     return _call("transform", collected, pick)
 
 

@@ -23,6 +23,8 @@ from types import ModuleType
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 import streamsql
 from streamsql.export import SparkJob, export_spark
@@ -290,3 +292,130 @@ def test_files_examples_match_in_spark(spark: SparkSession, tmp_path: Path) -> N
         runs += start(spark, files_example(path, inputs), tmp_path / path.stem).values()
     assert {run.label.split(":")[0] for run in runs} == {p.stem for p in FILES_EXAMPLES}
     assert all([run.check() for run in runs])  # every example emits rows
+
+
+# -- generated queries -------------------------------------------------------------------------
+
+EXAMPLES = max(int(os.environ.get("STREAMSQL_PROPERTY_EXAMPLES", "64")), 50)
+AT_ONCE = 10  # Spark queries running together
+GENERATED_SOURCE = """
+CREATE SOURCE events (
+    user_id BIGINT, event_type VARCHAR, ts TIMESTAMP, amount DOUBLE,
+    {computed}
+    {watermark}
+) WITH (connector = 'files', path = '{path}', format = 'json', max_files_per_trigger = 1);
+"""
+COMPUTED = {
+    "bucket": "bucket AS user_id % 3",
+    "doubled": "doubled AS amount * 2 + 1",
+    "minute": "minute AS date_trunc('minute', ts)",
+}
+AGGREGATES = [
+    "count(*)",
+    "count(user_id)",
+    "sum(amount)",
+    "min(amount)",
+    "max(amount)",
+    "avg(amount)",
+    "count(DISTINCT user_id)",
+    "sum(doubled)",
+    "max(bucket)",
+]
+FILTERS = [None, "event_type = 'a'", "amount > 1", "user_id IS NOT NULL", "bucket <> 1"]
+WINDOWS = {
+    None: "",
+    "tumbling": "WINDOW TUMBLING (ts, INTERVAL '5 minutes')",
+    "hopping": "WINDOW HOPPING (ts, INTERVAL '10 minutes', INTERVAL '5 minutes')",
+    "session": "WINDOW SESSION (ts, INTERVAL '3 minutes')",
+}
+
+
+@st.composite
+def generated_cases(draw: st.DrawFn) -> tuple[str, list[list[dict]]]:
+    """A file with one source and one sink, and its input files (one per batch)."""
+    minute = st.integers(0, 40)
+    row = st.fixed_dictionaries(
+        {
+            "user_id": st.one_of(st.none(), st.integers(0, 5)),
+            "event_type": st.sampled_from(["a", "b", None]),
+            "ts": st.one_of(
+                st.builds(lambda m, s: f"2024-01-01 00:{m:02d}:{s:02d}.000000", minute, st.integers(0, 59)),
+                st.just(None) if draw(st.booleans()) else st.nothing(),
+            ),
+            "amount": st.one_of(st.none(), st.integers(-3, 9).map(float)),
+        }
+    )
+    batches = draw(st.lists(st.lists(row, max_size=4), min_size=1, max_size=4))
+    window = draw(st.sampled_from(list(WINDOWS)))
+    delay = draw(st.sampled_from([None, 0, 2, 10]))
+    grouped = window is not None or draw(st.booleans())
+    where = draw(st.sampled_from(FILTERS))
+    if not grouped:
+        emit = "FINAL"
+        select = "SELECT user_id, ts, amount, bucket, doubled FROM events"
+        group = ""
+    else:
+        keys = ["event_type"] if draw(st.booleans()) else []
+        if window == "session":
+            keys = keys or ["user_id"]
+        aggregates = draw(st.lists(st.sampled_from(AGGREGATES), min_size=1, max_size=3, unique=True))
+        bounds = ["window_start", "window_end"] if window else []
+        outputs = bounds + keys + [f"{a} AS a{i}" for i, a in enumerate(aggregates)]
+        select = f"SELECT {', '.join(outputs)} FROM events {WINDOWS[window]}"
+        group = f" GROUP BY {', '.join(bounds + keys)}" if bounds + keys else ""
+        modes = ["SNAPSHOT"]
+        if window != "session":
+            modes.append("CHANGES")
+        if window and delay is not None:
+            modes.append("FINAL")
+        emit = draw(st.sampled_from(modes))
+    if where:
+        select = select.replace(" FROM events", " FROM events", 1)
+        select = f"{select} WHERE {where}" if "WINDOW" not in select else select.replace(
+            " WINDOW", f" WHERE {where} WINDOW", 1)
+    watermark = (
+        f", WATERMARK FOR ts AS ts - INTERVAL '{delay} minutes'" if delay is not None else ""
+    )
+    computed = ",\n    ".join(COMPUTED.values())
+    source = GENERATED_SOURCE.format(computed=computed, watermark=watermark, path="{path}")
+    sink = f"CREATE SINK generated WITH (connector = 'console') AS {select}{group} EMIT {emit};"
+    return source + sink, batches
+
+
+def test_generated_queries_match_in_spark(spark: SparkSession, tmp_path: Path) -> None:
+    """Generated queries (window kinds, aggregates, filters, computed columns, EMIT modes)
+    and inputs: each exported job emits in Spark what streamsql emits, batch by batch. The
+    Spark queries run AT_ONCE together, so they are checked after hypothesis drew them."""
+    pending: list[Comparison] = []
+
+    def check_pending() -> None:
+        for comparison in pending:
+            comparison.check()
+        pending.clear()
+
+    @settings(
+        max_examples=EXAMPLES,
+        deadline=None,
+        database=None,
+        suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+    )
+    @given(generated_cases())
+    def export_and_start(case: tuple[str, list[list[dict]]]) -> None:
+        sql, batches = case
+        directory = tmp_path / f"case{next(_jobs)}"
+        inputs = directory / "input"
+        inputs.mkdir(parents=True)
+        for number, rows in enumerate(batches):
+            file = inputs / f"batch_{number:04d}.jsonl"
+            file.write_text("".join(json.dumps(r) + "\n" for r in rows))
+            os.utime(file, (1_700_000_000 + number, 1_700_000_000 + number))
+        sql = sql.replace("{path}", str(inputs))
+        (directory / "query.sql").write_text(sql)
+        for comparison in start(spark, sql, directory).values():
+            comparison.label = f"{directory}/query.sql: {sql}"
+            pending.append(comparison)
+        if len(pending) >= AT_ONCE:
+            check_pending()
+
+    export_and_start()
+    check_pending()

@@ -8,7 +8,10 @@ collector: Spark through foreachBatch, streamsql through a callback sink.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import importlib.util
+import inspect
+import io
 import itertools
 import json
 import math
@@ -16,6 +19,7 @@ import os
 import re
 import shutil
 import sys
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +31,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import streamsql
+from streamsql.cli import run_file
 from streamsql.export import SparkJob, export_spark
 from streamsql.plan.catalog import sink_def
 from streamsql.sql import DIALECT, parse
@@ -296,7 +301,7 @@ def test_files_examples_match_in_spark(spark: SparkSession, tmp_path: Path) -> N
 
 # -- generated queries -------------------------------------------------------------------------
 
-EXAMPLES = max(int(os.environ.get("STREAMSQL_PROPERTY_EXAMPLES", "64")), 50)
+PROPERTY_EXAMPLES = max(int(os.environ.get("STREAMSQL_PROPERTY_EXAMPLES", "64")), 50)
 AT_ONCE = 10  # Spark queries running together
 GENERATED_SOURCE = """
 CREATE SOURCE events (
@@ -394,7 +399,7 @@ def test_generated_queries_match_in_spark(spark: SparkSession, tmp_path: Path) -
         pending.clear()
 
     @settings(
-        max_examples=EXAMPLES,
+        max_examples=PROPERTY_EXAMPLES,
         deadline=None,
         database=None,
         suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
@@ -419,3 +424,181 @@ def test_generated_queries_match_in_spark(spark: SparkSession, tmp_path: Path) -
 
     export_and_start()
     check_pending()
+
+
+# -- Kafka -------------------------------------------------------------------------------------
+
+# The options of Spark's Kafka source, as "Structured Streaming + Kafka Integration Guide"
+# (Spark 4.3) lists them; the job may also pass `kafka.`-prefixed Kafka consumer settings.
+SPARK_KAFKA_SOURCE_OPTIONS = {
+    "assign",
+    "subscribe",
+    "subscribePattern",
+    "kafka.bootstrap.servers",
+    "startingTimestamp",
+    "startingOffsetsByTimestamp",
+    "startingOffsets",
+    "endingTimestamp",
+    "endingOffsetsByTimestamp",
+    "endingOffsets",
+    "failOnDataLoss",
+    "kafkaConsumer.pollTimeoutMs",
+    "fetchOffset.numRetries",
+    "fetchOffset.retryIntervalMs",
+    "maxOffsetsPerTrigger",
+    "minOffsetsPerTrigger",
+    "maxTriggerDelay",
+    "minPartitions",
+    "maxRecordsPerPartition",
+    "groupIdPrefix",
+    "kafka.group.id",
+    "includeHeaders",
+    "startingOffsetsByTimestampStrategy",
+}
+# Kafka's consumer configuration names (Kafka documentation, "Consumer Configs"), a subset.
+KAFKA_CONSUMER_CONFIGS = {
+    "security.protocol",
+    "sasl.mechanism",
+    "sasl.kerberos.service.name",
+    "client.id",
+    "request.timeout.ms",
+    "session.timeout.ms",
+    "heartbeat.interval.ms",
+    "metadata.max.age.ms",
+    "max.partition.fetch.bytes",
+    "fetch.max.bytes",
+    "fetch.min.bytes",
+    "fetch.max.wait.ms",
+    "receive.buffer.bytes",
+    "send.buffer.bytes",
+    "connections.max.idle.ms",
+    "reconnect.backoff.ms",
+    "retry.backoff.ms",
+    "ssl.key.password",
+}
+KAFKA_RECORD_SCHEMA = (
+    "key BINARY, value BINARY, topic STRING, partition INT, offset BIGINT, "
+    "timestamp TIMESTAMP, timestampType INT"
+)
+
+
+def kafka_options(module: ModuleType, reader: str) -> list[str]:
+    """The option names the job's Kafka reader gives readStream.format('kafka')."""
+    source = inspect.getsource(getattr(module, reader))
+    assert ".format('kafka')" in source
+    return re.findall(r"\.option\('([^']+)'", source)
+
+
+def test_kafka_reader_options_are_sparks(tmp_path: Path) -> None:
+    """Every option of a Kafka source becomes one of Spark's Kafka options; a secret is read
+    from the environment, never written into the script."""
+    sql = """
+    CREATE SOURCE clicks (
+        user_id BIGINT, k VARCHAR METADATA FROM 'key', p INT METADATA FROM 'partition',
+        o BIGINT METADATA FROM 'offset', t TIMESTAMP METADATA FROM 'timestamp',
+        tt INT METADATA FROM 'timestamp_type',
+        h STRUCT(key VARCHAR, value BLOB)[] METADATA FROM 'headers'
+    ) WITH (
+        connector = 'kafka', bootstrap_servers = 'b1:9092,b2:9092', topic_pattern = 'clicks-.*',
+        starting_offsets = 'earliest', max_offsets_per_trigger = 100,
+        fail_on_data_loss = false, request_timeout = '20 seconds',
+        kafka.security_protocol = 'SASL_SSL', kafka.sasl_mechanism = 'PLAIN',
+        kafka.ssl_password = 'hunter22-secret'
+    );
+    CREATE SINK counts WITH (connector = 'console') AS
+    SELECT k, count(*) AS n FROM clicks GROUP BY k EMIT CHANGES;
+    """
+    job = export_spark(sql, "clicks.sql")
+    assert "hunter22-secret" not in job.script
+    assert "spark-sql-kafka-0-10" in job.script.split('"""')[1]  # the header says so
+    module = load_job(job, tmp_path)
+    options = kafka_options(module, "read_clicks")
+    assert options == [
+        "kafka.bootstrap.servers",
+        "subscribePattern",
+        "startingOffsets",
+        "maxOffsetsPerTrigger",
+        "failOnDataLoss",
+        "kafka.request.timeout.ms",
+        "kafka.security.protocol",
+        "kafka.sasl.mechanism",
+        "kafka.ssl.key.password",
+        "includeHeaders",
+    ]
+    for option in options:
+        assert option in SPARK_KAFKA_SOURCE_OPTIONS or (
+            option.startswith("kafka.") and option.removeprefix("kafka.") in KAFKA_CONSUMER_CONFIGS
+        ), option
+    assert "_secret('CLICKS_KAFKA_SSL_KEY_PASSWORD'" in job.script
+
+
+def kafka_records(broker: Any, topic: str, directory: Path, per_file: int) -> Path:
+    """What the broker holds in `topic`, as Parquet files of Spark's Kafka record schema,
+    `per_file` offsets a file (a batch of maxOffsetsPerTrigger)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from kafka import KafkaConsumer
+
+    consumer = KafkaConsumer(
+        topic,
+        bootstrap_servers=broker.bootstrap_servers,
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+        consumer_timeout_ms=5000,
+    )
+    records = sorted(consumer, key=lambda r: (r.partition, r.offset))
+    consumer.close()
+    assert records
+    directory.mkdir(parents=True)
+    for number in range(0, len(records), per_file):
+        chunk = records[number : number + per_file]
+        table = pa.table(
+            {
+                "key": pa.array([r.key for r in chunk], pa.binary()),
+                "value": pa.array([r.value for r in chunk], pa.binary()),
+                "topic": [r.topic for r in chunk],
+                "partition": pa.array([r.partition for r in chunk], pa.int32()),
+                "offset": pa.array([r.offset for r in chunk], pa.int64()),
+                "timestamp": pa.array(
+                    [r.timestamp * 1000 for r in chunk], pa.timestamp("us", tz="UTC")
+                ),
+                "timestampType": pa.array([r.timestamp_type for r in chunk], pa.int32()),
+            }
+        )
+        file = directory / f"records_{number:06d}.parquet"
+        pq.write_table(table, file)
+        os.utime(file, (1_700_000_000 + number, 1_700_000_000 + number))
+    return directory
+
+
+def test_kafka_example_matches_in_spark(
+    spark: SparkSession, tmp_path: Path, broker: Any, admin: Any
+) -> None:
+    """queries/kafka_windows.sql, exported: the job's decoding and query, run over files that
+    hold what the broker holds in Kafka's record schema (40 offsets a file: its
+    max_offsets_per_trigger over one partition), emit in Spark what streamsql emits reading
+    the broker."""
+    from kafka.admin import NewTopic
+
+    topic = f"user-events-{uuid.uuid4().hex[:8]}"
+    admin.create_topics([NewTopic(topic, num_partitions=1, replication_factor=1)])
+    rename = {"localhost:9092": broker.bootstrap_servers, "'user-events'": repr(topic)}
+    load, sql = (
+        functools.reduce(lambda text, pair: text.replace(*pair), rename.items(), path.read_text())
+        for path in (ROOT / "queries" / "kafka_load.sql", ROOT / "queries" / "kafka_windows.sql")
+    )
+    load = load.replace("'queries/data/events'", repr(str(ROOT / "queries" / "data" / "events")))
+    out, err = io.StringIO(), io.StringIO()
+    assert run_file(load, str(tmp_path / "load.db"), "available_now", out, err) == 0, err.getvalue()
+    records = kafka_records(broker, topic, tmp_path / "records", 40)
+
+    def raw(module: ModuleType, sink: str) -> DataFrame:
+        assert set(kafka_options(module, "read_user_events")) <= SPARK_KAFKA_SOURCE_OPTIONS
+        return (
+            spark.readStream.schema(KAFKA_RECORD_SCHEMA)
+            .option("maxFilesPerTrigger", 1)
+            .parquet(str(records))
+        )
+
+    (run,) = start(spark, sql, tmp_path, raw).values()
+    assert len(run.check()) > 3

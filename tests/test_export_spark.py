@@ -344,7 +344,9 @@ def generated_cases(draw: st.DrawFn) -> tuple[str, list[list[dict]]]:
             "user_id": st.one_of(st.none(), st.integers(0, 5)),
             "event_type": st.sampled_from(["a", "b", None]),
             "ts": st.one_of(
-                st.builds(lambda m, s: f"2024-01-01 00:{m:02d}:{s:02d}.000000", minute, st.integers(0, 59)),
+                st.builds(
+                    lambda m, s: f"2024-01-01 00:{m:02d}:{s:02d}.000000", minute, st.integers(0, 59)
+                ),
                 st.just(None) if draw(st.booleans()) else st.nothing(),
             ),
             "amount": st.one_of(st.none(), st.integers(-3, 9).map(float)),
@@ -363,7 +365,9 @@ def generated_cases(draw: st.DrawFn) -> tuple[str, list[list[dict]]]:
         keys = ["event_type"] if draw(st.booleans()) else []
         if window == "session":
             keys = keys or ["user_id"]
-        aggregates = draw(st.lists(st.sampled_from(AGGREGATES), min_size=1, max_size=3, unique=True))
+        aggregates = draw(
+            st.lists(st.sampled_from(AGGREGATES), min_size=1, max_size=3, unique=True)
+        )
         bounds = ["window_start", "window_end"] if window else []
         outputs = bounds + keys + [f"{a} AS a{i}" for i, a in enumerate(aggregates)]
         select = f"SELECT {', '.join(outputs)} FROM events {WINDOWS[window]}"
@@ -376,8 +380,11 @@ def generated_cases(draw: st.DrawFn) -> tuple[str, list[list[dict]]]:
         emit = draw(st.sampled_from(modes))
     if where:
         select = select.replace(" FROM events", " FROM events", 1)
-        select = f"{select} WHERE {where}" if "WINDOW" not in select else select.replace(
-            " WINDOW", f" WHERE {where} WINDOW", 1)
+        select = (
+            f"{select} WHERE {where}"
+            if "WINDOW" not in select
+            else select.replace(" WINDOW", f" WHERE {where} WINDOW", 1)
+        )
     watermark = (
         f", WATERMARK FOR ts AS ts - INTERVAL '{delay} minutes'" if delay is not None else ""
     )

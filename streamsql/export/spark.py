@@ -410,7 +410,8 @@ class _Exporter:
             "",
             "",
             f"def {rows}(records: DataFrame) -> DataFrame:",
-            f'    """The rows of source {source.name}: the records that decode (on_error = {mode})."""',
+            f'    """The rows of source {source.name}: the records that decode',
+            f'    (on_error = {mode})."""',
             f"    decoded = {decode}(records).where({DEAD_LETTER + ' IS NULL'!r})",
             f"    return decoded.selectExpr({', '.join(map(repr, declared + computed_names))})",
         ]
@@ -886,7 +887,9 @@ BATCH_WRITER_HELPER = '''def _batch_writer(fmt: str, path: str, options: dict, r
 
     return write'''
 
-KAFKA_WRITER_HELPER = '''def _kafka_writer(servers: str, topic: str, query: str, fmt: str, key, settings: dict):
+KAFKA_WRITER_HELPER = '''def _kafka_writer(
+    servers: str, topic: str, query: str, fmt: str, key: str | None, settings: dict
+):
     """foreachBatch writing each row as a message, as streamsql's Kafka sink does: the value
     is the row as JSON (or CSV), the key the `key` expression, and the headers name the
     query and the batch id."""
@@ -895,7 +898,9 @@ KAFKA_WRITER_HELPER = '''def _kafka_writer(servers: str, topic: str, query: str,
         value = "to_csv(struct(*))" if fmt == "csv" else "to_json(struct(*))"
         key_sql = f"CAST({key} AS STRING)" if key else "CAST(NULL AS STRING)"
         headers = F.array(
-            F.struct(F.lit("streamsql.query").alias("key"), F.lit(query).cast("binary").alias("value")),
+            F.struct(
+                F.lit("streamsql.query").alias("key"), F.lit(query).cast("binary").alias("value")
+            ),
             F.struct(
                 F.lit("streamsql.batch_id").alias("key"),
                 F.lit(str(batch_id)).cast("binary").alias("value"),

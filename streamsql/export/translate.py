@@ -112,6 +112,10 @@ def _call(name: str, *args: exp.Expr) -> exp.Expr:
 
 
 def _refuse(node: exp.Expr, reason: str) -> TranslationError:
+    """The refusal of `node`, shown with its position: a type or a literal has none of its
+    own, so the nearest enclosing expression that has one stands for it."""
+    while isinstance(node, exp.DataType) or (position_of(node) is None and node.parent):
+        node = node.parent
     return TranslationError(Untranslatable(node.sql("duckdb"), reason, position_of(node)))
 
 

@@ -26,6 +26,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+import duckdb
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -609,3 +610,121 @@ def test_kafka_example_matches_in_spark(
 
     (run,) = start(spark, sql, tmp_path, raw).values()
     assert len(run.check()) > 3
+
+
+# -- sinks -------------------------------------------------------------------------------------
+
+SINKS = """
+CREATE SOURCE events (
+    user_id BIGINT, event_type VARCHAR, timestamp BIGINT,
+    event_time AS to_timestamp(timestamp / 1000),
+    WATERMARK FOR event_time AS event_time - INTERVAL '10 minutes'
+) WITH (connector = 'files', path = '{inputs}', format = 'json', max_files_per_trigger = 1);
+CREATE SINK windows_parquet WITH (connector = 'parquet', path = '{out}/parquet',
+    trigger = 'available_now') AS {windows};
+CREATE SINK windows_table WITH (connector = 'duckdb', trigger = 'available_now') AS {windows};
+CREATE SINK purchases_csv WITH (connector = 'csv', path = '{out}/csv', delimiter = ';',
+    trigger = 'available_now') AS {purchases};
+CREATE SINK purchases_json WITH (connector = 'json', path = '{out}/json',
+    trigger = 'available_now') AS {purchases};
+CREATE SINK totals_snapshot WITH (connector = 'duckdb', trigger = 'available_now') AS
+    SELECT event_type, count(*) AS n FROM events GROUP BY event_type EMIT SNAPSHOT;
+CREATE SINK totals_changes WITH (connector = 'duckdb', changelog = true,
+    trigger = 'available_now') AS
+    SELECT event_type, count(*) AS n FROM events GROUP BY event_type EMIT CHANGES;
+CREATE SINK called WITH (connector = 'callback', callback = 'export_callback:collect',
+    trigger = 'available_now') AS {purchases};
+"""
+SINK_WINDOWS = (
+    "SELECT window_start, window_end, event_type, count(*) AS n FROM events "
+    "WINDOW TUMBLING (event_time, INTERVAL '5 minutes') "
+    "GROUP BY window_start, window_end, event_type EMIT FINAL"
+)
+SINK_PURCHASES = "SELECT user_id, event_type FROM events WHERE event_type = 'purchase'"
+CALLBACK = """
+BATCHES = []
+
+
+def collect(batch_id, table):
+    BATCHES.append((batch_id, table.to_pylist()))
+"""
+
+
+def plain(rows: Any) -> list[tuple]:
+    """Rows sorted, their times naive UTC (a Parquet file of Spark's reads as TIMESTAMPTZ)."""
+    return sorted(
+        (
+            tuple(
+                v.astimezone(dt.UTC).replace(tzinfo=None)
+                if isinstance(v, dt.datetime) and v.tzinfo
+                else v
+                for v in row
+            )
+            for row in rows
+        ),
+        key=repr,
+    )
+
+
+def rows_of(sql: str) -> list[tuple]:
+    with duckdb.connect() as con:
+        return plain(con.execute(sql).fetchall())
+
+
+def test_sinks_write_what_streamsql_writes(
+    spark: SparkSession, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each sink connector's Spark writer, run by the job's own start functions: file sinks,
+    duckdb tables (Parquet under ROOT, by batch id), a changelog, a snapshot, a callback;
+    and the dead letters of a line that does not decode."""
+    events = sorted((ROOT / "queries" / "data" / "events").glob("*.jsonl"))[:3]
+    inputs = copy_inputs(events, tmp_path / "input")
+    bad = inputs / "events_0009.jsonl"
+    bad.write_text('{"user_id": "not a number", "event_type": "click", "timestamp": 1}\n')
+    os.utime(bad, (1_800_000_000, 1_800_000_000))
+    out = tmp_path / "out"
+    sql = SINKS.format(inputs=inputs, out=out, windows=SINK_WINDOWS, purchases=SINK_PURCHASES)
+    (tmp_path / "export_callback.py").write_text(CALLBACK)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import export_callback
+
+    module = load_job(export_spark(sql, "sinks.sql"), tmp_path)
+    queries = [getattr(module, name)(spark) for name in dir(module) if name.startswith("start_")]
+    assert len(queries) == 8  # seven sinks, and the source's dead letters
+    for query in queries:
+        query.awaitTermination()
+        assert query.exception() is None
+    expected = {
+        name: streamsql_batches(sql, name, tmp_path / f"{name}.db")
+        for name in ("windows_parquet", "purchases_csv", "totals_snapshot", "totals_changes")
+    }
+    every = {
+        name: plain(r for rows in batches.values() for r in rows)
+        for name, batches in expected.items()
+    }
+    root = module.ROOT
+    windows = every["windows_parquet"]
+    assert windows and rows_of(f"SELECT * FROM read_parquet('{out}/parquet/*.parquet')") == windows
+    assert (
+        rows_of(
+            f"SELECT window_start, window_end, event_type, n FROM "
+            f"read_parquet('{root}/tables/windows_table/*/*.parquet')"
+        )
+        == windows
+    )
+    purchases = every["purchases_csv"]
+    assert rows_of(f"SELECT * FROM read_csv('{out}/csv/*.csv', delim = ';')") == purchases
+    assert rows_of(f"SELECT user_id, event_type FROM read_json('{out}/json/*.json')") == purchases
+    called = [tuple(row.values()) for _, rows in export_callback.BATCHES for row in rows]
+    assert plain(called) == purchases
+    snapshot = expected["totals_snapshot"][max(expected["totals_snapshot"])]
+    assert rows_of(
+        f"SELECT * FROM read_parquet('{root}/tables/totals_snapshot/*.parquet')"
+    ) == plain(snapshot)
+    assert rows_of(
+        f"SELECT _batch_id, event_type, n FROM "
+        f"read_parquet('{root}/tables/totals_changes/*/*.parquet', hive_partitioning = true)"
+    ) == plain((b, *r) for b, rows in expected["totals_changes"].items() for r in rows)
+    assert rows_of(f"SELECT file, raw FROM read_json('{root}/dead_letters/events/*.json')") == [
+        (f"file://{bad}", bad.read_text().strip())
+    ]

@@ -302,6 +302,8 @@ class _Exporter:
                 "        SparkSession.builder.appName(" + repr(file_name) + ")",
                 "        # streamsql's TIMESTAMP values are UTC: so are Spark's in this job",
                 "        .config('spark.sql.session.timeZone', 'UTC')",
+                "        # Parquet timestamps as DuckDB, pyarrow and Delta read them",
+                "        .config('spark.sql.parquet.outputTimestampType', 'TIMESTAMP_MICROS')",
                 "        .getOrCreate()",
                 "    )",
                 *(f"    {start}(spark)" for start in starts),
@@ -451,12 +453,13 @@ class _Exporter:
             f"        .load({options['path']!r})",
             "    )",
         ]
+        names = [quoted(c.name) for c in source.columns]
         raw = (
-            f"{quoted(CORRUPT)} AS {DEAD_LETTER}"
+            _dead_letter(names, quoted(CORRUPT), quoted(CORRUPT))
             if fmt != "parquet"
-            else (f"CAST(NULL AS STRING) AS {DEAD_LETTER}")
+            else f"CAST(NULL AS STRING) AS {DEAD_LETTER}"
         )
-        columns = [quoted(c.name) for c in source.columns] + [raw, "input_file_name() AS _file"]
+        columns = [*names, raw, "input_file_name() AS _file"]
         return reader, [], columns
 
     def _kafka_source(
@@ -543,10 +546,9 @@ class _Exporter:
             parse_step = [f"    records = records.selectExpr('*', {decoded!r})"]
             self.sql.append(decoded.removesuffix(" AS _decoded"))
             columns += [f"_decoded.{quoted(c.name)} AS {quoted(c.name)}" for c in values]
-            columns.append(
-                f"CASE WHEN value IS NULL OR _decoded.{quoted(CORRUPT)} IS NOT NULL "
-                f"THEN CAST(value AS STRING) END AS {DEAD_LETTER}"
-            )
+            fields = [f"_decoded.{quoted(c.name)}" for c in values]
+            failed = f"value IS NULL OR _decoded.{quoted(CORRUPT)}"
+            columns.append(_dead_letter(fields, failed, "CAST(value AS STRING)"))
         columns += ["topic AS _topic", "partition AS _partition", "offset AS _offset"]
         return reader, parse_step, columns
 
@@ -817,6 +819,14 @@ class _Exporter:
             f"{options['topic']!r}, {sink.definition.name!r}, {fmt!r}, {key_sql!r}, "
             f"{settings!r}))"
         ]
+
+
+def _dead_letter(fields: list[str], failed: str, raw: str) -> str:
+    """The raw record where `failed` is not NULL (it did not decode). Every declared field
+    is referenced, so that Spark decodes them all: it decodes only the fields a query uses,
+    and streamsql makes a record a dead letter when any declared field fails."""
+    every = f"length(to_json(struct({', '.join(fields)}))) >= 0"
+    return f"CASE WHEN ({failed}) IS NOT NULL AND {every} THEN {raw} END AS {DEAD_LETTER}"
 
 
 def _sql_string(text: str) -> str:

@@ -586,6 +586,7 @@ def test_kafka_example_matches_in_spark(
     hold what the broker holds in Kafka's record schema (40 offsets a file: its
     max_offsets_per_trigger over one partition), emit in Spark what streamsql emits reading
     the broker."""
+    from kafka import KafkaProducer
     from kafka.admin import NewTopic
 
     topic = f"user-events-{uuid.uuid4().hex[:8]}"
@@ -598,6 +599,8 @@ def test_kafka_example_matches_in_spark(
     load = load.replace("'queries/data/events'", repr(str(ROOT / "queries" / "data" / "events")))
     out, err = io.StringIO(), io.StringIO()
     assert run_file(load, str(tmp_path / "load.db"), "available_now", out, err) == 0, err.getvalue()
+    with KafkaProducer(bootstrap_servers=broker.bootstrap_servers) as producer:
+        producer.send(topic, b'{"user_id": "one"}').get(30)  # a dead letter, at offset 240
     records = kafka_records(broker, topic, tmp_path / "records", 40)
 
     def raw(module: ModuleType, sink: str) -> DataFrame:
@@ -610,6 +613,14 @@ def test_kafka_example_matches_in_spark(
 
     (run,) = start(spark, sql, tmp_path, raw).values()
     assert len(run.check()) > 3
+    module = load_job(export_spark(sql), tmp_path)
+    decoded = module.decode_user_events(
+        spark.read.schema(KAFKA_RECORD_SCHEMA).parquet(str(records))
+    )
+    dead = decoded.where("_dead_letter IS NOT NULL").select(
+        "_topic", "_partition", "_offset", "_dead_letter"
+    )
+    assert [tuple(row) for row in dead.collect()] == [(topic, 0, 240, '{"user_id": "one"}')]
 
 
 # -- sinks -------------------------------------------------------------------------------------

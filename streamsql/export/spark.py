@@ -455,7 +455,7 @@ class _Exporter:
         ]
         names = [quoted(c.name) for c in source.columns]
         raw = (
-            _dead_letter(names, quoted(CORRUPT), quoted(CORRUPT))
+            _dead_letter(names, f"{quoted(CORRUPT)} IS NOT NULL", quoted(CORRUPT))
             if fmt != "parquet"
             else f"CAST(NULL AS STRING) AS {DEAD_LETTER}"
         )
@@ -547,7 +547,7 @@ class _Exporter:
             self.sql.append(decoded.removesuffix(" AS _decoded"))
             columns += [f"_decoded.{quoted(c.name)} AS {quoted(c.name)}" for c in values]
             fields = [f"_decoded.{quoted(c.name)}" for c in values]
-            failed = f"value IS NULL OR _decoded.{quoted(CORRUPT)}"
+            failed = f"value IS NULL OR _decoded.{quoted(CORRUPT)} IS NOT NULL"
             columns.append(_dead_letter(fields, failed, "CAST(value AS STRING)"))
         columns += ["topic AS _topic", "partition AS _partition", "offset AS _offset"]
         return reader, parse_step, columns
@@ -822,11 +822,11 @@ class _Exporter:
 
 
 def _dead_letter(fields: list[str], failed: str, raw: str) -> str:
-    """The raw record where `failed` is not NULL (it did not decode). Every declared field
+    """The raw record where `failed` holds (it did not decode). Every declared field
     is referenced, so that Spark decodes them all: it decodes only the fields a query uses,
     and streamsql makes a record a dead letter when any declared field fails."""
     every = f"length(to_json(struct({', '.join(fields)}))) >= 0"
-    return f"CASE WHEN ({failed}) IS NOT NULL AND {every} THEN {raw} END AS {DEAD_LETTER}"
+    return f"CASE WHEN ({failed}) AND {every} THEN {raw} END AS {DEAD_LETTER}"
 
 
 def _sql_string(text: str) -> str:

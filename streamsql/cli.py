@@ -139,8 +139,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             job = export_spark(sql, str(args.file), args.root, args.allow_differences)
             if args.output is None:
                 sys.stdout.write(job.script)
-            else:
+                return 0
+            try:
+                args.output.parent.mkdir(parents=True, exist_ok=True)
                 args.output.write_text(job.script)
+            except OSError as error:
+                print(f"Error: cannot write {args.output}: {error.strerror}", file=sys.stderr)
+                return 2
             return 0
         serving = (
             ServeOptions.parse(args.serve, args.password_env, args.allow_writes)

@@ -211,7 +211,7 @@ def test_allowed_differences_head_the_script_and_left_out_sinks_are_absent() -> 
 def test_export_command_writes_the_job(tmp_path: Path) -> None:
     query = tmp_path / "windows.sql"
     query.write_text(sink(WINDOWS, "connector = 'parquet', path = 'out/windows'"))
-    job = tmp_path / "job.py"
+    job = tmp_path / "jobs" / "job.py"  # its directory is made
     code = main(["export", str(query), "--target", "spark", "-o", str(job), "--root", "/data"])
     assert code == 0
     script = job.read_text()

@@ -62,7 +62,8 @@ def typer() -> Typer:
         ("len(s)", "LENGTH(s)"),
         # sqlglot: FROM_UNIXTIME, which drops the fraction
         ("to_timestamp(ms / 1000)", "TIMESTAMP_SECONDS(ms / 1000)"),
-        ("epoch_ms(ts)", "UNIX_MILLIS(ts)"),  # sqlglot: TIMESTAMP_MILLIS, the inverse
+        # sqlglot: TIMESTAMP_MILLIS, the inverse; DuckDB rounds where UNIX_MILLIS truncates
+        ("epoch_ms(ts)", "CAST(ROUND(CAST(UNIX_MICROS(ts) AS DECIMAL(20, 0)) / 1000) AS BIGINT)"),
         ("epoch_ms(ms)", "TIMESTAMP_MILLIS(ms)"),
         ("count(DISTINCT x)", "CAST(SIZE(COLLECT_SET(x)) AS BIGINT)"),  # no DISTINCT in Spark
         ("count_if(x > 1)", "SUM(CASE WHEN x > 1 THEN 1 WHEN NOT (x > 1) THEN 0 END)"),

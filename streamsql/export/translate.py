@@ -124,7 +124,8 @@ def _refuse(node: exp.Expr, reason: str) -> TranslationError:
 
 def epoch_to_timestamp(node: exp.Expr, typer: Typer) -> exp.Expr | None:
     """to_timestamp(seconds) keeps its fraction (sqlglot's FROM_UNIXTIME drops it and formats
-    in the session's zone); epoch_ms(timestamp) is the opposite conversion in DuckDB."""
+    in the session's zone); epoch_ms(timestamp) is the opposite conversion in DuckDB, which
+    sqlglot takes for epoch_ms(milliseconds)."""
     if not isinstance(node, exp.UnixToTime):
         return None
     scale = node.args.get("scale")
@@ -132,7 +133,13 @@ def epoch_to_timestamp(node: exp.Expr, typer: Typer) -> exp.Expr | None:
         return _call("timestamp_seconds", node.this)
     argument = typer.type_of(node.this) or ""
     if scale == exp.UnixToTime.MILLIS and argument.startswith("TIMESTAMP"):
-        return _call("unix_millis", node.this)
+        # DuckDB rounds to the nearest millisecond, halves away from zero (Spark's
+        # unix_millis truncates): Spark's round does so too, exactly on a DECIMAL
+        micros = exp.Cast(
+            this=_call("unix_micros", node.this), to=exp.DataType.build("DECIMAL(20, 0)")
+        )
+        millis = _call("round", exp.Div(this=micros, expression=exp.Literal.number(1000)))
+        return exp.Cast(this=millis, to=exp.DataType.build("BIGINT"))
     return None
 
 

@@ -136,7 +136,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "explain":
             return explain_file(sql, sys.stdout)
         if args.command == "export":
-            job = export_spark(sql, str(args.file), args.root, args.allow_differences)
+            job_file = args.output.name if args.output else "job.py"
+            job = export_spark(sql, str(args.file), args.root, args.allow_differences, job_file)
             if args.output is None:
                 sys.stdout.write(job.script)
                 return 0

@@ -10,7 +10,6 @@ expression translated by streamsql.export.translate.
 from __future__ import annotations
 
 import contextlib
-import importlib.metadata
 import keyword
 import re
 from collections.abc import Iterator
@@ -23,7 +22,7 @@ from streamsql.engine import Engine
 from streamsql.errors import PlanningError, ProgrammingError
 from streamsql.export.report import Difference, ExportRefused
 from streamsql.export.translate import Typer, to_spark
-from streamsql.format import format_duration
+from streamsql.format import format_duration, parse_seconds
 from streamsql.plan.catalog import INTERNAL_PREFIX, SinkDef, SourceDef, sink_def
 from streamsql.plan.plan import Emit, StreamingPlan
 from streamsql.plan.planner import WINDOW_COLUMNS, Planner
@@ -187,8 +186,8 @@ class _Exporter:
                 self._differ(
                     "statement",
                     f"statement at line {statement.line}",
-                    f"{statement.text.split(None, 2)[:2]} runs in streamsql's DuckDB database, "
-                    "which a Spark job does not have",
+                    f"{' '.join(statement.text.split(None, 2)[:2])} runs in streamsql's DuckDB "
+                    "database, which a Spark job does not have",
                     left_out=True,
                 )
 
@@ -255,7 +254,7 @@ class _Exporter:
         self.sql.append(text)
         return text
 
-    def script(self, file_name: str) -> str:
+    def script(self, file_name: str, job_file: str) -> str:
         used = {s.plan.source.name.lower() for s in self.sinks}
         sources = [self.sources[name] for name in self.sources if name in used]
         parts = [self._source_code(source, line) for source, line in sources]
@@ -275,7 +274,7 @@ class _Exporter:
         )
         return "\n".join(
             [
-                self._header(file_name),
+                self._header(file_name, job_file),
                 "",
                 "from __future__ import annotations",
                 "",
@@ -318,19 +317,14 @@ class _Exporter:
             ]
         )
 
-    def _header(self, file_name: str) -> str:
-        try:
-            version = importlib.metadata.version("streamsql")
-        except importlib.metadata.PackageNotFoundError:
-            version = "(not installed)"
+    def _header(self, file_name: str, job_file: str) -> str:
         packages = sorted(self.packages)
-        submit = (
-            f"spark-submit --packages {','.join(packages)} job.py"
-            if packages
-            else ("spark-submit job.py")
+        submit = " ".join(
+            ["spark-submit", *(["--packages", ",".join(packages)] if packages else []), job_file]
         )
         lines = [
-            f"PySpark Structured Streaming job exported by streamsql {version} from {file_name}.",
+            f"PySpark Structured Streaming job exported by streamsql {streamsql.__version__} "
+            f"from {file_name}.",
             "",
             "One streaming query per sink of the file, computing the rows streamsql computes.",
             f"Run it with:  {submit}",
@@ -474,7 +468,7 @@ class _Exporter:
             if key in KAFKA_OPTIONS:
                 text = value
                 if key == "request_timeout":
-                    text = str(int(Trigger.parse(value).interval * 1000))
+                    text = str(int(parse_seconds(value) * 1000))
                 spark_options.append((KAFKA_OPTIONS[key], repr(text)))
             elif key.startswith("kafka."):
                 setting = key.removeprefix("kafka.").replace(".", "_")
@@ -897,28 +891,32 @@ BATCH_WRITER_HELPER = '''def _batch_writer(fmt: str, path: str, options: dict, r
 
     return write'''
 
-KAFKA_WRITER_HELPER = '''def _kafka_writer(
+KAFKA_WRITER_HELPER = '''def _kafka_messages(
+    batch: DataFrame, batch_id: int, query: str, fmt: str, key: str | None
+) -> DataFrame:
+    """A batch's rows as messages, as streamsql's Kafka sink makes them: the value is the
+    row as JSON (or CSV), the key the `key` expression, and the headers name the query and
+    the batch id."""
+    value = "to_csv(struct(*))" if fmt == "csv" else "to_json(struct(*))"
+    key_sql = f"CAST({key} AS STRING)" if key else "CAST(NULL AS STRING)"
+    headers = F.array(
+        F.struct(F.lit("streamsql.query").alias("key"), F.lit(query).cast("binary").alias("value")),
+        F.struct(
+            F.lit("streamsql.batch_id").alias("key"),
+            F.lit(str(batch_id)).cast("binary").alias("value"),
+        ),
+    )
+    return batch.selectExpr(f"{key_sql} AS key", f"{value} AS value").withColumn("headers", headers)
+
+
+def _kafka_writer(
     servers: str, topic: str, query: str, fmt: str, key: str | None, settings: dict
 ):
-    """foreachBatch writing each row as a message, as streamsql's Kafka sink does: the value
-    is the row as JSON (or CSV), the key the `key` expression, and the headers name the
-    query and the batch id."""
+    """foreachBatch writing each batch's messages with Spark's Kafka sink."""
 
     def write(batch: DataFrame, batch_id: int) -> None:
-        value = "to_csv(struct(*))" if fmt == "csv" else "to_json(struct(*))"
-        key_sql = f"CAST({key} AS STRING)" if key else "CAST(NULL AS STRING)"
-        headers = F.array(
-            F.struct(
-                F.lit("streamsql.query").alias("key"), F.lit(query).cast("binary").alias("value")
-            ),
-            F.struct(
-                F.lit("streamsql.batch_id").alias("key"),
-                F.lit(str(batch_id)).cast("binary").alias("value"),
-            ),
-        )
-        messages = batch.selectExpr(f"{key_sql} AS key", f"{value} AS value")
         (
-            messages.withColumn("headers", headers)
+            _kafka_messages(batch, batch_id, query, fmt, key)
             .write.format("kafka")
             .option("kafka.bootstrap.servers", servers)
             .option("topic", topic)
@@ -945,6 +943,7 @@ def export_spark(
     file_name: str = "query.sql",
     root: str | None = None,
     allow_differences: bool = False,
+    job_file: str = "job.py",
 ) -> SparkJob:
     """The PySpark job for a streamsql file. Refuses (ExportRefused, with the compatibility
     report) when Spark would not compute what streamsql computes, unless
@@ -953,7 +952,7 @@ def export_spark(
     with _scratch_engine() as (engine, cursor):
         exporter = _Exporter(engine, cursor, root)
         exporter.read(parse(sql))
-        script = exporter.script(file_name)
+        script = exporter.script(file_name, job_file)
     if exporter.differences and not allow_differences:
         raise ExportRefused(exporter.differences)
     if not exporter.sinks:

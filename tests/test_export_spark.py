@@ -498,7 +498,7 @@ def kafka_options(module: ModuleType, reader: str) -> list[str]:
     return re.findall(r"\.option\('([^']+)'", source)
 
 
-def test_kafka_reader_options_are_sparks(tmp_path: Path) -> None:
+def test_kafka_reader_options_are_sparks(spark: SparkSession, tmp_path: Path) -> None:
     """Every option of a Kafka source becomes one of Spark's Kafka options; a secret is read
     from the environment, never written into the script."""
     sql = """
@@ -518,6 +518,8 @@ def test_kafka_reader_options_are_sparks(tmp_path: Path) -> None:
     SELECT k, count(*) AS n FROM clicks GROUP BY k EMIT CHANGES;
     """
     job = export_spark(sql, "clicks.sql")
+    parse_with_spark(spark, job)  # the decoding of METADATA columns included
+    assert any("CAST(`headers` AS ARRAY<STRUCT<key: STRING, value: BINARY>>)" in s for s in job.sql)
     assert "hunter22-secret" not in job.script
     assert "spark-sql-kafka-0-10" in job.script.split('"""')[1]  # the header says so
     module = load_job(job, tmp_path)

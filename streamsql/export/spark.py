@@ -100,8 +100,6 @@ KAFKA_COLUMNS = {
     "timestamp_type": "timestampType",
     "headers": "headers",
 }
-# Options that tune streamsql's own storage (DuckDB views, compaction): no Spark meaning.
-ENGINE_ONLY = ("view", "compact_every", "target_file_size", "retention", "fsync", "print_empty")
 
 
 @dataclass
@@ -153,6 +151,8 @@ class _Sink:
 
 
 class _Exporter:
+    """Reads a file's statements as `streamsql run` would, then writes the job's code."""
+
     def __init__(self, engine: Engine, cursor: streamsql.Cursor, root: str) -> None:
         self.engine = engine
         self.cursor = cursor
@@ -246,7 +246,10 @@ class _Exporter:
 
     # -- writing the job -----------------------------------------------------------------
 
-    def typer(self, source: SourceDef, derived: list[tuple[str, exp.Expr]], window: str | None):
+    def typer(
+        self, source: SourceDef, derived: list[tuple[str, exp.Expr]], window: str | None
+    ) -> Typer:
+        """Types of the columns a query over `source` sees, for the type-led rewrites."""
         return Typer(self.engine.db, Planner.empty_relation(source, derived, window))
 
     def spark_sql(self, node: exp.Expr, typer: Typer) -> str:
@@ -382,6 +385,7 @@ class _Exporter:
         computed = [
             f"{self.spark_sql(c.expression, typer)} AS {quoted(c.name)}" for c in source.computed
         ]
+        self.sql.append(f"SELECT {', '.join(columns)}")
         decoder = [
             *parse_step,
             f"    columns = records.selectExpr({', '.join(map(repr, columns))})",

@@ -829,3 +829,25 @@ def test_kafka_sink_writer_builds_its_messages(spark: SparkSession, tmp_path: Pa
     ]
     with pytest.raises(Exception, match=r"(?i)data source.*kafka|kafka.*not found"):
         eval(writer, vars(module))(batch, 3)
+
+
+def test_global_aggregate_changes_emit_as_streamsql_does(
+    spark: SparkSession, tmp_path: Path
+) -> None:
+    """EMIT CHANGES of an aggregate without GROUP BY: streamsql emits in the batches whose
+    rows reach it; Spark's update mode would emit the one row every batch (an empty batch
+    and one whose rows WHERE removes too), which the job's constant key prevents."""
+    inputs = tmp_path / "input"
+    inputs.mkdir()
+    for number, rows in enumerate([[{"amount": 0.0}], [], [{"amount": 5.0}], [{"amount": 1.0}]]):
+        file = inputs / f"batch_{number}.jsonl"
+        file.write_text("".join(json.dumps(row) + "\n" for row in rows))
+        os.utime(file, (1_700_000_000 + number, 1_700_000_000 + number))
+    sql = (
+        "CREATE SOURCE events (amount DOUBLE) WITH (connector = 'files', "
+        f"path = '{inputs}', format = 'json', max_files_per_trigger = 1);\n"
+        "CREATE SINK total WITH (connector = 'console') AS "
+        "SELECT avg(amount) AS a, count(*) AS n FROM events WHERE amount > 1 EMIT CHANGES;"
+    )
+    (run,) = start(spark, sql, tmp_path).values()
+    assert run.check() == {2: [(5.0, 1)]}

@@ -609,6 +609,11 @@ class _Exporter:
             select.set("group", exp.Group(expressions=[call, *(k.copy() for k in plan.keys)]))
         elif plan.keys or plan.aggregates:
             keys = [k.copy() for k in plan.keys]
+            if not keys and plan.emit is Emit.CHANGES:
+                # Spark's update mode emits a keyless aggregate's one row every batch, empty
+                # ones too; streamsql only when rows arrived: under a constant key, so does
+                # Spark (its optimizer keeps one literal key for this very difference)
+                keys = [exp.true()]
             select.set("group", exp.Group(expressions=keys) if keys else None)
 
         def bounds(node: exp.Expr) -> exp.Expr:

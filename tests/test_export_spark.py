@@ -374,6 +374,7 @@ def generated_cases(draw: st.DrawFn) -> tuple[str, list[list[dict]]]:
         outputs = bounds + keys + [f"{a} AS a{i}" for i, a in enumerate(aggregates)]
         select = f"SELECT {', '.join(outputs)} FROM events {WINDOWS[window]}"
         group = f" GROUP BY {', '.join(bounds + keys)}" if bounds + keys else ""
+        group += draw(st.sampled_from(["", " HAVING count(*) > 1", " HAVING min(amount) < 2"]))
         modes = ["SNAPSHOT"]
         if window != "session":
             modes.append("CHANGES")
@@ -397,9 +398,10 @@ def generated_cases(draw: st.DrawFn) -> tuple[str, list[list[dict]]]:
 
 
 def test_generated_queries_match_in_spark(spark: SparkSession, tmp_path: Path) -> None:
-    """Generated queries (window kinds, aggregates, filters, computed columns, EMIT modes)
-    and inputs: each exported job emits in Spark what streamsql emits, batch by batch. The
-    Spark queries run AT_ONCE together, so they are checked after hypothesis drew them."""
+    """Generated queries (window kinds, aggregates, filters, HAVING, computed columns, EMIT
+    modes) and inputs: each exported job emits in Spark what streamsql emits, batch by
+    batch. The Spark queries run AT_ONCE together, so they are checked after hypothesis
+    drew them."""
     pending: list[Comparison] = []
 
     def check_pending() -> None:

@@ -83,6 +83,7 @@ def test_rewrites_where_sqlglot_is_wrong(typer: Typer, duckdb_sql: str, spark_sq
         ),
         ("CAST(event_type AS TIME)", "Spark has no TIME type"),
         ("list_reduce(tags, lambda a, b: a || b)", "Spark has no function list_reduce"),
+        ("time_bucket(INTERVAL 1 month, ts)", "time_bucket width INTERVAL '1' MONTH has months"),
     ],
 )
 def test_untranslatable_expression_is_refused_with_its_position(

@@ -17,6 +17,7 @@ import duckdb
 from sqlglot import exp
 
 from streamsql.errors import PlanningError
+from streamsql.plan.planner import Planner
 from streamsql.sql import position_of
 
 # Spark 4.3's built-in functions (`SHOW FUNCTIONS`); tests check the list against Spark.
@@ -70,17 +71,11 @@ class Typer:
             return None
         return rows[0][1]
 
-    def interval_us(self, node: exp.Expr) -> int | None:
-        """A fixed-length interval in microseconds; None if it has months or is not one."""
-        try:
-            micros, months = self.con.execute(
-                f"SELECT epoch_us(TIMESTAMP '1970-01-01' + CAST({node.sql('duckdb')} AS "
-                f"INTERVAL)), datepart('month', CAST({node.sql('duckdb')} AS INTERVAL)) "
-                f"+ 12 * datepart('year', CAST({node.sql('duckdb')} AS INTERVAL))"
-            ).fetchone()
-        except duckdb.Error:
-            return None
-        return micros if micros and micros > 0 and not months else None
+    def interval_us(self, node: exp.Expr, what: str, at: exp.Expr) -> int:
+        """A positive fixed-length interval in microseconds, judged as the planner judges
+        window sizes (no months or years); an error points at `at` when `node` has no
+        position of its own."""
+        return Planner(self.con, {}).interval_us(node, what, positive=True, at=at)
 
 
 @dataclass(frozen=True)
@@ -149,9 +144,7 @@ def time_bucket(node: exp.Expr, typer: Typer) -> exp.Expr | None:
         return None
     if node.args.get("zone") or node.args.get("origin"):
         raise _refuse(node, "time_bucket with an origin or offset has no Spark translation")
-    width = typer.interval_us(node.this)
-    if width is None:
-        raise _refuse(node, "the bucket width must be a fixed interval (no months or years)")
+    width = typer.interval_us(node.this, "time_bucket width", node)
     micros = _call("unix_micros", node.expression)
     shifted = exp.Sub(this=micros, expression=exp.Literal.number(TIME_BUCKET_ORIGIN_US))
     remainder = _call("pmod", shifted, exp.Literal.number(width))

@@ -25,6 +25,7 @@ from streamsql.engine import Engine
 from streamsql.engine.engine import declared_paths
 from streamsql.engine.statements import push_query
 from streamsql.errors import Error
+from streamsql.export import export_spark
 from streamsql.format import elapsed_text, format_table
 from streamsql.runtime.query import StreamingQuery
 from streamsql.server import ServeOptions, Server
@@ -34,6 +35,12 @@ from streamsql.status import COLUMNS, database_status, state_text
 PROGRESS_SECONDS = 2.0  # between a query's progress lines when not on a terminal, at least
 LIVE_SECONDS = 0.5  # between redraws of the live lines on a terminal
 INTERRUPTED_EXIT = 130  # a second Ctrl-C: the shell's code for a process ended by SIGINT
+
+
+EXPORT_DIFFERENCES = (
+    "export even where the job would differ from streamsql (the compatibility report heads "
+    "the script)"
+)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -77,6 +84,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     _serving_arguments(serve)
     explain = commands.add_parser("explain", help="print each query's plan and per-batch SQL")
     explain.add_argument("file", type=Path)
+    export = commands.add_parser("export", help="write a .sql file as a PySpark streaming job")
+    export.add_argument("file", type=Path)
+    export.add_argument("--target", choices=["spark"], required=True)
+    export.add_argument("-o", dest="output", type=Path, help="the job's file (default: stdout)")
+    export.add_argument("--allow-differences", action="store_true", help=EXPORT_DIFFERENCES)
+    export.add_argument("--root", help="directory of checkpoints, tables and dead letters")
     status = commands.add_parser("status", help="where each sink of a database stands")
     status.add_argument("db")
     status.add_argument("--json", action="store_true", help="one JSON object, for scripts")
@@ -124,6 +137,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "explain":
             return explain_file(sql, sys.stdout)
+        if args.command == "export":
+            job_file = args.output.name if args.output else "job.py"
+            job = export_spark(sql, str(args.file), args.root, args.allow_differences, job_file)
+            if args.output is None:
+                sys.stdout.write(job.script)
+                return 0
+            try:
+                args.output.parent.mkdir(parents=True, exist_ok=True)
+                args.output.write_text(job.script)
+            except OSError as error:
+                print(f"Error: cannot write {args.output}: {error.strerror}", file=sys.stderr)
+                return 2
+            return 0
         serving = (
             ServeOptions.parse(args.serve, args.password_env, args.allow_writes)
             if args.serve

@@ -32,9 +32,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import streamsql
+from streamsql.catalog.binding import sink_def
 from streamsql.cli import run_file
 from streamsql.export import SparkJob, export_spark
-from streamsql.plan.catalog import sink_def
 from streamsql.sql import DIALECT, parse
 
 pyspark = pytest.importorskip("pyspark")

@@ -18,13 +18,15 @@ from dataclasses import dataclass, field
 from sqlglot import exp
 
 import streamsql
+from streamsql.catalog.binding import sink_def
+from streamsql.catalog.definitions import INTERNAL_PREFIX, Emit, SinkDef, SourceDef
 from streamsql.engine import Engine
+from streamsql.engine.statements import push_query
 from streamsql.errors import PlanningError, ProgrammingError
 from streamsql.export.report import Difference, ExportRefused
 from streamsql.export.translate import Typer, to_spark
 from streamsql.format import format_duration, parse_seconds
-from streamsql.plan.catalog import INTERNAL_PREFIX, SinkDef, SourceDef, sink_def
-from streamsql.plan.plan import Emit, StreamingPlan
+from streamsql.plan.plan import QueryKind, Scan, StreamingPlan
 from streamsql.plan.planner import WINDOW_COLUMNS, Planner
 from streamsql.runtime.triggers import Trigger, TriggerKind
 from streamsql.secrets import is_secret
@@ -177,7 +179,7 @@ class _Exporter:
                 self.sources[name.lower()] = (self.engine.sources[name.lower()], statement.line)
             elif kind == "SINK":
                 self._sink(statement)
-            elif self.engine.handler(statement) == self.engine.push_query:
+            elif self.engine.handler(statement) is push_query:
                 definition = SinkDef(
                     f"query_line_{statement.line}", {"connector": "console"}, node, statement.text
                 )
@@ -219,7 +221,19 @@ class _Exporter:
     def _add_sink(self, definition: SinkDef, line: int, push: bool = False) -> None:
         plan = self.engine.plan(definition.query)
         where = f"sink {definition.name} (line {line})"
-        source, _ = self.sources[plan.source.name.lower()]
+        if plan.relation is not None or len(plan.scans) != 1:
+            self._differ(
+                "several-sources",
+                where,
+                "a query over a subquery, CTE, view, UNION ALL or join of streams is not "
+                "exported yet",
+                left_out=True,
+            )
+            return
+        if plan.kind is QueryKind.DEDUPLICATE:
+            self._differ("deduplication", where, "deduplication is not exported yet", left_out=True)
+            return
+        source, _ = self.sources[plan.scans[0].name.lower()]
         if source.connector == "memory":
             self._differ(
                 "memory-source",
@@ -246,11 +260,10 @@ class _Exporter:
 
     # -- writing the job -----------------------------------------------------------------
 
-    def typer(
-        self, source: SourceDef, derived: list[tuple[str, exp.Expr]], window: str | None
-    ) -> Typer:
-        """Types of the columns a query over `source` sees, for the type-led rewrites."""
-        return Typer(self.engine.db, Planner.empty_relation(source, derived, window))
+    def typer(self, scan: Scan, window: str | None) -> Typer:
+        """Types of the columns a query over `scan`'s source sees, for the type-led
+        rewrites."""
+        return Typer(self.engine.db, Planner.empty_query([(scan.view, scan)], window))
 
     def spark_sql(self, node: exp.Expr, typer: Typer) -> str:
         text = to_spark(node, typer)
@@ -258,7 +271,7 @@ class _Exporter:
         return text
 
     def script(self, file_name: str, job_file: str) -> str:
-        used = {s.plan.source.name.lower() for s in self.sinks}
+        used = {s.plan.scans[0].name.lower() for s in self.sinks}
         sources = [self.sources[name] for name in self.sources if name in used]
         parts = [self._source_code(source, line) for source, line in sources]
         parts += [self._sink_code(sink) for sink in self.sinks]
@@ -272,7 +285,8 @@ class _Exporter:
         body = "\n\n\n".join([*self.helpers.values(), *parts])
         queries = ", ".join(
             f"{s.definition.name!r}: ({self.names('query', s.definition.name)}, "
-            f"{self.names('rows', s.plan.source.name)}, {self.names('read', s.plan.source.name)})"
+            f"{self.names('rows', s.plan.scans[0].name)}, "
+            f"{self.names('read', s.plan.scans[0].name)})"
             for s in self.sinks
         )
         return "\n".join(
@@ -366,7 +380,7 @@ class _Exporter:
         )
 
     def _source_code(self, source: SourceDef, line: int) -> str:
-        typer = self.typer(source, [], None)
+        typer = self.typer(Scan(source, "__source", []), None)
         where = f"source {source.name} (line {line})"
         if "dead_letter_retention" in source.options:
             self._differ(
@@ -580,7 +594,7 @@ class _Exporter:
 
     def _source_trigger(self, source: SourceDef) -> Trigger:
         """The dead-letter query runs as the first sink reading the source does."""
-        sink = next(s for s in self.sinks if s.plan.source.name.lower() == source.name.lower())
+        sink = next(s for s in self.sinks if s.plan.scans[0].name.lower() == source.name.lower())
         return Trigger.parse(sink.definition.options.get("trigger"))
 
     # -- queries -------------------------------------------------------------------------
@@ -685,21 +699,22 @@ class _Exporter:
         plan = sink.plan
         definition = sink.definition
         name = definition.name
-        source = plan.source
+        scan = plan.scans[0]
+        source = scan.source
         query = self.names("query", name)
         start = self.names("start", name)
         rows = self.names("rows", source.name)
         read = self.names("read", source.name)
-        derived = plan.derived[len(source.computed) :]
-        typer = self.typer(source, plan.derived, plan.window and plan.window.bound_type)
+        derived = scan.derived[len(source.computed) :]
+        typer = self.typer(scan, plan.window and plan.window.bound_type)
         body = []
         for column, expression in derived:
             text = self.spark_sql(expression, typer)
             body.append(f"    rows = rows.withColumn({column!r}, F.expr({text!r}))")
         if plan.has_watermark:
             delay = (
-                format_duration(plan.watermark_delay_us)
-                if plan.watermark_delay_us
+                format_duration(scan.watermark_delay_us)
+                if scan.watermark_delay_us
                 else ("0 seconds")
             )
             body.append(f"    rows = rows.withWatermark({plan.event_time!r}, {delay!r})")
@@ -793,7 +808,7 @@ class _Exporter:
         self.packages.add(KAFKA_PACKAGE)
         options = sink.definition.options
         self._helper("_kafka_writer", KAFKA_WRITER_HELPER)
-        typer = self.typer(sink.plan.source, sink.plan.derived, None)
+        typer = self.typer(sink.plan.scans[0], None)
         key = options.get("key")
         key_sql = None
         if key is not None:

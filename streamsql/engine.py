@@ -975,6 +975,10 @@ class Engine:
                 f"slide {format_duration(window.slide_us)}"
             )
             header.append(f"-- window: {window.kind} on {window.time_column}, {sizes}")
+        if plan.join:
+            header.append(f"-- join: {plan.join.describe()}")
+            if plan.join.unbounded:
+                header.append("-- warning: the join's state is unbounded (it grows with every row)")
         text = "\n".join(header) + "\n" + program.explain()
         return Result(["explain"], [(line,) for line in text.splitlines()])
 

@@ -61,6 +61,7 @@ PARTS: dict[str, Callable[[StreamingPlan], str]] = {
     "window": _window,
     "watermark": _watermark,
     "emit mode": lambda plan: plan.emit.value,
+    "join": lambda plan: plan.join.describe() if plan.join else "none",
 }
 
 

@@ -15,7 +15,7 @@ from typing import Any
 import duckdb
 from sqlglot import exp
 
-from streamsql.errors import PlanningError
+from streamsql.errors import PlanningError, UnboundedStateWarning
 from streamsql.incremental.aggregates import decompose
 from streamsql.plan.catalog import SourceDef, check_column_name
 from streamsql.plan.plan import (
@@ -49,10 +49,6 @@ TIME_TYPES = (
     "TIMESTAMP_S",
     "DATE",
 )
-
-
-class UnboundedStateWarning(UserWarning):
-    """A streaming query whose state nothing evicts: it grows with every row."""
 
 
 def sql_of(node: exp.Expr) -> str:

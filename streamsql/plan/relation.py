@@ -282,7 +282,15 @@ def renamed_join(
             counts[column.lower()] = counts.get(column.lower(), 0) + 1
     names: dict[tuple[str, str], str] = {}
     projection = []
+    # The right of a semi (or anti) join brings no columns.
+    hidden = {
+        j.this.alias_or_name.lower()
+        for j in select.args.get("joins") or []
+        if (j.kind or "").upper() in ("SEMI", "ANTI")
+    }
     for alias, columns in relations:
+        if alias.lower() in hidden:
+            continue
         for column in columns:
             unique = counts[column.lower()] == 1
             name = column if unique else f"{INTERNAL_PREFIX}{alias}_{column}"

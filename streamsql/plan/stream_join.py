@@ -22,6 +22,7 @@ from collections.abc import Callable
 from sqlglot import exp
 
 from streamsql.errors import PlanningError
+from streamsql.plan.catalog import INTERNAL_PREFIX
 from streamsql.plan.plan import JoinSide, JoinType, Scan, StreamJoin
 from streamsql.plan.relation import join_type
 from streamsql.sql import position_of
@@ -49,6 +50,9 @@ def plan_stream_join(
     sides = []
     for table in tables:
         scan = scans[table.name]
+        if not names[table.alias_or_name.lower()]:  # the right of a semi join: not output
+            prefix = f"{INTERNAL_PREFIX}{table.alias_or_name}_"
+            names[table.alias_or_name.lower()] = [(c, prefix + c) for c in scan.column_names]
         sides.append(
             JoinSide(
                 table.alias_or_name,

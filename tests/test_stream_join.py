@@ -10,6 +10,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import sqlglot
 
 import streamsql
 from streamsql.errors import UnboundedStateWarning
@@ -221,3 +222,28 @@ def test_unbounded_inner_join_runs_with_a_warning(tmp_path: Path) -> None:
         ]
     finally:
         con.close()
+
+
+def test_fingerprint_covers_the_join(tmp_path: Path) -> None:
+    """A checkpoint's state is shaped by the join: its type and ON (with the bounds)."""
+    from streamsql.checkpoint.fingerprint import changes, fingerprint
+
+    con = connect(tmp_path)
+    try:
+        engine = con.engine
+        plans = [
+            engine.plan(sqlglot.parse_one(query, read="duckdb"))
+            for query in (
+                IMPRESSIONS_CLICKS,
+                IMPRESSIONS_CLICKS.replace("LEFT OUTER", "FULL OUTER").replace(
+                    "c.ts BETWEEN", "c.ts <= i.ts + INTERVAL '1 hour' AND c.ts BETWEEN"
+                ),
+                IMPRESSIONS_CLICKS.replace("1 hour", "2 hours"),
+            )
+        ]
+    finally:
+        con.close()
+    first = fingerprint(plans[0])
+    assert "LEFT OUTER i x c" in first["join"]
+    for other in plans[1:]:
+        assert [c.split(":")[0] for c in changes(first, fingerprint(other))] == ["join"]

@@ -210,7 +210,8 @@ def test_sql_blocks_run_in_order(stage: Stage) -> None:
     )
     with consumer:
         assert len(list(consumer)) == len(expected)
-    pushed = [line for line in outputs[-1].splitlines() if line.startswith("│")][1:]
+    printed = [output for output in outputs if "│" in output]  # the push query's table
+    pushed = [line for line in printed[-1].splitlines() if line.startswith("│")][1:]
     assert len(pushed) == sum(1 for _, _, n in expected if n > 1)
     assert_ignored_by_git(stage)
 

@@ -14,6 +14,7 @@ import sqlglot
 
 import streamsql
 from streamsql.errors import UnboundedStateWarning
+from streamsql.runtime.query import StreamingQuery
 
 MS = dt.timedelta(milliseconds=1)
 
@@ -46,6 +47,17 @@ def connect(tmp_path: Path, right_watermark: bool = True) -> streamsql.Connectio
     return con
 
 
+def run_to_end(con: streamsql.Connection, query: str, options: str = "") -> StreamingQuery:
+    """Sink `out` over `query`, run with trigger available_now until it stops."""
+    con.execute(
+        "CREATE SINK out WITH (connector = 'duckdb', trigger = 'available_now'"
+        f"{options}) AS {query}"
+    )
+    stream = con.query("out")
+    assert stream.await_termination(60)
+    return stream
+
+
 IMPRESSIONS_CLICKS = (
     "SELECT i.ad, i.ts AS imp_ts, c.ts AS click_ts FROM impressions AS i "
     "LEFT OUTER JOIN clicks AS c ON i.ad = c.ad "
@@ -73,12 +85,7 @@ def test_impressions_clicks_left_outer_join_batch_by_batch(tmp_path: Path) -> No
     write(clk, 3, [])
     con = connect(tmp_path)
     try:
-        con.execute(
-            "CREATE SINK out WITH (connector = 'duckdb', changelog = true, "
-            f"trigger = 'available_now') AS {IMPRESSIONS_CLICKS}"
-        )
-        query = con.query("out")
-        assert query.await_termination(60)
+        query = run_to_end(con, IMPRESSIONS_CLICKS, ", changelog = true")
         progress = query.recent_progress
         rows = con.execute(
             "SELECT _batch_id, ad, imp_ts, click_ts FROM out ORDER BY _batch_id, ad"
@@ -110,11 +117,7 @@ def test_join_state_survives_restart(tmp_path: Path) -> None:
     write(clk, 0, [])
     con = connect(tmp_path)
     try:
-        con.execute(
-            "CREATE SINK out WITH (connector = 'duckdb', trigger = 'available_now') AS "
-            f"{IMPRESSIONS_CLICKS}"
-        )
-        assert con.query("out").await_termination(60)
+        run_to_end(con, IMPRESSIONS_CLICKS)
     finally:
         con.close()
     write(imp, 1, [])

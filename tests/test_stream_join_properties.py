@@ -19,6 +19,7 @@ from dataclasses import replace
 
 import duckdb
 import pyarrow as pa
+import pytest
 import reference_model as model
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -163,31 +164,9 @@ def check_join(join_type: str, data: st.DataObject, tmp_path_factory) -> None:
     shutil.rmtree(directory)
 
 
+@pytest.mark.parametrize("join_type", list(SPELLED))
 @SETTINGS
 @given(data=st.data())
-def test_inner_join_matches_reference(tmp_path_factory, data) -> None:
-    check_join("inner", data, tmp_path_factory)
-
-
-@SETTINGS
-@given(data=st.data())
-def test_left_outer_join_matches_reference(tmp_path_factory, data) -> None:
-    check_join("left", data, tmp_path_factory)
-
-
-@SETTINGS
-@given(data=st.data())
-def test_right_outer_join_matches_reference(tmp_path_factory, data) -> None:
-    check_join("right", data, tmp_path_factory)
-
-
-@SETTINGS
-@given(data=st.data())
-def test_full_outer_join_matches_reference(tmp_path_factory, data) -> None:
-    check_join("full", data, tmp_path_factory)
-
-
-@SETTINGS
-@given(data=st.data())
-def test_left_semi_join_matches_reference(tmp_path_factory, data) -> None:
-    check_join("semi", data, tmp_path_factory)
+def test_stream_stream_join_matches_reference(tmp_path_factory, join_type: str, data) -> None:
+    """One property per join type: inner, left, right and full outer, left semi."""
+    check_join(join_type, data, tmp_path_factory)

@@ -182,9 +182,9 @@ PLANNING_ERRORS = [
     ("SELECT * FROM events EMIT SNAPSHOT", "snapshot-needs-aggregation", "aggregation", "EMIT"),
     (
         "SELECT count(*) FROM events e JOIN raw r ON e.user_id = r.user_id",
-        "single-source",
-        "Joins are not supported",
-        "raw",
+        "aggregation-over-stream-join",
+        "An aggregation over a stream-stream join",
+        "count(*)",
     ),
     (
         "SELECT user_id, sum(amount) OVER (PARTITION BY user_id) FROM events",

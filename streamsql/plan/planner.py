@@ -255,7 +255,7 @@ class Planner:
                 "supported yet: the join is the query's stateful operator, with a projection "
                 "and filter over it",
                 rule="aggregation-over-stream-join",
-                position=position_of(select.args.get("group") or select),
+                position=position_of(select.find(exp.AggFunc) or select.args.get("group")),
             )
         join = plan_stream_join(
             relation, by_view, lambda node: self.interval_us(node, "Join time range")

@@ -250,3 +250,20 @@ def test_fingerprint_covers_the_join(tmp_path: Path) -> None:
     assert "LEFT OUTER i x c" in first["join"]
     for other in plans[1:]:
         assert [c.split(":")[0] for c in changes(first, fingerprint(other))] == ["join"]
+
+
+def test_where_over_the_null_extended_side_filters_the_joined_rows(tmp_path: Path) -> None:
+    """`WHERE c.ad <> 'B'` over a left outer join filters its output, as batch SQL does: the
+    impression B, never clicked, is not emitted with NULLs (a NULL click's ad is not <> 'B'
+    either). Pushed below the join into the clicks, it would be."""
+    write(tmp_path / "impressions", 0, [("A", at("10:00")), ("B", at("10:00"))])
+    write(tmp_path / "clicks", 0, [("A", at("10:30")), ("B", at("12:30"))])
+    write(tmp_path / "impressions", 1, [("Z", at("13:00"))])
+    write(tmp_path / "clicks", 1, [("Z", at("13:00"))])
+    con = connect(tmp_path)
+    try:
+        run_to_end(con, f"{IMPRESSIONS_CLICKS} WHERE c.ad <> 'B'")
+        rows = con.execute("SELECT ad, imp_ts, click_ts FROM out ORDER BY ad").fetchall()
+    finally:
+        con.close()
+    assert rows == [("A", at("10:00"), at("10:30")), ("Z", at("13:00"), at("13:00"))]

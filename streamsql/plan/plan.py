@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -145,8 +146,8 @@ class StreamJoin:
     def describe(self) -> str:
         """What the state depends on (the fingerprint) and how it is evicted (EXPLAIN)."""
         bounds = [
-            f"{side.alias} rows go when {side.bound[0]} <= watermark"
-            f"{' - ' if side.bound[1] <= 0 else ' + '}{abs(side.bound[1])} us"
+            f"{side.alias} rows go when {side.bound[0]} <= watermark "
+            f"{'-' if side.bound[1] < 0 else '+'} {dt.timedelta(microseconds=abs(side.bound[1]))}"
             if side.bound
             else f"{side.alias} rows are kept forever (unbounded state)"
             for side in (self.left, self.right)

@@ -14,6 +14,10 @@ Per batch N, in the batch's transaction (W = W_N, L = L_N):
 3. rows that matched are marked; a left semi join emits a left row when it first matches;
 4. rows below their side's bound leave state: an outer join emits those of its preserved
    side(s) that never matched with NULLs for the other side, in that batch.
+
+Spark's OneSideHashJoiner.storeAndJoinWithOtherSide stores every left row, and a right row
+only if it stays past this batch or is an unmatched outer row; no later row can match one
+below its bound, so storing all of them and evicting after the batch emits the same rows.
 """
 
 from __future__ import annotations

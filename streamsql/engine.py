@@ -962,9 +962,10 @@ class Engine:
                 whose = f" of {scan.name}" if len(plan.scans) > 1 else ""
                 header.append(f"-- watermark{whose}: max({scan.event_time}) - {delay}")
         if sum(scan.has_watermark for scan in plan.scans) > 1:
+            judged = "each side's event time" if plan.join else plan.event_time
             header.append(
                 f"-- global watermark: the {plan.watermark_policy.value} of the sources' "
-                f"(late rows and closing windows judged on {plan.event_time})"
+                f"(late rows and closing windows judged on {judged})"
             )
         if plan.window:
             window = plan.window

@@ -114,3 +114,8 @@ class SourceUnavailable(OperationalError):
     query waits and retries the same batch, with backoff, instead of failing."""
 
     source: str | None = None  # the source's name, told by the runtime that asked it
+
+
+class UnboundedStateWarning(UserWarning):
+    """A streaming query whose state nothing evicts: it grows with every row (a
+    stream-stream inner join without watermarks and a time range in ON)."""

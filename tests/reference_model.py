@@ -463,3 +463,123 @@ def deduplicate(
             if state[key] <= step.watermark:
                 del state[key]
     return outcome
+
+
+# -- stream-stream joins ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class JoinOutcome:
+    """What a stream-stream join must do: its batches, and each emitted row as (batch_id,
+    left row id or None, right row id or None); a left semi join emits (batch, left, None)."""
+
+    steps: list[Step]
+    emitted: list[tuple[int, int | None, int | None]]
+    late_rows: list[int]  # per step
+    null_event_times: list[int]  # per step
+    state_rows: int  # left after the last step
+
+
+def run_join(
+    left: Sequence[Sequence[Event]],
+    right: Sequence[Sequence[Event]],
+    delays: tuple[int | None, int | None],
+    join_type: str,
+    before: int,
+    after: int,
+    policy: str = "min",
+    stops: Collection[int] = (),
+) -> JoinOutcome:
+    """The model of `l JOIN r ON l.key = r.key AND r.ts BETWEEN l.ts - before AND l.ts +
+    after` (join_type: inner, left, right, full, semi), Events' keys as the join key.
+
+    Rules (DESIGN.md section 8, Spark's StreamingSymmetricHashJoinExec and
+    StreamingJoinHelper):
+    - batches and watermarks as schedule_sources gives them; rows whose key is NULL on a side
+      that is never NULL-extended are filtered below the watermark (Event.passes False: Spark
+      infers `key IS NOT NULL`, InferFiltersFromConstraints);
+    - on a side with a watermark, a row with a NULL event time is dropped (counted), and a
+      row with `ts <= L_N` is late (dropped, counted), whatever its own source's delay
+      (StreamingSymmetricHashJoinExec: watermarkPredicateForDataForLateEvents);
+    - in a batch: the left rows join the right state, then the right rows join the left
+      state with this batch's left rows (OneSideHashJoiner.storeAndJoinWithOtherSide, left
+      first): each pair once, in the batch where its second row arrives;
+    - NULL keys and NULL times never match (streamsql's rule; Spark's full outer join
+      matches NULL keys);
+    - after the batch, rows go from state once no future row can match them
+      (StreamingJoinHelper.getStateValueWatermark: `r.ts <= l.ts + after` bounds the left by
+      `l.ts <= W - after - 1 ms`, needing a watermark on the right; `r.ts >= l.ts - before`
+      the right by `r.ts <= W - before - 1 ms`, needing one on the left); an outer join
+      emits those of its preserved side(s) that never matched, with NULLs, as they go
+      (state format 2's `matched` flag);
+    - a left semi join emits a left row once, in the batch its first match arrives
+      (streamsql's rule, DESIGN.md section 8), and forgets it then.
+    """
+    _, steps = schedule_sources([left, right], list(delays), policy, stops)
+    extends = {"left": {0}, "right": {1}, "full": {0, 1}}.get(join_type, set())
+    bounds = [
+        -after - MICROS_PER_MILLI if delays[1] is not None else None,
+        -before - MICROS_PER_MILLI if delays[0] is not None else None,
+    ]
+    if bounds == [None, None]:  # no state ever leaves: the query runs no no-data batch
+        steps = [s for s in steps if s.batch is not None]
+    state: list[list[list]] = [[], []]  # per side: [event, matched]
+    emitted: list[tuple[int, int | None, int | None]] = []
+    late_counts, null_counts = [], []
+    for batch_id, step in enumerate(steps):
+        new: list[list[list]] = [[], []]
+        late = nulls = 0
+        for side, batches in enumerate((left, right)):
+            if step.batch is None or step.batch >= len(batches):
+                continue
+            for event in batches[step.batch]:
+                if not event.passes:
+                    continue
+                if delays[side] is not None and event.ts is None:
+                    nulls += 1
+                elif delays[side] is not None and event.ts <= step.late_threshold:
+                    late += 1
+                else:
+                    new[side].append([event, False])
+        late_counts.append(late)
+        null_counts.append(nulls)
+
+        def matches(lrow: Event, rrow: Event) -> bool:
+            return (
+                lrow.key[0] is not None
+                and lrow.key == rrow.key
+                and lrow.ts is not None
+                and rrow.ts is not None
+                and lrow.ts - before <= rrow.ts <= lrow.ts + after
+            )
+
+        pairs = [(lrow, rrow) for lrow in new[0] for rrow in state[1] if matches(lrow[0], rrow[0])]
+        pairs += [
+            (lrow, rrow)
+            for lrow in state[0] + new[0]
+            for rrow in new[1]
+            if matches(lrow[0], rrow[0])
+        ]
+        for lrow, rrow in pairs:
+            if join_type == "semi":
+                if not lrow[1]:
+                    emitted.append((batch_id, lrow[0].row_id, None))
+            else:
+                emitted.append((batch_id, lrow[0].row_id, rrow[0].row_id))
+            lrow[1] = rrow[1] = True
+        for side in (0, 1):
+            state[side] += new[side]
+            if join_type == "semi" and side == 0:
+                state[0] = [row for row in state[0] if not row[1]]
+            if bounds[side] is None:
+                continue
+            limit = step.watermark + bounds[side]
+            gone = [r for r in state[side] if r[0].ts is not None and r[0].ts <= limit]
+            state[side] = [r for r in state[side] if not (r[0].ts is not None and r[0].ts <= limit)]
+            if side in extends:
+                emitted += [
+                    (batch_id, *((r[0].row_id, None) if side == 0 else (None, r[0].row_id)))
+                    for r in gone
+                    if not r[1]
+                ]
+    return JoinOutcome(steps, emitted, late_counts, null_counts, len(state[0]) + len(state[1]))

@@ -183,9 +183,9 @@ PLANNING_ERRORS = [
     ("SELECT * FROM events EMIT SNAPSHOT", "snapshot-needs-aggregation", "aggregation", "EMIT"),
     (
         "SELECT count(*) FROM events e JOIN raw r ON e.user_id = r.user_id",
-        "stream-stream-join",
-        "A join of two streams",
-        "raw r ON",
+        "aggregation-over-stream-join",
+        "An aggregation over a stream-stream join",
+        "count(*)",
     ),
     (
         "SELECT * FROM events e FULL JOIN dim d ON e.user_id = d.user_id",

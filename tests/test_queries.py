@@ -156,6 +156,26 @@ def test_stateless_filter_prints_every_purchase_once(tmp_path: Path) -> None:
     assert printed == purchases
 
 
+def test_impressions_clicks_join_emits_unclicked_impressions_when_the_watermark_passes(
+    tmp_path: Path,
+) -> None:
+    """Batch 0: a1 and its click; batch 1: a4 (a2's click at 11:30 is past its hour);
+    batch 2, watermark 11:20: a5 and a6 with their clicks, and a2 and a3 with NULLs, since
+    impressions go when imp_time <= 11:20 - 1 hour - 1 ms (DESIGN.md section 8)."""
+    code, out, err = run(ROOT / "queries" / "impressions_clicks_join.sql", str(tmp_path / "a.db"))
+    assert code == 0, err
+    assert [sorted(tuple(row) for row in table) for table in printed_tables(out)] == [
+        [("a1", "2024-05-01 10:00:00", "2024-05-01 10:20:00")],
+        [("a4", "2024-05-01 10:40:00", "2024-05-01 10:50:00")],
+        [
+            ("a2", "2024-05-01 10:05:00", "NULL"),
+            ("a3", "2024-05-01 10:10:00", "NULL"),
+            ("a5", "2024-05-01 11:30:00", "2024-05-01 12:00:00"),
+            ("a6", "2024-05-01 13:00:00", "2024-05-01 13:10:00"),
+        ],
+    ]
+
+
 def test_tumbling_windows_match_spark_rules(tmp_path: Path) -> None:
     """One file per batch; drop rows whose window ended by the previous batch's watermark;
     emit each window once the watermark passes its end (delay 10 minutes)."""

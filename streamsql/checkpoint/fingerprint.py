@@ -69,6 +69,7 @@ PARTS: dict[str, Callable[[StreamingPlan], str]] = {
     "deduplication": _deduplication,
     "watermark": _watermark,
     "emit mode": lambda plan: plan.emit.value,
+    "join": lambda plan: plan.join.describe() if plan.join else "none",
 }
 
 

@@ -36,9 +36,10 @@ def explain(
             whose = f" of {scan.name}" if len(plan.scans) > 1 else ""
             header.append(f"-- watermark{whose}: max({scan.event_time}) - {delay}")
     if sum(scan.has_watermark for scan in plan.scans) > 1:
+        judged = "each side's event time" if plan.join else plan.event_time
         header.append(
             f"-- global watermark: the {plan.watermark_policy.value} of the sources' "
-            f"(late rows and closing windows judged on {plan.event_time})"
+            f"(late rows and closing windows judged on {judged})"
         )
     if plan.window:
         window = plan.window
@@ -48,5 +49,9 @@ def explain(
             else f"size {format_duration(window.size_us)}, slide {format_duration(window.slide_us)}"
         )
         header.append(f"-- window: {window.kind} on {window.time_column}, {sizes}")
+    if plan.join:
+        header.append(f"-- join: {plan.join.describe()}")
+        if plan.join.unbounded:
+            header.append("-- warning: the join's state is unbounded (it grows with every row)")
     text = "\n".join(header) + "\n" + program.explain()
     return Result(["explain"], [(line,) for line in text.splitlines()])

@@ -200,6 +200,13 @@ class Compiler:
         if plan.kind is QueryKind.STATELESS:
             emit = Step("emit rows", self.stateless_output(), Fetch.EMIT)
             return BatchProgram((), statistics, (emit,), None)
+        if plan.kind is QueryKind.JOIN:
+            from streamsql.incremental.stream_join import StreamJoinSteps
+
+            join = StreamJoinSteps(self)
+            return BatchProgram(
+                (join.setup(),), statistics, tuple(join.steps()), self.state, (), join.statistics()
+            )
         compaction: tuple[Step, ...] = ()
         if plan.kind is QueryKind.SESSION:
             steps = self.session_steps() + self.output_steps()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -18,6 +19,7 @@ class QueryKind(StrEnum):
     SESSION = "session window aggregation"
     GLOBAL = "global aggregation"
     DEDUPLICATE = "deduplication"
+    JOIN = "stream-stream join"
 
 
 @dataclass(frozen=True)
@@ -103,6 +105,67 @@ class Scan:
         return [c.name for c in self.source.columns] + [name for name, _ in self.derived]
 
 
+class JoinType(StrEnum):
+    INNER = "INNER"
+    LEFT = "LEFT OUTER"
+    RIGHT = "RIGHT OUTER"
+    FULL = "FULL OUTER"
+    SEMI = "LEFT SEMI"
+
+    @property
+    def null_extends(self) -> tuple[str, ...]:
+        """The sides whose rows are emitted with NULLs when they leave state unmatched."""
+        return {
+            "LEFT OUTER": ("left",),
+            "RIGHT OUTER": ("right",),
+            "FULL OUTER": ("left", "right"),
+        }.get(self.value, ())
+
+
+@dataclass(frozen=True)
+class JoinSide:
+    """One input of a stream-stream join: a source under the name the query gives it."""
+
+    alias: str
+    view: str  # the scan's view
+    columns: tuple[tuple[str, str], ...]  # (the source's column, its name in the join's rows)
+    event_time: str | None  # the watermarked column (None: this side has no watermark)
+    # State rows of this side go once `column <= W + offset_us` (W: the batch's watermark),
+    # from the time-range condition of ON and the other side's watermark; None: never.
+    bound: tuple[str, int] | None = None
+
+
+@dataclass(frozen=True)
+class StreamJoin:
+    """A join of two streams (Spark's StreamingSymmetricHashJoinExec): each side's rows are
+    kept in state until the watermark and the ON clause's time range prove that no row of
+    the other side can match them any more."""
+
+    type: JoinType
+    left: JoinSide
+    right: JoinSide
+    condition: exp.Expr  # ON, over the sides' aliases and their sources' column names
+
+    @property
+    def unbounded(self) -> bool:
+        """Whether some side's state is never evicted (an inner join may run so)."""
+        return self.left.bound is None or self.right.bound is None
+
+    def describe(self) -> str:
+        """What the state depends on (the fingerprint) and how it is evicted (EXPLAIN)."""
+        bounds = [
+            f"{side.alias} rows go when {side.bound[0]} <= watermark "
+            f"{'-' if side.bound[1] < 0 else '+'} {dt.timedelta(microseconds=abs(side.bound[1]))}"
+            if side.bound
+            else f"{side.alias} rows are kept forever (unbounded state)"
+            for side in (self.left, self.right)
+        ]
+        on = self.condition.sql("duckdb", comments=False)
+        return (
+            f"{self.type.value} {self.left.alias} x {self.right.alias} ON {on}; {'; '.join(bounds)}"
+        )
+
+
 @dataclass
 class StreamingPlan:
     select: exp.Select  # the query as written
@@ -131,6 +194,7 @@ class StreamingPlan:
     order: exp.Order | None = None
     limit: exp.Expr | None = None
     deduplication: Deduplication | None = None
+    join: StreamJoin | None = None  # the operator, when it is a stream-stream join
 
     @property
     def has_watermark(self) -> bool:
@@ -152,6 +216,8 @@ class StreamingPlan:
         BaseStreamingDeduplicateExec.shouldRunAnotherBatch: the eviction watermark is set)."""
         if self.deduplication is not None:
             return self.has_watermark
+        if self.join is not None:  # outer rows leave state (and are emitted) with the watermark
+            return not (self.join.left.bound is None and self.join.right.bound is None)
         return self.watermark_bounds_state and self.emit is not Emit.SNAPSHOT
 
     @property

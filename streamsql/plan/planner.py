@@ -7,6 +7,7 @@ modes: a user who reads the message knows what to change.
 from __future__ import annotations
 
 import re
+import warnings
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -16,10 +17,18 @@ from sqlglot import exp
 
 from streamsql.catalog.binding import check_column_name
 from streamsql.catalog.definitions import Emit, SourceDef
-from streamsql.errors import PlanningError
+from streamsql.errors import PlanningError, UnboundedStateWarning
 from streamsql.incremental.aggregates import decompose
 from streamsql.plan import deduplication
-from streamsql.plan.plan import QueryKind, Scan, StreamingPlan, WatermarkPolicy, WindowSpec
+from streamsql.plan.plan import (
+    JoinType,
+    QueryKind,
+    Scan,
+    StreamingPlan,
+    StreamJoin,
+    WatermarkPolicy,
+    WindowSpec,
+)
 from streamsql.plan.relation import (
     SCAN_VIEW,
     BoundRelation,
@@ -29,6 +38,7 @@ from streamsql.plan.relation import (
     inline_views,
     renamed_join,
 )
+from streamsql.plan.stream_join import plan_stream_join
 from streamsql.sql import nodes, parse_expression, position_of
 
 WINDOW_COLUMNS = ("window_start", "window_end")
@@ -97,9 +107,12 @@ class Planner:
 
         aggregates = self._aggregate_calls(select)
         group_items = self._group_items(select)
+        join = self._stream_join(relation, scans, select, bool(aggregates or group_items))
         if requested:
             emit = deduplication.check_query(requested, select, bool(aggregates or group_items))
             kind = QueryKind.DEDUPLICATE
+        elif join is not None:
+            kind = QueryKind.JOIN
         elif not aggregates and not group_items:
             if window:
                 raise PlanningError(
@@ -114,7 +127,9 @@ class Planner:
                 window and window.kind, QueryKind.WINDOWED
             )
         watermarked = any(s.has_watermark for s in scans) and event_time is not None
-        if not requested:
+        if join is not None:
+            emit = self._join_emit(select)
+        elif not requested:
             emit = self._emit(select, kind, window, event_time if watermarked else None)
         plan = StreamingPlan(
             select=query,
@@ -130,6 +145,7 @@ class Planner:
             having=select.args["having"].this if select.args.get("having") else None,
             order=select.args.get("order"),
             limit=select.args["limit"].expression if select.args.get("limit") else None,
+            join=join,
             parameters=bound,
             time_types={
                 name.lower(): types[name.lower()]
@@ -144,7 +160,7 @@ class Planner:
                 requested, select, names, plan.event_time, plan.has_watermark
             )
             self._validate_keys(plan)
-        if kind in (QueryKind.STATELESS, QueryKind.DEDUPLICATE):
+        if kind in (QueryKind.STATELESS, QueryKind.DEDUPLICATE, QueryKind.JOIN):
             # Named as DuckDB names them (a join's columns are renamed in its relation).
             plan.projection = (
                 [e.copy() for e in select.expressions]
@@ -238,6 +254,54 @@ class Planner:
         self._unqualify(select, {alias.lower()})
         return relation, alias, (times[0] if times else None)
 
+    def _stream_join(
+        self, relation: exp.Expr | None, scans: list[Scan], select: exp.Select, aggregates: bool
+    ) -> StreamJoin | None:
+        """The stream-stream join the query's relation is, if it is one (checked already by
+        bind_relation): the query's stateful operator, a stateless SELECT over it."""
+        if not isinstance(relation, exp.Select) or not relation.args.get("joins"):
+            return None
+        by_view = {scan.view: scan for scan in scans}
+        tables = [relation.args["from_"].this, relation.args["joins"][0].this]
+        if not all(isinstance(t, exp.Table) and t.name in by_view for t in tables):
+            return None
+        if aggregates:
+            raise PlanningError(
+                "An aggregation over a stream-stream join (chained stateful operators) is not "
+                "supported yet: the join is the query's stateful operator, with a projection "
+                "and filter over it",
+                rule="aggregation-over-stream-join",
+                position=position_of(select.find(exp.AggFunc) or select.args.get("group")),
+            )
+        join = plan_stream_join(
+            relation, by_view, lambda node: self.interval_us(node, "Join time range")
+        )
+        if join.type is JoinType.INNER and join.unbounded:
+            warnings.warn(
+                f"Stream-stream join {join.left.alias} x {join.right.alias} keeps "
+                f"{', '.join(s.alias for s in (join.left, join.right) if s.bound is None)}"
+                " rows in state forever: no watermark with a time range in ON bounds it (add "
+                "watermarks to both sources and a condition such as b.ts BETWEEN a.ts AND "
+                "a.ts + INTERVAL '1 hour')",
+                UnboundedStateWarning,
+                stacklevel=2,
+            )
+        return join
+
+    @staticmethod
+    def _join_emit(select: exp.Select) -> Emit:
+        """A stream-stream join emits each row once (append mode, as Spark allows)."""
+        node = select.args.get("emit")
+        if node is not None and Emit(node.mode) is not Emit.FINAL:
+            raise PlanningError(
+                f"EMIT {node.mode} over a stream-stream join: a join emits each joined row "
+                "once and never takes it back (append mode only, as in Spark); use EMIT "
+                "FINAL or no EMIT clause",
+                rule="stream-stream-join-append-only",
+                position=position_of(node),
+            )
+        return Emit.FINAL
+
     def _join_output_names(
         self, select: exp.Select, scans: list[Scan], parameters: dict[str, Any]
     ) -> list[str]:
@@ -303,10 +367,18 @@ class Planner:
         where = select.args.get("where")
         if where is None:
             return
+        first = select.args["from_"].this.alias_or_name.lower()
+        nulled = set()  # sides whose columns a join fills with NULLs: WHERE stays above
+        for join in select.args.get("joins") or []:
+            side = (join.side or "").upper()
+            if side in ("LEFT", "FULL"):
+                nulled.add(join.this.alias_or_name.lower())
+            if side in ("RIGHT", "FULL"):
+                nulled.add(first)
         streams = {
             t.alias_or_name.lower(): by_view[t.name]
             for t in select.find_all(exp.Table)
-            if t.name in by_view and t.name in once
+            if t.name in by_view and t.name in once and t.alias_or_name.lower() not in nulled
         }
         owners: dict[str, list[str]] = {}
         for alias, columns in relations:
@@ -336,21 +408,36 @@ class Planner:
     def _infer_not_null(self, select: exp.Select, by_view: dict[str, Scan], once: set[str]) -> None:
         """Spark infers `key IS NOT NULL` for the join keys of a side whose rows are never
         NULL-extended (InferFiltersFromConstraints) and pushes it below the watermark: such
-        rows of a stream never reach the watermark. Here: the stream of an inner or semi
-        stream-static join, on its equality keys."""
+        rows of a stream never reach the watermark: on its equality keys, the streams of an
+        inner or semi join, the right of a left outer join, the left of a right outer one."""
         streams = {
             t.alias_or_name.lower(): by_view[t.name]
             for t in select.find_all(exp.Table)
             if t.name in by_view and t.name in once
         }
+        first = select.args["from_"].this.alias_or_name.lower()
         for join in select.args.get("joins") or []:
             kind = " ".join(filter(None, (join.side, join.kind))).upper()
             on = join.args.get("on")
-            if kind not in ("", "INNER", "LEFT SEMI") or on is None:
+            kept = {
+                "": {first, join.this.alias_or_name.lower()},
+                "INNER": {first, join.this.alias_or_name.lower()},
+                "SEMI": {first, join.this.alias_or_name.lower()},
+                "LEFT SEMI": {first, join.this.alias_or_name.lower()},
+                "LEFT": {join.this.alias_or_name.lower()},
+                "LEFT OUTER": {join.this.alias_or_name.lower()},
+                "RIGHT": {first},
+                "RIGHT OUTER": {first},
+            }.get(kind, set())
+            if on is None:
                 continue
             for eq in on.find_all(exp.EQ):
                 for side in (eq.this, eq.expression):
-                    if isinstance(side, exp.Column) and side.table.lower() in streams:
+                    if (
+                        isinstance(side, exp.Column)
+                        and side.table.lower() in streams
+                        and side.table.lower() in kept
+                    ):
                         scan = streams[side.table.lower()]
                         check = exp.column(side.name, quoted=True).is_(exp.null()).not_()
                         scan.prefilter = _conjunction(

@@ -17,6 +17,7 @@ from sqlglot import exp
 
 from streamsql.catalog.definitions import INTERNAL_PREFIX, SourceDef
 from streamsql.errors import PlanningError
+from streamsql.plan.plan import JoinType
 from streamsql.sql import position_of
 
 SCAN_VIEW = "__input_{}"
@@ -141,6 +142,15 @@ def bind_relation(select: exp.Select, sources: Mapping[str, SourceDef]) -> Bound
                 rule="union-all-only",
                 position=position_of(union),
             )
+    if len(joins) > 1 and any(
+        _streaming(relation, sources) and _streaming(j.this, sources) for j in joins
+    ):
+        raise PlanningError(
+            "A stream-stream join with a further join: one join of two streams per query, "
+            "for now (join the tables in a view over one of the streams instead)",
+            rule="stream-stream-join-chain",
+            position=position_of(joins[1]),
+        )
     if joins:
         return BoundRelation(references, None, "")
     alias = relation.alias_or_name if isinstance(relation, exp.Subquery) else relation.name
@@ -194,12 +204,8 @@ def _check_join(left: exp.Expr, join: exp.Join, sources: Mapping[str, SourceDef]
     left_streams, right_streams = _streaming(left, sources), _streaming(right, sources)
     at = position_of(join)
     if left_streams and right_streams:
-        raise PlanningError(
-            "A join of two streams (stream-stream join) is not supported yet; a stream joins "
-            "tables and views of the database (stream-static joins)",
-            rule="stream-stream-join",
-            position=at,
-        )
+        _check_stream_join(left, join, sources)
+        return
     side = "left" if left_streams else "right"
     kind = " ".join(filter(None, (join.side, join.kind))).upper()
     if join.args.get("using") is None and join.args.get("on") is None and kind not in ("", "CROSS"):
@@ -216,6 +222,53 @@ def _check_join(left: exp.Expr, join: exp.Join, sources: Mapping[str, SourceDef]
         )
 
 
+# Joins of two streams and how the operator runs them (Spark's StreamingSymmetricHashJoinExec
+# takes inner, the three outer joins and left semi; UnsupportedOperationChecker refuses the
+# rest of stream-stream joins).
+STREAM_STREAM_JOINS = {
+    "": JoinType.INNER,
+    "INNER": JoinType.INNER,
+    "LEFT": JoinType.LEFT,
+    "LEFT OUTER": JoinType.LEFT,
+    "RIGHT": JoinType.RIGHT,
+    "RIGHT OUTER": JoinType.RIGHT,
+    "FULL": JoinType.FULL,
+    "FULL OUTER": JoinType.FULL,
+    "SEMI": JoinType.SEMI,
+    "LEFT SEMI": JoinType.SEMI,
+}
+
+
+def join_type(join: exp.Join) -> JoinType | None:
+    """The stream-stream join a JOIN clause asks for, None if there is none."""
+    if join.args.get("method") or join.args.get("using") or join.args.get("on") is None:
+        return None
+    return STREAM_STREAM_JOINS.get(" ".join(filter(None, (join.side, join.kind))).upper())
+
+
+def _check_stream_join(left: exp.Expr, join: exp.Join, sources: Mapping[str, SourceDef]) -> None:
+    """A join of two streams: each side one source as it is, joined ON a condition."""
+    at = position_of(join)
+    spelled = " ".join(filter(None, (join.args.get("method"), join.side, join.kind))).upper()
+    if join_type(join) is None:
+        raise PlanningError(
+            f"{spelled or 'INNER'} JOIN of two streams is not supported: stream-stream joins "
+            "are INNER, LEFT/RIGHT/FULL OUTER and LEFT SEMI, with an ON condition (Spark "
+            "refuses anti joins of streams, and a cross join keeps every row forever)",
+            rule="stream-stream-join-type",
+            position=at,
+        )
+    for side in (left, join.this):
+        if not (isinstance(side, exp.Table) and not side.db and side.name.lower() in sources):
+            raise PlanningError(
+                "A stream-stream join reads two sources as they are: a subquery, view or "
+                "UNION on either side is not supported yet (filter and project above the "
+                "join, in the query's own SELECT)",
+                rule="stream-stream-join-input",
+                position=position_of(side) or at,
+            )
+
+
 def renamed_join(
     select: exp.Select, relations: list[tuple[str, list[str]]], output: list[str]
 ) -> tuple[exp.Select, dict[tuple[str, str], str]]:
@@ -230,7 +283,15 @@ def renamed_join(
             counts[column.lower()] = counts.get(column.lower(), 0) + 1
     names: dict[tuple[str, str], str] = {}
     projection = []
+    # The right of a semi (or anti) join brings no columns.
+    hidden = {
+        j.this.alias_or_name.lower()
+        for j in select.args.get("joins") or []
+        if (j.kind or "").upper() in ("SEMI", "ANTI")
+    }
     for alias, columns in relations:
+        if alias.lower() in hidden:
+            continue
         for column in columns:
             unique = counts[column.lower()] == 1
             name = column if unique else f"{INTERNAL_PREFIX}{alias}_{column}"

@@ -488,6 +488,7 @@ class MicroBatchExecution:
                 "num_rows_total": self.state_rows,
                 "num_rows_updated": self.state_updated,
                 "num_rows_removed": self.state_removed,
+                **({"unbounded": True} if self.plan.join and self.plan.join.unbounded else {}),
             }
         ]
 

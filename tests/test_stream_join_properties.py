@@ -7,7 +7,7 @@ source's watermark delay, the ON clause's time range, the policy combining the
 watermarks and restarts at batch boundaries; each source gets one Parquet file per batch,
 trigger available_now. Each join type has its own property.
 
-STREAMSQL_JOIN_EXAMPLES sets the examples per property (200 by default).
+STREAMSQL_JOIN_EXAMPLES sets the examples per join type (40 by default: 200 in all).
 """
 
 from __future__ import annotations
@@ -28,7 +28,8 @@ from test_multi_source_properties import UNIT, Batches, batches, run_sink
 
 from streamsql.errors import UnboundedStateWarning
 
-EXAMPLES = int(os.environ.get("STREAMSQL_JOIN_EXAMPLES", "200"))
+# 200 examples for the operator, 40 for each of its five join types
+EXAMPLES = int(os.environ.get("STREAMSQL_JOIN_EXAMPLES", "40"))
 SETTINGS = settings(
     max_examples=EXAMPLES,
     deadline=None,

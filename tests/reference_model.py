@@ -148,6 +148,7 @@ def schedule_sources(
     delays: Sequence[int | None],
     policy: str = "min",
     stops: Collection[int] = (),
+    no_data: bool = True,
 ) -> tuple[list[list[Event]], list[Step]]:
     """A query over several sources (a UNION ALL, a join with a table): the input of each
     micro-batch and every micro-batch that runs, as schedule() gives them for one source.
@@ -159,7 +160,8 @@ def schedule_sources(
     a source that has produced no row yet counts as the epoch (Spark's WatermarkTracker
     puts 0 for an EventTimeWatermarkExec that saw no rows). The global watermark is the min
     of them (`policy` 'min', Spark's default multipleWatermarkPolicy) or the max, and never
-    moves backwards. Sources without a delay have no say.
+    moves backwards. Sources without a delay have no say. `no_data` False: the operator
+    runs no no-data batch (its time column carries no watermark), so none is scheduled.
     """
     assert policy in ("min", "max")
     length = max(len(batches) for batches in sources)
@@ -187,7 +189,7 @@ def schedule_sources(
         if own:
             following = max(current, min(own) if policy == "min" else max(own))
         previous, current = current, following
-        if (index in stops or index == length - 1) and current > previous:
+        if no_data and (index in stops or index == length - 1) and current > previous:
             steps.append(Step(None, current, previous))
             previous = current
     return combined, steps
@@ -212,9 +214,7 @@ def run_sources(
     metadata: a first branch without one leaves the union's time column without). Then no
     row is late, no window is evicted and no no-data batch runs, as with one source whose
     window is not on the watermarked column; the watermark itself still moves."""
-    batches, steps = schedule_sources(sources, delays, policy, stops)
-    if not watermarked:
-        steps = [step for step in steps if step.batch is not None]
+    batches, steps = schedule_sources(sources, delays, policy, stops, watermarked)
     outcome = _run_fixed(batches, steps, window, emit, watermarked)
     if not watermarked:  # the progress records still report the moving watermark
         outcome.batches = [

@@ -249,6 +249,8 @@ def test_spark_examples_match_in_spark(spark: SparkSession, tmp_path: Path) -> N
     for case in ("c07_boundaries", "c09_sessions"):
         inputs = copy_inputs(list((EXAMPLES / case / "input").iterdir()), tmp_path / case)
         for name, (has_watermark, query) in spark_example_queries().items():
+            if name.startswith("dedup"):  # not exported yet (tests/test_export.py)
+                continue
             sql = SPARK_SOURCE.format(
                 watermark=", WATERMARK FOR ts AS ts - INTERVAL '10 minutes'"
                 if has_watermark
@@ -285,7 +287,12 @@ def files_example(path: Path, inputs: Path) -> str:
     return re.sub(r"(path = '[^']*')", r"\1, max_files_per_trigger = 1", text, count=1)
 
 
-FILES_EXAMPLES = [p for p in QUERIES if "connector = 'files'" in p.read_text()]
+# Examples whose sinks read joins, unions or views of sources: not exported yet (their
+# refusal is tested in tests/test_export.py).
+NOT_EXPORTED = {"enrichment_join", "union_of_two_sources", "impressions_clicks_join"}
+FILES_EXAMPLES = [
+    p for p in QUERIES if "connector = 'files'" in p.read_text() and p.stem not in NOT_EXPORTED
+]
 
 
 def test_files_examples_match_in_spark(spark: SparkSession, tmp_path: Path) -> None:

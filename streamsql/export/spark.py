@@ -21,7 +21,7 @@ import streamsql
 from streamsql.catalog.binding import sink_def
 from streamsql.catalog.definitions import INTERNAL_PREFIX, Emit, SinkDef, SourceDef
 from streamsql.engine import Engine
-from streamsql.engine.statements import push_query
+from streamsql.engine.statements import create_view, push_query
 from streamsql.errors import PlanningError, ProgrammingError
 from streamsql.export.report import Difference, ExportRefused
 from streamsql.export.translate import Typer, to_spark
@@ -179,6 +179,9 @@ class _Exporter:
                 self.sources[name.lower()] = (self.engine.sources[name.lower()], statement.line)
             elif kind == "SINK":
                 self._sink(statement)
+            elif self.engine.handler(statement) is create_view:
+                # A view over streams: the queries that read it are what export judges.
+                self.cursor.execute_statement(statement)
             elif self.engine.handler(statement) is push_query:
                 definition = SinkDef(
                     f"query_line_{statement.line}", {"connector": "console"}, node, statement.text

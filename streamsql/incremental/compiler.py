@@ -6,8 +6,9 @@ runtime does with its result and `effect` how it changes the number of state row
 Parameters, all epoch microseconds: `$late` is the late-row threshold L_N, `$late_cutoff`
 the event time below which a row is late, `$watermark` the watermark W_N in force.
 
-The input of a batch is the Arrow table registered as `__input`, in the source's declared
-columns. State lives in one table per query: window bounds, group keys `key<i>`, the
+The input of a batch is one Arrow table per source, registered as its scan's view
+(`__input_<i>`), in the source's declared columns; the operator reads them as they are or
+through the query's relation over them (Compiler.rows). State lives in one table per query: window bounds, group keys `key<i>`, the
 decomposed aggregate columns `agg<i>_<part>` and a row counter `__rows`.
 
 Three ways to keep state, chosen by what the query emits:

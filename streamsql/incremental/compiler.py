@@ -8,8 +8,9 @@ the event time below which a row is late, `$watermark` the watermark W_N in forc
 
 The input of a batch is one Arrow table per source, registered as its scan's view
 (`__input_<i>`), in the source's declared columns; the operator reads them as they are or
-through the query's relation over them (Compiler.rows). State lives in one table per query: window bounds, group keys `key<i>`, the
-decomposed aggregate columns `agg<i>_<part>` and a row counter `__rows`.
+through the query's relation over them (Compiler.rows). State lives in one table per
+query: window bounds, group keys `key<i>`, the decomposed aggregate columns
+`agg<i>_<part>` and a row counter `__rows`.
 
 Three ways to keep state, chosen by what the query emits:
 - EMIT FINAL over tumbling/hopping windows appends each batch's partial aggregates and

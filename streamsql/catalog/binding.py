@@ -133,20 +133,22 @@ def sink_def(create: exp.Create, sql: str, parameters: Sequence[Any] | None = No
     return SinkDef(create.this.name, options_of(create), query, sql, tuple(parameters or ()))
 
 
+def check_union_all(node: exp.SetOperation, where: str | None = None) -> None:
+    """Refuse a set operation over streams other than UNION ALL: the others keep state
+    (UNION deduplicates, INTERSECT and EXCEPT remember both sides)."""
+    if not isinstance(node, exp.Union) or node.args.get("distinct"):
+        raise PlanningError(
+            f"{where + ': ' if where else ''}{node.key.upper()} over streams is not supported: "
+            "only UNION ALL is stateless (for UNION, deduplicate the UNION ALL)",
+            rule="union-all-only",
+            position=position_of(node),
+        )
+
+
 def union_as_select(query: exp.SetOperation, where: str) -> exp.Select:
     """`q1 UNION ALL q2 [EMIT ...]` as `SELECT * FROM (q1 UNION ALL q2) [EMIT ...]`: a query
-    that reads a relation, as every streaming query does. The other set operations keep
-    state (UNION deduplicates, INTERSECT and EXCEPT remember both sides) and are refused."""
-    if not isinstance(query, exp.Union) or query.args.get("distinct"):
-        raise PlanningError(
-            f"{where}: {query.key.upper()} over streams is not supported: only UNION ALL is "
-            "stateless (for UNION, deduplicate the UNION ALL)",
-            rule="union-all-only",
-            position=position_of(query),
-        )
-    last = query
-    while isinstance(last, exp.SetOperation):
-        last = last.expression
+    that reads a relation, as every streaming query does."""
+    check_union_all(query, where)
     union = query.copy()
     select = exp.select("*").from_(union.subquery("__union"))
     for key in ("order", "limit"):

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 from sqlglot import exp
 
+from streamsql.catalog.binding import check_union_all
 from streamsql.catalog.definitions import INTERNAL_PREFIX, SourceDef
 from streamsql.errors import PlanningError
 from streamsql.plan.plan import JoinType
@@ -135,13 +136,7 @@ def bind_relation(select: exp.Select, sources: Mapping[str, SourceDef]) -> Bound
     for join in joins:
         _check_join(relation, join, sources)
     for union in select.find_all(exp.SetOperation):
-        if not isinstance(union, exp.Union) or union.args.get("distinct"):
-            raise PlanningError(
-                f"{union.key.upper()} over a stream is not supported: only UNION ALL is "
-                "stateless (UNION would deduplicate: use SELECT DISTINCT over UNION ALL)",
-                rule="union-all-only",
-                position=position_of(union),
-            )
+        check_union_all(union)
     if len(joins) > 1 and any(
         _streaming(relation, sources) and _streaming(j.this, sources) for j in joins
     ):

@@ -95,7 +95,7 @@ class Step:
 
 @dataclass(frozen=True)
 class Statistics:
-    """What the runtime measures on every batch's input of one source (`view`).
+    """What the runtime measures on every batch's input of one source.
 
     Rows whose `window_time` is NULL are dropped, and late when it is below the late
     cutoff; the max of `event_time` drives the watermark; the min accepted `window_time`
@@ -108,7 +108,6 @@ class Statistics:
     turn them into dead letters.
     """
 
-    view: str
     window_time: str | None  # measured here when the operator reads the source as it is
     event_time: str | None
     late: bool  # whether this query drops late rows (and so counts them)
@@ -323,7 +322,7 @@ class Compiler:
             name is None or columns.get(name.lower()) in ("TIMESTAMP", "TIMESTAMP WITH TIME ZONE")
             for name in (window_time, event_time)
         ):
-            return Statistics(scan.view, window_time, event_time, late, None, bad_times)
+            return Statistics(window_time, event_time, late, None, bad_times)
         time = self._time() if window_time else None
         accepted = f" FILTER (WHERE {time} >= $late_cutoff)" if late else ""
         # Every input row counts, and any may have a bad time; the other figures are over
@@ -345,7 +344,7 @@ class Compiler:
         ]
         sql = f"SELECT {', '.join(figures)} FROM ({sql_of(self.scan_rows(scan))})"
         step = Step(f"statistics of {scan.name}", sql, Fetch.STATS)
-        return Statistics(scan.view, window_time, event_time, late, step, bad_times)
+        return Statistics(window_time, event_time, late, step, bad_times)
 
     def window_statistics(self) -> Step | None:
         """Over a relation of the sources: the rows whose window time is NULL, the late

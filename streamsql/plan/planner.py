@@ -376,9 +376,9 @@ class Planner:
             if side in ("RIGHT", "FULL"):
                 nulled.add(first)
         streams = {
-            t.alias_or_name.lower(): by_view[t.name]
-            for t in select.find_all(exp.Table)
-            if t.name in by_view and t.name in once and t.alias_or_name.lower() not in nulled
+            alias: scan
+            for alias, scan in _streams(select, by_view, once).items()
+            if alias not in nulled
         }
         owners: dict[str, list[str]] = {}
         for alias, columns in relations:
@@ -410,11 +410,7 @@ class Planner:
         NULL-extended (InferFiltersFromConstraints) and pushes it below the watermark: such
         rows of a stream never reach the watermark: on its equality keys, the streams of an
         inner or semi join, the right of a left outer join, the left of a right outer one."""
-        streams = {
-            t.alias_or_name.lower(): by_view[t.name]
-            for t in select.find_all(exp.Table)
-            if t.name in by_view and t.name in once
-        }
+        streams = _streams(select, by_view, once)
         first = select.args["from_"].this.alias_or_name.lower()
         for join in select.args.get("joins") or []:
             kind = " ".join(filter(None, (join.side, join.kind))).upper()
@@ -1024,6 +1020,16 @@ class Planner:
                     f"Column {column.sql('duckdb')} in {where} must appear in the GROUP BY clause "
                     "or be used in an aggregate function"
                 )
+
+
+def _streams(select: exp.Select, by_view: dict[str, Scan], once: set[str]) -> dict[str, Scan]:
+    """The scans the query reads once, by the name it gives them: only there may a filter
+    of one reference go below the source's watermark."""
+    return {
+        t.alias_or_name.lower(): by_view[t.name]
+        for t in select.find_all(exp.Table)
+        if t.name in by_view and t.name in once
+    }
 
 
 def _conjunction(conjuncts: list[exp.Expr]) -> exp.Expr | None:

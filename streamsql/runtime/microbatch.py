@@ -85,8 +85,10 @@ class BatchStats:
         self.input_rows += other.input_rows
         self.null_event_times += other.null_event_times
         self.late_rows += other.late_rows
-        if other.min_time_us is not None:
-            self.min_time_us = min(self.min_time_us or other.min_time_us, other.min_time_us)
+        if self.min_time_us is None or (
+            other.min_time_us is not None and other.min_time_us < self.min_time_us
+        ):
+            self.min_time_us = other.min_time_us
 
 
 class MicroBatchExecution:
@@ -458,11 +460,9 @@ class MicroBatchExecution:
 
     def _own_watermark(self, name: str) -> int | None:
         """A source's own watermark after the last batch (None: it has none)."""
-        delay = self.watermarks.delays.get(name)
-        if delay is None:
+        if name not in self.watermarks.delays:
             return None
-        known = self.max_events.get(name)
-        return 0 if known is None else max(0, known - delay)
+        return max(0, self.watermarks.own(name, self.max_events))
 
     def _dead_letter_lock(self, stored: dict[str, pa.Table]) -> Any:
         """What the batch holds around its transaction: the dead-letter write lock when any
@@ -512,9 +512,8 @@ class MicroBatchExecution:
         then knows every dead letter it stores)."""
         total = BatchStats()
         per_source = {}
-        for statistics in self.program.statistics:
-            name = statistics.view
-            source = next(s for s in self.plan.scans if s.view == name).name
+        for scan, statistics in zip(self.plan.scans, self.program.statistics, strict=True):
+            name, source = scan.view, scan.name
             data = inputs[source]
             self._register(name, data.rows)
             stats = self._statistics(statistics, data.rows, values)

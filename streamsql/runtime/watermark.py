@@ -20,9 +20,11 @@ class WatermarkTracker:
         source's max event time so far."""
         if watermark is None or not self.delays:
             return watermark
-        own = [
-            0 if max_events.get(name) is None else max_events[name] - delay
-            for name, delay in self.delays.items()
-        ]
+        own = [self.own(name, max_events) for name in self.delays]
         chosen = min(own) if self.policy is WatermarkPolicy.MIN else max(own)
         return max(watermark, chosen)
+
+    def own(self, name: str, max_events: dict[str, int | None]) -> int:
+        """A source's own watermark (it has one): the epoch while it has produced no row."""
+        known = max_events.get(name)
+        return 0 if known is None else known - self.delays[name]

@@ -461,6 +461,37 @@ def check_rows(label: str, columns: list[str], actual: list[tuple], expected: li
         assert same, f"{message()}\n  first difference: {got} != {want}"
 
 
+def progress_figures(progress: Sequence[Any]) -> list[tuple]:
+    """(batch, watermark, late threshold, no-data, input rows, NULL event times) of each
+    progress record, times in microseconds."""
+    return [
+        (
+            p.batch_id,
+            iso_micros(p.watermark),
+            iso_micros(p.late_threshold),
+            p.no_data_batch,
+            p.num_input_rows,
+            p.num_null_event_times,
+        )
+        for p in progress
+    ]
+
+
+def model_figures(outcome: model.Outcome) -> list[tuple]:
+    """The same figures as the reference model has them."""
+    return [
+        (
+            b.batch_id,
+            b.watermark,
+            b.late_threshold,
+            b.no_data,
+            b.num_input_rows,
+            b.num_null_event_times,
+        )
+        for b in outcome.batches
+    ]
+
+
 def check_run(
     db: duckdb.DuckDBPyConnection,
     case: Case,
@@ -472,29 +503,7 @@ def check_run(
     outcome = model.run(case.events(), case.window, case.delay, emit, case.stops)
     label = f"EMIT {emit.upper()}"
 
-    got = [
-        (
-            p.batch_id,
-            iso_micros(p.watermark),
-            iso_micros(p.late_threshold),
-            p.no_data_batch,
-            p.num_input_rows,
-            p.num_null_event_times,
-        )
-        for p in run.progress
-    ]
-    want = [
-        (
-            b.batch_id,
-            b.watermark,
-            b.late_threshold,
-            b.no_data,
-            b.num_input_rows,
-            b.num_null_event_times,
-        )
-        for b in outcome.batches
-    ]
-    assert got == want, (
+    assert progress_figures(run.progress) == model_figures(outcome), (
         f"{label}: progress (batch, watermark, late threshold, no-data, input rows, "
         "NULL event times)"
     )

@@ -299,18 +299,26 @@ def test_examples_document_how_to_run_them() -> None:
         assert os.path.basename(path) in text or "streamsql run" in text
 
 
-def test_enrichment_join_counts_clicks_per_country_of_the_parquet_table(tmp_path: Path) -> None:
-    """Each window the watermark closed holds the clicks of a batch query over the events
-    joined with the Parquet table (country NULL for user 7, whom the table does not know)."""
-    code, _, err = run(ROOT / "queries" / "enrichment_join.sql", str(tmp_path / "app.db"))
+def windows_and_watermark(tmp_path: Path, example: str, windows: str) -> tuple[list, int]:
+    """Run an example of one sink; its rows (the `windows` query) and the watermark its
+    last batch left, which says which windows it has closed."""
+    code, _, err = run(ROOT / "queries" / f"{example}.sql", str(tmp_path / "app.db"))
     assert code == 0, err
     with duckdb.connect(str(tmp_path / "app.db"), read_only=True) as db:
-        got = db.execute(
-            "SELECT epoch_ms(window_start), country, clicks, users FROM clicks_per_country"
-        ).fetchall()
         (watermark_us,) = db.execute(
             "SELECT next_watermark_us FROM _streamsql.commits ORDER BY batch_id DESC LIMIT 1"
         ).fetchall()[0]
+        return db.execute(windows).fetchall(), watermark_us
+
+
+def test_enrichment_join_counts_clicks_per_country_of_the_parquet_table(tmp_path: Path) -> None:
+    """Each window the watermark closed holds the clicks of a batch query over the events
+    joined with the Parquet table (country NULL for user 7, whom the table does not know)."""
+    got, watermark_us = windows_and_watermark(
+        tmp_path,
+        "enrichment_join",
+        "SELECT epoch_ms(window_start), country, clicks, users FROM clicks_per_country",
+    )
     db = duckdb.connect()
     db.execute(f"CREATE VIEW events AS FROM read_json_auto('{ROOT}/queries/data/events/*.jsonl')")
     expected = db.execute(
@@ -327,15 +335,11 @@ def test_enrichment_join_counts_clicks_per_country_of_the_parquet_table(tmp_path
 def test_union_of_two_sources_counts_both_channels(tmp_path: Path) -> None:
     """Each window the (minimum) watermark closed holds the events of both sources, as a
     batch query over the two directories gives them."""
-    code, _, err = run(ROOT / "queries" / "union_of_two_sources.sql", str(tmp_path / "app.db"))
-    assert code == 0, err
-    with duckdb.connect(str(tmp_path / "app.db"), read_only=True) as db:
-        got = db.execute(
-            "SELECT epoch_ms(window_start), channel, events, users FROM events_per_channel"
-        ).fetchall()
-        (watermark_us,) = db.execute(
-            "SELECT next_watermark_us FROM _streamsql.commits ORDER BY batch_id DESC LIMIT 1"
-        ).fetchall()[0]
+    got, watermark_us = windows_and_watermark(
+        tmp_path,
+        "union_of_two_sources",
+        "SELECT epoch_ms(window_start), channel, events, users FROM events_per_channel",
+    )
     data = ROOT / "queries" / "data"
     expected = duckdb.sql(
         "SELECT timestamp // 300000 * 300000 AS start, channel, count(*), "

@@ -26,6 +26,7 @@ from streamsql.checkpoint.log import SCHEMA, Checkpoint, state_table
 from streamsql.engine.engine import STATUS_HEARTBEAT_SECONDS, source_instance, status_file
 from streamsql.errors import OperationalError
 from streamsql.format import elapsed_text
+from streamsql.plan.relation import inline_views
 from streamsql.runtime.progress import timestamp_of
 from streamsql.server import read_endpoint
 from streamsql.sql import parse_one
@@ -218,8 +219,14 @@ def _from_checkpoint(
 
 
 def _sources_of(con: duckdb.DuckDBPyConnection, sink_sql: str) -> list[SourceDef]:
-    """The definitions of the sources a sink's query reads."""
-    query = parse_one(sink_sql, stored=True).expression.expression
+    """The definitions of the sources a sink's query reads, through views too."""
+    views = {
+        name.lower(): parse_one(sql, stored=True).expression.expression
+        for name, sql in con.execute(
+            f"SELECT name, sql FROM {SCHEMA}.catalog WHERE kind = 'VIEW'"
+        ).fetchall()
+    }
+    query = inline_views(parse_one(sink_sql, stored=True).expression.expression, views)
     names = sorted({table.name.lower() for table in query.find_all(exp.Table)})
     rows = con.execute(
         f"SELECT sql FROM {SCHEMA}.catalog WHERE kind = 'SOURCE' AND list_contains(?, lower(name))",

@@ -532,3 +532,22 @@ def test_sql_and_shell_c_run_statements_in_order_and_fail_with_the_error(tmp_pat
     after = streamsql("shell", str(db), "-c", "SELECT count(*) AS n FROM t")
     assert after.returncode == 0, after.stderr
     assert "│ 2 │" in after.stdout  # the INSERT ran, the DROP did not
+
+
+def test_status_of_a_sink_over_a_view_lists_the_sources_behind_it(tmp_path: Path) -> None:
+    """The union example's sink reads a view over two sources: status names both, with
+    each source's committed files and lag, from the checkpoint alone."""
+    db = tmp_path / "app.db"
+    done = streamsql(
+        "run", "queries/union_of_two_sources.sql", "--db", str(db), "--trigger", "available_now"
+    )
+    assert done.returncode == 0, done.stderr
+    result = streamsql("status", str(db), "--json")
+    assert result.returncode == 0, result.stderr
+    (sink,) = json.loads(result.stdout)["sinks"]
+    last = {
+        name: sorted(p.name for p in (ROOT / "queries/data" / directory).iterdir())[-1]
+        for name, directory in (("web", "events"), ("app", "app_events"))
+    }
+    assert sink["committed_offsets"] == {name: {"files": [f]} for name, f in last.items()}
+    assert sink["lag"] == {"web": 0, "app": 0}

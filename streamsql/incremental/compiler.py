@@ -178,13 +178,25 @@ class Compiler:
     """Generates the BatchProgram of one plan.
 
     `state_table` is a qualified table name, or a bare name for a temporary table (the
-    state of a push query lives and dies with the query's cursor).
+    state of a push query lives and dies with the query's cursor). `scope` prefixes the
+    views a step keeps for later ones, which outlive a batch (typed at start over the state
+    table): each operator of a chain has its own. Only the operator that feeds the sink
+    (`feeds_sink`) logs the windows it emits.
     """
 
-    def __init__(self, plan: StreamingPlan, state_table: str, temporary: bool = False) -> None:
+    def __init__(
+        self,
+        plan: StreamingPlan,
+        state_table: str,
+        temporary: bool = False,
+        scope: str = "",
+        feeds_sink: bool = True,
+    ) -> None:
         self.plan = plan
         self.state = state_table
         self.temporary = temporary
+        self.feeds_sink = feeds_sink
+        self.closed, self.touched = f"{scope}__closed", f"{scope}__touched"
         row_counter = StateColumn(
             "__rows", "count(*)", "__state.__rows + __batch.__rows", "sum(__rows)::BIGINT"
         )
@@ -448,14 +460,16 @@ class Compiler:
             f"INSERT INTO {self.state} BY NAME {self.partial()}",
             effect=Effect.ADDS,
         )
-        closing = self.closing_steps(f"({self.combine('__closed', groups)}) AS __windows")
+        closing = self.closing_steps(f"({self.combine(self.closed, groups)}) AS __windows")
+        if not self.feeds_sink:
+            return [append, *closing]
         log = Step(
             "log the emitted windows",
             f"INSERT INTO {EMITTED_WINDOWS} SELECT $query, window_start::VARCHAR, "
             f"window_end::VARCHAR, $batch_id, count(DISTINCT ({', '.join(groups)})) "
-            f"FROM __closed GROUP BY window_start, window_end",
+            f"FROM {self.closed} GROUP BY window_start, window_end",
             closes=True,
-            unless_empty="__closed",
+            unless_empty=self.closed,
         )
         return [append, *closing, log]
 
@@ -467,7 +481,7 @@ class Compiler:
                 "close windows the watermark passed",
                 f"DELETE FROM {self.state} WHERE {self._passed} RETURNING *",
                 Fetch.VIEW,
-                view="__closed",
+                view=self.closed,
                 effect=Effect.REMOVES,
                 closes=True,
             ),
@@ -476,7 +490,7 @@ class Compiler:
                 self.finalize(closed),
                 Fetch.EMIT,
                 closes=True,
-                unless_empty="__closed",
+                unless_empty=self.closed,
             ),
         ]
 
@@ -509,7 +523,7 @@ class Compiler:
             f"RETURNING merge_action AS __action, *"
         )
         return [
-            Step("merge batch into state", sql, Fetch.VIEW, view="__touched", effect=Effect.MERGES)
+            Step("merge batch into state", sql, Fetch.VIEW, view=self.touched, effect=Effect.MERGES)
         ]
 
     # -- sessions ----------------------------------------------------------------------------
@@ -608,7 +622,9 @@ class Compiler:
                 sql += f" LIMIT {sql_of(plan.limit)}"
             return [Step("emit the whole result", sql, Fetch.EMIT)]
         if plan.emit is Emit.CHANGES:  # sessions are refused (rule session-changes)
-            emit = Step("emit groups updated by this batch", self.finalize("__touched"), Fetch.EMIT)
+            emit = Step(
+                "emit groups updated by this batch", self.finalize(self.touched), Fetch.EMIT
+            )
             if not plan.watermark_bounds_state:
                 return [emit]
             evict = Step(
@@ -618,7 +634,7 @@ class Compiler:
                 closes=True,
             )
             return [emit, evict]
-        return self.closing_steps("__closed")  # sessions: one state row each already
+        return self.closing_steps(self.closed)  # sessions: one state row each already
 
     def snapshot_state(self) -> str:
         """The state rows a snapshot is made of. Without GROUP BY there is always one group,
@@ -638,10 +654,18 @@ class Compiler:
         return f"SELECT {projection} FROM {self.rows()} AS {ident(plan.alias)}{self._where()}"
 
 
-def compile_plan(plan: StreamingPlan, state_table: str, temporary: bool = False) -> BatchProgram:
+def compile_plan(
+    plan: StreamingPlan,
+    state_table: str,
+    temporary: bool = False,
+    scope: str = "",
+    feeds_sink: bool = True,
+) -> BatchProgram:
+    """The program of one operator (`scope` and `feeds_sink`: as Compiler takes them)."""
+    compiler = Compiler
     if plan.deduplication is not None:
         # Imported here: the deduplication's compiler builds on this module's.
         from streamsql.incremental.deduplicate import DeduplicationCompiler
 
-        return DeduplicationCompiler(plan, state_table, temporary).compile()
-    return Compiler(plan, state_table, temporary).compile()
+        compiler = DeduplicationCompiler
+    return compiler(plan, state_table, temporary, scope, feeds_sink).compile()

@@ -137,7 +137,7 @@ class _QueryGauges(Collector):
             progress = query.last_progress
             if progress is None:
                 continue
-            if query.execution.program.state_table:
+            if query.execution.stateful:
                 state.add_metric([query.name], progress.state_rows)
             for source in progress.sources:
                 for partition, records in (source.get("lag_by_partition") or {}).items():

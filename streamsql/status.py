@@ -22,7 +22,7 @@ from sqlglot import exp
 from streamsql.catalog.binding import source_def
 from streamsql.catalog.definitions import SourceDef
 from streamsql.checkpoint import dead_letters
-from streamsql.checkpoint.log import SCHEMA, Checkpoint, state_table
+from streamsql.checkpoint.log import SCHEMA, Checkpoint, state_tables
 from streamsql.engine.engine import STATUS_HEARTBEAT_SECONDS, source_instance, status_file
 from streamsql.errors import OperationalError
 from streamsql.format import elapsed_text
@@ -189,12 +189,12 @@ def _from_checkpoint(
     checkpoint = Checkpoint(con, name, [s.name for s in sources])
     last = checkpoint.last_commit()
     ends = checkpoint.planned(last.batch_id).end if last else checkpoint.first_start()
-    state_rows = None
-    if con.execute(
-        "SELECT 1 FROM duckdb_tables() WHERE schema_name = ? AND lower(table_name) = ?",
-        [SCHEMA, f"state_{name.lower()}"],
-    ).fetchall():
-        state_rows = con.execute(f"SELECT count(*) FROM {state_table(name)}").fetchall()[0][0]
+    tables = state_tables(con, name)
+    state_rows = (
+        sum(con.execute(f"SELECT count(*) FROM {table}").fetchall()[0][0] for table in tables)
+        if tables
+        else None
+    )
     planned = checkpoint.planned_ends()
     figures = {
         s.name: _lag(con, s, (ends or {}).get(s.name), [end[s.name] for end in planned])

@@ -344,9 +344,10 @@ NUMBERED = (
             "user_id",
         ),
         (
-            "SELECT * FROM (SELECT * FROM events DEDUPLICATE ON (user_id)) WHERE user_id > 0",
+            "SELECT * FROM (SELECT * FROM events DEDUPLICATE ON (user_id) "
+            "UNION ALL SELECT * FROM events)",
             "stateful-subquery",
-            "DEDUPLICATE ON in a subquery, CTE or view over a stream",
+            "DEDUPLICATE ON in a subquery, CTE or view over a stream here",
             "DEDUPLICATE",
         ),
         (

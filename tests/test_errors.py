@@ -183,8 +183,8 @@ PLANNING_ERRORS = [
     ("SELECT * FROM events EMIT SNAPSHOT", "snapshot-needs-aggregation", "aggregation", "EMIT"),
     (
         "SELECT count(*) FROM events e JOIN raw r ON e.user_id = r.user_id",
-        "aggregation-over-stream-join",
-        "An aggregation over a stream-stream join",
+        "chained-operators-append-only",
+        "EMIT CHANGES over the rows of a stream-stream join",
         "count(*)",
     ),
     (
@@ -195,8 +195,8 @@ PLANNING_ERRORS = [
     ),
     (
         "SELECT * FROM (SELECT user_id, count(*) AS n FROM events GROUP BY user_id) AS c",
-        "stateful-subquery",
-        "GROUP BY in a subquery, CTE or view over a stream",
+        "chained-operators-append-only",
+        "A global aggregation below another operator must emit each row once",
         "user_id) AS c",
     ),
     (

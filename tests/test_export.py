@@ -153,6 +153,12 @@ def test_refuses_memory_sources() -> None:
             "several-sources",
         ),
         ("WITH t AS (SELECT user_id, ts FROM events) SELECT * FROM t", "several-sources"),
+        (
+            "SELECT window_start, count(*) AS n FROM (SELECT window_time, count(*) AS c "
+            "FROM events WINDOW TUMBLING (ts, INTERVAL '1 minute') GROUP BY window_start, "
+            "window_end) WINDOW TUMBLING (window_time, INTERVAL '1 hour') GROUP BY window_start",
+            "chained-operators",
+        ),
     ],
 )
 def test_refuses_joins_unions_and_deduplication(query: str, feature: str) -> None:

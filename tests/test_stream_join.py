@@ -167,7 +167,7 @@ def test_join_state_survives_restart(tmp_path: Path) -> None:
             "SELECT i.ad, count(*) AS n FROM impressions AS i JOIN clicks AS c "
             "ON i.ad = c.ad AND c.ts BETWEEN i.ts AND i.ts + INTERVAL '1 hour' GROUP BY i.ad "
             "EMIT CHANGES",
-            "aggregation-over-stream-join",
+            "chained-operators-append-only",
         ),
         (
             "SELECT i.ad FROM impressions AS i JOIN clicks AS c ON i.ad = c.ad "

@@ -60,6 +60,14 @@ def _deduplication(plan: StreamingPlan) -> str:
     return "dropDuplicatesWithinWatermark" if dedup.within_watermark else "dropDuplicates"
 
 
+def _upstream(plan: StreamingPlan) -> str:
+    """The operators below this one in a chain, each by its own parts."""
+    if plan.upstream is None:
+        return "none"
+    parts = fingerprint(plan.upstream)
+    return "(" + "; ".join(f"{part}: {value}" for part, value in parts.items()) + ")"
+
+
 # What a checkpoint's state is shaped by, in the order a change is reported.
 PARTS: dict[str, Callable[[StreamingPlan], str]] = {
     "source": _source,
@@ -70,13 +78,20 @@ PARTS: dict[str, Callable[[StreamingPlan], str]] = {
     "watermark": _watermark,
     "emit mode": lambda plan: plan.emit.value,
     "join": lambda plan: plan.join.describe() if plan.join else "none",
+    "operators below": _upstream,
 }
 
 
 def fingerprint(plan: StreamingPlan) -> Fingerprint:
-    if not plan.stateful:  # no state: only where the rows come from and how they are emitted
+    """The parts of `plan`; "operators below" only in a chain, so that the fingerprint of
+    one operator is what it was before chains existed."""
+    if not plan.stateful and plan.upstream is None:
+        # no state: only where the rows come from and how they are emitted
         return {"source": _source(plan), "emit mode": plan.emit.value}
-    return {part: describe(plan) for part, describe in PARTS.items()}
+    parts = {part: describe(plan) for part, describe in PARTS.items()}
+    if plan.upstream is None:
+        del parts["operators below"]
+    return parts
 
 
 def changes(stored: Fingerprint, current: Fingerprint) -> list[str]:

@@ -88,9 +88,24 @@ Statements = Sequence[tuple[str, Sequence[Any]]]  # SQL with its bound parameter
 CHECKPOINT_TABLES = ("offsets", "commits", "metadata", "emitted_windows", "sink_files")
 
 
-def state_table(query: str) -> str:
-    """Where a sink's query keeps its state."""
-    return f"{SCHEMA}.{quote('state_' + query)}"
+def state_table(query: str, operator: int | None = None) -> str:
+    """Where a sink's query keeps its state: the state of the operator that feeds the sink,
+    or of the one at `operator` in the chain below it."""
+    return f"{SCHEMA}.{quote(state_table_name(query, operator))}"
+
+
+def state_table_name(query: str, operator: int | None = None) -> str:
+    return f"state_{query}" + ("" if operator is None else f"/op{operator}")
+
+
+def state_tables(con: duckdb.DuckDBPyConnection, query: str) -> list[str]:
+    """The state tables a sink's query has in the database: its operators' in a chain."""
+    names = con.execute(
+        "SELECT table_name FROM duckdb_tables() WHERE schema_name = ? AND (lower(table_name) "
+        "= lower(?) OR starts_with(lower(table_name), lower(?)))",
+        [SCHEMA, state_table_name(query), state_table_name(query, 0)[:-1]],
+    ).fetchall()
+    return [f"{SCHEMA}.{quote(name)}" for (name,) in names]
 
 
 @contextlib.contextmanager

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import functools
 import json
 import os
 import threading
@@ -33,6 +34,7 @@ from streamsql.checkpoint.log import (
     Statements,
     atomically,
     state_table,
+    state_tables,
 )
 from streamsql.connectors.callback import BatchCallback, CallbackSink
 from streamsql.connectors.registry import SINK_CONNECTORS, SOURCE_CONNECTORS, connector_class
@@ -48,7 +50,7 @@ from streamsql.errors import (
     from_duckdb,
 )
 from streamsql.incremental.aggregates import MACROS
-from streamsql.incremental.compiler import BatchProgram, compile_plan
+from streamsql.incremental.compiler import BatchProgram, compile_chain
 from streamsql.metrics import EngineMetrics
 from streamsql.plan.plan import StreamingPlan, WatermarkPolicy
 from streamsql.plan.planner import Planner
@@ -528,8 +530,9 @@ class Engine:
         self._cursors.add(cursor)
         return cursor
 
-    def program(self, name: str, plan: StreamingPlan) -> BatchProgram:
-        return compile_plan(plan, state_table(name))
+    def programs(self, name: str, plan: StreamingPlan) -> list[BatchProgram]:
+        """The programs of the operators of a sink's query."""
+        return compile_chain(plan, functools.partial(state_table, name))
 
     def _start(
         self, definition: SinkDef, execution: MicroBatchExecution | None = None
@@ -562,7 +565,7 @@ class Engine:
         """The sink's query, ready to start (from the sink and plan already made, if given)."""
         plan = plan or self.plan(definition.query, definition.parameters, definition.options)
         sink = sink or self._sink(definition)
-        return self._prepare(definition.name, plan, self.program(definition.name, plan), sink)
+        return self._prepare(definition.name, plan, self.programs(definition.name, plan), sink)
 
     def _sink(self, definition: SinkDef) -> Sink:
         """The connector's sink, its options checked (it connects to nothing yet)."""
@@ -574,10 +577,10 @@ class Engine:
         return connector(definition.name, definition.options)
 
     def _prepare(
-        self, name: str, plan: StreamingPlan, program: BatchProgram, sink: Sink
+        self, name: str, plan: StreamingPlan, programs: list[BatchProgram], sink: Sink
     ) -> MicroBatchExecution:
-        sources = [self.source(scan.name).for_query() for scan in plan.scans]
-        return MicroBatchExecution(name, self.cursor(), plan, program, sources, sink)
+        sources = [self.source(scan.name).for_query() for scan in plan.sources_plan.scans]
+        return MicroBatchExecution(name, self.cursor(), plan, programs, sources, sink)
 
     def _progressed(self, query: StreamingQuery) -> None:
         """After each batch of a sink's query (and when it waits for its source or ends)."""
@@ -661,7 +664,7 @@ class Engine:
             self._forget_statement("SINK", name),
             *Checkpoint(self.db, name).forget_statements(),
             *dead_letters.forget_statements(name),
-            (f"DROP TABLE IF EXISTS {state_table(name)}", []),
+            *((f"DROP TABLE IF EXISTS {table}", []) for table in state_tables(self.db, name)),
         ]
         output = _output(definition)
         if output:

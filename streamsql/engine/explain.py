@@ -10,6 +10,7 @@ from sqlglot import exp
 from streamsql.catalog.binding import sink_def
 from streamsql.engine.result import DuckCursor, Result
 from streamsql.format import format_duration
+from streamsql.plan.plan import StreamingPlan
 from streamsql.sql import Statement
 
 if TYPE_CHECKING:
@@ -24,23 +25,50 @@ def explain(
     select = sink_def(target, statement.text).query if isinstance(target, exp.Create) else target
     name = target.this.name if isinstance(target, exp.Create) else "query"
     plan = engine.plan(select, params)
-    program = engine.program(name, plan)
-    names = ", ".join(scan.name for scan in plan.scans)
-    header = [
-        f"-- {plan.kind.value} over source{'s' if len(plan.scans) > 1 else ''} {names}, "
-        f"EMIT {plan.emit.value}",
-    ]
-    for scan in plan.scans:
-        if scan.has_watermark:
-            delay = format_duration(scan.watermark_delay_us)
-            whose = f" of {scan.name}" if len(plan.scans) > 1 else ""
-            header.append(f"-- watermark{whose}: max({scan.event_time}) - {delay}")
-    if sum(scan.has_watermark for scan in plan.scans) > 1:
-        judged = "each side's event time" if plan.join else plan.event_time
-        header.append(
-            f"-- global watermark: the {plan.watermark_policy.value} of the sources' "
-            f"(late rows and closing windows judged on {judged})"
+    chain = plan.chain
+    sections = []
+    shift = 0
+    programs = engine.programs(name, plan)
+    for index, (operator, program) in enumerate(zip(chain, programs, strict=True)):
+        header = _header(operator, index, len(chain), shift)
+        sections.append("\n".join(header) + "\n" + program.explain())
+        shift += operator.output_watermark_shift or 0
+    text = "\n".join(sections)
+    return Result(["explain"], [(line,) for line in text.splitlines()])
+
+
+def _header(plan: StreamingPlan, index: int, operators: int, shift: int) -> list[str]:
+    """What one operator of the chain is, what it reads, and the watermark it runs under."""
+    if index:
+        reads = f"the rows of operator {index} ({plan.scans[0].name})"
+    else:
+        names = ", ".join(scan.name for scan in plan.scans)
+        reads = f"source{'s' if len(plan.scans) > 1 else ''} {names}"
+    place = ""
+    if operators > 1:
+        place = (
+            f"operator {index + 1} of {operators}{' (feeds the sink)' * (index + 1 == operators)}: "
         )
+    header = [f"-- {place}{plan.kind.value} over {reads}, EMIT {plan.emit.value}"]
+    if index:
+        if plan.has_watermark:
+            header.append(
+                f"-- watermark: the query's{_shifted(shift)}, on {plan.event_time} (what "
+                f"operator {index} passes on: late rows at or below it in the batch before, "
+                "windows closed by it in this batch)"
+            )
+    else:
+        for scan in plan.scans:
+            if scan.has_watermark:
+                delay = format_duration(scan.watermark_delay_us)
+                whose = f" of {scan.name}" if len(plan.scans) > 1 else ""
+                header.append(f"-- watermark{whose}: max({scan.event_time}) - {delay}")
+        if sum(scan.has_watermark for scan in plan.scans) > 1:
+            judged = "each side's event time" if plan.join else plan.event_time
+            header.append(
+                f"-- global watermark: the {plan.watermark_policy.value} of the sources' "
+                f"(late rows and closing windows judged on {judged})"
+            )
     if plan.window:
         window = plan.window
         sizes = (
@@ -53,5 +81,16 @@ def explain(
         header.append(f"-- join: {plan.join.describe()}")
         if plan.join.unbounded:
             header.append("-- warning: the join's state is unbounded (it grows with every row)")
-    text = "\n".join(header) + "\n" + program.explain()
-    return Result(["explain"], [(line,) for line in text.splitlines()])
+    if index + 1 < operators:
+        passed = plan.output_watermark_shift
+        header.append(
+            f"-- passes on its rows and the watermark{_shifted(shift + (passed or 0))} on "
+            f"{', '.join(plan.watermarked_outputs)}"
+        )
+    return header
+
+
+def _shifted(shift: int) -> str:
+    if not shift:
+        return ""
+    return f" {'-' if shift < 0 else '+'} {format_duration(abs(shift))}"

@@ -17,7 +17,7 @@ from sqlglot import exp
 from streamsql.catalog.binding import differences, sink_def, source_def
 from streamsql.catalog.definitions import SinkDef, SourceDef, ViewDef
 from streamsql.checkpoint import dead_letters
-from streamsql.checkpoint.log import Checkpoint, atomically
+from streamsql.checkpoint.log import Checkpoint, atomically, state_table_name
 from streamsql.connectors.collect import CollectSink
 from streamsql.connectors.formats import cast_to_column
 from streamsql.connectors.memory import MemorySource
@@ -26,7 +26,7 @@ from streamsql.engine.explain import explain
 from streamsql.engine.result import DuckCursor, Result
 from streamsql.engine.show import describe_query, show
 from streamsql.errors import ProgrammingError, from_duckdb
-from streamsql.incremental.compiler import compile_plan
+from streamsql.incremental.compiler import compile_chain
 from streamsql.plan.relation import inline_views
 from streamsql.quoting import quote
 from streamsql.runtime.push import PushStream
@@ -311,11 +311,13 @@ def push_query(
     """Run a streaming SELECT for the caller: its rows arrive as batches emit them."""
     name = f"__push_{uuid.uuid4().hex[:12]}"
     plan = engine.plan(statement.expression, params)
-    program = compile_plan(plan, quote(f"state_{name}"), temporary=True)
+    programs = compile_chain(
+        plan, lambda operator: quote(state_table_name(name, operator)), temporary=True
+    )
     sink = CollectSink(name, {})
     trigger = engine.trigger_override or engine.session_trigger
     query = StreamingQuery(
-        engine._prepare(name, plan, program, sink), trigger, label=_push_label(statement)
+        engine._prepare(name, plan, programs, sink), trigger, label=_push_label(statement)
     )
     engine.queries[name] = query.start()
 

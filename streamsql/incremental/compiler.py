@@ -25,6 +25,7 @@ Three ways to keep state, chosen by what the query emits:
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -652,6 +653,23 @@ class Compiler:
         plan = self.plan
         projection = ", ".join(sql_of(e) for e in plan.projection)
         return f"SELECT {projection} FROM {self.rows()} AS {ident(plan.alias)}{self._where()}"
+
+
+def compile_chain(
+    plan: StreamingPlan, state_table: Callable[[int | None], str], temporary: bool = False
+) -> list[BatchProgram]:
+    """One program per operator of `plan`'s chain. The one feeding the sink keeps its state
+    in `state_table(None)`, an operator below it in `state_table(<its place>)`."""
+    return [
+        compile_plan(
+            operator,
+            state_table(None if operator is plan else index),
+            temporary,
+            scope="" if operator is plan else f"op{index}",
+            feeds_sink=operator is plan,
+        )
+        for index, operator in enumerate(plan.chain)
+    ]
 
 
 def compile_plan(

@@ -12,6 +12,15 @@ from sqlglot import exp
 from streamsql.catalog.definitions import Emit, SourceDef
 from streamsql.incremental.aggregates import AggregateCall
 
+# Spark's window_time(window): the time of a window's rows for an operator downstream.
+WINDOW_TIME = "window_time"
+
+
+def window_time() -> exp.Expr:
+    """`window_time` over a window's bounds: its end - 1 microsecond, the latest time in it."""
+    one = exp.Interval(this=exp.Literal.string("1"), unit=exp.var("MICROSECOND"))
+    return exp.Sub(this=exp.column("window_end"), expression=one)
+
 
 class QueryKind(StrEnum):
     STATELESS = "stateless projection/filter"
@@ -195,6 +204,55 @@ class StreamingPlan:
     limit: exp.Expr | None = None
     deduplication: Deduplication | None = None
     join: StreamJoin | None = None  # the operator, when it is a stream-stream join
+    # Every column of the relation that carries the watermark (`event_time` is the first).
+    event_times: tuple[str, ...] = ()
+    output_types: list[str] = field(default_factory=list)  # DuckDB types of output_names
+    # The stateful operator whose output this one reads (Spark 3.5's chained stateful
+    # operators): its rows of each batch are this plan's one scan, in the same batch.
+    upstream: StreamingPlan | None = None
+
+    @property
+    def chain(self) -> list[StreamingPlan]:
+        """The operators a batch runs, in order: the one reading the sources first."""
+        return [*(self.upstream.chain if self.upstream else []), self]
+
+    @property
+    def sources_plan(self) -> StreamingPlan:
+        """The operator that reads the query's sources."""
+        return self.upstream.sources_plan if self.upstream else self
+
+    @property
+    def output_watermark_shift(self) -> int | None:
+        """How the watermark this operator passes on to the next one follows the one it
+        runs under: W + shift (Spark's produceOutputWatermark). An aggregation and a
+        deduplication pass it on unchanged (their output rows are never behind it); a
+        stream-stream join passes on the lowest of its sides' state watermarks, below which
+        no row can be emitted any more; None: it passes on none."""
+        if not self.has_watermark or not self.watermarked_outputs:
+            return None
+        if self.join is None:
+            return 0
+        bounds = [side.bound[1] for side in (self.join.left, self.join.right) if side.bound]
+        return min(bounds) if bounds else None
+
+    @property
+    def watermarked_outputs(self) -> list[str]:
+        """The output columns that carry the watermark on to the next operator: a window's
+        end and `window_time` (its end - 1 microsecond, Spark's window_time), or the event
+        time columns a row passes through unchanged."""
+        if self.window:
+            carriers = {"window_end", window_time().sql("duckdb").lower()}
+        else:
+            carriers = {name.lower() for name in self.event_times}
+        if any(e.find(exp.Star) for e in self.projection):
+            return [name for name in self.output_names if name.lower() in carriers]
+        values = [e.unalias().unnest() for e in self.projection]
+        return [
+            name
+            for name, value in zip(self.output_names, values, strict=True)
+            if (value.name if isinstance(value, exp.Column) else value.sql("duckdb")).lower()
+            in carriers
+        ]
 
     @property
     def has_watermark(self) -> bool:

@@ -6,21 +6,23 @@ modes: a user who reads the message knows what to change.
 
 from __future__ import annotations
 
+import itertools
 import re
 import warnings
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import duckdb
 from sqlglot import exp
 
 from streamsql.catalog.binding import check_column_name
-from streamsql.catalog.definitions import Emit, SourceDef
+from streamsql.catalog.definitions import Column, Emit, SourceDef, WatermarkSpec
 from streamsql.errors import PlanningError, UnboundedStateWarning
 from streamsql.incremental.aggregates import decompose
 from streamsql.plan import deduplication
 from streamsql.plan.plan import (
+    WINDOW_TIME,
     JoinType,
     QueryKind,
     Scan,
@@ -28,6 +30,7 @@ from streamsql.plan.plan import (
     StreamJoin,
     WatermarkPolicy,
     WindowSpec,
+    window_time,
 )
 from streamsql.plan.relation import (
     SCAN_VIEW,
@@ -36,7 +39,9 @@ from streamsql.plan.relation import (
     event_time_of,
     inline_ctes,
     inline_views,
+    keeps_state,
     renamed_join,
+    stateful_input,
 )
 from streamsql.plan.stream_join import plan_stream_join
 from streamsql.sql import nodes, parse_expression, position_of
@@ -59,17 +64,24 @@ def sql_of(node: exp.Expr) -> str:
 
 
 class Planner:
-    """Turns a SELECT over a source into a StreamingPlan, using DuckDB to type and validate it."""
+    """Turns a SELECT over a source into a StreamingPlan, using DuckDB to type and validate it.
+
+    A query over the output of a stateful operator becomes a chain of plans, each planned by
+    a Planner of its own whose scans are named apart (`scan_view`)."""
 
     def __init__(
         self,
         con: duckdb.DuckDBPyConnection,
         sources: Mapping[str, SourceDef],
         views: Mapping[str, exp.Query] | None = None,
+        scan_view: str = SCAN_VIEW,
+        operators: Iterator[int] | None = None,
     ) -> None:
         self.con = con
         self.sources = {name.lower(): source for name, source in sources.items()}
         self.views = {name.lower(): query for name, query in (views or {}).items()}
+        self.scan_view = scan_view
+        self._operators = operators or itertools.count(1)  # numbers the chain's planners
         self._function_names: dict[str, set[str]] = {}
 
     # -- entry point -------------------------------------------------------------------------
@@ -84,7 +96,26 @@ class Planner:
         select = query.copy()
         bound = self._bind_parameters(select, parameters)
         select = inline_views(inline_ctes(select), self.views)
+        return self._plan(query, select, bound, watermark_policy)
+
+    def _plan(
+        self,
+        query: exp.Select,
+        select: exp.Select,
+        bound: dict[str, Any],
+        watermark_policy: WatermarkPolicy,
+    ) -> StreamingPlan:
+        """The plan of `select` (`query` as written, its views and CTEs inlined)."""
+        below = stateful_input(select, self.sources)
+        if below is not None:
+            upstream = self._upstream_planner()._plan(
+                below.this, below.this, bound, watermark_policy
+            )
+            name = below.alias_or_name or "__upstream"
+            select.set("from_", exp.From(this=exp.Table(this=exp.to_identifier(name, quoted=True))))
+            return self._plan_over(query, upstream, name, select, bound, watermark_policy)
         select, requested = deduplication.take_out(select)
+        over_join: exp.Select | None = None  # the query, when it aggregates a stream join
         reading = bind_relation(select, self.sources)
         scans = self._scans(reading.sources)
         if reading.relation is None and not select.args.get("joins"):
@@ -93,21 +124,29 @@ class Planner:
             for key in (requested.keys or []) if requested else []:
                 self._unqualify(key, {alias.lower(), scan.name.lower()})
             event_time, types, ctes = scan.event_time, scan.types, [(scan.view, scan)]
+            event_times = [event_time] if event_time else []
+            join = None
             where = select.args["where"].this if select.args.get("where") else None
             scan.prefilter, where = self._push_below_watermark(where, scan)
         else:
             if requested:
                 raise deduplication.over_one_source(requested)
-            relation, alias, event_time = self._relation(select, reading, scans, bound)
+            relation, alias, event_times = self._relation(select, reading, scans, bound)
+            event_time = event_times[0] if event_times else None
             ctes = [(s.view, s) for s in scans] + [(alias, relation)]
             types = self._types(ctes)
+            join = self._stream_join(relation, scans)
+            if join is not None and keeps_state(select):
+                # The join is one operator, the rest of the query the next one over its rows.
+                over_join, select = select, exp.select("*").from_(alias)
             where = select.args["where"].this if select.args.get("where") else None
         window = self._window(select, types)
+        if window and WINDOW_TIME not in types:
+            self._bind_window_time(select)
         self._refuse_unsupported(select)
 
         aggregates = self._aggregate_calls(select)
         group_items = self._group_items(select)
-        join = self._stream_join(relation, scans, select, bool(aggregates or group_items))
         if requested:
             emit = deduplication.check_query(requested, select, bool(aggregates or group_items))
             kind = QueryKind.DEDUPLICATE
@@ -149,12 +188,13 @@ class Planner:
             parameters=bound,
             time_types={
                 name.lower(): types[name.lower()]
-                for name in (event_time, window and window.time_column)
+                for name in (*event_times, window and window.time_column)
                 if name and name.lower() in types
             },
+            event_times=tuple(event_times) if watermarked else (),
         )
         self._check_modifiers(plan)
-        names = self._validate(select, ctes, window, bound)
+        names, plan.output_types = self._validate(select, ctes, window, bound)
         if requested:
             plan.keys, plan.deduplication = deduplication.deduplication_of(
                 requested, select, names, plan.event_time, plan.has_watermark
@@ -173,7 +213,113 @@ class Planner:
             plan.output_names = names
         else:
             self._plan_aggregation(plan, select, group_items, aggregates, names)
+        if over_join is not None:
+            return self._plan_over(query, plan, alias, over_join, bound, watermark_policy)
         return plan
+
+    # -- chained operators -------------------------------------------------------------------
+
+    def _upstream_planner(self) -> Planner:
+        """A planner for an operator below this one: its scans are named apart."""
+        scan_view = f"__op{next(self._operators)}_input_{{}}"
+        return Planner(self.con, self.sources, {}, scan_view, self._operators)
+
+    def _plan_over(
+        self,
+        query: exp.Select,
+        upstream: StreamingPlan,
+        name: str,
+        select: exp.Select,
+        bound: dict[str, Any],
+        watermark_policy: WatermarkPolicy,
+    ) -> StreamingPlan:
+        """`select` over the rows `upstream` emits in each batch, read as a stream `name`
+        (Spark 3.5's chained stateful operators, in append mode): its event time is the
+        output column the query windows by, among those that carry upstream's watermark."""
+        below = upstream.select
+        at = position_of(below.args.get("emit") or below.args.get("group") or below)
+        if upstream.emit is not Emit.FINAL:
+            raise PlanningError(
+                f"A {upstream.kind.value} below another operator must emit each row once, "
+                f"when it is final (append mode; it would emit {upstream.emit.value}): Spark "
+                "runs several stateful operators in append mode only. Window the aggregation "
+                "below, with a watermark, so that its windows close",
+                rule="chained-operators-append-only",
+                position=at,
+            )
+        carriers = {c.lower(): c for c in upstream.watermarked_outputs}
+        window = select.args.get("stream_window")
+        wanted = window.this.name if isinstance(window and window.this, exp.Column) else None
+        if upstream.output_watermark_shift is None:
+            column = None
+        elif wanted is not None:
+            column = carriers.get(wanted.lower())
+        else:
+            column = next(iter(carriers.values()), None)
+        if window is not None and column is None:
+            if not upstream.has_watermark:
+                passed = "it has none: declare a watermark on the sources it reads"
+            elif upstream.output_watermark_shift is None and carriers:
+                passed = "it passes on none, as no time range in ON bounds the join's state"
+            elif not carriers:
+                carrying = "window_time (its end - 1 microsecond)"
+                if not upstream.window:
+                    carrying = f"its event time ({', '.join(upstream.event_times)})"
+                passed = f"none of its columns carries it: select {carrying} and window by it"
+            else:
+                passed = f"window by {' or '.join(carriers.values())}"
+            raise PlanningError(
+                f"WINDOW over the rows of a {upstream.kind.value} needs a time column that "
+                f"carries that operator's watermark: {passed}",
+                rule="chained-window-time",
+                position=position_of(window.this),
+            )
+        no_delay = exp.Interval(this=exp.Literal.string("0"), unit=exp.var("SECOND"))
+        columns = zip(upstream.output_names, upstream.output_types, strict=True)
+        source = SourceDef(
+            name,
+            tuple(Column(n, t) for n, t in columns),
+            (),
+            WatermarkSpec(column, no_delay) if column else None,
+            {"connector": "operator"},
+            sql="",
+        )
+        for table in select.find_all(exp.Table):
+            if not table.db and table.name.lower() in self.sources:
+                raise PlanningError(
+                    f"{table.name} is read next to the rows of a {upstream.kind.value}: a query "
+                    "over a stateful operator reads only that operator's rows (join the "
+                    "streams below it)",
+                    rule="chained-operators",
+                    position=position_of(table),
+                )
+        planner = Planner(self.con, {name: source}, {}, self.scan_view, self._operators)
+        plan = planner._plan(query, select, bound, watermark_policy)
+        if plan.emit is not Emit.FINAL:
+            raise PlanningError(
+                f"EMIT {plan.emit.value} over the rows of a {upstream.kind.value}: Spark runs "
+                "several stateful operators in append mode only (EMIT FINAL), each emitting a "
+                "row once, when the watermark makes it final",
+                rule="chained-operators-append-only",
+                position=position_of(  # in the query as written: `select` is rewritten
+                    query.args.get("emit") or query.find(exp.AggFunc) or query.args.get("group")
+                ),
+            )
+        plan.upstream = upstream
+        return plan
+
+    def _bind_window_time(self, select: exp.Select) -> None:
+        """`window_time` in a windowed query's SELECT, HAVING and ORDER BY is its window's end
+        - 1 microsecond (Spark's window_time), named window_time when not aliased."""
+        for item in select.expressions:
+            if isinstance(item, exp.Column) and item.name.lower() == WINDOW_TIME:
+                item.replace(exp.alias_(item.copy(), WINDOW_TIME))
+        for value in filter(
+            None, [*select.expressions, *(select.args.get(k) for k in ("having", "order"))]
+        ):
+            for column in list(value.find_all(exp.Column)):
+                if column.name.lower() == WINDOW_TIME and not column.table:
+                    column.replace(exp.paren(window_time()))
 
     # -- sources and the relation over them --------------------------------------------------
 
@@ -186,7 +332,7 @@ class Planner:
             derived = [(c.name, c.expression) for c in source.computed]
             event_time, delay = self._watermark(table, source, derived)
             if scan is None:
-                scan = Scan(source, SCAN_VIEW.format(len(scans)), derived, event_time, delay)
+                scan = Scan(source, self.scan_view.format(len(scans)), derived, event_time, delay)
                 scan.types = self._types([(scan.view, scan)])
                 scans[source.name.lower()] = scan
             elif (scan.event_time, scan.watermark_delay_us) != (event_time, delay):
@@ -207,8 +353,8 @@ class Planner:
         reading: BoundRelation,
         scans: list[Scan],
         parameters: dict[str, Any],
-    ) -> tuple[exp.Query, str, str | None]:
-        """The relation the operator reads, its name, and its event-time column; `select`
+    ) -> tuple[exp.Query, str, list[str]]:
+        """The relation the operator reads, its name, and its event-time columns; `select`
         is left reading it by that name."""
         by_view = {scan.view: scan for scan in scans}
         references = Counter(t.name for t in select.find_all(exp.Table))
@@ -252,11 +398,9 @@ class Planner:
             select.set("joins", None)
         select.set("from_", exp.From(this=exp.to_table(exp.to_identifier(alias).sql("duckdb"))))
         self._unqualify(select, {alias.lower()})
-        return relation, alias, (times[0] if times else None)
+        return relation, alias, times
 
-    def _stream_join(
-        self, relation: exp.Expr | None, scans: list[Scan], select: exp.Select, aggregates: bool
-    ) -> StreamJoin | None:
+    def _stream_join(self, relation: exp.Expr | None, scans: list[Scan]) -> StreamJoin | None:
         """The stream-stream join the query's relation is, if it is one (checked already by
         bind_relation): the query's stateful operator, a stateless SELECT over it."""
         if not isinstance(relation, exp.Select) or not relation.args.get("joins"):
@@ -265,14 +409,6 @@ class Planner:
         tables = [relation.args["from_"].this, relation.args["joins"][0].this]
         if not all(isinstance(t, exp.Table) and t.name in by_view for t in tables):
             return None
-        if aggregates:
-            raise PlanningError(
-                "An aggregation over a stream-stream join (chained stateful operators) is not "
-                "supported yet: the join is the query's stateful operator, with a projection "
-                "and filter over it",
-                rule="aggregation-over-stream-join",
-                position=position_of(select.find(exp.AggFunc) or select.args.get("group")),
-            )
         join = plan_stream_join(
             relation, by_view, lambda node: self.interval_us(node, "Join time range")
         )
@@ -865,8 +1001,9 @@ class Planner:
         ctes: list[tuple[str, Scan | exp.Query]],
         window: WindowSpec | None,
         parameters: dict[str, Any],
-    ) -> list[str]:
-        """Run the query as a plain batch query over no rows: DuckDB names and checks it."""
+    ) -> tuple[list[str], list[str]]:
+        """Run the query as a plain batch query over no rows: DuckDB names, types and checks
+        it."""
         batch = select.copy()
         for key in ("stream_window", "emit"):
             batch.set(key, None)
@@ -887,7 +1024,7 @@ class Planner:
                 f"The query has two output columns of the same name ({', '.join(names)}); "
                 "give them distinct aliases"
             )
-        return names
+        return names, [str(column[1]) for column in description]
 
     def _validate_keys(self, plan: StreamingPlan) -> None:
         """Deduplication keys are expressions over the source row: DuckDB types them."""

@@ -18,6 +18,7 @@ from sqlglot import exp
 from streamsql.catalog.binding import check_union_all
 from streamsql.catalog.definitions import INTERNAL_PREFIX, SourceDef
 from streamsql.errors import PlanningError
+from streamsql.plan.deduplication import row_number_form
 from streamsql.plan.plan import JoinType
 from streamsql.sql import position_of
 
@@ -164,31 +165,76 @@ def _streaming(node: exp.Expr, sources: Mapping[str, SourceDef]) -> bool:
     return any(not t.db and t.name.lower() in sources for t in tables)
 
 
-def _check_stateless(select: exp.Select) -> None:
-    """A SELECT below the query's own: projections and filters only, for now."""
-    stateful = (
-        ("group", "GROUP BY"),
-        ("having", "HAVING"),
-        ("distinct", "DISTINCT"),
-        ("deduplicate", "DEDUPLICATE ON"),
-        ("stream_window", "WINDOW"),
-        ("order", "ORDER BY"),
-        ("limit", "LIMIT"),
-        ("emit", "EMIT"),
+# The clauses of a SELECT that make it keep state (or order the whole stream).
+STATEFUL_CLAUSES = (
+    ("group", "GROUP BY"),
+    ("having", "HAVING"),
+    ("distinct", "DISTINCT"),
+    ("deduplicate", "DEDUPLICATE ON"),
+    ("stream_window", "WINDOW"),
+    ("order", "ORDER BY"),
+    ("limit", "LIMIT"),
+    ("emit", "EMIT"),
+)
+
+
+def keeps_state(select: exp.Select) -> bool:
+    """Whether the SELECT itself aggregates, windows or deduplicates (a ROW_NUMBER() = 1
+    deduplication has been taken out into DEDUPLICATE ON by then)."""
+    keys = ("group", "having", "distinct", "deduplicate", "stream_window")
+    return any(select.args.get(key) for key in keys) or bool(select.find(exp.AggFunc))
+
+
+def stateful_input(select: exp.Select, sources: Mapping[str, SourceDef]) -> exp.Subquery | None:
+    """The subquery `select` reads FROM when an operator that keeps state is in it or below
+    it (Spark 3.5's chained stateful operators): the query is then an operator over that
+    subquery's rows."""
+    from_ = select.args.get("from_")
+    node = from_.this if from_ else None
+    if (
+        not isinstance(node, exp.Subquery)
+        or not isinstance(node.this, exp.Select)
+        or row_number_form(select)  # its subquery numbers the rows to deduplicate
+    ):
+        return None
+    return node if _below_state(node.this, sources) else None
+
+
+def _below_state(select: exp.Select, sources: Mapping[str, SourceDef]) -> bool:
+    """`select` keeps state, joins two streams, or reads FROM a subquery that does."""
+    from_ = select.args.get("from_")
+    node = from_.this if from_ else None
+    joins = select.args.get("joins") or []
+    if (
+        keeps_state(select)
+        or row_number_form(select)
+        or (joins and _streaming(node, sources) and any(_streaming(j.this, sources) for j in joins))
+    ):
+        return True
+    return (
+        isinstance(node, exp.Subquery)
+        and isinstance(node.this, exp.Select)
+        and _below_state(node.this, sources)
     )
-    for key, what in stateful:
+
+
+def _check_stateless(select: exp.Select) -> None:
+    """A SELECT below the query's own (not in its FROM, where it is an operator of its own):
+    projections and filters only."""
+    for key, what in STATEFUL_CLAUSES:
         if select.args.get(key):
             raise PlanningError(
-                f"{what} in a subquery, CTE or view over a stream: an operator that keeps "
-                "state (or orders) below another is not supported yet; the stateful part "
-                "must be the query's own SELECT",
+                f"{what} in a subquery, CTE or view over a stream here: an operator that "
+                "keeps state runs below another only as the subquery the query reads FROM "
+                "(not in a join or UNION, nor with EMIT of its own)",
                 rule="stateful-subquery",
                 position=position_of(select.args[key]),
             )
     if select.find(exp.AggFunc):
         raise PlanningError(
-            "Aggregates in a subquery, CTE or view over a stream: an aggregation below "
-            "another operator is not supported yet; aggregate in the query's own SELECT",
+            "Aggregates in a subquery, CTE or view over a stream here: an aggregation runs "
+            "below another operator only as the subquery the query reads FROM (not in a join "
+            "or UNION)",
             rule="stateful-subquery",
             position=position_of(select.find(exp.AggFunc)),
         )

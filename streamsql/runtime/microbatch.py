@@ -54,6 +54,7 @@ from streamsql.incremental.compiler import (
 )
 from streamsql.plan.plan import StreamingPlan
 from streamsql.quoting import quote
+from streamsql.runtime.operator import StatefulOperator, chain_of
 from streamsql.runtime.progress import QueryProgress, timestamp_of
 from streamsql.runtime.watermark import WatermarkTracker
 
@@ -92,12 +93,14 @@ class BatchStats:
 
 
 class MicroBatchExecution:
+    """`programs`: one per operator of the plan's chain, in its order."""
+
     def __init__(
         self,
         name: str,
         cursor: duckdb.DuckDBPyConnection,
         plan: StreamingPlan,
-        program: BatchProgram,
+        programs: list[BatchProgram],
         sources: list[Source],
         sink: Sink,
     ) -> None:
@@ -105,7 +108,8 @@ class MicroBatchExecution:
         self.id = ""  # the query's id, read from the checkpoint at start
         self.run_id = str(uuid.uuid4())  # this run's
         self.plan = plan
-        self.program = program
+        self.operators = chain_of(plan, programs)
+        self.reader = self.operators[0]  # the operator that reads the sources
         self.sources = {source.name: source for source in sources}  # in the plan's order
         self.sink = sink
         self.cursor = cursor  # this query's own connection to the engine database, in UTC
@@ -113,7 +117,7 @@ class MicroBatchExecution:
         self.dead_letter_stores = {
             s.name: DeadLetters(self.cursor, name, s.name, s.dead_letter_retention) for s in sources
         }
-        self.watermarks = WatermarkTracker(plan)
+        self.watermarks = WatermarkTracker(self.reader.plan)
         self.batch_id = 0
         self.committed_end: Offsets = {}
         self.watermark: int | None = None  # W for the next batch
@@ -121,15 +125,9 @@ class MicroBatchExecution:
         self.max_events: dict[str, int | None] = dict.fromkeys(self.sources)
         self.output: OutputSchema | None = None
         self.empty_output: pa.Table = pa.table({})
-        self.state_rows = 0
-        self.state_updated = self.state_removed = 0  # by the batch in flight
         self.dead_letters = 0  # kept in the dead-letter table, over all batches
         self.planning_ms = 0.0  # the batch in flight's planning and offset-log write
         self.last_started: float | None = None  # when the previous batch started
-        self.compacted_rows = 0
-        # No window in state ends before this (None: no windows): closing steps run only
-        # when it is at or below the watermark.
-        self.earliest_end: int | None = None
         self.recovered = False  # a planned, uncommitted batch can only exist at start
         self._registered: set[str] = set()
 
@@ -153,19 +151,18 @@ class MicroBatchExecution:
     def _discard(self, fresh: bool) -> None:
         if fresh:
             statements = self.checkpoint.forget_statements()
-            if self.program.state_table:
-                statements.append((f"DROP TABLE IF EXISTS {self.program.state_table}", []))
+            statements += [
+                (f"DROP TABLE IF EXISTS {op.state_table}", [])
+                for op in self.operators
+                if op.state_table
+            ]
             atomically(self.cursor, statements)
 
     def _resume(self) -> None:
-        for scan in self.plan.scans:
+        for scan in self.reader.plan.scans:
             self.cursor.register(scan.view, self.sources[scan.name].schema.empty_table())
-        values = self._dry_run_values()
-        for statement in self.program.setup:
-            params = {name: values[name] for name in Step("setup", statement).parameters}
-            self.cursor.execute(statement, params or None).fetchall()
         last = self.checkpoint.last_commit()
-        if self.plan.has_watermark:
+        if self.reader.plan.has_watermark:
             self.watermark = self.late_threshold = 0
         if last is None:
             self.committed_end = self.checkpoint.first_start()
@@ -179,27 +176,44 @@ class MicroBatchExecution:
             self.watermark = last.next_watermark_us
             self.late_threshold = done.watermark_us
             self.max_events.update(last.max_event_by_source)
-        if self.program.state_table:
-            self.state_rows = self.compacted_rows = self._scalar(self.program.state_rows_sql)
-            if self.plan.window:
-                self.earliest_end = self._scalar(self.program.earliest_end_sql)
-            self._create_state_views()
+        types: list[str] = []
+        for op in self.operators:
+            if op.index:  # it reads what the operator before emits, typed by its dry run
+                self.cursor.register(op.plan.scans[0].view, self.empty_output)
+            values = {**self._dry_run_values(), **op.values(0, 0)}
+            for statement in op.program.setup:
+                params = {name: values[name] for name in Step("setup", statement).parameters}
+                self.cursor.execute(statement, params or None).fetchall()
+            if op.state_table:
+                op.state_rows = op.compacted_rows = self._scalar(op.program.state_rows_sql)
+                if op.plan.window:
+                    op.earliest_end = self._scalar(op.program.earliest_end_sql)
+                self._create_state_views(op)
+            types = self._dry_run(op, values)
         ends = self.checkpoint.planned_ends()
         for name, source in self.sources.items():
             source.recover([end[name] for end in ends])
         for store in self.dead_letter_stores.values():
             self.dead_letters = store.resume()  # the query's count, of all its sources
-        self.output = self._describe_output()
+        plan = self.plan
+        self.output = OutputSchema(
+            tuple(plan.output_names),
+            tuple(types),
+            plan.emit,
+            plan.stateful,
+            tuple(plan.key_names),
+            plan.keys_complete,
+        )
 
-    def _create_state_views(self) -> None:
+    def _create_state_views(self, op: StatefulOperator) -> None:
         """Views over the Arrow results of DML ... RETURNING that restore the state's types.
 
         Arrow has no HUGEINT (it comes back a DECIMAL) and no ENUM; read through these views,
         the returned rows have exactly the types of the state table again.
         """
-        state = self.program.state_table
+        state = op.state_table
         columns = self.cursor.execute(f"DESCRIBE {state}").fetchall()
-        for step in self.program.steps:
+        for step in op.program.steps:
             if step.fetch is not Fetch.VIEW:
                 continue
             action = "NULL::VARCHAR AS __action, " if step.effect is Effect.MERGES else ""
@@ -231,19 +245,19 @@ class MicroBatchExecution:
     def _scalar(self, sql: str) -> Any:
         return self.cursor.execute(sql).fetchall()[0][0]
 
-    def _describe_output(self) -> OutputSchema:
-        """Dry-run the batch over no rows, in a transaction rolled back, to type the output."""
-        plan = self.plan
+    def _dry_run(self, op: StatefulOperator, values: dict[str, Any]) -> list[str]:
+        """Run an operator's batch over no rows, in a transaction rolled back, to type what
+        it emits (the query's output, or the next operator's input): its types, and its
+        rows over no input as `op.empty_output`."""
         types: list[str] = []
         self.cursor.execute("BEGIN TRANSACTION").fetchall()
         try:
-            values = self._dry_run_values()
-            for step in self.program.steps:
+            for step in op.program.steps:
                 params = {p: values[p] for p in step.parameters} or None
                 if step.fetch is Fetch.EMIT:
                     described = self.cursor.execute(f"DESCRIBE {step.sql}", params).fetchall()
                     types = [row[1] for row in described]
-                    self.empty_output = self._run_step(step, params)
+                    self.empty_output = op.empty_output = self._run_step(step, params)
                     break
                 self._run_step(step, params)
         except duckdb.Error as error:
@@ -256,14 +270,7 @@ class MicroBatchExecution:
             ) from None
         finally:
             self.cursor.execute("ROLLBACK").fetchall()
-        return OutputSchema(
-            tuple(plan.output_names),
-            tuple(types),
-            plan.emit,
-            plan.stateful,
-            tuple(plan.key_names),
-            plan.keys_complete,
-        )
+        return types
 
     @property
     def last_committed(self) -> int | None:
@@ -284,19 +291,27 @@ class MicroBatchExecution:
             "committed_offsets": self.by_source(lambda s, end: s.public_offset(end)),
             "lag": self.by_source(lambda s, end: s.lag_by_partition(end) or s.backlog(end)),
             "watermark": timestamp_of(self.watermark),
-            "state_rows": self.state_rows if self.program.state_table else None,
+            "state_rows": self.state_rows if self.stateful else None,
             "dead_letters": self.dead_letters,
         }
 
     # -- one batch -------------------------------------------------------------------------
 
     @property
+    def stateful(self) -> bool:
+        return any(op.state_table for op in self.operators)
+
+    @property
+    def state_rows(self) -> int:
+        """The rows in the state of every operator."""
+        return sum(op.state_rows for op in self.operators)
+
+    @property
     def needs_no_data_batch(self) -> bool:
-        """The watermark moved past the one in force during the last batch."""
-        return (
-            self.plan.runs_no_data_batches
-            and self.watermark is not None
-            and self.watermark > self.late_threshold
+        """Some operator asks for a batch without data (Spark's shouldRunAnotherBatch)."""
+        return any(
+            op.should_run_another_batch(self.watermark, self.late_threshold)
+            for op in self.operators
         )
 
     def snapshot(self) -> Offsets:
@@ -333,7 +348,8 @@ class MicroBatchExecution:
         timings: dict[str, float] = {"plan": self.planning_ms}
         self.planning_ms = 0.0
         began = time.perf_counter()
-        self.state_updated = self.state_removed = 0
+        for op in self.operators:
+            op.begin_batch()
         inputs = {
             name: source.empty()
             if batch.end[name] == batch.start[name]
@@ -342,18 +358,19 @@ class MicroBatchExecution:
         }
         timings["read"] = _ms_since(began)
         mark = time.perf_counter()
-        state_rows, earliest_end = self.state_rows, self.earliest_end
+        kept = [(op.state_rows, op.earliest_end) for op in self.operators]
         retired = self._retired_through(batch.batch_id)
         try:
             values = self._values(batch)
             stats, inputs, per_source = self._measure(inputs, values)
+            self.reader.late_rows = stats.late_rows
             dead = {name: self._dead_letters(data, name) for name, data in inputs.items()}
             stored = {
                 name: rows if self.sources[name].on_error == "dead_letter" else rows.slice(0, 0)
                 for name, rows in dead.items()
             }
             with self._dead_letter_lock(stored), transaction(self.cursor):
-                emitted = self._execute_steps(batch, stats, values)
+                emitted = self._run_operators(batch, stats, values)
                 timings["execute"] = _ms_since(mark)
                 mark = time.perf_counter()
                 expired = sum(
@@ -382,7 +399,8 @@ class MicroBatchExecution:
                 if retired is not None:
                     self.checkpoint.forget_emitted_windows(retired)
         except BaseException:
-            self.state_rows, self.earliest_end = state_rows, earliest_end
+            for op, (state_rows, earliest_end) in zip(self.operators, kept, strict=True):
+                op.state_rows, op.earliest_end = state_rows, earliest_end
             raise
         finally:
             for view in self._registered:
@@ -479,27 +497,15 @@ class MicroBatchExecution:
         return None
 
     def _state_operators(self) -> list[dict[str, Any]]:
-        """Spark's stateOperators: the state store of the query's one stateful operator."""
-        if not self.program.state_table:
-            return []
-        return [
-            {
-                "operator": self.plan.kind.value,
-                "num_rows_total": self.state_rows,
-                "num_rows_updated": self.state_updated,
-                "num_rows_removed": self.state_removed,
-                **({"unbounded": True} if self.plan.join and self.plan.join.unbounded else {}),
-            }
-        ]
+        """Spark's stateOperators: the state store of each stateful operator."""
+        return [op.metrics() for op in self.operators if op.state_table]
 
-    def _values(self, batch: PlannedBatch) -> dict[str, Any]:
-        """The parameters of the batch's statements."""
-        late = batch.late_threshold_us
+    def _values(self, batch: PlannedBatch, op: StatefulOperator | None = None) -> dict[str, Any]:
+        """The parameters of the statements of `op` (by default the one reading the
+        sources) in the batch."""
         return {
             **self.plan.parameters,
-            "late": late,
-            "watermark": batch.watermark_us,
-            "late_cutoff": self.plan.late_cutoff(late),
+            **(op or self.reader).values(batch.late_threshold_us, batch.watermark_us),
             "query": self.checkpoint.query,
             "batch_id": batch.batch_id,
         }
@@ -512,7 +518,9 @@ class MicroBatchExecution:
         then knows every dead letter it stores)."""
         total = BatchStats()
         per_source = {}
-        for scan, statistics in zip(self.plan.scans, self.program.statistics, strict=True):
+        for scan, statistics in zip(
+            self.reader.plan.scans, self.reader.program.statistics, strict=True
+        ):
             name, source = scan.view, scan.name
             data = inputs[source]
             self._register(name, data.rows)
@@ -523,48 +531,64 @@ class MicroBatchExecution:
                 stats = self._statistics(statistics, data.rows, values)
             per_source[source] = stats
             total.add(stats)
-        step = self.program.window_statistics
-        if step is not None:
-            figures = self._run_step(step, {p: values[p] for p in step.parameters} or None)
-            total.null_event_times, total.late_rows, total.min_time_us = figures
+        self._window_figures(self.reader, total, values)
         return total, inputs, per_source
 
-    def _execute_steps(
+    def _window_figures(self, op: StatefulOperator, stats: BatchStats, values: dict) -> None:
+        """Over the relation an operator reads (not one input as it is): the rows whose
+        window time is NULL, the late rows, the earliest accepted window time."""
+        step = op.program.window_statistics
+        if step is not None:
+            figures = self._run_step(step, {p: values[p] for p in step.parameters} or None)
+            stats.null_event_times, stats.late_rows, stats.min_time_us = figures
+
+    def _run_operators(
         self, batch: PlannedBatch, stats: BatchStats, values: dict[str, Any]
     ) -> pa.Table:
-        """Run the batch's steps over the measured input; returns the emitted rows."""
-        window = self.plan.window
+        """Run each operator over the rows the one before emitted; returns the last one's."""
+        rows = self._execute_steps(self.reader, stats, values)
+        for op in self.operators[1:]:
+            values = self._values(batch, op)
+            self._register(op.plan.scans[0].view, rows)
+            figures = self._statistics(op.program.statistics[0], rows, values)
+            self._window_figures(op, figures, values)
+            op.late_rows = figures.late_rows
+            rows = self._execute_steps(op, figures, values)
+        return rows
+
+    def _execute_steps(
+        self, op: StatefulOperator, stats: BatchStats, values: dict[str, Any]
+    ) -> pa.Table:
+        """Run an operator's steps over its measured input; returns the rows it emits."""
+        window = op.plan.window
         if window and stats.min_time_us is not None:
             opened = window.first_end(stats.min_time_us)
-            self.earliest_end = (
-                opened if self.earliest_end is None else min(self.earliest_end, opened)
-            )
+            op.earliest_end = opened if op.earliest_end is None else min(op.earliest_end, opened)
+        watermark = values["watermark"]
         closes = (
-            self.earliest_end is not None
-            and batch.watermark_us is not None
-            and self.earliest_end <= batch.watermark_us
+            op.earliest_end is not None and watermark is not None and op.earliest_end <= watermark
         )
         sizes: dict[str, int] = {}
         emitted: pa.Table | None = None
-        for step in self.program.steps:
+        for step in op.program.steps:
             if (step.closes and not closes) or (
                 step.unless_empty and not sizes.get(step.unless_empty)
             ):
                 continue
-            result = self._apply(step, values)
+            result = self._apply(op, step, values)
             if step.view:
                 sizes[step.view] = result.num_rows
             if step.fetch is Fetch.EMIT:
                 emitted = result
         if closes:
-            self.earliest_end = self._scalar(self.program.earliest_end_sql)
-        if self.program.compaction and self.state_rows - self.compacted_rows > max(
-            COMPACTION_MIN_ROWS, self.compacted_rows
+            op.earliest_end = self._scalar(op.program.earliest_end_sql)
+        if op.program.compaction and op.state_rows - op.compacted_rows > max(
+            COMPACTION_MIN_ROWS, op.compacted_rows
         ):
-            for step in self.program.compaction:
-                self._apply(step, values, churn=False)
-            self.compacted_rows = self.state_rows
-        return self.empty_output if emitted is None else emitted
+            for step in op.program.compaction:
+                self._apply(op, step, values, churn=False)
+            op.compacted_rows = op.state_rows
+        return op.empty_output if emitted is None else emitted
 
     def _reject_bad_times(
         self, statistics: Statistics, data: SourceBatch, source: str
@@ -602,9 +626,11 @@ class MicroBatchExecution:
             origins.filter(pc.invert(bad)),
         )
 
-    def _apply(self, step: Step, values: dict[str, int | None], churn: bool = True) -> Any:
-        """Run a step and account for the state rows it adds, updates or removes (`churn`:
-        count them as the batch's updated and removed rows; compaction's are not)."""
+    def _apply(
+        self, op: StatefulOperator, step: Step, values: dict[str, Any], churn: bool = True
+    ) -> Any:
+        """Run a step of `op` and account for the state rows it adds, updates or removes
+        (`churn`: count them as the batch's updated and removed rows; compaction's are not)."""
         result = self._run_step(step, {name: values[name] for name in step.parameters} or None)
         added = removed = updated = 0
         if step.effect is Effect.MERGES:
@@ -614,10 +640,10 @@ class MicroBatchExecution:
             count = result.num_rows if isinstance(result, pa.Table) else result[0][0]
             added, removed = (count, 0) if step.effect is Effect.ADDS else (0, count)
             updated = added
-        self.state_rows += added - removed
+        op.state_rows += added - removed
         if churn:
-            self.state_updated += updated
-            self.state_removed += removed
+            op.updated += updated
+            op.removed += removed
         return result
 
     def _statistics(

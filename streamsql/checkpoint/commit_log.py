@@ -5,12 +5,9 @@ emitted. A batch is done once its record is here; the next batch starts from it.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
 from dataclasses import dataclass
 
-import duckdb
-
-from streamsql.checkpoint.schema import COMMITS, EMITTED_WINDOWS, from_json
+from streamsql.checkpoint.schema import COMMITS, EMITTED_WINDOWS, QueryRows, from_json
 
 
 @dataclass(frozen=True)
@@ -28,15 +25,8 @@ class CommitRecord:
         return max((m for m in self.max_event_by_source.values() if m is not None), default=None)
 
 
-class CommitLog:
-    """One query's commit log; `sources` names the sources it reads, in the query's order."""
-
-    def __init__(
-        self, cursor: duckdb.DuckDBPyConnection, query: str, sources: Sequence[str]
-    ) -> None:
-        self.cursor = cursor
-        self.query = query.lower()  # names are case-insensitive, as in DuckDB
-        self.sources = list(sources)
+class CommitLog(QueryRows):
+    """One query's commit log."""
 
     def add(self, commit: CommitRecord) -> None:
         """Called inside the batch's transaction."""

@@ -7,17 +7,13 @@ from __future__ import annotations
 import json
 import uuid
 
-import duckdb
-
 from streamsql.checkpoint.fingerprint import Fingerprint, changes
-from streamsql.checkpoint.schema import METADATA, OFFSETS, from_json
+from streamsql.checkpoint.schema import METADATA, OFFSETS, QueryRows, from_json
 from streamsql.errors import PlanningError
 
 
-class QueryMetadata:
-    def __init__(self, cursor: duckdb.DuckDBPyConnection, query: str) -> None:
-        self.cursor = cursor
-        self.query = query.lower()  # names are case-insensitive, as in DuckDB
+class QueryMetadata(QueryRows):
+    """One query's metadata row."""
 
     def is_new(self) -> bool:
         """Nothing of this query is recorded yet: no metadata, and no offsets (a checkpoint

@@ -10,13 +10,11 @@ started (Spark's initial offset), or, once older batches are purged, their offse
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-import duckdb
-
-from streamsql.checkpoint.schema import OFFSETS, from_json
+from streamsql.checkpoint.schema import OFFSETS, QueryRows, from_json
 
 Offsets = dict[str, Any]  # by source name, in the query's order: Spark's OffsetSeq
 
@@ -34,20 +32,12 @@ class PlannedBatch:
         return self.start == self.end
 
 
-class OffsetLog:
-    """One query's offset log.
+class OffsetLog(QueryRows):
+    """One query's offset log, with an offset for each of its `sources`.
 
-    `sources` names the sources whose offsets the log holds, in the query's order. The
-    offsets of a query of one source are logged as that source's offset alone, as they were
-    before queries read several: such checkpoints resume as they are.
+    The offsets of a query of one source are logged as that source's offset alone, as they
+    were before queries read several: such checkpoints resume as they are.
     """
-
-    def __init__(
-        self, cursor: duckdb.DuckDBPyConnection, query: str, sources: Sequence[str]
-    ) -> None:
-        self.cursor = cursor
-        self.query = query.lower()  # names are case-insensitive, as in DuckDB
-        self.sources = list(sources)
 
     def _encode(self, offsets: Offsets) -> str:
         if len(self.sources) == 1:

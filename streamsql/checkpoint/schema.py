@@ -9,6 +9,7 @@ an earlier version resumes as it is (columns are only ever added).
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from typing import Any
 
 import duckdb
@@ -70,6 +71,18 @@ TABLES = (
 )
 
 CHECKPOINT_TABLES = (OFFSETS, COMMITS, METADATA, EMITTED_WINDOWS, SINK_FILES)
+
+
+class QueryRows:
+    """One query's rows in a checkpoint table. `sources` names the sources the query reads,
+    in its order."""
+
+    def __init__(
+        self, cursor: duckdb.DuckDBPyConnection, query: str, sources: Sequence[str] = ()
+    ) -> None:
+        self.cursor = cursor
+        self.query = query.lower()  # names are case-insensitive, as in DuckDB
+        self.sources = list(sources)
 
 
 def create_tables(con: duckdb.DuckDBPyConnection) -> None:

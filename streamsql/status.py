@@ -22,7 +22,9 @@ from sqlglot import exp
 from streamsql.catalog.binding import source_def
 from streamsql.catalog.definitions import SourceDef
 from streamsql.checkpoint import dead_letters
-from streamsql.checkpoint.log import SCHEMA, Checkpoint, state_tables
+from streamsql.checkpoint.commit_log import CommitLog
+from streamsql.checkpoint.offset_log import OffsetLog
+from streamsql.checkpoint.schema import SCHEMA, state_tables
 from streamsql.engine.engine import STATUS_HEARTBEAT_SECONDS, source_instance, status_file
 from streamsql.errors import OperationalError
 from streamsql.format import elapsed_text
@@ -186,16 +188,17 @@ def _from_checkpoint(
     con: duckdb.DuckDBPyConnection, name: str, sql: str, running: bool
 ) -> dict[str, Any]:
     sources = _sources_of(con, sql)
-    checkpoint = Checkpoint(con, name, [s.name for s in sources])
-    last = checkpoint.last_commit()
-    ends = checkpoint.planned(last.batch_id).end if last else checkpoint.first_start()
+    names = [s.name for s in sources]
+    offset_log = OffsetLog(con, name, names)
+    last = CommitLog(con, name, names).latest()
+    ends = offset_log.get(last.batch_id).end if last else offset_log.first_start()
     tables = state_tables(con, name)
     state_rows = (
         sum(con.execute(f"SELECT count(*) FROM {table}").fetchall()[0][0] for table in tables)
         if tables
         else None
     )
-    planned = checkpoint.planned_ends()
+    planned = offset_log.planned_ends()
     figures = {
         s.name: _lag(con, s, (ends or {}).get(s.name), [end[s.name] for end in planned])
         for s in sources

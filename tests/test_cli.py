@@ -140,8 +140,8 @@ def test_status_of_a_file_that_is_not_a_streamsql_database_exits_1_with_a_messag
             sys.executable,
             "-c",
             "import os, sys, duckdb\n"
-            "from streamsql.checkpoint.log import Checkpoint\n"
-            "Checkpoint.create_tables(duckdb.connect(sys.argv[1]))\n"
+            "from streamsql.checkpoint.schema import create_tables\n"
+            "create_tables(duckdb.connect(sys.argv[1]))\n"
             "os.kill(os.getpid(), 9)",
             str(half),
         ],

@@ -1,10 +1,12 @@
 """The layout the design names (DESIGN section 6): connectors import nothing from the SQL
-dialect or the planner, every connector is found through the one registry, and the two Kafka
-clients implement the one client interface."""
+dialect or the planner, every connector is found through the one registry, the two Kafka
+clients implement the one client interface, and the checkpoint's logs are named after their
+role."""
 
 from __future__ import annotations
 
 import ast
+import importlib
 from pathlib import Path
 
 import streamsql
@@ -16,6 +18,11 @@ from streamsql.engine.statements import HANDLERS
 
 PACKAGE = Path(streamsql.__file__).parent
 FORBIDDEN = ("streamsql.sql", "streamsql.plan")
+ROLES = {  # Spark's OffsetSeqLog, CommitLog and StreamMetadata
+    "streamsql.checkpoint.offset_log": "OffsetLog",
+    "streamsql.checkpoint.commit_log": "CommitLog",
+    "streamsql.checkpoint.metadata": "QueryMetadata",
+}
 
 
 def imported_modules(path: Path) -> set[str]:
@@ -27,6 +34,16 @@ def imported_modules(path: Path) -> set[str]:
         elif isinstance(node, ast.ImportFrom) and node.module:
             modules.add(node.module)
     return modules
+
+
+def imported_names(path: Path) -> set[str]:
+    """Every `module.name` a file imports with `from module import name`."""
+    return {
+        f"{node.module}.{alias.name}"
+        for node in ast.walk(ast.parse(path.read_text(), str(path)))
+        if isinstance(node, ast.ImportFrom) and node.module
+        for alias in node.names
+    }
 
 
 def test_connectors_import_nothing_from_the_dialect_or_the_planner() -> None:
@@ -70,3 +87,23 @@ def test_statement_handlers_are_one_table_of_functions() -> None:
     assert all(callable(h) and h.__module__.startswith("streamsql.engine.") for h in handlers)
     names = {h.__name__ for h in handlers}
     assert {"create_source", "create_sink", "drop", "explain", "show", "push_query"} <= names
+
+
+def test_the_checkpoint_logs_are_modules_named_after_their_role() -> None:
+    """Spark's OffsetSeqLog, CommitLog and StreamMetadata each have their module; no catch-all
+    log module holds them, and the runtime uses each under its role."""
+    checkpoint = {path.stem for path in (PACKAGE / "checkpoint").glob("*.py")}
+    assert checkpoint == {
+        "__init__",
+        "offset_log",
+        "commit_log",
+        "metadata",
+        "schema",
+        "transactions",
+        "fingerprint",
+        "dead_letters",
+    }
+    runtime = imported_names(PACKAGE / "runtime" / "microbatch.py")
+    for module, role in ROLES.items():
+        assert getattr(importlib.import_module(module), role).__module__ == module
+        assert f"{module}.{role}" in runtime

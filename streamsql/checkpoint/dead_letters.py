@@ -20,7 +20,8 @@ import duckdb
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from streamsql.checkpoint.log import SCHEMA, Statements, registered, transaction
+from streamsql.checkpoint.schema import SCHEMA
+from streamsql.checkpoint.transactions import Statements, registered, transaction
 
 RECORDS = f"{SCHEMA}.dead_letter_records"
 LOG = f"{SCHEMA}.dead_letter_log"

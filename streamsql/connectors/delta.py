@@ -25,7 +25,8 @@ from deltalake.exceptions import DeltaError, TableNotFoundError
 from deltalake.schema import PrimitiveType
 
 from streamsql.catalog.definitions import Emit
-from streamsql.checkpoint.log import SCHEMA, kill_point, registered
+from streamsql.checkpoint.schema import SCHEMA
+from streamsql.checkpoint.transactions import kill_point, registered
 from streamsql.connectors.files.sink import typed_relation
 from streamsql.connectors.sink import OutputSchema, Sink
 from streamsql.errors import OperationalError, ProgrammingError

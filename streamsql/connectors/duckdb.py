@@ -12,7 +12,7 @@ import duckdb
 import pyarrow as pa
 
 from streamsql.catalog.definitions import Emit
-from streamsql.checkpoint.log import registered
+from streamsql.checkpoint.transactions import registered
 from streamsql.connectors.sink import OutputSchema, Sink
 from streamsql.errors import ProgrammingError
 from streamsql.quoting import one_statement, quote

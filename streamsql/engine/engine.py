@@ -27,15 +27,16 @@ from streamsql.catalog.binding import options_of, sink_def, source_def, union_as
 from streamsql.catalog.definitions import SinkDef, SourceDef, ViewDef
 from streamsql.checkpoint import dead_letters
 from streamsql.checkpoint.fingerprint import fingerprint
-from streamsql.checkpoint.log import (
+from streamsql.checkpoint.metadata import QueryMetadata
+from streamsql.checkpoint.schema import (
     CHECKPOINT_TABLES,
     SCHEMA,
-    Checkpoint,
-    Statements,
-    atomically,
+    create_tables,
+    forget_statements,
     state_table,
     state_tables,
 )
+from streamsql.checkpoint.transactions import Statements, atomically
 from streamsql.connectors.callback import BatchCallback, CallbackSink
 from streamsql.connectors.registry import SINK_CONNECTORS, SOURCE_CONNECTORS, connector_class
 from streamsql.connectors.sink import Sink
@@ -165,7 +166,7 @@ class Engine:
         try:
             self.db.execute("SET GLOBAL TimeZone = 'UTC'").fetchall()
             if not read_only:
-                Checkpoint.create_tables(self.db)
+                create_tables(self.db)
                 dead_letters.create_tables(self.db)
                 for statement in (*MACROS, CATALOG, CATALOG_PARAMETERS):
                     self.db.execute(statement).fetchall()
@@ -322,7 +323,7 @@ class Engine:
         (names, tables) = self.db.execute(
             f"""SELECT
                 (SELECT list(DISTINCT query) FROM ({
-                " UNION ALL ".join(f"SELECT query FROM {SCHEMA}.{t}" for t in CHECKPOINT_TABLES)
+                " UNION ALL ".join(f"SELECT query FROM {t}" for t in CHECKPOINT_TABLES)
             }) WHERE lower(query) NOT IN (SELECT lower(name) FROM {SCHEMA}.catalog
                                            WHERE kind = 'SINK')),
                 (SELECT list(table_name) FROM duckdb_tables()
@@ -335,7 +336,7 @@ class Engine:
         names, tables = names or [], tables or []
         statements: list[tuple[str, list[str]]] = []
         for name in names:
-            statements += Checkpoint(self.db, name).forget_statements()
+            statements += forget_statements(name)
         statements += [(f"DROP TABLE {SCHEMA}.{quote(table)}", []) for table in tables]
         if not statements:
             return
@@ -485,7 +486,7 @@ class Engine:
         (sink options, the trigger, projections and filters may change; Spark's rules)."""
         name = definition.name
         plan = self.plan(definition.query, definition.parameters, definition.options)
-        changed = Checkpoint(self.db, name).mismatch(fingerprint(plan))
+        changed = QueryMetadata(self.db, name).mismatch(fingerprint(plan))
         if changed:
             raise ProgrammingError(
                 f"Sink {name} already exists, and its checkpoint holds the state of a "
@@ -662,7 +663,7 @@ class Engine:
         name = definition.name
         statements = [
             self._forget_statement("SINK", name),
-            *Checkpoint(self.db, name).forget_statements(),
+            *forget_statements(name),
             *dead_letters.forget_statements(name),
             *((f"DROP TABLE IF EXISTS {table}", []) for table in state_tables(self.db, name)),
         ]

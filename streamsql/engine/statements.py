@@ -17,7 +17,8 @@ from sqlglot import exp
 from streamsql.catalog.binding import differences, sink_def, source_def
 from streamsql.catalog.definitions import SinkDef, SourceDef, ViewDef
 from streamsql.checkpoint import dead_letters
-from streamsql.checkpoint.log import Checkpoint, atomically, state_table_name
+from streamsql.checkpoint.schema import forget_statements, state_table_name
+from streamsql.checkpoint.transactions import atomically
 from streamsql.connectors.collect import CollectSink
 from streamsql.connectors.formats import cast_to_column
 from streamsql.connectors.memory import MemorySource
@@ -326,7 +327,7 @@ def push_query(
         if engine.closed:  # nothing left to forget in: its checkpoint went with the engine
             return
         with contextlib.closing(engine.cursor()) as cursor:
-            Checkpoint(cursor, name).forget()
+            atomically(cursor, forget_statements(name))
 
     return Result(columns=plan.output_names, stream=PushStream(query, sink, forget))
 

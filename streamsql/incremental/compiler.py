@@ -33,7 +33,7 @@ import sqlglot
 from sqlglot import exp
 
 from streamsql.catalog.definitions import INTERNAL_PREFIX, Emit
-from streamsql.checkpoint.log import EMITTED_WINDOWS
+from streamsql.checkpoint.schema import EMITTED_WINDOWS
 from streamsql.incremental.aggregates import StateColumn
 from streamsql.plan.plan import QueryKind, Scan, StreamingPlan
 from streamsql.quoting import literal

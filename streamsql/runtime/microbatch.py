@@ -24,16 +24,13 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from streamsql.catalog.definitions import INTERNAL_PREFIX
+from streamsql.checkpoint.commit_log import CommitLog, CommitRecord
 from streamsql.checkpoint.dead_letters import WRITE_LOCK, DeadLetters
 from streamsql.checkpoint.fingerprint import fingerprint
-from streamsql.checkpoint.log import (
-    Checkpoint,
-    CommitRecord,
-    Offsets,
-    PlannedBatch,
-    atomically,
-    transaction,
-)
+from streamsql.checkpoint.metadata import QueryMetadata
+from streamsql.checkpoint.offset_log import OffsetLog, Offsets, PlannedBatch
+from streamsql.checkpoint.schema import forget_statements
+from streamsql.checkpoint.transactions import atomically, transaction
 from streamsql.connectors.sink import OutputSchema, Sink
 from streamsql.connectors.source import Origins, Source, SourceBatch
 from streamsql.errors import (
@@ -113,7 +110,9 @@ class MicroBatchExecution:
         self.sources = {source.name: source for source in sources}  # in the plan's order
         self.sink = sink
         self.cursor = cursor  # this query's own connection to the engine database, in UTC
-        self.checkpoint = Checkpoint(self.cursor, name, list(self.sources))
+        self.metadata = QueryMetadata(self.cursor, name)
+        self.offset_log = OffsetLog(self.cursor, name, list(self.sources))
+        self.commit_log = CommitLog(self.cursor, name, list(self.sources))
         self.dead_letter_stores = {
             s.name: DeadLetters(self.cursor, name, s.name, s.dead_letter_retention) for s in sources
         }
@@ -136,8 +135,8 @@ class MicroBatchExecution:
     def start(self) -> None:
         """Claim the checkpoint, create state, resume from the last commit, open the sink.
         A query that fails to start on a new checkpoint leaves nothing behind."""
-        fresh = self.checkpoint.is_new()
-        self.id = self.checkpoint.claim(fingerprint(self.plan))
+        fresh = self.metadata.is_new()
+        self.id = self.metadata.claim(fingerprint(self.plan))
         try:
             self._resume()
             self.sink.open(self.cursor, self.output, self.id)
@@ -150,7 +149,7 @@ class MicroBatchExecution:
 
     def _discard(self, fresh: bool) -> None:
         if fresh:
-            statements = self.checkpoint.forget_statements()
+            statements = forget_statements(self.name)
             statements += [
                 (f"DROP TABLE IF EXISTS {op.state_table}", [])
                 for op in self.operators
@@ -161,16 +160,16 @@ class MicroBatchExecution:
     def _resume(self) -> None:
         for scan in self.reader.plan.scans:
             self.cursor.register(scan.view, self.sources[scan.name].schema.empty_table())
-        last = self.checkpoint.last_commit()
+        last = self.commit_log.latest()
         if self.reader.plan.has_watermark:
             self.watermark = self.late_threshold = 0
         if last is None:
-            self.committed_end = self.checkpoint.first_start()
+            self.committed_end = self.offset_log.first_start()
             if self.committed_end is None:  # a new query: its start is part of its checkpoint
                 self.committed_end = {n: s.initial_offset() for n, s in self.sources.items()}
-                self.checkpoint.log_initial(self.committed_end)
+                self.offset_log.add_initial(self.committed_end)
         else:
-            done = self.checkpoint.planned(last.batch_id)
+            done = self.offset_log.get(last.batch_id)
             self.batch_id = last.batch_id + 1
             self.committed_end = done.end
             self.watermark = last.next_watermark_us
@@ -190,7 +189,7 @@ class MicroBatchExecution:
                     op.earliest_end = self._scalar(op.program.earliest_end_sql)
                 self._create_state_views(op)
             types = self._dry_run(op, values)
-        ends = self.checkpoint.planned_ends()
+        ends = self.offset_log.planned_ends()
         for name, source in self.sources.items():
             source.recover([end[name] for end in ends])
         for store in self.dead_letter_stores.values():
@@ -237,7 +236,7 @@ class MicroBatchExecution:
             "late": 0,
             "watermark": 0,
             "late_cutoff": 0,
-            "query": self.checkpoint.query,
+            "query": self.metadata.query,
             "batch_id": self.batch_id,
             **self.plan.parameters,
         }
@@ -324,7 +323,7 @@ class MicroBatchExecution:
         sources' per-trigger limits apply."""
         if not self.recovered:
             self.recovered = True
-            logged = self.checkpoint.planned(self.batch_id)
+            logged = self.offset_log.get(self.batch_id)
             if logged is not None:
                 return logged
         began = time.perf_counter()
@@ -340,7 +339,7 @@ class MicroBatchExecution:
         batch = PlannedBatch(
             self.batch_id, self.committed_end, end, self.watermark, self.late_threshold
         )
-        self.checkpoint.log_offsets(batch)
+        self.offset_log.add(batch)
         self.planning_ms = _ms_since(began)
         return batch
 
@@ -387,7 +386,7 @@ class MicroBatchExecution:
                 self.sink.write(self.cursor, batch.batch_id, emitted)
                 timings["sink"] = _ms_since(mark)
                 mark = time.perf_counter()
-                self.checkpoint.record_commit(
+                self.commit_log.add(
                     CommitRecord(
                         batch.batch_id,
                         next_watermark,
@@ -397,7 +396,7 @@ class MicroBatchExecution:
                     )
                 )
                 if retired is not None:
-                    self.checkpoint.forget_emitted_windows(retired)
+                    self.commit_log.forget_emitted_windows(retired)
         except BaseException:
             for op, (state_rows, earliest_end) in zip(self.operators, kept, strict=True):
                 op.state_rows, op.earliest_end = state_rows, earliest_end
@@ -410,7 +409,9 @@ class MicroBatchExecution:
         for name, source in self.sources.items():
             source.committed(batch.end[name])
         if retired is not None:
-            self.checkpoint.truncate(retired, self._merge_ends)
+            with transaction(self.cursor):  # Spark's purge of both logs, here in one
+                self.offset_log.purge(retired, self._merge_ends)
+                self.commit_log.purge(retired)
         timings["commit"] = _ms_since(mark)
         timings["total"] = round(timings["plan"] + _ms_since(began), 3)
         self.batch_id = batch.batch_id + 1
@@ -506,7 +507,7 @@ class MicroBatchExecution:
         return {
             **self.plan.parameters,
             **(op or self.reader).values(batch.late_threshold_us, batch.watermark_us),
-            "query": self.checkpoint.query,
+            "query": self.metadata.query,
             "batch_id": batch.batch_id,
         }
 

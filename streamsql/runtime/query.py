@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 
 import duckdb
 
-from streamsql.checkpoint.log import Offsets
+from streamsql.checkpoint.offset_log import Offsets
 from streamsql.errors import Error, SourceUnavailable, StreamingQueryError, from_duckdb
 from streamsql.runtime.microbatch import MicroBatchExecution
 from streamsql.runtime.progress import QueryProgress, RunTotals, timestamp_of

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from streamsql.checkpoint.log import SCHEMA
+from streamsql.checkpoint.schema import SCHEMA
 from streamsql.secrets import redact
 from streamsql.shell.render import MODES
 

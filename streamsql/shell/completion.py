@@ -8,7 +8,7 @@ from collections.abc import Iterable, Iterator
 from prompt_toolkit.completion import CompleteEvent, Completer, Completion
 from prompt_toolkit.document import Document
 
-from streamsql.checkpoint.log import SCHEMA
+from streamsql.checkpoint.schema import SCHEMA
 from streamsql.connectors.registry import SINK_CONNECTORS, SOURCE_CONNECTORS
 from streamsql.engine import Engine
 

@@ -25,7 +25,8 @@ import duckdb
 import pyarrow as pa
 
 from streamsql.catalog.definitions import Emit
-from streamsql.checkpoint.log import SINK_FILES, registered, transaction
+from streamsql.checkpoint.schema import SINK_FILES
+from streamsql.checkpoint.transactions import registered, transaction
 from streamsql.connectors.sink import OutputSchema, Sink
 from streamsql.errors import OperationalError, ProgrammingError
 from streamsql.options import Configured

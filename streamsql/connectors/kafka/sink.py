@@ -26,7 +26,7 @@ from sqlglot import exp
 from sqlglot.dialects.duckdb import DuckDB
 from sqlglot.errors import ParseError, TokenError
 
-from streamsql.checkpoint.log import registered
+from streamsql.checkpoint.transactions import registered
 from streamsql.connectors.kafka.net import NetworkClients, within
 from streamsql.connectors.kafka.settings import client_settings, topic_names
 from streamsql.connectors.sink import OutputSchema, Sink

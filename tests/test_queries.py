@@ -79,6 +79,7 @@ def test_there_are_examples_for_every_seed_query() -> None:
         "windows_to_parquet",
         "enrichment_join",
         "union_of_two_sources",
+        "chained_windows",
     } <= names
 
 
@@ -350,3 +351,34 @@ def test_union_of_two_sources_counts_both_channels(tmp_path: Path) -> None:
     ).fetchall()
     assert sorted(got, key=repr) == sorted(expected, key=repr)
     assert {channel for _, channel, _, _ in got} == {"web", "app"}
+
+
+def test_chained_windows_count_the_five_minute_windows_of_each_quarter_hour(
+    tmp_path: Path,
+) -> None:
+    """Each quarter-hour the watermark closed holds the 5-minute windows per user of a
+    nested batch query (a 5-minute window's time is its end - 1 microsecond); no event of
+    the example is late, so every one counts."""
+    code, _, err = run(ROOT / "queries" / "chained_windows.sql", str(tmp_path / "app.db"))
+    assert code == 0, err
+    assert "240 rows in, 5 out, 0 late" in err
+    with duckdb.connect(str(tmp_path / "app.db"), read_only=True) as db:
+        (watermark_ms,) = db.execute(
+            "SELECT next_watermark_us // 1000 FROM _streamsql.commits "
+            "ORDER BY batch_id DESC LIMIT 1"
+        ).fetchall()[0]
+        got = db.execute(
+            "SELECT epoch_ms(window_start), users, active_slots, busiest_slot, events "
+            "FROM quarter_hour_activity"
+        ).fetchall()
+    quarter, five = 15 * MINUTE_MS, 5 * MINUTE_MS
+    expected = duckdb.sql(
+        f"SELECT (slot_end * 1000 - 1) // {quarter * 1000} * {quarter} AS start, "
+        "count(DISTINCT user_id), count(*), max(n), sum(n) FROM ("
+        f"SELECT timestamp // {five} * {five} + {five} AS slot_end, user_id, count(*) AS n "
+        f"FROM read_json_auto('{ROOT}/queries/data/events/*.jsonl') GROUP BY ALL "
+        f"HAVING slot_end <= {watermark_ms}) "
+        f"GROUP BY start HAVING start + {quarter} <= {watermark_ms}"
+    ).fetchall()
+    assert sorted(got) == sorted(expected)
+    assert len(got) == 5

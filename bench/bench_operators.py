@@ -10,7 +10,8 @@ same result computed by one DuckDB batch query over all the rows:
   - stream-static join: every event joined with a 10,000-row table (LEFT JOIN);
   - stream-stream join: impressions and clicks (half the events each), an interval join
     (click within 10 minutes of its impression);
-  - union: UNION ALL of two sources into a 5-minute tumbling count.
+  - union: UNION ALL of two sources into a 5-minute tumbling count;
+  - chained windows: per-key 1-minute windows counted per hour (a window over a window).
 
     python bench/bench_operators.py [--events 2000000] [--batch-rows 250000]
 """
@@ -83,6 +84,17 @@ CASES = [
         "WINDOW TUMBLING (ts, INTERVAL '5 minutes') GROUP BY window_start, k EMIT FINAL",
         "SELECT time_bucket(INTERVAL '5 minutes', ts) AS w, k, count(*) FROM "
         "(SELECT * FROM a UNION ALL SELECT * FROM b) GROUP BY ALL",
+    ),
+    Case(
+        "chained windows",
+        {"events": EVENTS.replace("{keys}", "1000").replace("{step}", "20000")},
+        "SELECT window_start, count(*) AS keys, sum(n) AS n FROM (SELECT window_time, k, "
+        "count(*) AS n FROM events WINDOW TUMBLING (ts, INTERVAL '1 minute') "
+        "GROUP BY window_start, window_end, k) WINDOW TUMBLING (window_time, INTERVAL '1 hour') "
+        "GROUP BY window_start EMIT FINAL",
+        "SELECT time_bucket(INTERVAL '1 hour', w) AS h, count(*), sum(n) FROM ("
+        "SELECT time_bucket(INTERVAL '1 minute', ts) AS w, k, count(*) AS n FROM events "
+        "GROUP BY ALL) GROUP BY ALL",
     ),
 ]
 

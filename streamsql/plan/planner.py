@@ -463,7 +463,7 @@ class Planner:
 
         sql = f"WITH {', '.join(parts)} SELECT * FROM ({sql_of(batch.transform(bound))}) LIMIT 0"
         try:
-            return [c[0] for c in self.con.execute(sql, parameters or None).description]
+            return [c[0] for c in self.con.execute(sql, _used(parameters, batch)).description]
         except duckdb.Error as error:
             raise PlanningError(
                 f"Invalid query: {_first_line(error)}", position=_culprit(select, error)
@@ -1011,8 +1011,9 @@ class Planner:
         alias = exp.to_identifier(ctes[-1][0]).sql("duckdb")
         sql = f"WITH {alias} AS ({relation}) {sql_of(batch)}"
         try:
+            queries = [item for _, item in ctes if isinstance(item, exp.Expr)]
             description = self.con.execute(
-                f"SELECT * FROM ({sql}) LIMIT 0", parameters or None
+                f"SELECT * FROM ({sql}) LIMIT 0", _used(parameters, batch, *queries)
             ).description
         except duckdb.Error as error:
             raise PlanningError(
@@ -1167,6 +1168,13 @@ def _streams(select: exp.Select, by_view: dict[str, Scan], once: set[str]) -> di
         for t in select.find_all(exp.Table)
         if t.name in by_view and t.name in once
     }
+
+
+def _used(parameters: dict[str, Any], *nodes: exp.Expr) -> dict[str, Any] | None:
+    """The values of the `$p<n>` placeholders in `nodes` (a query over part of a chain has
+    some of the query's)."""
+    names = {p.name for node in nodes for p in node.find_all(exp.Placeholder)}
+    return {name: value for name, value in parameters.items() if name in names} or None
 
 
 def _conjunction(conjuncts: list[exp.Expr]) -> exp.Expr | None:

@@ -338,9 +338,9 @@ NUMBERED = (
             "count",
         ),
         (
-            "SELECT DISTINCT user_id FROM (SELECT * FROM events WHERE amount > 0)",
+            "SELECT DISTINCT user_id FROM events JOIN users USING (user_id)",
             "deduplication-one-source",
-            "DISTINCT over a join, a UNION, a subquery, a CTE or a view is not supported yet",
+            "DISTINCT over a join or a UNION is not supported directly",
             "user_id",
         ),
         (
@@ -444,6 +444,45 @@ def test_select_distinct_with_the_event_time_drops_late_rows_and_forgets_keys(
     # L = 00:20 in batch 2: its row at 00:20 is late; W = 00:35 there forgets (1, 00:30)
     assert [p.num_late_rows for p in progress[:-1]] == [0, 0, 1]
     assert progress[-1] == 1
+
+
+def test_deduplication_of_a_subquery_runs_over_its_rows_as_a_second_operator(
+    tmp_path: Path,
+) -> None:
+    """The filter is an operator of its own (stateless), the deduplication the next one over
+    its rows, with the same watermark: Ws 00:21, 00:25, 00:40, 00:45 after batches 0-3."""
+    at = "2024-01-01 00:{}:00".format
+    batches = [
+        [
+            {"user_id": 1, "event_type": "a", "ts": at(30)},
+            {"user_id": 1, "event_type": "x", "ts": at(31)},
+            {"user_id": 2, "event_type": "a", "ts": at(31)},
+        ],
+        # u1 is in state until 00:40; u3 is new (L = the epoch), forgotten at 00:20 <= 00:21
+        [
+            {"user_id": 1, "event_type": "a", "ts": at(35)},
+            {"user_id": 3, "event_type": "a", "ts": at(10)},
+        ],
+        # u4 at 00:20 is at or below L = 00:21: late, counted by the deduplication
+        [
+            {"user_id": 1, "event_type": "a", "ts": at(50)},
+            {"user_id": 4, "event_type": "a", "ts": at(20)},
+        ],
+        [{"user_id": 1, "event_type": "a", "ts": at(55)}],  # u1 goes after this batch's rows
+        [{"user_id": 1, "event_type": "a", "ts": at(56)}],
+    ]
+    query = (
+        "SELECT user_id, ts FROM (SELECT * FROM events WHERE event_type <> 'x') AS e "
+        "DEDUPLICATE ON (user_id) WITHIN WATERMARK"
+    )
+    rows, progress = run_files(tmp_path, batches, query)
+    moment = dt.datetime(2024, 1, 1).replace
+    emitted = [(1, 30, 0), (2, 31, 0), (3, 10, 1), (1, 56, 4)]
+    assert rows == sorted([(u, moment(minute=m), b) for u, m, b in emitted], key=repr)
+    assert sum(p.num_late_rows for p in progress[:-1]) == 1
+    late = [p.state_operators[0]["num_rows_dropped_by_watermark"] for p in progress[:-1]]
+    assert late[:5] == [0, 0, 1, 0, 0]
+    assert progress[-1] == 1  # u1 from 00:56; u2 went at 00:41 <= 00:45
 
 
 def test_explain_shows_the_deduplication_steps() -> None:

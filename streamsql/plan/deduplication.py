@@ -240,8 +240,8 @@ def _expanded(expressions: list[exp.Expr], names: list[str]) -> list[exp.Expr]:
 def over_one_source(requested: Requested) -> PlanningError:
     """Deduplication reads one source as it is: its rows' input order is the batch's."""
     return PlanningError(
-        f"{requested.form} over a join, a UNION, a subquery, a CTE or a view is not supported "
-        "yet: deduplicate one source (FROM <source>)",
+        f"{requested.form} over a join or a UNION is not supported directly: deduplicate "
+        "one input, a source or a subquery (FROM (SELECT ... UNION ALL ...) AS u)",
         rule="deduplication-one-source",
         position=position_of(requested.at),
     )

@@ -40,8 +40,8 @@ from streamsql.plan.relation import (
     inline_ctes,
     inline_views,
     keeps_state,
+    operator_input,
     renamed_join,
-    stateful_input,
 )
 from streamsql.plan.stream_join import plan_stream_join
 from streamsql.sql import nodes, parse_expression, position_of
@@ -106,11 +106,12 @@ class Planner:
         watermark_policy: WatermarkPolicy,
     ) -> StreamingPlan:
         """The plan of `select` (`query` as written, its views and CTEs inlined)."""
-        below = stateful_input(select, self.sources)
+        below = operator_input(select, self.sources)
         if below is not None:
-            upstream = self._upstream_planner()._plan(
-                below.this, below.this, bound, watermark_policy
-            )
+            inner = below.this
+            if not isinstance(inner, exp.Select):  # a UNION ALL: the rows of its branches
+                inner = exp.select("*").from_(below.copy())
+            upstream = self._upstream_planner()._plan(inner, inner, bound, watermark_policy)
             name = below.alias_or_name or "__upstream"
             select.set("from_", exp.From(this=exp.Table(this=exp.to_identifier(name, quoted=True))))
             return self._plan_over(query, upstream, name, select, bound, watermark_policy)

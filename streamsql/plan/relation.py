@@ -185,19 +185,22 @@ def keeps_state(select: exp.Select) -> bool:
     return any(select.args.get(key) for key in keys) or bool(select.find(exp.AggFunc))
 
 
-def stateful_input(select: exp.Select, sources: Mapping[str, SourceDef]) -> exp.Subquery | None:
-    """The subquery `select` reads FROM when an operator that keeps state is in it or below
-    it (Spark 3.5's chained stateful operators): the query is then an operator over that
-    subquery's rows."""
+def operator_input(select: exp.Select, sources: Mapping[str, SourceDef]) -> exp.Subquery | None:
+    """The subquery `select` reads FROM when it runs as an operator of its own, the query
+    being the next one over its rows: when an operator that keeps state is in it or below
+    it (Spark 3.5's chained stateful operators), or when the query deduplicates (a
+    deduplication numbers the rows of one input in their order)."""
     from_ = select.args.get("from_")
     node = from_.this if from_ else None
     if (
         not isinstance(node, exp.Subquery)
-        or not isinstance(node.this, exp.Select)
         or row_number_form(select)  # its subquery numbers the rows to deduplicate
+        or select.args.get("joins")
     ):
         return None
-    return node if _below_state(node.this, sources) else None
+    if select.args.get("distinct") or select.args.get("deduplicate"):
+        return node
+    return node if isinstance(node.this, exp.Select) and _below_state(node.this, sources) else None
 
 
 def _below_state(select: exp.Select, sources: Mapping[str, SourceDef]) -> bool:

@@ -430,7 +430,7 @@ class MicroBatchExecution:
             batch_id=batch.batch_id,
             timestamp=dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds"),
             num_input_rows=stats.input_rows,
-            num_late_rows=stats.late_rows,
+            num_late_rows=sum(op.late_rows for op in self.operators),
             num_null_event_times=stats.null_event_times,
             num_dead_letters=sum(rows.num_rows for rows in dead.values()),
             num_output_rows=emitted.num_rows,

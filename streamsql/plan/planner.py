@@ -286,7 +286,7 @@ class Planner:
             sql="",
         )
         for table in select.find_all(exp.Table):
-            if not table.db and table.name.lower() in self.sources:
+            if not table.db and table.name.lower() in self.sources.keys() - {name.lower()}:
                 raise PlanningError(
                     f"{table.name} is read next to the rows of a {upstream.kind.value}: a query "
                     "over a stateful operator reads only that operator's rows (join the "

@@ -4,7 +4,7 @@ Spark 3.5+ runs several stateful operators in one query in append mode, each und
 watermark its input propagates (WatermarkPropagator.scala: a window passes its input
 watermark on, a stream-stream join the lower of its sides' state watermarks,
 StreamingSymmetricHashJoinExec.produceOutputWatermark), late rows judged against the
-previous batch's and state evicted by the current batch's. Two such queries run here over
+previous batch's and state evicted by the current batch's. Three such queries run here over
 the same small files in Spark and in streamsql, one file per source and batch
 (maxFilesPerTrigger / max_files_per_trigger = 1, trigger availableNow), and must emit the
 same rows in the same batches:
@@ -12,6 +12,7 @@ same rows in the same batches:
 - a window over a window: per-key 5-minute counts, added up per hour over their
   `window_time` (Spark's `groupBy(window(window_time("window"), "1 hour"))`), with a row
   late for the first window;
+- a window over a deduplication (`dropDuplicatesWithinWatermark`);
 - a window over a stream-stream LEFT OUTER interval join of two sources: impressions and
   clicks per 15 minutes of impression time, unmatched impressions counted once the
   watermark has proven no click can come, and an impression late for the join.
@@ -122,6 +123,26 @@ def window_over_window(session: SparkSession, tmp: Path) -> tuple[DataFrame, str
     return hourly, sql
 
 
+def window_over_deduplication(session: SparkSession, tmp: Path) -> tuple[DataFrame, str]:
+    path = write(tmp / "events", EVENTS, "k")
+    windows = (
+        read(session, path, "k")
+        .withWatermark("ts", "10 minutes")
+        .dropDuplicatesWithinWatermark(["k"])
+        .groupBy(F.window("ts", "15 minutes"))
+        .count()
+        .select("window.start", "window.end", "count")
+    )
+    sql = source("events", path, "k", "10 minutes") + (
+        "CREATE SINK out WITH (connector = 'duckdb') AS "
+        "SELECT window_start, window_end, count(*) AS n FROM ("
+        "  SELECT * FROM events DEDUPLICATE ON (k) WITHIN WATERMARK"
+        ") AS firsts WINDOW TUMBLING (ts, INTERVAL '15 minutes') "
+        "GROUP BY window_start, window_end EMIT FINAL"
+    )
+    return windows, sql
+
+
 def window_over_join(session: SparkSession, tmp: Path) -> tuple[DataFrame, str]:
     impressions = write(tmp / "impressions", IMPRESSIONS, "ad")
     clicks = write(tmp / "clicks", CLICKS, "ad")
@@ -164,6 +185,12 @@ EXPECTED = {
         4: [(at(0, 0), at(1, 0), 7, 7)],  # W = 01:10: 00:00-01:00 closes; a@00:03 was late
         7: [(at(1, 0), at(2, 0), 3, 3), (at(2, 0), at(3, 0), 1, 1)],  # the closing batch
     },
+    "window_over_deduplication": {  # a key is dropped while in state: until its first
+        2: [(at(0, 0), at(0, 15), 2)],  # row's time + 10 minutes passes the watermark, at
+        3: [(at(0, 15), at(0, 30), 1)],  # the end of a batch (a@58, b@64 and c@70 dropped)
+        5: [(at(1, 15), at(1, 30), 1)],
+        7: [(at(2, 0), at(2, 15), 1)],
+    },
     "window_over_join": {
         3: [(at(0, 0), at(0, 15), 4, 2)],  # a-a@5, b-b@9, c unmatched, a@12 unmatched
         4: [(at(0, 15), at(0, 30), 2, 1)],
@@ -178,7 +205,9 @@ def test_chained_operators_emit_what_spark_emits_batch_by_batch(
     tmp_path: Path,
 ) -> None:
     runs = {}
-    for number, build in enumerate((window_over_window, window_over_join)):
+    for number, build in enumerate(
+        (window_over_window, window_over_deduplication, window_over_join)
+    ):
         rows, sql = build(spark, tmp_path / build.__name__)
         run = SparkRun(rows, "append", tmp_path / f"checkpoint{number}")  # both run at once
         runs[build.__name__] = (

@@ -99,48 +99,48 @@ def read(session: SparkSession, path: Path, key: str) -> DataFrame:
     )
 
 
-def window_over_window(session: SparkSession, tmp: Path) -> tuple[DataFrame, str]:
+def events(session: SparkSession, tmp: Path) -> tuple[DataFrame, str]:
+    """EVENTS as a source 10 minutes of watermark delay behind: in Spark, in streamsql."""
     path = write(tmp / "events", EVENTS, "k")
-    per_key = (
-        read(session, path, "k")
-        .withWatermark("ts", "10 minutes")
-        .groupBy(F.window("ts", "5 minutes"), "k")
-        .count()
-    )
+    rows = read(session, path, "k").withWatermark("ts", "10 minutes")
+    return rows, source("events", path, "k", "10 minutes")
+
+
+SINK = "CREATE SINK out WITH (connector = 'duckdb') AS "
+
+
+def window_over_window(session: SparkSession, tmp: Path) -> tuple[DataFrame, str]:
+    rows, sql = events(session, tmp)
     hourly = (
-        per_key.groupBy(F.window(F.window_time("window"), "1 hour"))
+        rows.groupBy(F.window("ts", "5 minutes"), "k")
+        .count()
+        .groupBy(F.window(F.window_time("window"), "1 hour"))
         .agg(F.count("*").alias("keys"), F.sum("count").alias("n"))
         .select("window.start", "window.end", "keys", "n")
     )
-    sql = source("events", path, "k", "10 minutes") + (
-        "CREATE SINK out WITH (connector = 'duckdb') AS "
+    return hourly, sql + SINK + (
         "SELECT window_start, window_end, count(*) AS keys, sum(n) AS n FROM ("
         "  SELECT window_time, k, count(*) AS n FROM events"
         "  WINDOW TUMBLING (ts, INTERVAL '5 minutes') GROUP BY window_start, window_end, k"
         ") AS per_key WINDOW TUMBLING (window_time, INTERVAL '1 hour') "
         "GROUP BY window_start, window_end EMIT FINAL"
     )
-    return hourly, sql
 
 
 def window_over_deduplication(session: SparkSession, tmp: Path) -> tuple[DataFrame, str]:
-    path = write(tmp / "events", EVENTS, "k")
+    rows, sql = events(session, tmp)
     windows = (
-        read(session, path, "k")
-        .withWatermark("ts", "10 minutes")
-        .dropDuplicatesWithinWatermark(["k"])
+        rows.dropDuplicatesWithinWatermark(["k"])
         .groupBy(F.window("ts", "15 minutes"))
         .count()
         .select("window.start", "window.end", "count")
     )
-    sql = source("events", path, "k", "10 minutes") + (
-        "CREATE SINK out WITH (connector = 'duckdb') AS "
+    return windows, sql + SINK + (
         "SELECT window_start, window_end, count(*) AS n FROM ("
         "  SELECT * FROM events DEDUPLICATE ON (k) WITHIN WATERMARK"
         ") AS firsts WINDOW TUMBLING (ts, INTERVAL '15 minutes') "
         "GROUP BY window_start, window_end EMIT FINAL"
     )
-    return windows, sql
 
 
 def window_over_join(session: SparkSession, tmp: Path) -> tuple[DataFrame, str]:
@@ -165,8 +165,8 @@ def window_over_join(session: SparkSession, tmp: Path) -> tuple[DataFrame, str]:
     sql = (
         source("impressions", impressions, "ad", "5 minutes")
         + source("clicks", clicks, "ad", "5 minutes")
-        + "CREATE SINK out WITH (connector = 'duckdb') AS "
-        "SELECT window_start, window_end, count(*) AS n, count(c.ts) AS clicks "
+        + SINK
+        + "SELECT window_start, window_end, count(*) AS n, count(c.ts) AS clicks "
         "FROM impressions AS i LEFT OUTER JOIN clicks AS c "
         "ON i.ad = c.ad AND c.ts BETWEEN i.ts AND i.ts + INTERVAL '10 minutes' "
         "WINDOW TUMBLING (i.ts, INTERVAL '15 minutes') GROUP BY window_start, window_end "

@@ -40,6 +40,7 @@ from test_export_spark import (  # noqa: E402
 )
 
 START = dt.datetime(2024, 1, 1)
+US = dt.timedelta(microseconds=1)
 
 # (key, minutes after START) per file: one file per batch.
 EVENTS = [
@@ -160,13 +161,13 @@ def window_over_join(session: SparkSession, tmp: Path) -> tuple[DataFrame, str]:
     windows = (
         joined.groupBy(F.window("imp_ts", "15 minutes"))
         .agg(F.count("*").alias("n"), F.count("click_ts").alias("clicks"))
-        .select("window.start", "window.end", "n", "clicks")
+        .select("window.start", "window.end", F.window_time("window"), "n", "clicks")
     )
     sql = (
         source("impressions", impressions, "ad", "5 minutes")
         + source("clicks", clicks, "ad", "5 minutes")
         + SINK
-        + "SELECT window_start, window_end, count(*) AS n, count(c.ts) AS clicks "
+        + "SELECT window_start, window_end, window_time, count(*) AS n, count(c.ts) AS clicks "
         "FROM impressions AS i LEFT OUTER JOIN clicks AS c "
         "ON i.ad = c.ad AND c.ts BETWEEN i.ts AND i.ts + INTERVAL '10 minutes' "
         "WINDOW TUMBLING (i.ts, INTERVAL '15 minutes') GROUP BY window_start, window_end "
@@ -191,11 +192,14 @@ EXPECTED = {
         5: [(at(1, 15), at(1, 30), 1)],
         7: [(at(2, 0), at(2, 15), 1)],
     },
-    "window_over_join": {
-        3: [(at(0, 0), at(0, 15), 4, 2)],  # a-a@5, b-b@9, c unmatched, a@12 unmatched
-        4: [(at(0, 15), at(0, 30), 2, 1)],
-        5: [(at(0, 30), at(0, 45), 3, 2)],  # a@40 with clicks at 45 and 50, d unmatched
-        7: [(at(1, 0), at(1, 15), 1, 1), (at(1, 15), at(1, 30), 1, 1)],
+    "window_over_join": {  # window_time: the window's end - 1 microsecond
+        3: [(at(0, 0), at(0, 15), at(0, 15) - US, 4, 2)],  # a-a@5, b-b@9; c, a@12 unmatched
+        4: [(at(0, 15), at(0, 30), at(0, 30) - US, 2, 1)],
+        5: [(at(0, 30), at(0, 45), at(0, 45) - US, 3, 2)],  # a@40 clicked twice; d unmatched
+        7: [
+            (at(1, 0), at(1, 15), at(1, 15) - US, 1, 1),
+            (at(1, 15), at(1, 30), at(1, 30) - US, 1, 1),
+        ],
     },
 }
 

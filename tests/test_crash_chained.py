@@ -73,6 +73,7 @@ CREATE SINK ctr_rollup WITH (connector = 'parquet', path = 'out/ctr_rollup') AS
 # Each sink's state tables: the operator feeding the sink, then the ones below it.
 STATES = ("state_ctr", "state_ctr/op0", "state_ctr_rollup", "state_ctr_rollup/op0",
           "state_ctr_rollup/op1")  # fmt: skip
+RUN = ("run", "job.sql", "--db", "app.db", "--trigger", "available_now")  # in its directory
 QUERY_ID = re.compile(r"-[0-9a-f]{8}\.parquet$")  # a part file's query id: one per run
 
 
@@ -102,10 +103,6 @@ def prepare(run_dir: Path, files: int = FILES) -> None:
     run_dir.mkdir()
     write_input(run_dir / "data", files)
     (run_dir / "job.sql").write_text(JOB)
-
-
-def command() -> tuple[str, ...]:
-    return ("run", "job.sql", "--db", "app.db", "--trigger", "available_now")
 
 
 def results(run_dir: Path) -> dict[str, Any]:
@@ -153,7 +150,7 @@ def results(run_dir: Path) -> dict[str, Any]:
 
 
 def run_to_end(run_dir: Path, log: Path, what: str) -> None:
-    proc = harness.spawn(run_dir, log, command())
+    proc = harness.spawn(run_dir, log, RUN)
     if harness.wait_for(proc, time.monotonic() + 300) is None:
         proc.kill()
         proc.wait()
@@ -199,7 +196,7 @@ def test_sigkilled_chained_join_aggregations_equal_an_uninterrupted_run(tmp_path
             at_point = len(kills) % 2 == 1
             env = {KILL_IN_BATCH_AT: str(rng.randint(1, KILL_POINTS))} if at_point else {}
             spawned, wall = time.monotonic(), time.time()
-            proc = harness.spawn(crashed, log, command(), env)
+            proc = harness.spawn(crashed, log, RUN, env)
             until = spawned + (300 if at_point else rng.uniform(0.7 * batches_from, duration))
             if harness.wait_for(proc, until) is None:
                 proc.send_signal(signal.SIGKILL)

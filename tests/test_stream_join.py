@@ -267,3 +267,30 @@ def test_where_over_the_null_extended_side_filters_the_joined_rows(tmp_path: Pat
     finally:
         con.close()
     assert rows == [("A", at("10:00"), at("10:30")), ("Z", at("13:00"), at("13:00"))]
+
+
+def test_window_time_of_a_window_over_a_join(tmp_path: Path) -> None:
+    """`window_time` in the SELECT of a window written over a stream-stream join is the
+    window's end - 1 microsecond, as over a source. (The join's output names were taken
+    with it unbound: the query was refused, "Referenced column window_time not found".)
+    The window closes once the join's output watermark, W - 1 hour - 1 ms, passes 11:00."""
+    imp, clk = tmp_path / "impressions", tmp_path / "clicks"
+    write(imp, 0, [("A", at("10:00")), ("A", at("10:20"))])
+    write(clk, 0, [("A", at("10:30"))])
+    write(imp, 1, [("B", at("12:00"))])
+    write(clk, 1, [("B", at("12:10"))])
+    write(imp, 2, [("C", at("13:30"))])  # W = 13:30 in the batch after: 10:00-11:00 closes
+    write(clk, 2, [("C", at("13:30"))])
+    con = connect(tmp_path)
+    try:
+        run_to_end(
+            con,
+            "SELECT window_time, count(*) AS n, count(c.ts) AS clicks FROM impressions AS i "
+            "LEFT OUTER JOIN clicks AS c ON i.ad = c.ad "
+            "AND c.ts BETWEEN i.ts AND i.ts + INTERVAL '1 hour' "
+            "WINDOW TUMBLING (i.ts, INTERVAL '1 hour') GROUP BY window_start, window_end",
+        )
+        rows = con.execute("SELECT * FROM out").fetchall()
+    finally:
+        con.close()
+    assert rows == [(at("10:59:59.999999"), 2, 2)]

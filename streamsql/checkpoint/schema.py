@@ -9,6 +9,7 @@ an earlier version resumes as it is (columns are only ever added).
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -98,6 +99,10 @@ def state_table(query: str, operator: int | None = None) -> str:
 
 def state_table_name(query: str, operator: int | None = None) -> str:
     return f"state_{query}" + ("" if operator is None else f"/op{operator}")
+
+
+# The suffix of an operator's state table below the sink's (Python's and DuckDB's syntax).
+OPERATOR_STATE = re.compile(r"/op[0-9]+$")
 
 
 def state_tables(con: duckdb.DuckDBPyConnection, query: str) -> list[str]:

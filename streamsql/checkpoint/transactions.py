@@ -15,7 +15,11 @@ import duckdb
 # Tests set this to n to SIGKILL the process at the n-th kill point of `atomically` (before
 # each statement, before the COMMIT, after it): tests/test_crash.py kills DDL at every one.
 KILL_AT = "STREAMSQL_TEST_KILL_AT"
-_kill_points = itertools.count(1)
+# ... and this one at the n-th point of a batch's work: before each of its SQL steps (the
+# statistics just before its transaction, the operators' steps inside it) and before each
+# COMMIT of `transaction`: tests/test_crash_chained.py kills batches there.
+KILL_IN_BATCH_AT = "STREAMSQL_TEST_KILL_IN_BATCH_AT"
+_kill_points = {KILL_AT: itertools.count(1), KILL_IN_BATCH_AT: itertools.count(1)}
 
 Statements = Sequence[tuple[str, Sequence[Any]]]  # SQL with its bound parameters
 
@@ -27,6 +31,7 @@ def transaction(cursor: duckdb.DuckDBPyConnection) -> Iterator[None]:
     cursor.execute("BEGIN TRANSACTION").fetchall()
     try:
         yield
+        kill_point(KILL_IN_BATCH_AT)
         cursor.execute("COMMIT").fetchall()
     except BaseException:
         with contextlib.suppress(duckdb.Error):
@@ -45,10 +50,11 @@ def atomically(cursor: duckdb.DuckDBPyConnection, statements: Statements) -> Non
     kill_point()
 
 
-def kill_point() -> None:
-    """Tests only: SIGKILL this process at the STREAMSQL_TEST_KILL_AT-th point reached."""
-    at = os.environ.get(KILL_AT)
-    if at and next(_kill_points) == int(at):
+def kill_point(variable: str = KILL_AT) -> None:
+    """Tests only: SIGKILL this process at the n-th point of its kind reached, n the value
+    of the environment `variable` (KILL_AT or KILL_IN_BATCH_AT)."""
+    at = os.environ.get(variable)
+    if at and next(_kill_points[variable]) == int(at):
         os.kill(os.getpid(), signal.SIGKILL)
 
 

@@ -30,6 +30,7 @@ from streamsql.checkpoint.fingerprint import fingerprint
 from streamsql.checkpoint.metadata import QueryMetadata
 from streamsql.checkpoint.schema import (
     CHECKPOINT_TABLES,
+    OPERATOR_STATE,
     SCHEMA,
     create_tables,
     forget_statements,
@@ -329,9 +330,9 @@ class Engine:
                 (SELECT list(table_name) FROM duckdb_tables()
                  WHERE database_name = current_database() AND schema_name = ?
                    AND starts_with(table_name, 'state_')
-                   AND lower(table_name[7:]) NOT IN (SELECT lower(name) FROM {SCHEMA}.catalog
-                                                     WHERE kind = 'SINK'))""",
-            [SCHEMA],
+                   AND lower(regexp_replace(table_name[7:], ?, ''))  -- its sink
+                       NOT IN (SELECT lower(name) FROM {SCHEMA}.catalog WHERE kind = 'SINK'))""",
+            [SCHEMA, OPERATOR_STATE.pattern],
         ).fetchall()[0]
         names, tables = names or [], tables or []
         statements: list[tuple[str, list[str]]] = []
@@ -343,7 +344,7 @@ class Engine:
         atomically(self.db, statements)
         dropped = sorted(
             {n.lower() for n in names if not n.startswith("__push_")}
-            | {t[len("state_") :].lower() for t in tables}
+            | {OPERATOR_STATE.sub("", t[len("state_") :]).lower() for t in tables}
         )
         if dropped:
             warnings.warn(

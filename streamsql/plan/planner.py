@@ -443,24 +443,31 @@ class Planner:
         self, select: exp.Select, scans: list[Scan], parameters: dict[str, Any]
     ) -> list[str]:
         """The names DuckDB gives the query's columns over its join as written (its columns
-        are renamed in the relation the operator reads); the window bounds, which no
-        relation of the join has yet, stand in as NULL timestamps."""
+        are renamed in the relation the operator reads); the window bounds and the
+        window's `window_time`, which no relation of the join has yet, stand in as NULL
+        timestamps."""
         parts = [
             f"{exp.to_identifier(s.view).sql('duckdb')} AS "
             f"({self.empty_relation(s.source, s.derived)})"
             for s in scans
         ]
         batch = select.copy()
+        windowed = bool(select.args.get("stream_window"))
+
+        def stand_in(node: exp.Expr) -> bool:
+            if not isinstance(node, exp.Column):
+                return False
+            name = node.name.lower()
+            return name in WINDOW_COLUMNS or (windowed and name == WINDOW_TIME and not node.table)
+
         for key in ("stream_window", "emit"):
             batch.set(key, None)
         for item in batch.expressions:
-            if isinstance(item, exp.Column) and item.name.lower() in WINDOW_COLUMNS:
+            if stand_in(item):
                 item.replace(exp.alias_(item.copy(), item.name, quoted=True))
 
         def bound(node: exp.Expr) -> exp.Expr:
-            if isinstance(node, exp.Column) and node.name.lower() in WINDOW_COLUMNS:
-                return exp.cast(exp.null(), "TIMESTAMP")
-            return node
+            return exp.cast(exp.null(), "TIMESTAMP") if stand_in(node) else node
 
         sql = f"WITH {', '.join(parts)} SELECT * FROM ({sql_of(batch.transform(bound))}) LIMIT 0"
         try:

@@ -30,7 +30,12 @@ from streamsql.checkpoint.fingerprint import fingerprint
 from streamsql.checkpoint.metadata import QueryMetadata
 from streamsql.checkpoint.offset_log import OffsetLog, Offsets, PlannedBatch
 from streamsql.checkpoint.schema import forget_statements
-from streamsql.checkpoint.transactions import atomically, transaction
+from streamsql.checkpoint.transactions import (
+    KILL_IN_BATCH_AT,
+    atomically,
+    kill_point,
+    transaction,
+)
 from streamsql.connectors.sink import OutputSchema, Sink
 from streamsql.connectors.source import Origins, Source, SourceBatch
 from streamsql.errors import (
@@ -683,6 +688,7 @@ class MicroBatchExecution:
 
     def _run_step(self, step: Step, params: dict[str, int | None] | None) -> Any:
         """Run one statement; a VIEW result is registered under its name for later steps."""
+        kill_point(KILL_IN_BATCH_AT)
         if step.fetch in (Fetch.VIEW, Fetch.EMIT):
             rows = self.cursor.sql(step.sql, params=params).to_arrow_table()
             if step.view:

@@ -329,8 +329,9 @@ class Engine:
                 (SELECT list(table_name) FROM duckdb_tables()
                  WHERE database_name = current_database() AND schema_name = ?
                    AND starts_with(table_name, 'state_')
-                   AND lower(table_name[7:]) NOT IN (SELECT lower(name) FROM {SCHEMA}.catalog
-                                                     WHERE kind = 'SINK'))""",
+                   -- state_<sink> and, below it in a chain, state_<sink>/op<i>
+                   AND lower(regexp_replace(table_name[7:], '/op[0-9]+$', '')) NOT IN (
+                       SELECT lower(name) FROM {SCHEMA}.catalog WHERE kind = 'SINK'))""",
             [SCHEMA],
         ).fetchall()[0]
         names, tables = names or [], tables or []

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import warnings
 from collections.abc import Sequence
 from dataclasses import replace
 
@@ -30,6 +31,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from test_incremental_properties import check_rows, interval, micros, progress_figures
 from test_multi_source_properties import UNIT, Batches, Row, batches, events, run_sink
+from test_stream_join_properties import events as join_events
+
+from streamsql.errors import UnboundedStateWarning
 
 EXAMPLES = int(os.environ.get("STREAMSQL_CHAIN_EXAMPLES", "200"))
 SETTINGS = settings(
@@ -123,12 +127,12 @@ def model_late_and_nulls(infos: Sequence[model.BatchInfo]) -> list[tuple]:
     ]
 
 
-def row_table(rows: Sequence[Row], ids: Sequence[int], time: dict[int, int]) -> dict[str, list]:
-    by_id = {r.row_id: r for r in rows}
+def row_table(rows: Sequence[Row], time: dict[int, int] | None = None) -> dict[str, pa.Array]:
+    """The columns of `accepted` for closed_windows: t (the row's ts, or time[row_id]), k, x."""
     return {
-        "t": [time[i] for i in ids],
-        "k": [by_id[i].k for i in ids],
-        "x": [by_id[i].x for i in ids],
+        "t": pa.array([r.ts if time is None else time[r.row_id] for r in rows], pa.int64()),
+        "k": pa.array([r.k for r in rows], pa.string()),
+        "x": pa.array([r.x for r in rows], pa.int64()),
     }
 
 
@@ -209,4 +213,192 @@ def test_window_over_window_matches_reference(
         db.close()
     names = ["k", "groups", "n", "sx"] if keyed else ["groups", "n", "sx"]
     check_chain("window over window", run, above, expected, names, keyed)
+    shutil.rmtree(directory)
+
+
+# -- a window over a deduplication -----------------------------------------------------------
+
+DEDUPLICATIONS = {
+    # spelling -> (the subquery, its key columns, within watermark, a key column is the time)
+    "k": ("SELECT * FROM s0 DEDUPLICATE ON (k)", ("k",), False, False),
+    "k, x": ("SELECT * FROM s0 DEDUPLICATE ON (k, x)", ("k", "x"), False, False),
+    "k within": ("SELECT * FROM s0 DEDUPLICATE ON (k) WITHIN WATERMARK", ("k",), True, False),
+    "x within": ("SELECT * FROM s0 DEDUPLICATE ON (x) WITHIN WATERMARK", ("x",), True, False),
+    "distinct": ("SELECT DISTINCT k, ts, x FROM s0", ("k", "ts", "x"), False, True),
+}
+
+
+@SETTINGS
+@given(
+    source=batches(0),
+    delay=st.integers(0, 3),
+    spelling=st.sampled_from(sorted(DEDUPLICATIONS)),
+    size=st.integers(1, 4),
+    stop=st.integers(-1, 4),
+)
+def test_window_over_deduplication_matches_reference(
+    tmp_path_factory, source: Batches, delay, spelling, size, stop
+) -> None:
+    source = source or ((),)
+    stops = stops_of(stop)
+    subquery, keys, within, key_has_time = DEDUPLICATIONS[spelling]
+    query = (
+        f"SELECT window_start, window_end, k, count(*) AS n, sum(x) AS sx FROM ({subquery}) "
+        f"AS d WINDOW TUMBLING (ts, {interval(size * UNIT)}) GROUP BY window_start, window_end, "
+        "k EMIT FINAL"
+    )
+    directory = tmp_path_factory.mktemp("window-dedup")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UnboundedStateWarning)  # DEDUPLICATE ON (k) keeps keys
+        run = run_sink(directory, [("s0", source, delay * UNIT)], query, stops)
+    keyed = [
+        [model.Event(r.row_id, r.ts, tuple(getattr(r, k) for k in keys)) for r in batch]
+        for batch in source
+    ]
+    below = model.deduplicate(keyed, delay * UNIT, within, key_has_time, set(stops))
+    steps = model.schedule(keyed, delay * UNIT, set(stops))
+    rows = [r for batch in source for r in batch]
+    inputs: list[list[model.Event]] = [[] for _ in steps]
+    for r in rows:
+        if r.row_id in below.emitted:
+            inputs[below.emitted[r.row_id]].append(model.Event(r.row_id, r.ts, (r.k,)))
+    above = model.run_over(steps, inputs, model.Tumbling(size * UNIT), 0)
+    assert late_and_nulls(run[2]) == model_late_and_nulls(below.batches), "progress"
+    accepted = [r for r in rows if r.row_id in below.emitted]
+    db = duckdb.connect()
+    try:
+        db.register("accepted", pa.table(row_table(accepted)))
+        expected = closed_windows(db, size * UNIT, steps[-1].watermark, "count(*), sum(x)")
+    finally:
+        db.close()
+    check_chain(f"window over {spelling}", run, above, expected, ["k", "n", "sx"])
+    shutil.rmtree(directory)
+
+
+# -- a window over a stream-stream join ------------------------------------------------------
+
+JOIN = "s0 AS l {kind} s1 AS r ON l.k = r.k AND r.ts BETWEEN l.ts {low} AND l.ts {high}"
+SPELLINGS = {
+    # the window written over the join directly, or over a subquery or CTE holding it
+    "direct": (
+        "SELECT window_start, window_end, l.k AS k, count(*) AS n, sum(l.x) AS lx, "
+        "sum(r.x) AS rx FROM {join} WINDOW TUMBLING ({side}.ts, {size}) "
+        "GROUP BY window_start, window_end, l.k EMIT FINAL"
+    ),
+    "subquery": (
+        "SELECT window_start, window_end, k, count(*) AS n, sum(lx) AS lx, sum(rx) AS rx "
+        "FROM (SELECT l.k AS k, {side}.ts AS t, l.x AS lx, r.x AS rx FROM {join}) AS j "
+        "WINDOW TUMBLING (t, {size}) GROUP BY window_start, window_end, k EMIT FINAL"
+    ),
+    "cte": (
+        "WITH j AS (SELECT l.k AS k, {side}.ts AS t, l.x AS lx, r.x AS rx FROM {join}) "
+        "SELECT window_start, window_end, k, count(*) AS n, sum(lx) AS lx, sum(rx) AS rx "
+        "FROM j WINDOW TUMBLING (t, {size}) GROUP BY window_start, window_end, k EMIT FINAL"
+    ),
+}
+
+
+def offset(seconds: int) -> str:
+    """`+ INTERVAL ...` or `- INTERVAL ...` (an interval is never negative)."""
+    return f"{'-' if seconds < 0 else '+'} {interval(abs(seconds) * UNIT)}"
+
+
+@st.composite
+def join_cases(draw: st.DrawFn) -> tuple:
+    """An inner join needs a watermark on one side at least (else nothing bounds its state
+    and it passes on no watermark), a left outer join one on its right side; the window is
+    on the time of a side with a watermark (the left one for a left outer join, whose right
+    time is NULL in NULL-extended rows)."""
+    kind = draw(st.sampled_from(["JOIN", "LEFT OUTER JOIN"]))
+    if kind == "JOIN":
+        delays = draw(
+            st.tuples(st.sampled_from([None, 0, 2]), st.sampled_from([None, 0, 3])).filter(
+                lambda d: d != (None, None)
+            )
+        )
+        side = draw(
+            st.sampled_from([s for s, d in zip("lr", delays, strict=True) if d is not None])
+        )
+    else:
+        delays = draw(st.tuples(st.sampled_from([0, 2]), st.sampled_from([0, 3])))
+        side = "l"
+    low = draw(st.integers(-3, 2))
+    return kind, delays, side, low, low + draw(st.integers(0, 4))
+
+
+@SETTINGS
+@given(
+    left=batches(0),
+    right=batches(1000),
+    case=join_cases(),
+    spelling=st.sampled_from(sorted(SPELLINGS)),
+    size=st.integers(1, 4),
+    policy=st.sampled_from(["min", "max"]),
+    stop=st.integers(-1, 4),
+)
+def test_window_over_stream_join_matches_reference(
+    tmp_path_factory, left: Batches, right: Batches, case, spelling, size, policy, stop
+) -> None:
+    kind, delays, side, low, high = case
+    if not left and not right:
+        left = ((),)
+    stops = stops_of(stop)
+    join = JOIN.format(kind=kind, low=offset(low), high=offset(high))
+    query = SPELLINGS[spelling].format(join=join, side=side, size=interval(size * UNIT))
+    directory = tmp_path_factory.mktemp("window-join")
+    delays_us = tuple(None if d is None else d * UNIT for d in delays)
+    sources = [("s0", left, delays_us[0]), ("s1", right, delays_us[1])]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UnboundedStateWarning)  # an inner join, one watermark
+        run = run_sink(
+            directory, sources, query, stops, options=f", multiple_watermark_policy = '{policy}'"
+        )
+    join_type = "inner" if kind == "JOIN" else "left"
+    before, after = -low * UNIT, high * UNIT
+    below = model.run_join(
+        join_events(left, join_type, 0),
+        join_events(right, join_type, 1),
+        delays_us,
+        join_type,
+        before,
+        after,
+        policy,
+        set(stops),
+    )
+    shift = model.join_shift(delays_us, before, after)
+    rows = {r.row_id: r for source in (left, right) for batch in source for r in batch}
+    inputs: list[list[model.Event]] = [[] for _ in below.steps]
+    pairs = []
+    for number, (batch_id, lid, rid) in enumerate(below.emitted):
+        lrow, rrow = rows[lid], rows.get(rid)
+        t = lrow.ts if side == "l" else rrow.ts
+        inputs[batch_id].append(model.Event(number, t, (lrow.k,)))
+        pairs.append((t, lrow.k, lrow.x, rrow.x if rrow else None))
+    above = model.run_over(below.steps, inputs, model.Tumbling(size * UNIT), shift)
+    got = [(*progress_figures([p])[0][:4], p.num_late_rows) for p in run[2]]
+    want = [
+        (n, s.watermark, s.late_threshold, s.batch is None, late)
+        for n, (s, late) in enumerate(zip(below.steps, below.late_rows, strict=True))
+    ]
+    assert got == want, "batches (id, watermark, late threshold, no-data, late rows)"
+    db = duckdb.connect()
+    try:
+        columns = list(zip(*pairs, strict=True)) if pairs else [[]] * 4
+        db.register(
+            "accepted",
+            pa.table(
+                {
+                    "t": pa.array(columns[0], pa.int64()),
+                    "k": pa.array(columns[1], pa.string()),
+                    "lx": pa.array(columns[2], pa.int64()),
+                    "rx": pa.array(columns[3], pa.int64()),
+                }
+            ),
+        )
+        closed_by = below.steps[-1].watermark + shift
+        expected = closed_windows(db, size * UNIT, closed_by, "count(*), sum(lx), sum(rx)")
+    finally:
+        db.close()
+    label = f"window over {kind} ({spelling}, on {side}.ts)"
+    check_chain(label, run, above, expected, ["k", "n", "lx", "rx"])
     shutil.rmtree(directory)

@@ -608,9 +608,11 @@ def run_join(
 #   StreamingSymmetricHashJoinHelper.getStateWatermark): with run_join's bounds, shift =
 #   min(0, the bounds of the sides that have one) (`join_shift`).
 # - Each operator drops late rows with the watermark it ran under in the batch before and
-#   evicts with the one of this batch (IncrementalExecution: eventTimeWatermarkForLateEvents
-#   from the previous batch's propagated input watermark, eventTimeWatermarkForEviction from
-#   this one's), so an operator shifted by s runs with L_N + s and W_N + s.
+#   evicts with the one of this batch (IncrementalExecution.scala, WatermarkPropagationRule:
+#   eventTimeWatermarkForLateEvents from watermarkPropagator.getInputWatermarkForLateEvents,
+#   the operator's input watermark of the previous batch; eventTimeWatermarkForEviction from
+#   getInputWatermarkForEviction, this batch's), so an operator shifted by s runs with
+#   L_N + s and W_N + s.
 # - The rows an operator emits in batch N are the input of the next one in batch N: one
 #   physical plan runs per micro-batch (IncrementalExecution), a no-data batch included.
 # - A window over a window reads its rows at window_time = window_end - 1 microsecond

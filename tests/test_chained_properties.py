@@ -29,8 +29,14 @@ import pyarrow as pa
 import reference_model as model
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from test_incremental_properties import check_rows, interval, micros, progress_figures
-from test_multi_source_properties import UNIT, Batches, Row, batches, events, run_sink
+from test_incremental_properties import (
+    check_rows,
+    interval,
+    micros,
+    progress_figures,
+    window_clause,
+)
+from test_multi_source_properties import UNIT, Batches, batches, events, run_sink
 from test_stream_join_properties import events as join_events
 
 from streamsql.errors import UnboundedStateWarning
@@ -47,12 +53,6 @@ INNER_WINDOWS = st.one_of(
         lambda w: model.Hopping(w[0] * UNIT, w[1] * UNIT)
     ),
 )
-
-
-def window_clause(window: model.Tumbling | model.Hopping, column: str) -> str:
-    if isinstance(window, model.Tumbling):
-        return f"WINDOW TUMBLING ({column}, {interval(window.size)})"
-    return f"WINDOW HOPPING ({column}, {interval(window.size)}, {interval(window.slide)})"
 
 
 def closed_windows(
@@ -103,15 +103,16 @@ def check_chain(
     assert dropped == [b.num_late_rows for b in outer.batches], f"{label}: late rows above"
 
 
-def late_and_nulls(progress: Sequence) -> list[tuple]:
-    """Progress figures with the late rows of the query (the first operator's)."""
+def query_figures(progress: Sequence) -> list[tuple]:
+    """progress_figures with the query's late rows, and those the first operator dropped."""
     return [
         (*figures, p.num_late_rows, p.state_operators[0]["num_rows_dropped_by_watermark"])
         for figures, p in zip(progress_figures(progress), progress, strict=True)
     ]
 
 
-def model_late_and_nulls(infos: Sequence[model.BatchInfo]) -> list[tuple]:
+def model_query_figures(infos: Sequence[model.BatchInfo]) -> list[tuple]:
+    """The same figures, as the model of the first operator has them."""
     return [
         (
             b.batch_id,
@@ -125,15 +126,6 @@ def model_late_and_nulls(infos: Sequence[model.BatchInfo]) -> list[tuple]:
         )
         for b in infos
     ]
-
-
-def row_table(rows: Sequence[Row], time: dict[int, int] | None = None) -> dict[str, pa.Array]:
-    """The columns of `accepted` for closed_windows: t (the row's ts, or time[row_id]), k, x."""
-    return {
-        "t": pa.array([r.ts if time is None else time[r.row_id] for r in rows], pa.int64()),
-        "k": pa.array([r.k for r in rows], pa.string()),
-        "x": pa.array([r.x for r in rows], pa.int64()),
-    }
 
 
 def stops_of(stop: int) -> list[int]:
@@ -161,7 +153,7 @@ def test_window_over_window_matches_reference(
     query = (
         f"SELECT window_start, window_end{key}, count(*) AS groups, sum(n) AS n, "
         f"sum(sx) AS sx FROM (SELECT window_time, k, count(*) AS n, sum(x) AS sx FROM s0 "
-        f"{window_clause(inner, 'ts')} GROUP BY window_start, window_end, k) AS per_key "
+        f"{window_clause(inner)} GROUP BY window_start, window_end, k) AS per_key "
         f"WINDOW TUMBLING (window_time, {interval(outer * UNIT)}) "
         f"GROUP BY window_start, window_end{key} EMIT FINAL"
     )
@@ -175,7 +167,7 @@ def test_window_over_window_matches_reference(
         for step in model.window_rows(below, steps)
     ]
     above = model.run_over(steps, windows, model.Tumbling(outer * UNIT), 0)
-    assert late_and_nulls(run[2]) == model_late_and_nulls(below.batches), "progress"
+    assert query_figures(run[2]) == model_query_figures(below.batches), "progress"
     # The batch query: the window below over the (row, window) pairs its operator accepted
     # (emitted or still open), the window above over its rows at window_time.
     rows = [r for batch in source for r in batch]
@@ -263,11 +255,20 @@ def test_window_over_deduplication_matches_reference(
         if r.row_id in below.emitted:
             inputs[below.emitted[r.row_id]].append(model.Event(r.row_id, r.ts, (r.k,)))
     above = model.run_over(steps, inputs, model.Tumbling(size * UNIT), 0)
-    assert late_and_nulls(run[2]) == model_late_and_nulls(below.batches), "progress"
+    assert query_figures(run[2]) == model_query_figures(below.batches), "progress"
     accepted = [r for r in rows if r.row_id in below.emitted]
     db = duckdb.connect()
     try:
-        db.register("accepted", pa.table(row_table(accepted)))
+        db.register(
+            "accepted",
+            pa.table(
+                {
+                    "t": pa.array([r.ts for r in accepted], pa.int64()),
+                    "k": pa.array([r.k for r in accepted], pa.string()),
+                    "x": pa.array([r.x for r in accepted], pa.int64()),
+                }
+            ),
+        )
         expected = closed_windows(db, size * UNIT, steps[-1].watermark, "count(*), sum(x)")
     finally:
         db.close()
@@ -375,6 +376,10 @@ def test_window_over_stream_join_matches_reference(
         inputs[batch_id].append(model.Event(number, t, (lrow.k,)))
         pairs.append((t, lrow.k, lrow.x, rrow.x if rrow else None))
     above = model.run_over(below.steps, inputs, model.Tumbling(size * UNIT), shift)
+    # A side without a watermark keeps the other's rows for good, so a row arriving on it
+    # late can join an old one below the watermark the join passes on: the window drops
+    # that pair as late (counted by check_chain), as Spark's would.
+    pairs = [pair for number, pair in enumerate(pairs) if number in above.accepted]
     got = [(*progress_figures([p])[0][:4], p.num_late_rows) for p in run[2]]
     want = [
         (n, s.watermark, s.late_threshold, s.batch is None, late)

@@ -33,6 +33,7 @@ from test_incremental_properties import (
     check_rows,
     interval,
     micros,
+    model_figures,
     progress_figures,
     window_clause,
 )
@@ -111,20 +112,11 @@ def query_figures(progress: Sequence) -> list[tuple]:
     ]
 
 
-def model_query_figures(infos: Sequence[model.BatchInfo]) -> list[tuple]:
+def model_query_figures(outcome: model.Outcome | model.DedupOutcome) -> list[tuple]:
     """The same figures, as the model of the first operator has them."""
     return [
-        (
-            b.batch_id,
-            b.watermark,
-            b.late_threshold,
-            b.no_data,
-            b.num_input_rows,
-            b.num_null_event_times,
-            b.num_late_rows,
-            b.num_late_rows,
-        )
-        for b in infos
+        (*figures, b.num_late_rows, b.num_late_rows)
+        for figures, b in zip(model_figures(outcome), outcome.batches, strict=True)
     ]
 
 
@@ -167,7 +159,7 @@ def test_window_over_window_matches_reference(
         for step in model.window_rows(below, steps)
     ]
     above = model.run_over(steps, windows, model.Tumbling(outer * UNIT), 0)
-    assert query_figures(run[2]) == model_query_figures(below.batches), "progress"
+    assert query_figures(run[2]) == model_query_figures(below), "progress"
     # The batch query: the window below over the (row, window) pairs its operator accepted
     # (emitted or still open), the window above over its rows at window_time.
     rows = [r for batch in source for r in batch]
@@ -255,7 +247,7 @@ def test_window_over_deduplication_matches_reference(
         if r.row_id in below.emitted:
             inputs[below.emitted[r.row_id]].append(model.Event(r.row_id, r.ts, (r.k,)))
     above = model.run_over(steps, inputs, model.Tumbling(size * UNIT), 0)
-    assert query_figures(run[2]) == model_query_figures(below.batches), "progress"
+    assert query_figures(run[2]) == model_query_figures(below), "progress"
     accepted = [r for r in rows if r.row_id in below.emitted]
     db = duckdb.connect()
     try:

@@ -215,7 +215,7 @@ def run_sources(
     row is late, no window is evicted and no no-data batch runs, as with one source whose
     window is not on the watermarked column; the watermark itself still moves."""
     batches, steps = schedule_sources(sources, delays, policy, stops, watermarked)
-    outcome = _run_fixed(batches, steps, window, emit, watermarked)
+    outcome = _run_fixed(step_inputs(batches, steps), steps, window, emit, watermarked)
     if not watermarked:  # the progress records still report the moving watermark
         outcome.batches = [
             replace(info, watermark=step.watermark, late_threshold=step.late_threshold)
@@ -249,7 +249,12 @@ def run(
     steps = schedule(batches, delay, stops)
     if isinstance(window, Session):
         return _run_sessions(batches, steps, window, emit)
-    return _run_fixed(batches, steps, window, emit)
+    return _run_fixed(step_inputs(batches, steps), steps, window, emit)
+
+
+def step_inputs(batches: Sequence[Sequence[Event]], steps: Sequence[Step]) -> list[Sequence[Event]]:
+    """The rows each step reads: its input batch, none for a no-data batch."""
+    return [batches[step.batch] if step.batch is not None else [] for step in steps]
 
 
 def _batch_info(
@@ -268,14 +273,15 @@ def _batch_info(
 
 
 def _run_fixed(
-    batches: Sequence[Sequence[Event]],
+    inputs: Sequence[Sequence[Event]],
     steps: Sequence[Step],
     window: Tumbling | Hopping,
     emit: str,
     bounded: bool = True,
 ) -> Outcome:
-    """`bounded` False: the window's time column carries no watermark, so no row is late
-    and no window is evicted (the watermark still moves and is reported)."""
+    """`inputs`: the rows of each step. `bounded` False: the window's time column carries no
+    watermark, so no row is late and no window is evicted (the watermark still moves and is
+    reported)."""
     outcome = Outcome()
     size = window.size
     state: dict[Group, set[int]] = {}  # open groups and their rows
@@ -283,7 +289,7 @@ def _run_fixed(
         watermark, late_threshold = step.watermark, step.late_threshold
         if not bounded:
             watermark = late_threshold = MIN_TIME
-        batch = batches[step.batch] if step.batch is not None else []
+        batch = inputs[batch_id]
         late = late_windows = 0
         touched: dict[Group, None] = {}  # in order of first touch
         for event in batch:
@@ -517,10 +523,7 @@ def run_join(
     """
     _, steps = schedule_sources([left, right], list(delays), policy, stops)
     extends = {"left": {0}, "right": {1}, "full": {0, 1}}.get(join_type, set())
-    bounds = [
-        -after - MICROS_PER_MILLI if delays[1] is not None else None,
-        -before - MICROS_PER_MILLI if delays[0] is not None else None,
-    ]
+    bounds = _join_bounds(delays, before, after)
     if bounds == [None, None]:  # no state ever leaves: the query runs no no-data batch
         steps = [s for s in steps if s.batch is not None]
     state: list[list[list]] = [[], []]  # per side: [event, matched]
@@ -583,3 +586,79 @@ def run_join(
                     if not r[1]
                 ]
     return JoinOutcome(steps, emitted, late_counts, null_counts, len(state[0]) + len(state[1]))
+
+
+# -- chained stateful operators --------------------------------------------------------------
+#
+# Spark 3.5 runs several stateful operators in one query (append mode), each under a watermark
+# of its own that the operators below it propagate (sql/core/src/main/scala/org/apache/spark/
+# sql/execution/streaming/WatermarkPropagator.scala, PropagateWatermarkSimulator.doSimulate):
+#
+# - The plan is walked bottom up once per batch, from the query's (global) watermark W_N: a
+#   stateful operator's input watermark is the min of its children's output watermarks, and
+#   its output watermark is `node.produceWatermark(input)`.
+# - A window (StateStoreSaveExec) and a deduplication pass on the watermark they run under
+#   unchanged: StateStoreWriter.produceOutputWatermark(inputWatermarkMs) =
+#   Some(inputWatermarkMs) (statefulOperators.scala; "the operator will produce the window
+#   [0, 5) only when the output watermark is equal or greater than 5 ... Hence this window is
+#   considered as non-late record"). Shift 0.
+# - A stream-stream join passes on the lowest of its sides' state watermarks and its input
+#   watermark (StreamingSymmetricHashJoinExec.produceOutputWatermark: `(leftStateWatermark
+#   ++ rightStateWatermark ++ Some(inputWatermarkMs)).min`, state watermarks from
+#   StreamingSymmetricHashJoinHelper.getStateWatermark): with run_join's bounds, shift =
+#   min(0, the bounds of the sides that have one) (`join_shift`).
+# - Each operator drops late rows with the watermark it ran under in the batch before and
+#   evicts with the one of this batch (IncrementalExecution.scala, WatermarkPropagationRule:
+#   eventTimeWatermarkForLateEvents from watermarkPropagator.getInputWatermarkForLateEvents,
+#   the operator's input watermark of the previous batch; eventTimeWatermarkForEviction from
+#   getInputWatermarkForEviction, this batch's), so an operator shifted by s runs with
+#   L_N + s and W_N + s.
+# - The rows an operator emits in batch N are the input of the next one in batch N: one
+#   physical plan runs per micro-batch (IncrementalExecution), a no-data batch included.
+# - A window over a window reads its rows at window_time = window_end - 1 microsecond
+#   (sql/catalyst/src/main/scala/org/apache/spark/sql/catalyst/analysis/
+#   ResolveTimeWindows.scala, ResolveWindowTime: "The correct representative event time of a
+#   window is window.end - 1").
+# - Late rows are those of the query's input the first operator drops; a row an operator
+#   emits can be late for the next only in corner cases: `run_over` counts them anyway
+#   (BatchInfo.num_late_rows of its outcome; Spark's numRowsDroppedByWatermark of that
+#   operator).
+
+
+def join_shift(delays: tuple[int | None, int | None], before: int, after: int) -> int:
+    """How far below the query's watermark a window over run_join's rows runs."""
+    bounds = _join_bounds(delays, before, after)
+    return min(0, *(b for b in bounds if b is not None))
+
+
+def _join_bounds(
+    delays: tuple[int | None, int | None], before: int, after: int
+) -> list[int | None]:
+    """Per side, the state watermark's offset from W (None: the side's state never goes)."""
+    return [
+        -after - MICROS_PER_MILLI if delays[1] is not None else None,
+        -before - MICROS_PER_MILLI if delays[0] is not None else None,
+    ]
+
+
+def window_rows(outcome: Outcome, steps: Sequence[Step]) -> list[list[Event]]:
+    """The rows a FINAL window emits, per step, as the next operator reads them: one Event per
+    emitted group (row_id: its index in outcome.emitted), at its window_time, keyed by its
+    key."""
+    rows: list[list[Event]] = [[] for _ in steps]
+    for number, (batch_id, (_, end, key), _) in enumerate(outcome.emitted):
+        rows[batch_id].append(Event(number, end - 1, key))
+    return rows
+
+
+def run_over(
+    steps: Sequence[Step], inputs: Sequence[Sequence[Event]], window: Tumbling | Hopping, shift: int
+) -> Outcome:
+    """The model of a FINAL window over the rows an operator below emits: inputs[N] are those
+    of step N (Event.row_id as the caller numbers them), run under the query's watermark
+    shifted by `shift`."""
+    shifted = [
+        replace(s, watermark=s.watermark + shift, late_threshold=s.late_threshold + shift)
+        for s in steps
+    ]
+    return _run_fixed(inputs, shifted, window, "final")

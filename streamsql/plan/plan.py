@@ -226,14 +226,16 @@ class StreamingPlan:
         """How the watermark this operator passes on to the next one follows the one it
         runs under: W + shift (Spark's produceOutputWatermark). An aggregation and a
         deduplication pass it on unchanged (their output rows are never behind it); a
-        stream-stream join passes on the lowest of its sides' state watermarks, below which
-        no row can be emitted any more; None: it passes on none."""
+        stream-stream join passes on the lowest of its sides' state watermarks and W, below
+        which no row can be emitted any more; None: it passes on none."""
         if not self.has_watermark or not self.watermarked_outputs:
             return None
         if self.join is None:
             return 0
         bounds = [side.bound[1] for side in (self.join.left, self.join.right) if side.bound]
-        return min(bounds) if bounds else None
+        # Never above W (Spark's min includes it): with `r.ts BETWEEN l.ts + 10 minutes AND
+        # ...` r's state goes at W + 10 minutes, yet a left row just above W still joins.
+        return min(0, *bounds) if bounds else None
 
     @property
     def watermarked_outputs(self) -> list[str]:

@@ -184,7 +184,7 @@ PLANNING_ERRORS = [
     (
         "SELECT count(*) FROM events e JOIN raw r ON e.user_id = r.user_id",
         "chained-operators-append-only",
-        "EMIT CHANGES over the rows of a stream-stream join",
+        "A global aggregation (its groups never close, so it emits CHANGES) over the rows",
         "count(*)",
     ),
     (

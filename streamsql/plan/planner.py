@@ -297,10 +297,16 @@ class Planner:
         planner = Planner(self.con, {name: source}, {}, self.scan_view, self._operators)
         plan = planner._plan(query, select, bound, watermark_policy)
         if plan.emit is not Emit.FINAL:
+            what = (
+                f"A {plan.kind.value} (its groups never close, so it emits {plan.emit.value})"
+                if plan.kind is QueryKind.GLOBAL and not query.args.get("emit")
+                else f"EMIT {plan.emit.value}"
+            )
             raise PlanningError(
-                f"EMIT {plan.emit.value} over the rows of a {upstream.kind.value}: Spark runs "
-                "several stateful operators in append mode only (EMIT FINAL), each emitting a "
-                "row once, when the watermark makes it final",
+                f"{what} over the rows of a {upstream.kind.value}: Spark runs several "
+                "stateful operators in append mode only (EMIT FINAL), each emitting a row "
+                "once, when the watermark makes it final; window the query by a column that "
+                "carries the watermark",
                 rule="chained-operators-append-only",
                 position=position_of(  # in the query as written: `select` is rewritten
                     query.args.get("emit") or query.find(exp.AggFunc) or query.args.get("group")

@@ -192,14 +192,10 @@ def operator_input(select: exp.Select, sources: Mapping[str, SourceDef]) -> exp.
     deduplication numbers the rows of one input in their order)."""
     from_ = select.args.get("from_")
     node = from_.this if from_ else None
-    if (
-        not isinstance(node, exp.Subquery)
-        or row_number_form(select)  # its subquery numbers the rows to deduplicate
-        or select.args.get("joins")
-    ):
-        return None
+    if not isinstance(node, exp.Subquery) or row_number_form(select):
+        return None  # (a ROW_NUMBER() deduplication's subquery numbers the rows)
     if select.args.get("distinct") or select.args.get("deduplicate"):
-        return node
+        return None if select.args.get("joins") else node
     return node if isinstance(node.this, exp.Select) and _below_state(node.this, sources) else None
 
 

@@ -630,15 +630,16 @@ class Planner:
         """Whether the expression calls a function DuckDB marks VOLATILE (random(), uuid()):
         a name, unquoted, right before a parenthesis in the expression's text. The text is
         rendered once: rendering each call apart renders nested calls again and again
-        (quadratic in their depth: seconds for a few hundred)."""
-        volatile = self._functions("stability = 'VOLATILE'")
+        (quadratic in their depth: seconds for a few hundred). DuckDB lists its functions
+        slowly (tens of ms): only an expression with calls asks."""
         tokens = DUCKDB.tokenize(sql_of(node))
-        return any(
-            token.text.lower() in volatile
-            and token.token_type not in (TokenType.IDENTIFIER, TokenType.STRING)
-            and following.token_type is TokenType.L_PAREN
+        called = {
+            token.text.lower()
             for token, following in pairwise(tokens)
-        )
+            if following.token_type is TokenType.L_PAREN
+            and token.token_type not in (TokenType.IDENTIFIER, TokenType.STRING)
+        }
+        return bool(called) and not called.isdisjoint(self._functions("stability = 'VOLATILE'"))
 
     # -- windows -----------------------------------------------------------------------------
 

@@ -374,14 +374,20 @@ def run_engine(
 # -- expected rows: the model's emissions, valued by one batch DuckDB query ----------------
 
 
+# The batch queries that value the expected rows run on cursors of one in-memory database:
+# a cursor is a connection of its own (its registered tables and TEMP tables are its own),
+# and opening a database for each example took longer than its queries.
+REFERENCE = duckdb.connect()
+
+
 def reference_db(case: Case) -> duckdb.DuckDBPyConnection:
-    db = duckdb.connect()
+    db = REFERENCE.cursor()
     rows = case.rows()
     table = rows_table(rows, case.x_type).append_column(
         "row_id", pa.array([r.row_id for r in rows])
     )
     db.register("input_rows", table)
-    db.execute("CREATE TABLE input AS SELECT * FROM input_rows")
+    db.execute("CREATE TEMP TABLE input AS SELECT * FROM input_rows")
     return db
 
 

@@ -24,7 +24,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -33,6 +32,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from test_incremental_properties import (
     JITTER,
+    REFERENCE,
     T0,
     check_rows,
     interval,
@@ -124,10 +124,12 @@ def run_sink(
     stops: Sequence[int],
     between: dict[int, str] | None = None,
     options: str = "",
+    setup: str | None = None,
 ) -> tuple[list[str], list[tuple], list, list[tuple]]:
-    """One changelog sink over the sources; after each batch index in `stops` the engine
-    is closed, `between[index]` (SQL) runs, the next files are written, and it reopens.
-    Returns the sink's columns, rows, progress and state rows."""
+    """One changelog sink over the sources; `setup` (SQL) runs before the sources are
+    created. After each batch index in `stops` the engine is closed, `between[index]` (SQL)
+    runs, the next files are written, and it reopens. Returns the sink's columns, rows,
+    progress and state rows."""
     length = max(len(batches) for _, batches, _ in sources)
     progress: list = []
     first = 0
@@ -137,6 +139,8 @@ def run_sink(
         con = streamsql.connect(str(directory / "engine.db"))
         try:
             if first == 0:
+                if setup:
+                    con.execute(setup)
                 for name, _, delay in sources:
                     (directory / name).mkdir(exist_ok=True)
                     con.execute(source_sql(name, directory / name, delay))
@@ -175,7 +179,7 @@ def check_progress(progress: list, outcome: model.Outcome) -> None:
 
 def expected_windows(rows: Sequence[Row], outcome: model.Outcome) -> list[tuple]:
     """The emitted windows' values: one batch query over the rows the model put in them."""
-    db = duckdb.connect()
+    db = REFERENCE.cursor()
     try:
         db.register(
             "input",
@@ -313,15 +317,16 @@ def test_stream_static_join_sees_the_table_as_each_batch_runs(
     """Stateless: each batch's rows joined with the table as it was when the batch ran (it
     changes while the query is stopped after batch `stop`)."""
     directory = tmp_path_factory.mktemp("join")
-    (directory / "s0").mkdir()
-    con = streamsql.connect(str(directory / "engine.db"))
-    con.execute(dim_sql(names[0]))
-    con.close()
     query = f"SELECT s.k, d.name, s.x, s.ts FROM s0 AS s {kind} dim AS d ON s.k = d.k"
     columns, emitted, progress, _ = run_sink(
-        directory, [("s0", source, 0)], query, [stop], {stop: dim_sql(names[1])}
+        directory,
+        [("s0", source, 0)],
+        query,
+        [stop],
+        {stop: dim_sql(names[1])},
+        setup=dim_sql(names[0]),
     )
-    db = duckdb.connect()
+    db = REFERENCE.cursor()
     expected = []
     for batch_id, batch in enumerate(source):
         version = names[0] if batch_id <= stop else names[1]
@@ -368,9 +373,6 @@ def test_window_over_a_stream_static_join_matches_reference(
     """Rows with a NULL key never reach the watermark (the inferred `k IS NOT NULL`); rows
     without a match in the table move it but reach no window."""
     directory = tmp_path_factory.mktemp("join-window")
-    con = streamsql.connect(str(directory / "engine.db"))
-    con.execute(dim_sql(names))
-    con.close()
     query = WINDOWED.format(
         relation="s0 JOIN dim AS d ON s0.k = d.k",
         size=interval(size * UNIT),
@@ -380,7 +382,7 @@ def test_window_over_a_stream_static_join_matches_reference(
         "SELECT window_start, window_end, k,", "SELECT window_start, window_end, s0.k,"
     )
     stops = [stop] if stop >= 0 else []
-    run = run_sink(directory, [("s0", source, delay * UNIT)], query, stops)
+    run = run_sink(directory, [("s0", source, delay * UNIT)], query, stops, setup=dim_sql(names))
     reaches = {r.row_id: r.k in names for batch in source for r in batch}
     sources = [
         [

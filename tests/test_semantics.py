@@ -19,6 +19,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from kafka import KafkaProducer
+from sqlglot.generator import Generator
 
 import streamsql
 from streamsql.runtime.query import StreamingQuery
@@ -549,6 +550,10 @@ def test_internal_prefix_and_window_bound_names_are_refused_with_a_reason(
         # batch 1 with both rows of 'a' (the other conjunct is pushed, and removes nothing)
         ("(k = 'a' OR ts < TIMESTAMP '2023-01-01') AND ts > TIMESTAMP '2023-01-01'", [(1, 2)]),
         ("(k = 'a' OR random() > 2) AND k IS NOT NULL", [(1, 2)]),
+        ("(k = 'a' OR abs(abs(random())) > 2) AND k IS NOT NULL", [(1, 2)]),
+        ("k = 'a' OR length(gen_random_uuid()::VARCHAR) < 0", [(1, 2)]),
+        # a name that is not a call (a string, a column alias) is deterministic: pushed
+        ("k = 'a' OR 'random()' = k", []),
     ],
 )
 def test_only_conjuncts_off_the_event_time_filter_rows_before_the_watermark(
@@ -576,3 +581,33 @@ def test_only_conjuncts_off_the_event_time_filter_rows_before_the_watermark(
         assert rows(con, "SELECT _batch_id, n FROM out") == emitted
     finally:
         con.close()
+
+
+def test_planning_renders_nested_calls_once(
+    now: streamsql.Connection, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The planner renders a WHERE of nested calls in text proportional to its length:
+    looking for volatile calls by rendering each call apart rendered every inner call
+    again (quadratic: a few hundred nested calls took seconds, test_fuzz nests 1000)."""
+    rendered = [0]
+    generate = Generator.generate
+
+    def counted(self: Generator, expression: Any, copy: bool = True) -> str:
+        text = generate(self, expression, copy)
+        rendered[0] += len(text)
+        return text
+
+    monkeypatch.setattr(Generator, "generate", counted)
+    now.execute(
+        "CREATE SOURCE src (a INT, ts TIMESTAMP, WATERMARK FOR ts AS ts) "
+        "WITH (connector = 'memory')"
+    )
+    texts = {}
+    for depth in (100, 200):
+        rendered[0] = 0
+        now.execute(
+            f"CREATE OR REPLACE SINK out AS SELECT a FROM src WHERE "
+            f"{'coalesce(' * depth}a{')' * depth} > 0"
+        )
+        texts[depth] = rendered[0]
+    assert texts[200] < 2.5 * texts[100], texts

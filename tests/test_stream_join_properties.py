@@ -17,13 +17,12 @@ import shutil
 import warnings
 from dataclasses import replace
 
-import duckdb
 import pyarrow as pa
 import pytest
 import reference_model as model
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from test_incremental_properties import check_rows, interval, iso_micros, micros
+from test_incremental_properties import REFERENCE, check_rows, interval, iso_micros, micros
 from test_multi_source_properties import UNIT, Batches, batches, run_sink
 
 from streamsql.errors import UnboundedStateWarning
@@ -68,7 +67,7 @@ def events(source: Batches, join_type: str, side: int) -> list[list[model.Event]
 
 def expected_rows(rows: list, emitted: list[tuple[int, int | None, int | None]]) -> list[tuple]:
     """The emitted rows' values, by a batch query over the input rows the model paired."""
-    db = duckdb.connect()
+    db = REFERENCE.cursor()
     try:
         db.register(
             "input",

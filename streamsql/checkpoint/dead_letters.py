@@ -21,7 +21,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from streamsql.checkpoint.schema import SCHEMA
-from streamsql.checkpoint.transactions import Statements, registered, transaction
+from streamsql.checkpoint.transactions import Statements, registered
 
 RECORDS = f"{SCHEMA}.dead_letter_records"
 LOG = f"{SCHEMA}.dead_letter_log"
@@ -73,14 +73,14 @@ MIGRATION = (
 
 def create_tables(con: duckdb.DuckDBPyConnection) -> None:
     """Create the tables and the view, moving the rows of a database written before dead
-    letters were shared (one table, a copy per query) into them."""
+    letters were shared (one table, a copy per query) into them; in the caller's
+    transaction, which the engine opens for all it creates."""
     old = con.execute(
         "SELECT 1 FROM duckdb_tables() WHERE schema_name = ? AND table_name = 'dead_letters'",
         [SCHEMA],
     ).fetchall()
-    with transaction(con):
-        for statement in (*TABLES, *(MIGRATION if old else ()), VIEW_SQL):
-            con.execute(statement).fetchall()
+    for statement in (*TABLES, *(MIGRATION if old else ()), VIEW_SQL):
+        con.execute(statement).fetchall()
 
 
 def count(cursor: duckdb.DuckDBPyConnection, query: str) -> int:

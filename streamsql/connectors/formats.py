@@ -39,6 +39,11 @@ _DECIMAL = "[+-]?([0-9]+[.]?[0-9]*|[.][0-9]+)([eE][+-]?[0-9]+)?"  # Java's BigDe
 # through TIMESTAMPTZ so that a UTC offset is applied, not dropped.
 UTC_TYPES = {"TIMESTAMP", "DATETIME", "TIMESTAMP_US", "TIMESTAMP_MS", "TIMESTAMP_S"}
 AS_IS = "SELECT *, NULL::VARCHAR AS __error FROM __raw"  # the raw records, no error yet
+# One in-memory database decodes for every source of the process: opening one takes longer
+# than decoding a small batch, and each source opens when an engine does. Each decoder has
+# a cursor (connection) of its own per thread, where its temporary tables live.
+_DECODING = duckdb.connect()
+_DECODING_LOCK = threading.Lock()
 
 
 class Decoder:
@@ -61,7 +66,6 @@ class Decoder:
         self.metadata = tuple(c for c in columns if c.metadata is not None)
         self._fields = {c.name: f"{INTERNAL_PREFIX}c{i}" for i, c in enumerate(self.columns)}
         self.schema = schema
-        self._db = duckdb.connect()
         self._local = threading.local()
 
     def field(self, column: Column) -> str:
@@ -72,7 +76,8 @@ class Decoder:
     def _cursor(self) -> duckdb.DuckDBPyConnection:
         cursor = getattr(self._local, "cursor", None)
         if cursor is None:
-            cursor = self._local.cursor = self._db.cursor()
+            with _DECODING_LOCK:
+                cursor = self._local.cursor = _DECODING.cursor()
             cursor.execute("SET TimeZone = 'UTC'").fetchall()
         return cursor
 

@@ -37,7 +37,7 @@ from streamsql.checkpoint.schema import (
     state_table,
     state_tables,
 )
-from streamsql.checkpoint.transactions import Statements, atomically
+from streamsql.checkpoint.transactions import Statements, atomically, transaction
 from streamsql.connectors.callback import BatchCallback, CallbackSink
 from streamsql.connectors.registry import SINK_CONNECTORS, SOURCE_CONNECTORS, connector_class
 from streamsql.connectors.sink import Sink
@@ -167,10 +167,11 @@ class Engine:
         try:
             self.db.execute("SET GLOBAL TimeZone = 'UTC'").fetchall()
             if not read_only:
-                create_tables(self.db)
-                dead_letters.create_tables(self.db)
-                for statement in (*MACROS, CATALOG, CATALOG_PARAMETERS):
-                    self.db.execute(statement).fetchall()
+                with transaction(self.db):  # one commit: each statement alone commits and syncs
+                    create_tables(self.db)
+                    dead_letters.create_tables(self.db)
+                    for statement in (*MACROS, CATALOG, CATALOG_PARAMETERS):
+                        self.db.execute(statement).fetchall()
                 self._clear_leftovers()
             elif not self.db.execute(
                 "SELECT 1 FROM duckdb_tables() WHERE schema_name = ? AND table_name = 'catalog'",

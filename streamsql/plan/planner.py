@@ -11,10 +11,13 @@ import re
 import warnings
 from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
+from itertools import pairwise
 from typing import Any
 
 import duckdb
 from sqlglot import exp
+from sqlglot.dialects.dialect import Dialect
+from sqlglot.tokens import TokenType
 
 from streamsql.catalog.binding import check_column_name
 from streamsql.catalog.definitions import Column, Emit, SourceDef, WatermarkSpec
@@ -46,6 +49,7 @@ from streamsql.plan.relation import (
 from streamsql.plan.stream_join import plan_stream_join
 from streamsql.sql import nodes, parse_expression, position_of
 
+DUCKDB = Dialect.get_or_raise("duckdb")
 WINDOW_COLUMNS = ("window_start", "window_end")
 TIME_TYPES = (
     "TIMESTAMP",
@@ -773,12 +777,19 @@ class Planner:
         return self._function_names[condition]
 
     def _volatile(self, node: exp.Expr) -> bool:
-        """Whether the expression calls a function DuckDB marks VOLATILE (random(), uuid())."""
-        volatile = self._functions("stability = 'VOLATILE'")
-        return any(
-            sql_of(call).split("(", 1)[0].strip().lower() in volatile
-            for call in node.find_all(exp.Func)
-        )
+        """Whether the expression calls a function DuckDB marks VOLATILE (random(), uuid()):
+        a name, unquoted, right before a parenthesis in the expression's text. The text is
+        rendered once: rendering each call apart renders nested calls again and again
+        (quadratic in their depth: seconds for a few hundred). DuckDB lists its functions
+        slowly (tens of ms): only an expression with calls asks."""
+        tokens = DUCKDB.tokenize(sql_of(node))
+        called = {
+            token.text.lower()
+            for token, following in pairwise(tokens)
+            if following.token_type is TokenType.L_PAREN
+            and token.token_type not in (TokenType.IDENTIFIER, TokenType.STRING)
+        }
+        return bool(called) and not called.isdisjoint(self._functions("stability = 'VOLATILE'"))
 
     # -- windows -----------------------------------------------------------------------------
 

@@ -39,7 +39,7 @@ from streamsql.plan.relation import (
     renamed_join,
 )
 from streamsql.plan.stream_join import plan_stream_join
-from streamsql.sql import nodes, parse_expression, position_of
+from streamsql.sql import nodes, position_of
 
 WINDOW_COLUMNS = ("window_start", "window_end")
 TIME_TYPES = (
@@ -951,11 +951,11 @@ class Planner:
         plan.aggregates = []
         for index, call in enumerate(calls):
             try:
-                plan.aggregates.append(decompose(call, index, sql_of))
+                plan.aggregates.append(decompose(call, index))
             except PlanningError as error:
                 raise error.at(position_of(call)) from None
         replacements: dict[str, exp.Expr] = {
-            sql_of(call.node): _parenthesize(call.final) for call in plan.aggregates
+            sql_of(call.node): exp.paren(call.final.copy()) for call in plan.aggregates
         }
         key_columns = {sql_of(key): exp.column(f"key{i}") for i, key in enumerate(plan.keys)}
         key_state = {*(f"key{i}" for i in range(len(plan.keys))), *WINDOW_COLUMNS}
@@ -1034,10 +1034,6 @@ def _streams(select: exp.Select, by_view: dict[str, Scan], once: set[str]) -> di
 
 def _conjunction(conjuncts: list[exp.Expr]) -> exp.Expr | None:
     return exp.and_(*(c.copy() for c in conjuncts)) if conjuncts else None
-
-
-def _parenthesize(sql: str) -> exp.Expr:
-    return exp.paren(parse_expression(sql), copy=False)
 
 
 def _culprit(node: exp.Expr | Scan, error: Exception) -> tuple[int, int] | None:

@@ -161,9 +161,9 @@ class MicroBatchExecution:
         for scan in self.plan.scans:
             self.cursor.register(scan.view, self.sources[scan.name].schema.empty_table())
         values = self._dry_run_values()
-        for statement in self.program.setup:
-            params = {name: values[name] for name in Step("setup", statement).parameters}
-            self.cursor.execute(statement, params or None).fetchall()
+        for step in self.program.setup:
+            params = {name: values[name] for name in step.parameters}
+            self.cursor.execute(step.sql, params or None).fetchall()
         last = self.checkpoint.last_commit()
         if self.plan.has_watermark:
             self.watermark = self.late_threshold = 0

@@ -4,6 +4,8 @@ literal) is text, and every placeholder a step holds is bound when it runs."""
 
 from __future__ import annotations
 
+import ast
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -11,6 +13,7 @@ import pytest
 from sqlglot import exp
 
 import streamsql
+from streamsql import incremental
 from streamsql.incremental.compiler import PARAMETERS, BatchProgram, Step
 from streamsql.sql import parse_one
 
@@ -114,3 +117,30 @@ def test_dollar_names_in_string_literals_are_text(tmp_path: Path, query: str) ->
         assert rows == [("a", "$late"), ("a", "$late")]
     else:
         assert rows == [("a", 1), ("a", 2), ("b", 1)]
+
+
+SQL_WORDS = re.compile(
+    r"\b(SELECT|FROM|WHERE|JOIN|INSERT|DELETE|MERGE|UPDATE|CREATE|DROP|UNION|GROUP BY|"
+    r"ORDER BY|OVER|FILTER|CASE|CAST|EXCLUDE|RETURNING)\b"
+)
+
+
+def test_the_compiler_assembles_no_sql_text() -> None:
+    """No f-string with SQL in it, and no str.format, in the modules that build the
+    per-batch statements: SQL is made of trees (constant templates are parsed, not
+    spliced)."""
+    package = Path(incremental.__file__).parent
+    found = []
+    for path in sorted(package.glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.JoinedStr):
+                text = "".join(part.value for part in node.values if isinstance(part, ast.Constant))
+                if SQL_WORDS.search(text):
+                    found.append(f"{path.name}:{node.lineno}: f-string {text!r}")
+            elif (
+                isinstance(node, ast.Call)
+                and isinstance(node.func, ast.Attribute)
+                and node.func.attr == "format"
+            ):
+                found.append(f"{path.name}:{node.lineno}: str.format")
+    assert not found, "\n".join(found)

@@ -39,6 +39,7 @@ from streamsql.plan.relation import (
     renamed_join,
 )
 from streamsql.plan.stream_join import plan_stream_join
+from streamsql.quoting import quote
 from streamsql.sql import nodes, position_of
 
 WINDOW_COLUMNS = ("window_start", "window_end")
@@ -308,11 +309,7 @@ class Planner:
         """The names DuckDB gives the query's columns over its join as written (its columns
         are renamed in the relation the operator reads); the window bounds, which no
         relation of the join has yet, stand in as NULL timestamps."""
-        parts = [
-            f"{exp.to_identifier(s.view).sql('duckdb')} AS "
-            f"({self.empty_relation(s.source, s.derived)})"
-            for s in scans
-        ]
+        parts = [f"{quote(s.view)} AS ({self.empty_relation(s.source, s.derived)})" for s in scans]
         batch = select.copy()
         for key in ("stream_window", "emit"):
             batch.set(key, None)
@@ -567,8 +564,8 @@ class Planner:
                 if isinstance(item, Scan)
                 else sql_of(item)
             )
-            parts.append(f"{exp.to_identifier(name).sql('duckdb')} AS ({sql})")
-        last = exp.to_identifier(ctes[-1][0]).sql("duckdb")
+            parts.append(f"{quote(name)} AS ({sql})")
+        last = quote(ctes[-1][0])
         columns = (
             f", CAST(NULL AS {window_type}) AS window_start, "
             f"CAST(NULL AS {window_type}) AS window_end"
@@ -580,13 +577,10 @@ class Planner:
     @staticmethod
     def empty_relation(source: SourceDef, derived: list[tuple[str, exp.Expr]]) -> str:
         """The columns a query over `source` sees, as an empty relation DuckDB can type."""
-        physical = ", ".join(
-            f"CAST(NULL AS {c.type}) AS {exp.to_identifier(c.name).sql('duckdb')}"
-            for c in source.columns
-        )
+        physical = ", ".join(f"CAST(NULL AS {c.type}) AS {quote(c.name)}" for c in source.columns)
         relation = f"SELECT {physical} LIMIT 0"
         for name, expression in derived:
-            ident = exp.to_identifier(name).sql("duckdb")
+            ident = quote(name)
             relation = f"SELECT *, {sql_of(expression)} AS {ident} FROM ({relation})"
         return relation
 
@@ -871,7 +865,7 @@ class Planner:
         for key in ("stream_window", "emit"):
             batch.set(key, None)
         relation = self.empty_query(ctes, window.bound_type if window else None)
-        alias = exp.to_identifier(ctes[-1][0]).sql("duckdb")
+        alias = quote(ctes[-1][0])
         sql = f"WITH {alias} AS ({relation}) {sql_of(batch)}"
         try:
             description = self.con.execute(
@@ -908,7 +902,7 @@ class Planner:
         values = {name: plan.parameters[name] for name in names}
         try:
             self.con.execute(
-                f"SELECT {keys} FROM ({relation}) AS {exp.to_identifier(plan.alias).sql('duckdb')}",
+                f"SELECT {keys} FROM ({relation}) AS {quote(plan.alias)}",
                 values or None,
             ).fetchall()
         except duckdb.Error as error:

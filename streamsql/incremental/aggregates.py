@@ -278,8 +278,8 @@ _VAR_POP = template("CASE WHEN s.n > 1 THEN s.m2 / s.n WHEN s.n = 1 THEN 0.0 END
 _VAR_SAMP = template("CASE WHEN s.n > 1 THEN s.m2 / (s.n - 1) END")
 VAR_POP = Aggregate(WELFORD_PARTS, _VAR_POP, group=WELFORD_GROUP)
 VAR_SAMP = Aggregate(WELFORD_PARTS, _VAR_SAMP, group=WELFORD_GROUP)
-STDDEV_POP = Aggregate(WELFORD_PARTS, exp.func("sqrt", _VAR_POP), group=WELFORD_GROUP)
-STDDEV_SAMP = Aggregate(WELFORD_PARTS, exp.func("sqrt", _VAR_SAMP), group=WELFORD_GROUP)
+STDDEV_POP = Aggregate(WELFORD_PARTS, exp.func("sqrt", _VAR_POP.copy()), group=WELFORD_GROUP)
+STDDEV_SAMP = Aggregate(WELFORD_PARTS, exp.func("sqrt", _VAR_SAMP.copy()), group=WELFORD_GROUP)
 
 COUNT_DISTINCT = Aggregate(
     (

@@ -5,6 +5,9 @@ each micro-batch's transaction. Each step is one DuckDB statement; `fetch` says 
 runtime does with its result and `effect` how it changes the number of state rows.
 Parameters, all epoch microseconds: `$late` is the late-row threshold L_N, `$late_cutoff`
 the event time below which a row is late, `$watermark` the watermark W_N in force.
+Each statement is built as a sqlglot tree (sqltree's builders and templates) and rendered
+once, in the DuckDB dialect, when its Step is made; the Step's parameters are the names of
+the tree's placeholders.
 
 The input of a batch is one Arrow table per source, registered as its scan's view
 (`__input_<i>`), in the source's declared columns; the operator reads them as they are or
@@ -216,7 +219,7 @@ class Compiler:
         row_counter = StateColumn(
             "__rows",
             template("count(*)"),
-            fill(template("a.__rows + b.__rows"), ROW_SIDES),
+            template("__state.__rows + __batch.__rows"),
             template("CAST(sum(__rows) AS BIGINT)"),
         )
         self.aggregate_columns = [row_counter] + [
@@ -385,8 +388,8 @@ class Compiler:
             ]
         figures = [
             counts[0],
-            _count_where(column(window_time).is_(exp.null())) if time else _ZERO,
-            _count_where(exp.LT(this=time, expression=cutoff)) if late else _ZERO,
+            _count_where(column(window_time).is_(exp.null())) if time else exp.Literal.number(0),
+            _count_where(exp.LT(this=time, expression=cutoff)) if late else exp.Literal.number(0),
             fn("max", self._epoch_us(event_time, scan.types)) if event_time else exp.null(),
             _accepted_min(time, cutoff if late else None) if time else exp.null(),
             counts[1],
@@ -406,7 +409,7 @@ class Compiler:
         cutoff = param("late_cutoff") if self.drops_late_rows else None
         figures = [
             _count_where(column(plan.window.time_column).is_(exp.null())),
-            _count_where(exp.LT(this=time, expression=cutoff)) if cutoff else _ZERO,
+            _count_where(exp.LT(this=time, expression=cutoff)) if cutoff else exp.Literal.number(0),
             _accepted_min(time, cutoff),
         ]
         sql = exp.select(*figures).from_(self.rows().subquery())
@@ -581,7 +584,7 @@ class Compiler:
             Step(
                 "combine partials per group",
                 create_table(
-                    compacted, self.combine(self.table, groups), temporary=True, replace=True
+                    compacted, self.combine(self.table.copy(), groups), temporary=True, replace=True
                 ),
             ),
             Step("drop the partials", delete(self.table), effect=Effect.REMOVES),
@@ -668,7 +671,7 @@ class Compiler:
 
         def running(window: str) -> exp.Expr:
             """A window over each key's parts in start order."""
-            over = template(window).copy()
+            over = template(window)
             over.set("partition_by", partition and [c.copy() for c in partition])
             return over
 
@@ -807,10 +810,6 @@ def _accepted_min(time: exp.Expr, cutoff: exp.Expr | None) -> exp.Expr:
         return earliest
     accepted = exp.GTE(this=time.copy(), expression=cutoff.copy())
     return exp.Filter(this=earliest, expression=exp.Where(this=accepted))
-
-
-_ZERO = exp.Literal.number(0)
-ROW_SIDES = {"a.__rows": column("__rows", "__state"), "b.__rows": column("__rows", "__batch")}
 
 
 def compile_plan(

@@ -14,10 +14,14 @@ from sqlglot.errors import ErrorLevel
 from streamsql.quoting import identifier
 
 
-@cache
 def template(sql: str) -> exp.Expr:
-    """A constant SQL template, parsed once (shared: `fill` copies it). Its slots are
-    columns, named by the caller: `name`, or `side.name`."""
+    """A constant SQL template as a tree of its own, parsed once. Its slots are columns,
+    named by the caller: `name`, or `side.name`."""
+    return _parsed(sql).copy()
+
+
+@cache
+def _parsed(sql: str) -> exp.Expr:
     return sqlglot.parse_one(sql, read="duckdb")
 
 

@@ -30,6 +30,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from enum import StrEnum
+from functools import cached_property
 
 from sqlglot import exp
 
@@ -109,6 +110,8 @@ class Step:
     parameters: tuple[str, ...] = field(init=False)
 
     def __post_init__(self) -> None:
+        if not isinstance(self.statement, exp.Expr):  # SQL text would hide its parameters
+            raise TypeError(f"Step {self.name!r} takes a sqlglot tree, not {self.statement!r}")
         named = placeholders(self.statement)
         runtime = tuple(n for n in PARAMETERS if n in named)
         object.__setattr__(self, "sql", render(self.statement))
@@ -150,12 +153,13 @@ class BatchProgram:
     # is NULL, the late rows, the earliest accepted window time.
     window_statistics: Step | None = None
 
-    @property
+    @cached_property
     def state_rows_sql(self) -> str:
         return render(exp.select("count(*)").from_(self._state()))
 
-    @property
+    @cached_property
     def earliest_end_sql(self) -> str:
+        """Rendered once: the runtime runs it after batches that close windows."""
         return render(exp.select("min(epoch_us(window_end))").from_(self._state()))
 
     def _state(self) -> exp.Table:

@@ -45,6 +45,7 @@ def fill(expression: exp.Expr, slots: Mapping[str, exp.Expr | int | str]) -> exp
 
 
 def column(name: str, table: str | None = None) -> exp.Column:
+    """A column, of `table` when given (both names quoted: any name is safe)."""
     return exp.Column(this=identifier(name), table=identifier(table) if table else None)
 
 
@@ -109,8 +110,9 @@ def insert_by_name(target: exp.Table, query: exp.Query) -> exp.Insert:
 
 
 def delete(target: exp.Table, where: exp.Expr | None = None, **args: object) -> exp.Delete:
-    delete = exp.Delete(this=target.copy(), **args)
-    return delete.where(where, copy=False) if where is not None else delete
+    """DELETE FROM target [USING ...] [WHERE where] [RETURNING ...] (`args`: Delete's)."""
+    statement = exp.Delete(this=target.copy(), **args)
+    return statement.where(where, copy=False) if where is not None else statement
 
 
 def union_by_name(*queries: exp.Query) -> exp.Query:
@@ -122,4 +124,5 @@ def union_by_name(*queries: exp.Query) -> exp.Query:
 
 
 def drop_table(target: exp.Table) -> exp.Drop:
+    """DROP TABLE target: a batch's scratch table."""
     return exp.Drop(this=None, kind="TABLE", tables=[target.copy()])

@@ -1,23 +1,30 @@
-"""Names and values into SQL text: the one quoting path for identifiers and literals, and the
-check that generated SQL is exactly one statement. A leaf module (DuckDB only), so that the
-connectors, the planner and the runtime quote alike without importing one another."""
+"""Names and values into SQL: the one quoting path for identifiers and literals, and the
+check that generated SQL is exactly one statement. A leaf module (sqlglot and DuckDB only),
+so that the connectors, the planner, the compiler and the runtime quote alike without
+importing one another."""
 
 from __future__ import annotations
 
 import duckdb
+from sqlglot import exp
 
 from streamsql.errors import InternalError
 
 
+def identifier(name: str) -> exp.Identifier:
+    """A DuckDB identifier node, always quoted: safe for any name a user or a file gives."""
+    return exp.Identifier(this=name, quoted=True)
+
+
 def quote(name: str) -> str:
-    """A DuckDB identifier, always quoted: safe for any name a user or a file gives."""
-    return '"' + name.replace('"', '""') + '"'
+    """An identifier's text, for SQL that is not built as a sqlglot tree."""
+    return identifier(name).sql("duckdb")
 
 
 def literal(text: str) -> str:
     """A DuckDB string literal, for the few places (file paths in COPY and readers) where a
     statement cannot take a parameter."""
-    return "'" + text.replace("'", "''") + "'"
+    return exp.Literal.string(text).sql("duckdb")
 
 
 def one_statement(sql: str) -> str:

@@ -498,7 +498,7 @@ def test_explain_shows_the_deduplication_steps() -> None:
     assert "keep each key's first row of the batch, if the key is not in state" in text
     assert "POSITIONAL JOIN" in text and "ANTI JOIN" in text
     assert "forget keys the watermark passed" in text
-    assert "__expires <= $watermark" in text
+    assert '"__expires" <= $watermark' in text
 
 
 # -- exactly-once across SIGKILL -----------------------------------------------------------

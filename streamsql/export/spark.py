@@ -28,6 +28,7 @@ from streamsql.export.translate import Typer, to_spark
 from streamsql.format import format_duration, parse_seconds
 from streamsql.plan.plan import QueryKind, Scan, StreamingPlan
 from streamsql.plan.planner import WINDOW_COLUMNS, Planner
+from streamsql.quoting import quote
 from streamsql.runtime.triggers import Trigger, TriggerKind
 from streamsql.secrets import is_secret
 from streamsql.sql import Statement, parse, position_of
@@ -825,8 +826,7 @@ class _Exporter:
         key_sql = None
         if key is not None:
             names = ", ".join(
-                f"CAST(NULL AS VARCHAR) AS {exp.to_identifier(n).sql('duckdb')}"
-                for n in sink.plan.output_names
+                f"CAST(NULL AS VARCHAR) AS {quote(n)}" for n in sink.plan.output_names
             )
             typer = Typer(self.engine.db, f"SELECT {names} LIMIT 0")
             key_sql = self.spark_sql(exp.maybe_parse(key, dialect="duckdb"), typer)

@@ -5,6 +5,9 @@ each micro-batch's transaction. Each step is one DuckDB statement; `fetch` says 
 runtime does with its result and `effect` how it changes the number of state rows.
 Parameters, all epoch microseconds: `$late` is the late-row threshold L_N, `$late_cutoff`
 the event time below which a row is late, `$watermark` the watermark W_N in force.
+Each statement is built as a sqlglot tree (sqltree's builders and templates) and rendered
+once, in the DuckDB dialect, when its Step is made; the Step's parameters are the names of
+the tree's placeholders.
 
 The input of a batch is one Arrow table per source, registered as its scan's view
 (`__input_<i>`), in the source's declared columns; the operator reads them as they are or
@@ -26,17 +29,34 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
+from functools import cached_property
 
-import sqlglot
 from sqlglot import exp
 
 from streamsql.catalog.definitions import INTERNAL_PREFIX, Emit
 from streamsql.checkpoint.schema import EMITTED_WINDOWS
 from streamsql.incremental.aggregates import StateColumn
+from streamsql.incremental.sqltree import (
+    aliased,
+    column,
+    create_table,
+    delete,
+    drop_table,
+    fill,
+    fn,
+    insert_by_name,
+    param,
+    placeholders,
+    render,
+    star,
+    table,
+    template,
+    union_by_name,
+)
 from streamsql.plan.plan import QueryKind, Scan, StreamingPlan
-from streamsql.quoting import literal
+from streamsql.quoting import identifier
 
 # Columns added next to the source's own: named so that no source column can be one.
 WINDOW_START = f"{INTERNAL_PREFIX}ws"
@@ -75,8 +95,11 @@ class Effect(StrEnum):
 
 @dataclass(frozen=True)
 class Step:
+    """One statement, built as a sqlglot tree (`statement`) and rendered once (`sql`);
+    `parameters` are its placeholders' names: the runtime's, then the query's $p<n>."""
+
     name: str
-    sql: str
+    statement: exp.Expr = field(repr=False, compare=False)
     fetch: Fetch = Fetch.NONE
     view: str | None = None
     effect: Effect = Effect.NONE
@@ -84,13 +107,17 @@ class Step:
     # closing steps otherwise saves statements on most batches.
     closes: bool = False
     unless_empty: str | None = None  # skip when this view holds no rows
+    sql: str = field(init=False)
+    parameters: tuple[str, ...] = field(init=False)
 
-    @property
-    def parameters(self) -> tuple[str, ...]:
-        """Named parameters the statement takes: the runtime's, and the query's $p<n>."""
-        named = re.findall(r"\$(p\d+)\b", self.sql)
-        return tuple(n for n in PARAMETERS if re.search(rf"\${n}\b", self.sql)) + tuple(
-            dict.fromkeys(named)
+    def __post_init__(self) -> None:
+        if not isinstance(self.statement, exp.Expr):  # SQL text would hide its parameters
+            raise TypeError(f"Step {self.name!r} takes a sqlglot tree, not {self.statement!r}")
+        named = placeholders(self.statement)
+        runtime = tuple(n for n in PARAMETERS if n in named)
+        object.__setattr__(self, "sql", render(self.statement))
+        object.__setattr__(
+            self, "parameters", runtime + tuple(n for n in named if n not in PARAMETERS)
         )
 
 
@@ -118,7 +145,7 @@ class Statistics:
 
 @dataclass(frozen=True)
 class BatchProgram:
-    setup: tuple[str, ...]
+    setup: tuple[Step, ...]
     statistics: tuple[Statistics, ...]  # one per scan, in the plan's order
     steps: tuple[Step, ...]
     state_table: str | None
@@ -127,13 +154,17 @@ class BatchProgram:
     # is NULL, the late rows, the earliest accepted window time.
     window_statistics: Step | None = None
 
-    @property
+    @cached_property
     def state_rows_sql(self) -> str:
-        return f"SELECT count(*) FROM {self.state_table}"
+        return render(exp.select("count(*)").from_(self._state()))
 
-    @property
+    @cached_property
     def earliest_end_sql(self) -> str:
-        return f"SELECT min(epoch_us(window_end)) FROM {self.state_table}"
+        """Rendered once: the runtime runs it after batches that close windows."""
+        return render(exp.select("min(epoch_us(window_end))").from_(self._state()))
+
+    def _state(self) -> exp.Table:
+        return exp.to_table(self.state_table, dialect="duckdb")
 
     def explain(self) -> str:
         lines: list[str] = []
@@ -150,29 +181,20 @@ class BatchProgram:
                     notes.append(f"when {step.unless_empty} has rows")
                 note = f" ({'; '.join(notes)})" if notes else ""
                 kept = f" -> {step.view}" if step.view else ""
-                lines += [f"-- {title}: {step.name}{kept}{note}", f"{pretty(step.sql)};", ""]
+                lines += [f"-- {title}: {step.name}{kept}{note}", f"{pretty(step)};", ""]
         return "\n".join(lines).rstrip() + "\n"
 
 
-def pretty(sql: str) -> str:
-    """Indented SQL for people to read; what runs is the generated text itself."""
-    try:
-        return sqlglot.transpile(sql, read="duckdb", write="duckdb", pretty=True)[0]
-    except sqlglot.errors.SqlglotError:
-        return sql
+def pretty(step: Step) -> str:
+    """Indented SQL for people to read; what runs is the step's `sql`, the same tree."""
+    return step.statement.sql(dialect="duckdb", pretty=True)
 
 
-def ident(name: str) -> str:
-    return exp.to_identifier(name).sql("duckdb")
-
-
-def sql_of(node: exp.Expr) -> str:
-    return node.sql("duckdb")
-
-
-def floor_to(value: str, step: int) -> str:
+def floor_to(value: exp.Expr, step: int) -> exp.Expr:
     """Floor `value` to a multiple of `step` (Unix-epoch aligned), also below zero."""
-    return f"({value} - ((({value}) % {step}) + {step}) % {step})"
+    return fill(
+        template("(value - ((value % step) + step) % step)"), {"value": value, "step": step}
+    )
 
 
 class Compiler:
@@ -195,14 +217,18 @@ class Compiler:
     ) -> None:
         self.plan = plan
         self.state = state_table
+        self.table = exp.to_table(state_table, dialect="duckdb")
         self.temporary = temporary
         self.feeds_sink = feeds_sink
         self.closed, self.touched = f"{scope}__closed", f"{scope}__touched"
         row_counter = StateColumn(
-            "__rows", "count(*)", "__state.__rows + __batch.__rows", "sum(__rows)::BIGINT"
+            "__rows",
+            template("count(*)"),
+            template("__state.__rows + __batch.__rows"),
+            template("CAST(sum(__rows) AS BIGINT)"),
         )
         self.aggregate_columns = [row_counter] + [
-            column for call in plan.aggregates for column in call.columns
+            state for call in plan.aggregates for state in call.columns
         ]
         self.key_columns = [f"key{i}" for i in range(len(plan.keys))]
         self.window_columns = ["window_start", "window_end"] if plan.window else []
@@ -229,10 +255,8 @@ class Compiler:
             compaction = self.compaction_steps()
         else:
             steps = self.merge_steps() + self.output_steps()
-        setup = (
-            f"CREATE {'TEMP ' if self.temporary else ''}TABLE IF NOT EXISTS {self.state} AS "
-            f"SELECT * FROM ({self.state_shape()}) LIMIT 0",
-        )
+        shape = exp.select("*").from_(self.state_shape().subquery()).limit(0)
+        setup = (Step("create the state table", create_table(self.table, shape, self.temporary)),)
         return BatchProgram(
             setup, statistics, tuple(steps), self.state, compaction, window_statistics
         )
@@ -246,36 +270,39 @@ class Compiler:
         Arrow has no HUGEINT: the batch carries such columns as DECIMAL(38, 0), and they are
         cast back so that the query computes (and its sink stores) the declared type.
         """
-        relation: exp.Query = exp.select("*").from_(scan.view)
+        relation: exp.Query = exp.select("*").from_(table(scan.view))
         casts = [
-            exp.alias_(exp.cast(exp.column(c.name, quoted=True), c.type), c.name, quoted=True)
+            exp.alias_(exp.cast(column(c.name), c.type), identifier(c.name))
             for c in scan.source.columns
             if ARROW_LOSES.search(c.type)
         ]
         if casts:
-            relation = exp.select(exp.Star(replace=casts)).from_(scan.view)
+            relation = exp.select(exp.Star(replace=casts)).from_(table(scan.view))
         for name, expression in scan.derived:
-            computed = exp.alias_(expression.copy(), name, quoted=True)
+            computed = exp.alias_(expression.copy(), identifier(name))
             relation = exp.select("*", computed).from_(relation.subquery())
         if filtered and scan.prefilter is not None:
             relation = exp.select("*").from_(relation.subquery()).where(scan.prefilter.copy())
         return relation
 
-    def rows(self, filtered: bool = True) -> str:
+    def rows(self, filtered: bool = True) -> exp.Query:
         """The relation the operator reads: its one source's rows, or the query's relation
         over the sources' rows."""
         plan = self.plan
         if plan.relation is None:
-            return f"({sql_of(self.scan_rows(plan.scans[0], filtered))})"
+            return self.scan_rows(plan.scans[0], filtered)
         scans = {scan.view: scan for scan in plan.scans}
 
         def substitute(node: exp.Expr) -> exp.Expr:
             if isinstance(node, exp.Table) and node.name in scans and not node.db:
-                rows = self.scan_rows(scans[node.name], filtered)
-                return rows.subquery(exp.to_identifier(node.alias_or_name, quoted=True))
+                return aliased(self.scan_rows(scans[node.name], filtered), node.alias_or_name)
             return node
 
-        return f"({sql_of(plan.relation.transform(substitute))})"
+        return plan.relation.transform(substitute)
+
+    def _rows_as_alias(self) -> exp.Expr:
+        """The operator's rows under the query's alias, as its expressions name them."""
+        return aliased(self.rows(), self.plan.alias)
 
     @property
     def drops_late_rows(self) -> bool:
@@ -283,29 +310,31 @@ class Compiler:
             return self.plan.deduplication.timed
         return self.plan.watermark_bounds_state and self.plan.emit is not Emit.SNAPSHOT
 
-    def _time(self) -> str:
+    def _time(self) -> exp.Expr:
         return self._epoch_us(self.plan.row_time)
 
-    def _epoch_us(self, column: str, types: dict[str, str] | None = None) -> str:
+    def _epoch_us(self, name: str, types: dict[str, str] | None = None) -> exp.Expr:
         """Microseconds since the epoch of a time column (of `types`, by default the
         relation's). DuckDB's epoch_us goes through nanoseconds for TIMESTAMP_MS and
         TIMESTAMP_S, which overflow after 2262-04-11: those are cast to (microsecond)
         TIMESTAMP first, as batch SQL would compare them."""
         types = self.plan.time_types if types is None else types
-        if types.get(column.lower()) in ("TIMESTAMP_MS", "TIMESTAMP_S"):
-            return f"epoch_us(CAST({ident(column)} AS TIMESTAMP))"
-        return f"epoch_us({ident(column)})"
+        value: exp.Expr = column(name)
+        if types.get(name.lower()) in ("TIMESTAMP_MS", "TIMESTAMP_S"):
+            value = exp.cast(value, "TIMESTAMP")
+        return fn("epoch_us", value)
 
-    def _to_timestamp(self, micros: str) -> str:
-        timestamp = f"make_timestamp({micros})"
+    def _to_timestamp(self, micros: exp.Expr) -> exp.Expr:
+        timestamp = fn("make_timestamp", micros)
         if self.plan.window and self.plan.window.bound_type.endswith("TIME ZONE"):
-            return f"CAST({timestamp} AS TIMESTAMPTZ)"
+            return exp.cast(timestamp, "TIMESTAMPTZ")
         return timestamp
 
     @property
-    def _passed(self) -> str:
+    def _passed(self) -> exp.Expr:
         """A state row's window ended at or before the watermark."""
-        return f"window_end <= {self._to_timestamp('$watermark::BIGINT')}"
+        watermark = exp.cast(param("watermark"), "BIGINT")
+        return exp.LTE(this=column("window_end"), expression=self._to_timestamp(watermark))
 
     def statistics(self, scan: Scan) -> Statistics:
         """What is measured on a source's rows: its event times for its watermark, and when
@@ -316,20 +345,35 @@ class Compiler:
         event_time = scan.event_time if scan.has_watermark else None
         late = self.drops_late_rows and own
         outside = {
-            name: f"{ident(name)} IS NOT NULL AND coalesce("
-            f"{self._epoch_us(name, scan.types)} NOT BETWEEN {MIN_EVENT_US} AND {MAX_EVENT_US}, "
-            "TRUE)"
+            name: fill(
+                template("x IS NOT NULL AND coalesce(t NOT BETWEEN low AND high, TRUE)"),
+                {
+                    "x": column(name),
+                    "t": self._epoch_us(name, scan.types),
+                    "low": MIN_EVENT_US,
+                    "high": MAX_EVENT_US,
+                },
+            )
             for name in (window_time, event_time)
             if name is not None
         }
-        errors = " ".join(
-            f"WHEN {condition} THEN {literal(f'event time {name} = ')} || "
-            f"{ident(name)}::VARCHAR || {literal(OUTSIDE)}"
-            for name, condition in outside.items()
+        errors = exp.Case(
+            ifs=[
+                exp.If(
+                    this=condition,
+                    true=fill(
+                        template("lead || CAST(x AS VARCHAR) || tail"),
+                        {"lead": f"event time {name} = ", "x": column(name), "tail": OUTSIDE},
+                    ),
+                )
+                for name, condition in outside.items()
+            ]
         )
-        everything = f"({sql_of(self.scan_rows(scan, filtered=False))})"
+        everything = self.scan_rows(scan, filtered=False).subquery()
         # One error (or NULL) per input row, in input order: a filter must not apply here.
-        bad_times = f"SELECT CASE {errors} END AS __error FROM {everything}" if outside else None
+        bad_times = (
+            render(exp.select(exp.alias_(errors, "__error")).from_(everything)) if outside else None
+        )
         columns = {c.name.lower(): c.type for c in scan.source.columns}
         if (scan.prefilter is None or not outside) and all(
             name is None or columns.get(name.lower()) in ("TIMESTAMP", "TIMESTAMP WITH TIME ZONE")
@@ -337,25 +381,25 @@ class Compiler:
         ):
             return Statistics(window_time, event_time, late, None, bad_times)
         time = self._time() if window_time else None
-        accepted = f" FILTER (WHERE {time} >= $late_cutoff)" if late else ""
+        cutoff = param("late_cutoff")
         # Every input row counts, and any may have a bad time; the other figures are over
         # the rows the pushed-down WHERE keeps (in one pass when there is no such WHERE).
-        bad = " OR ".join(outside.values()) or "FALSE"
-        counts = ["count(*)", f"count(*) FILTER (WHERE {bad})"]
+        bad = exp.or_(*outside.values()) if outside else exp.false()
+        counts: list[exp.Expr] = [fn("count", exp.Star()), _count_where(bad)]
         if scan.prefilter is not None:
             counts = [
-                f"(SELECT count(*) FROM {scan.view})",
-                f"(SELECT count(*) FROM {everything} WHERE {bad})",
+                exp.select("count(*)").from_(table(scan.view)).subquery(),
+                exp.select("count(*)").from_(everything.copy()).where(bad).subquery(),
             ]
         figures = [
             counts[0],
-            f"count(*) FILTER (WHERE {ident(window_time)} IS NULL)" if time else "0",
-            f"count(*) FILTER (WHERE {time} < $late_cutoff)" if late else "0",
-            f"max({self._epoch_us(event_time, scan.types)})" if event_time else "NULL",
-            f"min({time}){accepted}" if time else "NULL",
+            _count_where(column(window_time).is_(exp.null())) if time else exp.Literal.number(0),
+            _count_where(exp.LT(this=time, expression=cutoff)) if late else exp.Literal.number(0),
+            fn("max", self._epoch_us(event_time, scan.types)) if event_time else exp.null(),
+            _accepted_min(time, cutoff if late else None) if time else exp.null(),
             counts[1],
         ]
-        sql = f"SELECT {', '.join(figures)} FROM ({sql_of(self.scan_rows(scan))})"
+        sql = exp.select(*figures).from_(self.scan_rows(scan).subquery())
         step = Step(f"statistics of {scan.name}", sql, Fetch.STATS)
         return Statistics(window_time, event_time, late, step, bad_times)
 
@@ -367,120 +411,163 @@ class Compiler:
         if plan.relation is None or plan.window is None:
             return None
         time = self._time()
-        late = self.drops_late_rows
+        cutoff = param("late_cutoff") if self.drops_late_rows else None
         figures = [
-            f"count(*) FILTER (WHERE {ident(plan.window.time_column)} IS NULL)",
-            f"count(*) FILTER (WHERE {time} < $late_cutoff)" if late else "0",
-            f"min({time})" + (f" FILTER (WHERE {time} >= $late_cutoff)" if late else ""),
+            _count_where(column(plan.window.time_column).is_(exp.null())),
+            _count_where(exp.LT(this=time, expression=cutoff)) if cutoff else exp.Literal.number(0),
+            _accepted_min(time, cutoff),
         ]
-        sql = f"SELECT {', '.join(figures)} FROM {self.rows()}"
+        sql = exp.select(*figures).from_(self.rows().subquery())
         return Step("window statistics", sql, Fetch.STATS)
 
-    def windowed_rows(self) -> str:
+    def windowed_rows(self) -> exp.Query:
         """Rows with their window bounds; a hopping row appears once per window it is in."""
         window = self.plan.window
         time = self._time()
-        present = f"{ident(window.time_column)} IS NOT NULL"
-        start = WINDOW_START
+        present = column(window.time_column).is_(exp.null()).not_()
+        start = column(WINDOW_START)
         if window.kind == "TUMBLING":
             starts = (
-                f"SELECT *, {floor_to(time, window.size_us)} AS {start} "
-                f"FROM {self.rows()} WHERE {present}"
+                exp.select(
+                    "*", exp.alias_(floor_to(time, window.size_us), identifier(WINDOW_START))
+                )
+                .from_(self.rows().subquery())
+                .where(present)
             )
         else:
-            last = floor_to(time, window.slide_us)
-            hop = f"{last} - {HOP_INDEX} * {window.slide_us}"
-            starts = (
-                f"SELECT * EXCLUDE ({HOP_INDEX}), {hop} AS {start} "
-                f"FROM {self.rows()}, range({window.windows_per_row}) AS {HOP}({HOP_INDEX}) "
-                f"WHERE {present} AND {hop} + {window.size_us} > {time}"
+            hop = fill(
+                template("last - i * slide"),
+                {
+                    "last": floor_to(time, window.slide_us),
+                    "i": column(HOP_INDEX),
+                    "slide": window.slide_us,
+                },
             )
-        late = f" WHERE {start} + {window.size_us} > $late" if self.drops_late_rows else ""
-        return (
-            f"SELECT * EXCLUDE ({start}), {self._to_timestamp(start)} AS window_start, "
-            f"{self._to_timestamp(f'{start} + {window.size_us}')} AS window_end "
-            f"FROM ({starts}){late}"
-        )
+            hops = exp.Table(
+                this=fn("range", exp.Literal.number(window.windows_per_row)),
+                alias=exp.TableAlias(this=identifier(HOP), columns=[identifier(HOP_INDEX)]),
+            )
+            starts = (
+                exp.select(star(HOP_INDEX), exp.alias_(hop, identifier(WINDOW_START)))
+                .from_(self.rows().subquery())
+                .join(hops)
+                .where(
+                    present,
+                    fill(
+                        template("hop + size > t"), {"hop": hop, "size": window.size_us, "t": time}
+                    ),
+                )
+            )
+        end = fill(template("start + size"), {"start": start, "size": window.size_us})
+        rows = exp.select(
+            star(WINDOW_START),
+            exp.alias_(self._to_timestamp(start), "window_start"),
+            exp.alias_(self._to_timestamp(end), "window_end"),
+        ).from_(starts.subquery())
+        if self.drops_late_rows:
+            rows = rows.where(exp.GT(this=end.copy(), expression=param("late")))
+        return rows
 
     # -- aggregation state -------------------------------------------------------------------
 
-    def _where(self) -> str:
-        return f" WHERE {sql_of(self.plan.where)}" if self.plan.where is not None else ""
+    def _where(self, query: exp.Select) -> exp.Select:
+        return query.where(self.plan.where.copy()) if self.plan.where is not None else query
 
-    def _key_selects(self) -> list[str]:
+    def _key_selects(self) -> list[exp.Expr]:
         return [
-            f"{sql_of(key)} AS {name}"
+            exp.alias_(key.copy(), identifier(name))
             for key, name in zip(self.plan.keys, self.key_columns, strict=True)
         ]
 
-    def _partials(self) -> list[str]:
-        return [f"{c.partial} AS {c.name}" for c in self.aggregate_columns]
+    def _partials(self) -> list[exp.Expr]:
+        return [exp.alias_(c.partial.copy(), identifier(c.name)) for c in self.aggregate_columns]
 
-    def partial(self) -> str:
+    def partial(self) -> exp.Select:
         """The batch's partial aggregates, one row per (window, group)."""
         plan = self.plan
-        relation = f"({self.windowed_rows()})" if plan.window else self.rows()
-        groups = self.window_columns + [sql_of(key) for key in plan.keys]
-        selects = self.window_columns + self._key_selects() + self._partials()
-        sql = f"SELECT {', '.join(selects)} FROM {relation} AS {ident(plan.alias)}{self._where()}"
+        relation = self.windowed_rows() if plan.window else self.rows()
+        windows = [column(c) for c in self.window_columns]
+        groups = windows + [key.copy() for key in plan.keys]
+        selects = windows + self._key_selects() + self._partials()
+        query = self._where(exp.select(*selects).from_(aliased(relation, plan.alias)))
         if groups:
-            return f"{sql} GROUP BY {', '.join(groups)}"
-        return f"{sql} HAVING count(*) > 0"  # a batch without rows leaves no group
+            return query.group_by(*groups)
+        return query.having("count(*) > 0")  # a batch without rows leaves no group
 
-    def state_shape(self) -> str:
+    def state_shape(self) -> exp.Select:
         return self.session_parts() if self.plan.kind is QueryKind.SESSION else self.partial()
 
-    def _match(self, left: str, right: str, columns: list[str]) -> str:
+    def _match(self, left: str, right: str, columns: list[str]) -> exp.Expr:
         """Key equality where NULL equals NULL, as GROUP BY has it."""
         conditions = [
-            f"{left}.{c} = {right}.{c}"
+            exp.EQ(this=column(c, left), expression=column(c, right))
             if c in self.window_columns
-            else f"{left}.{c} IS NOT DISTINCT FROM {right}.{c}"
+            else exp.NullSafeEQ(this=column(c, left), expression=column(c, right))
             for c in columns
         ]
-        return " AND ".join(conditions) or "TRUE"
+        return exp.and_(*conditions) if conditions else exp.true()
 
-    def combine(self, relation: str, groups: list[str], extra: tuple[str, ...] = ()) -> str:
+    def combine(
+        self, relation: exp.Expr, groups: list[str], extra: tuple[exp.Expr, ...] = ()
+    ) -> exp.Select:
         """Many state rows per group into one: the aggregates' combine expressions."""
-        group_exprs = {n: sql for call in self.plan.aggregates for n, sql in call.group.items()}
+        group_exprs = {n: e for call in self.plan.aggregates for n, e in call.group.items()}
         if group_exprs:
-            window = f"PARTITION BY {', '.join(groups)}" if groups else ""
-            relation = (
-                f"(SELECT *, {', '.join(f'{sql} AS {n}' for n, sql in group_exprs.items())} "
-                f"FROM {relation} WINDOW __group AS ({window}))"
+            window = exp.Window(
+                this=identifier("__group"), partition_by=[column(g) for g in groups] or None
             )
-        selects = [*groups, *extra, *(f"{c.combine} AS {c.name}" for c in self.aggregate_columns)]
-        group_by = f" GROUP BY {', '.join(groups)}" if groups else ""
-        return f"SELECT {', '.join(selects)} FROM {relation}{group_by}"
+            computed = [exp.alias_(e.copy(), identifier(n)) for n, e in group_exprs.items()]
+            relation = exp.select("*", *computed).from_(relation).subquery()
+            relation.this.set("windows", [window])
+        selects = [
+            *(column(g) for g in groups),
+            *extra,
+            *(exp.alias_(c.combine.copy(), identifier(c.name)) for c in self.aggregate_columns),
+        ]
+        query = exp.select(*selects).from_(relation)
+        return query.group_by(*(column(g) for g in groups)) if groups else query
 
     def append_steps(self) -> list[Step]:
         """EMIT FINAL: append partials; combine a window's partials when it closes."""
         groups = self.window_columns + self.key_columns
         append = Step(
             "append batch partials to state",
-            f"INSERT INTO {self.state} BY NAME {self.partial()}",
+            insert_by_name(self.table, self.partial()),
             effect=Effect.ADDS,
         )
-        closing = self.closing_steps(f"({self.combine(self.closed, groups)}) AS __windows")
+        closing = self.closing_steps(aliased(self.combine(table(self.closed), groups), "__windows"))
         if not self.feeds_sink:
             return [append, *closing]
+        windows = (
+            exp.select(
+                param("query"),
+                exp.cast(column("window_start"), "VARCHAR"),
+                exp.cast(column("window_end"), "VARCHAR"),
+                param("batch_id"),
+                exp.Count(
+                    this=exp.Distinct(
+                        expressions=[exp.Tuple(expressions=[column(g) for g in groups])]
+                    )
+                ),
+            )
+            .from_(table(self.closed))
+            .group_by(column("window_start"), column("window_end"))
+        )
         log = Step(
             "log the emitted windows",
-            f"INSERT INTO {EMITTED_WINDOWS} SELECT $query, window_start::VARCHAR, "
-            f"window_end::VARCHAR, $batch_id, count(DISTINCT ({', '.join(groups)})) "
-            f"FROM {self.closed} GROUP BY window_start, window_end",
+            exp.insert(windows, exp.to_table(EMITTED_WINDOWS, dialect="duckdb")),
             closes=True,
             unless_empty=self.closed,
         )
         return [append, *closing, log]
 
-    def closing_steps(self, closed: str) -> list[Step]:
+    def closing_steps(self, closed: exp.Expr) -> list[Step]:
         """Take the windows the watermark passed out of state and emit `closed` (over them):
         each window leaves the state in the batch that emits it, and only then."""
         return [
             Step(
                 "close windows the watermark passed",
-                f"DELETE FROM {self.state} WHERE {self._passed} RETURNING *",
+                delete(self.table, self._passed, returning=exp.Returning(expressions=[exp.Star()])),
                 Fetch.VIEW,
                 view=self.closed,
                 effect=Effect.REMOVES,
@@ -497,55 +584,84 @@ class Compiler:
 
     def compaction_steps(self) -> tuple[Step, ...]:
         groups = self.window_columns + self.key_columns
+        compacted = table("__compacted")
         return (
             Step(
                 "combine partials per group",
-                f"CREATE OR REPLACE TEMP TABLE __compacted AS {self.combine(self.state, groups)}",
+                create_table(
+                    compacted, self.combine(self.table.copy(), groups), temporary=True, replace=True
+                ),
             ),
-            Step("drop the partials", f"DELETE FROM {self.state}", effect=Effect.REMOVES),
+            Step("drop the partials", delete(self.table), effect=Effect.REMOVES),
             Step(
                 "store one row per group",
-                f"INSERT INTO {self.state} BY NAME SELECT * FROM __compacted",
+                insert_by_name(self.table, exp.select("*").from_(compacted)),
                 effect=Effect.ADDS,
             ),
-            Step("drop the scratch table", "DROP TABLE __compacted"),
+            Step("drop the scratch table", drop_table(compacted)),
         )
 
     def merge_steps(self) -> list[Step]:
         keys = self.window_columns + self.key_columns
         columns = keys + [c.name for c in self.aggregate_columns]
-        updates = ", ".join(f"{c.name} = {c.merge}" for c in self.aggregate_columns)
-        sql = (
-            f"MERGE INTO {self.state} AS __state USING ({self.partial()}) AS __batch "
-            f"ON {self._match('__state', '__batch', keys)} "
-            f"WHEN MATCHED THEN UPDATE SET {updates} "
-            f"WHEN NOT MATCHED THEN INSERT ({', '.join(columns)}) "
-            f"VALUES ({', '.join(f'__batch.{c}' for c in columns)}) "
-            f"RETURNING merge_action AS __action, *"
+        merge = exp.Merge(
+            this=aliased(self.table, "__state"),
+            using=aliased(self.partial(), "__batch"),
+            on=self._match("__state", "__batch", keys),
+            whens=exp.Whens(
+                expressions=[
+                    exp.When(
+                        matched=True,
+                        then=exp.Update(
+                            expressions=[
+                                exp.EQ(this=column(c.name), expression=c.merge.copy())
+                                for c in self.aggregate_columns
+                            ]
+                        ),
+                    ),
+                    exp.When(
+                        matched=False,
+                        then=exp.Insert(
+                            this=exp.Tuple(expressions=[column(c) for c in columns]),
+                            expression=exp.Tuple(
+                                expressions=[column(c, "__batch") for c in columns]
+                            ),
+                        ),
+                    ),
+                ]
+            ),
+            returning=exp.Returning(
+                expressions=[exp.alias_(column("merge_action"), "__action"), exp.Star()]
+            ),
         )
         return [
-            Step("merge batch into state", sql, Fetch.VIEW, view=self.touched, effect=Effect.MERGES)
+            Step(
+                "merge batch into state", merge, Fetch.VIEW, view=self.touched, effect=Effect.MERGES
+            )
         ]
 
     # -- sessions ----------------------------------------------------------------------------
 
-    def session_parts(self) -> str:
+    def session_parts(self) -> exp.Select:
         """Each accepted row as a one-event session [ts, ts + gap), pre-merged per timestamp."""
         plan = self.plan
         gap = plan.window.gap_us
         time = self._time()
-        late = f" AND {time} + {gap} > $late" if self.drops_late_rows else ""
-        where = f" AND ({sql_of(plan.where)})" if plan.where is not None else ""
-        groups = [sql_of(key) for key in plan.keys] + [time]
+        end = fill(template("t + gap"), {"t": time, "gap": gap})
+        conditions = [column(plan.window.time_column).is_(exp.null()).not_()]
+        if self.drops_late_rows:
+            conditions.append(exp.GT(this=end.copy(), expression=param("late")))
+        if plan.where is not None:
+            conditions.append(exp.paren(plan.where.copy()))
         bounds = [
-            f"{self._to_timestamp(time)} AS window_start",
-            f"{self._to_timestamp(f'{time} + {gap}')} AS window_end",
+            exp.alias_(self._to_timestamp(time), "window_start"),
+            exp.alias_(self._to_timestamp(end), "window_end"),
         ]
         return (
-            f"SELECT {', '.join(self._key_selects() + bounds + self._partials())} "
-            f"FROM {self.rows()} AS {ident(plan.alias)} "
-            f"WHERE {ident(plan.window.time_column)} IS NOT NULL{late}{where} "
-            f"GROUP BY {', '.join(groups)}"
+            exp.select(*self._key_selects(), *bounds, *self._partials())
+            .from_(self._rows_as_alias())
+            .where(exp.and_(*conditions))
+            .group_by(*(key.copy() for key in plan.keys), time.copy())
         )
 
     def session_steps(self) -> list[Step]:
@@ -555,104 +671,150 @@ class Compiler:
         island in start order, found with a running max of the session ends before it.
         """
         keys = self.key_columns
-        order = (f"PARTITION BY {', '.join(keys)} " if keys else "") + "ORDER BY __start, __end"
+        new, parts, sessions = table("__new"), table("__parts"), table("__sessions")
+        partition = [column(k) for k in keys] or None
+
+        def running(window: str) -> exp.Expr:
+            """A window over each key's parts in start order."""
+            over = template(window)
+            over.set("partition_by", partition and [c.copy() for c in partition])
+            return over
+
         touched = (
-            f"SELECT DISTINCT {', '.join(keys)} FROM __new"
+            exp.select(*(column(k) for k in keys)).distinct().from_(new)
             if keys
-            else "SELECT 1 FROM __new LIMIT 1"
+            else exp.select("1").from_(new).limit(1)
         )
-        state_columns = ", ".join(
-            self.window_columns + keys + [c.name for c in self.aggregate_columns]
+        state_columns = [
+            column(c) for c in self.window_columns + keys + [c.name for c in self.aggregate_columns]
+        ]
+        bounded = exp.select(
+            "*",
+            exp.alias_(fn("epoch_us", column("window_start")), "__start"),
+            exp.alias_(fn("epoch_us", column("window_end")), "__end"),
+        ).from_(parts)
+        reach = running(
+            "max(__end) OVER (ORDER BY __start, __end "
+            "ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING)"
         )
-        islands = (
-            f"(SELECT *, sum(CASE WHEN __reach IS NULL OR __start > __reach THEN 1 ELSE 0 END) "
-            f"OVER ({order} ROWS UNBOUNDED PRECEDING) AS __island FROM ("
-            f"SELECT *, max(__end) OVER ({order} ROWS BETWEEN UNBOUNDED PRECEDING AND "
-            f"1 PRECEDING) AS __reach FROM ("
-            f"SELECT *, epoch_us(window_start) AS __start, epoch_us(window_end) AS __end "
-            f"FROM __parts)))"
+        island = running(
+            "sum(CASE WHEN __reach IS NULL OR __start > __reach THEN 1 ELSE 0 END) "
+            "OVER (ORDER BY __start, __end ROWS UNBOUNDED PRECEDING)"
         )
+        reaches = exp.select("*", exp.alias_(reach, "__reach")).from_(bounded.subquery())
+        islands = exp.select("*", exp.alias_(island, "__island")).from_(reaches.subquery())
         bounds = (
-            f"{self._to_timestamp('min(__start)')} AS window_start",
-            f"{self._to_timestamp('max(__end)')} AS window_end",
+            exp.alias_(self._to_timestamp(template("min(__start)")), "window_start"),
+            exp.alias_(self._to_timestamp(template("max(__end)")), "window_end"),
         )
-        sessions = (
-            f"CREATE OR REPLACE TEMP TABLE __sessions AS "
-            f"WITH __new AS ({self.session_parts()}), "
-            f"__parts AS (SELECT {state_columns} FROM {self.state} AS __state "
-            f"SEMI JOIN ({touched}) AS __touched ON {self._match('__state', '__touched', keys)} "
-            f"UNION ALL BY NAME SELECT * FROM __new) "
-            f"SELECT * EXCLUDE (__island) "
-            f"FROM ({self.combine(islands, [*keys, '__island'], bounds)})"
+        stored = (
+            exp.select(*state_columns)
+            .from_(aliased(self.table, "__state"))
+            .join(
+                aliased(touched, "__touched"),
+                on=self._match("__state", "__touched", keys),
+                join_type="SEMI",
+            )
         )
-        replace = (
-            f"DELETE FROM {self.state} AS __state USING "
-            f"(SELECT DISTINCT {', '.join(keys)} FROM __sessions) AS __touched "
-            f"WHERE {self._match('__state', '__touched', keys)}"
-            if keys
-            else f"DELETE FROM {self.state} WHERE EXISTS (SELECT 1 FROM __sessions)"
+        merged = (
+            exp.select(star("__island"))
+            .from_(self.combine(islands.subquery(), [*keys, "__island"], bounds).subquery())
+            .with_(new.name, self.session_parts())
+            .with_(parts.name, union_by_name(stored, exp.select("*").from_(new)))
         )
+        if keys:
+            replace = delete(
+                aliased(self.table, "__state"),
+                self._match("__state", "__touched", keys),
+                using=[
+                    aliased(
+                        exp.select(*(column(k) for k in keys)).distinct().from_(sessions),
+                        "__touched",
+                    )
+                ],
+            )
+        else:
+            replace = delete(self.table, exp.Exists(this=exp.select("1").from_(sessions)))
         return [
-            Step("merge batch sessions with the open sessions they touch", sessions),
+            Step(
+                "merge batch sessions with the open sessions they touch",
+                create_table(sessions, merged, temporary=True, replace=True),
+            ),
             Step("drop the sessions that were merged", replace, effect=Effect.REMOVES),
             Step(
                 "store merged sessions",
-                f"INSERT INTO {self.state} BY NAME SELECT {state_columns} FROM __sessions",
+                insert_by_name(
+                    self.table, exp.select(*(c.copy() for c in state_columns)).from_(sessions)
+                ),
                 effect=Effect.ADDS,
             ),
         ]
 
     # -- output --------------------------------------------------------------------------------
 
-    def finalize(self, relation: str) -> str:
+    def finalize(self, relation: exp.Expr) -> exp.Select:
         """The user's SELECT list over state rows: aggregates finished, HAVING applied."""
         plan = self.plan
-        sql = f"SELECT {', '.join(sql_of(e) for e in plan.projection)} FROM {relation}"
-        if plan.having is not None:
-            sql += f" WHERE {sql_of(plan.having)}"
-        return sql
+        query = exp.select(*(e.copy() for e in plan.projection)).from_(relation)
+        return query.where(plan.having.copy()) if plan.having is not None else query
 
     def output_steps(self) -> list[Step]:
         """Emission after a MERGE (or a session rewrite): by output mode."""
         plan = self.plan
         if plan.emit is Emit.SNAPSHOT:
-            sql = self.finalize(self.snapshot_state())
+            query = self.finalize(self.snapshot_state())
             if plan.order is not None:
-                sql += f" {sql_of(plan.order)}"
+                query.set("order", plan.order.copy())
             if plan.limit is not None:
-                sql += f" LIMIT {sql_of(plan.limit)}"
-            return [Step("emit the whole result", sql, Fetch.EMIT)]
+                query = query.limit(plan.limit.copy())
+            return [Step("emit the whole result", query, Fetch.EMIT)]
         if plan.emit is Emit.CHANGES:  # sessions are refused (rule session-changes)
             emit = Step(
-                "emit groups updated by this batch", self.finalize(self.touched), Fetch.EMIT
+                "emit groups updated by this batch", self.finalize(table(self.touched)), Fetch.EMIT
             )
             if not plan.watermark_bounds_state:
                 return [emit]
             evict = Step(
                 "evict windows the watermark passed",
-                f"DELETE FROM {self.state} WHERE {self._passed}",
+                delete(self.table, self._passed),
                 effect=Effect.REMOVES,
                 closes=True,
             )
             return [emit, evict]
-        return self.closing_steps(self.closed)  # sessions: one state row each already
+        return self.closing_steps(table(self.closed))  # sessions: one state row each already
 
-    def snapshot_state(self) -> str:
+    def snapshot_state(self) -> exp.Expr:
         """The state rows a snapshot is made of. Without GROUP BY there is always one group,
         as in a batch query: before any row it is the aggregates over no rows."""
         plan = self.plan
         if plan.window or plan.keys:
-            return self.state
+            return self.table.copy()
         empty = (
-            f"SELECT {', '.join(self._partials())} FROM {self.rows()} AS {ident(plan.alias)} "
-            f"WHERE FALSE HAVING NOT EXISTS (SELECT 1 FROM {self.state})"
+            exp.select(*self._partials())
+            .from_(self._rows_as_alias())
+            .where(exp.false())
+            .having(exp.not_(exp.Exists(this=exp.select("1").from_(self.table.copy()))))
         )
-        return f"(SELECT * FROM {self.state} UNION ALL BY NAME {empty}) AS __state"
+        return aliased(union_by_name(exp.select("*").from_(self.table.copy()), empty), "__state")
 
-    def stateless_output(self) -> str:
+    def stateless_output(self) -> exp.Select:
         plan = self.plan
-        projection = ", ".join(sql_of(e) for e in plan.projection)
-        return f"SELECT {projection} FROM {self.rows()} AS {ident(plan.alias)}{self._where()}"
+        projection = (e.copy() for e in plan.projection)
+        return self._where(exp.select(*projection).from_(self._rows_as_alias()))
+
+
+def _count_where(condition: exp.Expr) -> exp.Expr:
+    """count(*) FILTER (WHERE condition)."""
+    return exp.Filter(this=fn("count", exp.Star()), expression=exp.Where(this=condition))
+
+
+def _accepted_min(time: exp.Expr, cutoff: exp.Expr | None) -> exp.Expr:
+    """The earliest window time, of the rows that are not late (with a `cutoff`)."""
+    earliest = fn("min", time.copy())
+    if cutoff is None:
+        return earliest
+    accepted = exp.GTE(this=time.copy(), expression=cutoff.copy())
+    return exp.Filter(this=earliest, expression=exp.Where(this=accepted))
 
 
 def compile_chain(

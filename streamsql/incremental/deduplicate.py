@@ -34,9 +34,21 @@ from streamsql.incremental.compiler import (
     Effect,
     Fetch,
     Step,
-    ident,
-    sql_of,
 )
+from streamsql.incremental.sqltree import (
+    aliased,
+    column,
+    create_table,
+    delete,
+    drop_table,
+    fill,
+    fn,
+    param,
+    star,
+    table,
+    template,
+)
+from streamsql.quoting import identifier
 
 SEQUENCE = f"{INTERNAL_PREFIX}seq"  # a row's position in the batch's input
 RANK = f"{INTERNAL_PREFIX}rank"
@@ -49,33 +61,39 @@ class DeduplicationCompiler(Compiler):
     says which of Spark's two operators, and whether the event time reaches it."""
 
     def compile(self) -> BatchProgram:
-        setup = (
-            f"CREATE {'TEMP ' if self.temporary else ''}TABLE IF NOT EXISTS {self.state} AS "
-            f"SELECT {', '.join(self._state_keys())}, CAST(NULL AS BIGINT) AS __expires "
-            f"FROM ({self.candidates()}) LIMIT 0",
+        firsts = table(FIRSTS)
+        shape = (
+            exp.select(*self._state_keys(), exp.alias_(_NO_EXPIRY.copy(), "__expires"))
+            .from_(self.candidates().subquery())
+            .limit(0)
+        )
+        setup = (Step("create the state table", create_table(self.table, shape, self.temporary)),)
+        remember = exp.insert(
+            exp.select(*(column(k) for k in self._batch_keys()), column(EXPIRES)).from_(firsts),
+            exp.Schema(
+                this=self.table.copy(),
+                expressions=[identifier(k) for k in [*self.key_columns, "__expires"]],
+            ),
         )
         steps = [
             Step(
                 "keep each key's first row of the batch, if the key is not in state",
-                f"CREATE OR REPLACE TEMP TABLE {FIRSTS} AS {self.firsts()}",
+                create_table(firsts, self.firsts(), temporary=True, replace=True),
             ),
-            Step(
-                "remember the keys emitted",
-                f"INSERT INTO {self.state} ({', '.join(self.key_columns)}, __expires) "
-                f"SELECT {', '.join(self._batch_keys())}, {EXPIRES} FROM {FIRSTS}",
-                effect=Effect.ADDS,
-            ),
+            Step("remember the keys emitted", remember, effect=Effect.ADDS),
             Step("emit the first rows", self.output(), Fetch.EMIT),
         ]
         if self._forgets:
             steps.append(
                 Step(
                     "forget keys the watermark passed",
-                    f"DELETE FROM {self.state} WHERE __expires <= $watermark",
+                    delete(
+                        self.table, exp.LTE(this=column("__expires"), expression=param("watermark"))
+                    ),
                     effect=Effect.REMOVES,
                 )
             )
-        steps.append(Step("drop the scratch table", f"DROP TABLE {FIRSTS}"))
+        steps.append(Step("drop the scratch table", drop_table(firsts)))
         statistics = tuple(self.statistics(scan) for scan in self.plan.scans)
         return BatchProgram(setup, statistics, tuple(steps), self.state)
 
@@ -87,92 +105,108 @@ class DeduplicationCompiler(Compiler):
     def _batch_keys(self) -> list[str]:
         return [f"{INTERNAL_PREFIX}k{i}" for i in range(len(self.plan.keys))]
 
-    def _state_keys(self) -> list[str]:
+    def _state_keys(self) -> list[exp.Expr]:
         return [
-            f"{batch} AS {state}"
+            exp.alias_(column(batch), identifier(state))
             for batch, state in zip(self._batch_keys(), self.key_columns, strict=True)
         ]
 
-    def _expiry(self) -> str:
+    def _expiry(self) -> exp.Expr:
         """When the key of a row is forgotten, over the source row (see the module doc)."""
         plan = self.plan
         if not self._forgets:
-            return "CAST(NULL AS BIGINT)"
+            return _NO_EXPIRY.copy()
         time = self._epoch_us(plan.event_time)
-        delay = plan.scans[0].watermark_delay_us
-        return f"{time} + {delay}" if plan.deduplication.within_watermark else time
+        if not plan.deduplication.within_watermark:
+            return time
+        return fill(template("t + delay"), {"t": time, "delay": plan.scans[0].watermark_delay_us})
 
-    def _accepted(self) -> str:
-        """The WHERE of the rows the operator sees: the query's, and not late."""
-        conditions = [sql_of(self.plan.where)] if self.plan.where is not None else []
+    def _accepted(self, query: exp.Select) -> exp.Select:
+        """`query` over the rows the operator sees: the query's WHERE, and not late."""
+        conditions = [self.plan.where.copy()] if self.plan.where is not None else []
         if self.plan.deduplication.timed:
-            conditions.append(f"{self._epoch_us(self.plan.event_time)} > $late")
-        return f" WHERE {' AND '.join(f'({c})' for c in conditions)}" if conditions else ""
+            late = exp.GT(this=self._epoch_us(self.plan.event_time), expression=param("late"))
+            conditions.append(late)
+        return query.where(*(exp.paren(c) for c in conditions)) if conditions else query
 
-    def candidates(self) -> str:
+    def candidates(self) -> exp.Select:
         """The rows the operator sees, each with its key `<prefix>k<i>` and expiry; in input
         order with their position, unless the key is the whole output row."""
         plan = self.plan
-        alias = ident(plan.alias)
         keys = self._batch_keys()
+        expiry = exp.alias_(self._expiry(), identifier(EXPIRES))
         if plan.deduplication.over_output:
-            projection = ", ".join(sql_of(e) for e in plan.projection)
-            outputs = (
-                f"SELECT {projection}, {self._expiry()} AS {EXPIRES} "
-                f"FROM {self.rows()} AS {alias}{self._accepted()}"
-            )
-            named = ", ".join(
-                f"{ident(name)} AS {key}" for name, key in zip(plan.output_names, keys, strict=True)
-            )
-            return f"SELECT *, {named} FROM ({outputs})"
-        selects = [f"{sql_of(e)} AS {k}" for e, k in zip(plan.keys, keys, strict=True)]
-        return (
-            f"SELECT *, {', '.join(selects)}, {self._expiry()} AS {EXPIRES} "
-            f"FROM {self.numbered_rows()} AS {alias}{self._accepted()}"
+            projection = [e.copy() for e in plan.projection]
+            outputs = self._accepted(exp.select(*projection, expiry).from_(self._rows_as_alias()))
+            named = [
+                exp.alias_(column(name), identifier(key))
+                for name, key in zip(plan.output_names, keys, strict=True)
+            ]
+            return exp.select("*", *named).from_(outputs.subquery())
+        selects = [
+            exp.alias_(e.copy(), identifier(k)) for e, k in zip(plan.keys, keys, strict=True)
+        ]
+        return self._accepted(
+            exp.select("*", *selects, expiry).from_(aliased(self.numbered_rows(), plan.alias))
         )
 
-    def numbered_rows(self) -> str:
+    def numbered_rows(self) -> exp.Query:
         """The source's rows, each with its position in the batch's Arrow input: the input
         joined by position (POSITIONAL JOIN) with 0, 1, 2, ..., before any column is
         computed or any row filtered."""
         view = self.plan.scans[0].view
-        count = exp.select(exp.func("count", exp.Star())).from_(view).subquery()
-        positions = exp.select(exp.column("range").as_(SEQUENCE)).from_(
-            exp.Table(this=exp.func("range", count))
+        count = exp.select(fn("count", exp.Star())).from_(table(view)).subquery()
+        positions = exp.select(exp.alias_(column("range"), identifier(SEQUENCE))).from_(
+            exp.Table(this=fn("range", count))
         )
-        numbered = (
+        numbered = aliased(
             exp.select("*")
-            .from_(view)
-            .join(exp.Join(this=positions.subquery(), method="POSITIONAL"))
-            .subquery(view)
+            .from_(table(view))
+            .join(exp.Join(this=positions.subquery(), method="POSITIONAL")),
+            view,
         )
-        rows = self.scan_rows(self.plan.scans[0]).transform(
+        return self.scan_rows(self.plan.scans[0]).transform(
             lambda node: (
                 numbered.copy() if isinstance(node, exp.Table) and node.name == view else node
             )
         )
-        return f"({sql_of(rows)})"
 
-    def firsts(self) -> str:
+    def firsts(self) -> exp.Select:
         keys = self._batch_keys()
-        order = "" if self.plan.deduplication.over_output else f" ORDER BY {SEQUENCE}"
-        known = " AND ".join(
-            f"__state.{state} IS NOT DISTINCT FROM __batch.{batch}"
-            for batch, state in zip(keys, self.key_columns, strict=True)
+        order = None if self.plan.deduplication.over_output else [column(SEQUENCE)]
+        known = exp.and_(
+            *(
+                exp.NullSafeEQ(this=column(state, "__state"), expression=column(batch, "__batch"))
+                for batch, state in zip(keys, self.key_columns, strict=True)
+            )
         )
-        return (
-            f"SELECT __batch.* EXCLUDE ({RANK}) FROM (SELECT *, row_number() OVER "
-            f"(PARTITION BY {', '.join(keys)}{order}) AS {RANK} FROM ({self.candidates()})) "
-            f"AS __batch ANTI JOIN {self.state} AS __state ON {known} "
-            f"WHERE __batch.{RANK} = 1{order}"
+        rank = exp.Window(
+            this=fn("row_number"),
+            partition_by=[column(k) for k in keys],
+            order=exp.Order(expressions=[exp.Ordered(this=c.copy()) for c in order])
+            if order
+            else None,
         )
+        ranked = exp.select("*", exp.alias_(rank, identifier(RANK))).from_(
+            self.candidates().subquery()
+        )
+        query = (
+            exp.select(star(RANK, table="__batch"))
+            .from_(aliased(ranked, "__batch"))
+            .join(aliased(self.table, "__state"), on=known, join_type="ANTI")
+            .where(exp.EQ(this=column(RANK, "__batch"), expression=exp.Literal.number(1)))
+        )
+        return query.order_by(*order) if order else query
 
-    def output(self) -> str:
+    def output(self) -> exp.Select:
         """The user's select list over the emitted rows (already projected for DISTINCT)."""
         plan = self.plan
         internal = [*self._batch_keys(), EXPIRES]
         if plan.deduplication.over_output:
-            return f"SELECT * EXCLUDE ({', '.join(internal)}) FROM {FIRSTS}"
-        rows = f"SELECT * EXCLUDE ({', '.join([SEQUENCE, *internal])}) FROM {FIRSTS}"
-        projection = ", ".join(sql_of(e) for e in plan.projection)
-        return f"SELECT {projection} FROM ({rows}) AS {ident(plan.alias)}"
+            return exp.select(star(*internal)).from_(table(FIRSTS))
+        rows = exp.select(star(SEQUENCE, *internal)).from_(table(FIRSTS))
+        projection = [e.copy() for e in plan.projection]
+        return exp.select(*projection).from_(aliased(rows, plan.alias))
+
+
+_NO_EXPIRY = exp.cast(exp.null(), "BIGINT")

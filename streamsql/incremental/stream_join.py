@@ -24,9 +24,25 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from sqlglot import exp
+
 from streamsql.catalog.definitions import INTERNAL_PREFIX
-from streamsql.incremental.compiler import Effect, Fetch, Step, ident, sql_of
+from streamsql.incremental.compiler import Effect, Fetch, Step
+from streamsql.incremental.sqltree import (
+    aliased,
+    column,
+    create_table,
+    delete,
+    fill,
+    insert_by_name,
+    param,
+    star,
+    table,
+    template,
+    union_by_name,
+)
 from streamsql.plan.plan import JoinSide, JoinType, StreamingPlan
+from streamsql.quoting import identifier
 
 if TYPE_CHECKING:
     from streamsql.incremental.compiler import Compiler
@@ -45,72 +61,105 @@ class StreamJoinSteps:
         self.compiler = compiler
         self.plan: StreamingPlan = compiler.plan
         self.join = compiler.plan.join
-        self.state = compiler.state
+        self.state = compiler.table
         self.scans = {scan.view: scan for scan in self.plan.scans}
 
-    def _tag(self, side: JoinSide) -> str:
-        return "'L'" if side is self.join.left else "'R'"
+    def _tag(self, side: JoinSide) -> exp.Expr:
+        return exp.Literal.string("L" if side is self.join.left else "R")
 
-    def _accepted(self, side: JoinSide) -> str:
+    def _is(self, side: JoinSide) -> exp.Expr:
+        """A state row is of `side`."""
+        return exp.EQ(this=column(SIDE), expression=self._tag(side))
+
+    def _accepted(self, side: JoinSide) -> exp.Expr:
         """A side's rows that are neither late nor without an event time."""
         if side.event_time is None:
-            return "TRUE"
+            return exp.true()
         scan = self.scans[side.view]
-        return (
-            f"{ident(side.event_time)} IS NOT NULL AND "
-            f"{self.compiler._epoch_us(side.event_time, scan.types)} > $late"
+        return exp.and_(
+            column(side.event_time).is_(exp.null()).not_(),
+            exp.GT(
+                this=self.compiler._epoch_us(side.event_time, scan.types),
+                expression=param("late"),
+            ),
         )
 
-    def _input(self, side: JoinSide) -> str:
+    def _input(self, side: JoinSide) -> exp.Expr:
         """The batch's rows of a side (after the filters below the watermark), as `alias`."""
-        rows = sql_of(self.compiler.scan_rows(self.scans[side.view]))
-        return f"({rows}) AS {ident(side.alias)}"
+        return aliased(self.compiler.scan_rows(self.scans[side.view]), side.alias)
 
-    def shape(self) -> str:
-        """The state table's columns, over no rows."""
-        join = self.join
-        columns = [
-            f"{ident(side.alias)}.{ident(c)} AS {ident(n)}"
-            for side in (join.left, join.right)
+    def _columns(self, sides: tuple[JoinSide, ...]) -> list[exp.Expr]:
+        """The sides' columns under the join's names for them."""
+        return [
+            exp.alias_(column(c, side.alias), identifier(n))
+            for side in sides
             for c, n in side.columns
         ]
+
+    def shape(self) -> exp.Select:
+        """The state table's columns, over no rows."""
+        join = self.join
         return (
-            f"SELECT {', '.join(columns)}, ''::VARCHAR AS {SIDE}, 0::BIGINT AS {ROW_ID}, "
-            f"FALSE AS {MATCHED} FROM {self._input(join.left)}, {self._input(join.right)} "
-            "LIMIT 0"
+            exp.select(
+                *self._columns((join.left, join.right)),
+                exp.alias_(exp.cast(exp.Literal.string(""), "VARCHAR"), identifier(SIDE)),
+                exp.alias_(exp.cast(exp.Literal.number(0), "BIGINT"), identifier(ROW_ID)),
+                exp.alias_(exp.false(), identifier(MATCHED)),
+            )
+            .from_(self._input(join.left))
+            .join(self._input(join.right))
+            .limit(0)
         )
 
-    def _new_rows(self, side: JoinSide) -> str:
-        columns = ", ".join(f"{ident(c)} AS {ident(n)}" for c, n in side.columns)
-        return (
-            f"SELECT {columns}, {self._tag(side)} AS {SIDE}, "
-            f"$batch_id::BIGINT * {BATCH_IDS} + row_number() OVER () AS {ROW_ID}, "
-            f"FALSE AS {MATCHED} FROM {self._input(side)} WHERE {self._accepted(side)}"
+    def _batch_start(self) -> exp.Expr:
+        """The first row id of this batch."""
+        return fill(
+            template("CAST(batch AS BIGINT) * ids"), {"batch": param("batch_id"), "ids": BATCH_IDS}
         )
 
-    def _stored(self, side: JoinSide, which: str) -> str:
+    def _new_rows(self, side: JoinSide) -> exp.Select:
+        row_id = fill(template("first + row_number() OVER ()"), {"first": self._batch_start()})
+        return (
+            exp.select(
+                *(exp.alias_(column(c), identifier(n)) for c, n in side.columns),
+                exp.alias_(self._tag(side), identifier(SIDE)),
+                exp.alias_(row_id, identifier(ROW_ID)),
+                exp.alias_(exp.false(), identifier(MATCHED)),
+            )
+            .from_(self._input(side))
+            .where(self._accepted(side))
+        )
+
+    def _stored(self, side: JoinSide, which: str) -> exp.Expr:
         """A side's state rows (`which`: this batch's 'new', earlier 'old', or 'all') under
         the source's column names and the side's alias, for ON and the join's columns."""
-        columns = ", ".join(f"{ident(n)} AS {ident(c)}" for c, n in side.columns)
-        batch = {
-            "new": f" AND {ROW_ID} >= $batch_id::BIGINT * {BATCH_IDS}",
-            "old": f" AND {ROW_ID} < $batch_id::BIGINT * {BATCH_IDS}",
-            "all": "",
-        }[which]
-        return (
-            f"(SELECT {columns}, {ROW_ID} FROM {self.state} "
-            f"WHERE {SIDE} = {self._tag(side)}{batch}) AS {ident(side.alias)}"
+        conditions = [self._is(side)]
+        if which == "new":
+            conditions.append(exp.GTE(this=column(ROW_ID), expression=self._batch_start()))
+        elif which == "old":
+            conditions.append(exp.LT(this=column(ROW_ID), expression=self._batch_start()))
+        rows = (
+            exp.select(
+                *(exp.alias_(column(n), identifier(c)) for c, n in side.columns), column(ROW_ID)
+            )
+            .from_(self.state.copy())
+            .where(*conditions)
         )
+        return aliased(rows, side.alias)
 
-    def _evicted(self, side: JoinSide) -> str:
+    def _evicted(self, side: JoinSide) -> exp.Expr:
         """State rows of a side that no future row can match (FALSE: none, ever)."""
         if side.bound is None:
-            return "FALSE"
-        column, offset = side.bound
-        name = dict(side.columns)[column]
+            return exp.false()
+        name_of, offset = side.bound
+        name = dict(side.columns)[name_of]
         scan = self.scans[side.view]
-        time = self.compiler._epoch_us(name, {name.lower(): scan.types.get(column.lower(), "")})
-        return f"({SIDE} = {self._tag(side)} AND {time} <= $watermark::BIGINT + {offset})"
+        time = self.compiler._epoch_us(name, {name.lower(): scan.types.get(name_of.lower(), "")})
+        bound = fill(
+            template("CAST(watermark AS BIGINT) + offset"),
+            {"watermark": param("watermark"), "offset": offset},
+        )
+        return exp.paren(exp.and_(self._is(side), exp.LTE(this=time, expression=bound)))
 
     def statistics(self) -> Step:
         """Rows without an event time and late rows, of both sides (the sources' own
@@ -121,101 +170,129 @@ class StreamJoinSteps:
                 continue
             scan = self.scans[side.view]
             time = self.compiler._epoch_us(side.event_time, scan.types)
-            rows = f"FROM {self._input(side)}"
-            nulls.append(
-                f"(SELECT count(*) FILTER (WHERE {ident(side.event_time)} IS NULL) {rows})"
-            )
-            late.append(f"(SELECT count(*) FILTER (WHERE {time} <= $late) {rows})")
-        figures = [
-            f"({' + '.join(nulls)})::BIGINT" if nulls else "0",
-            f"({' + '.join(late)})::BIGINT" if late else "0",
-            "NULL",
-        ]
-        return Step("late rows of the join's sides", f"SELECT {', '.join(figures)}", Fetch.STATS)
+            nulls.append(self._count(side, column(side.event_time).is_(exp.null())))
+            late.append(self._count(side, exp.LTE(this=time, expression=param("late"))))
+        figures = [_sum(nulls), _sum(late), exp.null()]
+        return Step("late rows of the join's sides", exp.select(*figures), Fetch.STATS)
+
+    def _count(self, side: JoinSide, condition: exp.Expr) -> exp.Expr:
+        """The batch's rows of a side that meet `condition`, as a scalar subquery."""
+        count = exp.Filter(this=exp.Count(this=exp.Star()), expression=exp.Where(this=condition))
+        return exp.select(count).from_(self._input(side)).subquery()
 
     def steps(self) -> list[Step]:
         join = self.join
         left, right = join.left, join.right
-        condition = sql_of(join.condition)
-        projection = ", ".join(
-            f"{ident(side.alias)}.{ident(c)} AS {ident(n)}"
-            for side in (left, right)
-            for c, n in side.columns
-        )
-        ids = (
-            f"{ident(left.alias)}.{ROW_ID} AS {LEFT_ID}, "
-            f"{ident(right.alias)}.{ROW_ID} AS {RIGHT_ID}"
-        )
-        pairs = (
-            f"CREATE OR REPLACE TEMP TABLE {PAIRS} AS "
-            f"SELECT {ids}, {projection} FROM {self._stored(left, 'new')} "
-            f"JOIN {self._stored(right, 'old')} ON {condition} "
-            f"UNION ALL SELECT {ids}, {projection} FROM {self._stored(left, 'all')} "
-            f"JOIN {self._stored(right, 'new')} ON {condition}"
-        )
+        ids = [
+            exp.alias_(column(ROW_ID, left.alias), identifier(LEFT_ID)),
+            exp.alias_(column(ROW_ID, right.alias), identifier(RIGHT_ID)),
+        ]
+
+        def pairs_of(left_rows: str, right_rows: str) -> exp.Select:
+            return (
+                exp.select(*(c.copy() for c in ids), *self._columns((left, right)))
+                .from_(self._stored(left, left_rows))
+                .join(self._stored(right, right_rows), on=join.condition.copy())
+            )
+
+        pairs = exp.union(pairs_of("new", "old"), pairs_of("all", "new"), distinct=False)
         steps = [
             Step(
                 "store the batch's rows of both sides",
-                f"INSERT INTO {self.state} BY NAME {self._new_rows(left)} "
-                f"UNION ALL BY NAME {self._new_rows(right)}",
+                insert_by_name(
+                    self.state, union_by_name(self._new_rows(left), self._new_rows(right))
+                ),
                 effect=Effect.ADDS,
             ),
-            Step("join each side's new rows with the other side's", pairs),
+            Step(
+                "join each side's new rows with the other side's",
+                create_table(table(PAIRS), pairs, temporary=True, replace=True),
+            ),
         ]
-        internal = f"EXCLUDE ({SIDE}, {ROW_ID}, {MATCHED})"
-        output = f"SELECT * EXCLUDE ({LEFT_ID}, {RIGHT_ID}) FROM {PAIRS}"
+        internal = (SIDE, ROW_ID, MATCHED)
+        output: exp.Query = exp.select(star(LEFT_ID, RIGHT_ID)).from_(table(PAIRS))
         if join.type is JoinType.SEMI:
+            first = (
+                exp.select(star(*internal))
+                .from_(self.state.copy())
+                .where(
+                    self._is(left),
+                    exp.not_(column(MATCHED)),
+                    self._paired(LEFT_ID),
+                )
+            )
             steps.append(
                 Step(
                     "left rows matched for the first time",
-                    f"CREATE OR REPLACE TEMP TABLE {FIRST} AS SELECT * {internal} "
-                    f"FROM {self.state} WHERE {SIDE} = 'L' AND NOT {MATCHED} "
-                    f"AND {ROW_ID} IN (SELECT {LEFT_ID} FROM {PAIRS})",
+                    create_table(table(FIRST), first, temporary=True, replace=True),
                 )
             )
-            output = f"SELECT * FROM {FIRST}"
+            output = exp.select("*").from_(table(FIRST))
         if join.type is not JoinType.INNER:
-            steps.append(
-                Step(
-                    "mark the rows that matched",
-                    f"UPDATE {self.state} SET {MATCHED} = TRUE WHERE NOT {MATCHED} AND ("
-                    f"({SIDE} = 'L' AND {ROW_ID} IN (SELECT {LEFT_ID} FROM {PAIRS})) OR "
-                    f"({SIDE} = 'R' AND {ROW_ID} IN (SELECT {RIGHT_ID} FROM {PAIRS})))",
-                )
+            matched = exp.or_(
+                exp.and_(self._is(left), self._paired(LEFT_ID)),
+                exp.and_(self._is(right), self._paired(RIGHT_ID)),
             )
+            mark = exp.update(
+                self.state.copy(),
+                {MATCHED: exp.true()},
+                exp.and_(exp.not_(column(MATCHED)), exp.paren(matched)),
+            )
+            steps.append(Step("mark the rows that matched", mark))
         extended = [side for side in (left, right) if side.alias in self._null_extended()]
         if extended:
-            leaving = " OR ".join(self._evicted(side) for side in extended)
+            leaving = exp.or_(*(self._evicted(side) for side in extended))
+            gone = (
+                exp.select(star(*internal))
+                .from_(self.state.copy())
+                .where(exp.not_(column(MATCHED)), exp.paren(leaving))
+            )
             steps.append(
                 Step(
                     "unmatched outer rows that leave state",
-                    f"CREATE OR REPLACE TEMP TABLE {GONE} AS SELECT * {internal} "
-                    f"FROM {self.state} WHERE NOT {MATCHED} AND ({leaving})",
+                    create_table(table(GONE), gone, temporary=True, replace=True),
                 )
             )
-            output += f" UNION ALL BY NAME SELECT * FROM {GONE}"
+            output = union_by_name(output, exp.select("*").from_(table(GONE)))
         evicted = [self._evicted(side) for side in (left, right) if side.bound is not None]
         if join.type is JoinType.SEMI:  # a left row that matched has nothing more to emit
-            evicted.append(f"({SIDE} = 'L' AND {MATCHED})")
+            evicted.append(exp.paren(exp.and_(self._is(left), column(MATCHED))))
         if evicted:
             steps.append(
                 Step(
                     "evict rows no future row can match",
-                    f"DELETE FROM {self.state} WHERE {' OR '.join(evicted)}",
+                    delete(self.state, exp.or_(*evicted)),
                     effect=Effect.REMOVES,
                 )
             )
         plan = self.plan
-        where = f" WHERE {sql_of(plan.where)}" if plan.where is not None else ""
-        select = ", ".join(sql_of(e) for e in plan.projection)
-        emit = f"SELECT {select} FROM ({output}) AS {ident(plan.alias)}{where}"
+        emit = exp.select(*(e.copy() for e in plan.projection)).from_(aliased(output, plan.alias))
+        if plan.where is not None:
+            emit = emit.where(plan.where.copy())
         steps.append(Step("emit joined rows", emit, Fetch.EMIT))
         return steps
+
+    @staticmethod
+    def _paired(ids: str) -> exp.Expr:
+        """A state row's id is among the pairs' `ids`."""
+        return column(ROW_ID).isin(query=exp.select(column(ids)).from_(table(PAIRS)))
 
     def _null_extended(self) -> set[str]:
         join = self.join
         return {getattr(join, side).alias for side in join.type.null_extends}
 
-    def setup(self) -> str:
-        temporary = "TEMP " if self.compiler.temporary else ""
-        return f"CREATE {temporary}TABLE IF NOT EXISTS {self.state} AS {self.shape()}"
+    def setup(self) -> Step:
+        return Step(
+            "create the state table",
+            create_table(self.state, self.shape(), self.compiler.temporary),
+        )
+
+
+def _sum(counts: list[exp.Expr]) -> exp.Expr:
+    """The sum of counts, as a BIGINT (0 without any)."""
+    if not counts:
+        return exp.Literal.number(0)
+    total = counts[0]
+    for count in counts[1:]:
+        total = exp.Add(this=total, expression=count)
+    return exp.cast(exp.paren(total), "BIGINT")

@@ -47,7 +47,8 @@ from streamsql.plan.relation import (
     renamed_join,
 )
 from streamsql.plan.stream_join import plan_stream_join
-from streamsql.sql import nodes, parse_expression, position_of
+from streamsql.quoting import quote
+from streamsql.sql import nodes, position_of
 
 DUCKDB = Dialect.get_or_raise("duckdb")
 WINDOW_COLUMNS = ("window_start", "window_end")
@@ -456,11 +457,7 @@ class Planner:
         are renamed in the relation the operator reads); the window bounds and the
         window's `window_time`, which no relation of the join has yet, stand in as NULL
         timestamps."""
-        parts = [
-            f"{exp.to_identifier(s.view).sql('duckdb')} AS "
-            f"({self.empty_relation(s.source, s.derived)})"
-            for s in scans
-        ]
+        parts = [f"{quote(s.view)} AS ({self.empty_relation(s.source, s.derived)})" for s in scans]
         batch = select.copy()
         windowed = bool(select.args.get("stream_window"))
 
@@ -721,8 +718,8 @@ class Planner:
                 if isinstance(item, Scan)
                 else sql_of(item)
             )
-            parts.append(f"{exp.to_identifier(name).sql('duckdb')} AS ({sql})")
-        last = exp.to_identifier(ctes[-1][0]).sql("duckdb")
+            parts.append(f"{quote(name)} AS ({sql})")
+        last = quote(ctes[-1][0])
         columns = (
             f", CAST(NULL AS {window_type}) AS window_start, "
             f"CAST(NULL AS {window_type}) AS window_end"
@@ -734,13 +731,10 @@ class Planner:
     @staticmethod
     def empty_relation(source: SourceDef, derived: list[tuple[str, exp.Expr]]) -> str:
         """The columns a query over `source` sees, as an empty relation DuckDB can type."""
-        physical = ", ".join(
-            f"CAST(NULL AS {c.type}) AS {exp.to_identifier(c.name).sql('duckdb')}"
-            for c in source.columns
-        )
+        physical = ", ".join(f"CAST(NULL AS {c.type}) AS {quote(c.name)}" for c in source.columns)
         relation = f"SELECT {physical} LIMIT 0"
         for name, expression in derived:
-            ident = exp.to_identifier(name).sql("duckdb")
+            ident = quote(name)
             relation = f"SELECT *, {sql_of(expression)} AS {ident} FROM ({relation})"
         return relation
 
@@ -1033,7 +1027,7 @@ class Planner:
         for key in ("stream_window", "emit"):
             batch.set(key, None)
         relation = self.empty_query(ctes, window.bound_type if window else None)
-        alias = exp.to_identifier(ctes[-1][0]).sql("duckdb")
+        alias = quote(ctes[-1][0])
         sql = f"WITH {alias} AS ({relation}) {sql_of(batch)}"
         try:
             queries = [item for _, item in ctes if isinstance(item, exp.Expr)]
@@ -1071,7 +1065,7 @@ class Planner:
         values = {name: plan.parameters[name] for name in names}
         try:
             self.con.execute(
-                f"SELECT {keys} FROM ({relation}) AS {exp.to_identifier(plan.alias).sql('duckdb')}",
+                f"SELECT {keys} FROM ({relation}) AS {quote(plan.alias)}",
                 values or None,
             ).fetchall()
         except duckdb.Error as error:
@@ -1114,11 +1108,11 @@ class Planner:
         plan.aggregates = []
         for index, call in enumerate(calls):
             try:
-                plan.aggregates.append(decompose(call, index, sql_of))
+                plan.aggregates.append(decompose(call, index))
             except PlanningError as error:
                 raise error.at(position_of(call)) from None
         replacements: dict[str, exp.Expr] = {
-            sql_of(call.node): _parenthesize(call.final) for call in plan.aggregates
+            sql_of(call.node): exp.paren(call.final.copy()) for call in plan.aggregates
         }
         key_columns = {sql_of(key): exp.column(f"key{i}") for i, key in enumerate(plan.keys)}
         key_state = {*(f"key{i}" for i in range(len(plan.keys))), *WINDOW_COLUMNS}
@@ -1204,10 +1198,6 @@ def _used(parameters: dict[str, Any], *nodes: exp.Expr) -> dict[str, Any] | None
 
 def _conjunction(conjuncts: list[exp.Expr]) -> exp.Expr | None:
     return exp.and_(*(c.copy() for c in conjuncts)) if conjuncts else None
-
-
-def _parenthesize(sql: str) -> exp.Expr:
-    return exp.paren(parse_expression(sql), copy=False)
 
 
 def _culprit(node: exp.Expr | Scan, error: Exception) -> tuple[int, int] | None:

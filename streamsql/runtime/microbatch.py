@@ -185,9 +185,9 @@ class MicroBatchExecution:
             if op.index:  # it reads what the operator before emits, typed by its dry run
                 self.cursor.register(op.plan.scans[0].view, self.empty_output)
             values = {**self._dry_run_values(), **op.values(0, 0)}
-            for statement in op.program.setup:
-                params = {name: values[name] for name in Step("setup", statement).parameters}
-                self.cursor.execute(statement, params or None).fetchall()
+            for step in op.program.setup:
+                params = {name: values[name] for name in step.parameters}
+                self.cursor.execute(step.sql, params or None).fetchall()
             if op.state_table:
                 op.state_rows = op.compacted_rows = self._scalar(op.program.state_rows_sql)
                 if op.plan.window:

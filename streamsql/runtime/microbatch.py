@@ -128,7 +128,6 @@ class MicroBatchExecution:
         self.late_threshold: int | None = None  # L for the next batch (W of the last one)
         self.max_events: dict[str, int | None] = dict.fromkeys(self.sources)
         self.output: OutputSchema | None = None
-        self.empty_output: pa.Table = pa.table({})
         self.dead_letters = 0  # kept in the dead-letter table, over all batches
         self.planning_ms = 0.0  # the batch in flight's planning and offset-log write
         self.last_started: float | None = None  # when the previous batch started
@@ -183,7 +182,8 @@ class MicroBatchExecution:
         types: list[str] = []
         for op in self.operators:
             if op.index:  # it reads what the operator before emits, typed by its dry run
-                self.cursor.register(op.plan.scans[0].view, self.empty_output)
+                below = self.operators[op.index - 1].empty_output
+                self.cursor.register(op.plan.scans[0].view, below)
             values = {**self._dry_run_values(), **op.values(0, 0)}
             for step in op.program.setup:
                 params = {name: values[name] for name in step.parameters}
@@ -261,7 +261,7 @@ class MicroBatchExecution:
                 if step.fetch is Fetch.EMIT:
                     described = self.cursor.execute(f"DESCRIBE {step.sql}", params).fetchall()
                     types = [row[1] for row in described]
-                    self.empty_output = op.empty_output = self._run_step(step, params)
+                    op.empty_output = self._run_step(step, params)
                     break
                 self._run_step(step, params)
         except duckdb.Error as error:

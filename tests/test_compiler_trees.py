@@ -56,6 +56,11 @@ QUERIES = (
     f"SELECT i.ad, i.ts, c.ts AS clicked {JOIN.format('JOIN')}",
     f"SELECT i.ad, c.ts AS clicked {JOIN.format('FULL OUTER JOIN')}",
     f"SELECT i.ad, i.ts {JOIN.format('SEMI JOIN')}",
+    # a chain: a window over a window over the join, each operator's program
+    "SELECT window_start, count(*) AS n FROM (SELECT window_time, i.ad, count(*) AS c "
+    f"{JOIN.format('JOIN')} WHERE i.ad <> ? {TUMBLING.replace('ts', 'i.ts')} "
+    "GROUP BY window_start, window_end, i.ad) "
+    "WINDOW TUMBLING (window_time, INTERVAL '1 hour') GROUP BY window_start",
 )
 
 
@@ -65,10 +70,9 @@ def _programs() -> Iterator[tuple[str, BatchProgram]]:
             con.execute(source)
         for query in QUERIES:
             parameters = [1] * query.count("?")
-            yield (
-                query,
-                con.engine.program("q", con.engine.plan(parse_one(query).expression, parameters)),
-            )
+            plan = con.engine.plan(parse_one(query).expression, parameters)
+            for program in con.engine.programs("q", plan):
+                yield query, program
 
 
 def _steps(program: BatchProgram) -> list[Step]:

@@ -26,19 +26,17 @@ def explain(
     name = target.this.name if isinstance(target, exp.Create) else "query"
     plan = engine.plan(select, params)
     chain = plan.chain
-    sections = []
-    shift = 0
     programs = engine.programs(name, plan)
-    for index, (operator, program) in enumerate(zip(chain, programs, strict=True)):
-        header = _header(operator, index, len(chain), shift)
-        sections.append("\n".join(header) + "\n" + program.explain())
-        shift += operator.output_watermark_shift or 0
-    text = "\n".join(sections)
+    text = "\n".join(
+        "\n".join(_header(operator, index, len(chain))) + "\n" + program.explain()
+        for index, (operator, program) in enumerate(zip(chain, programs, strict=True))
+    )
     return Result(["explain"], [(line,) for line in text.splitlines()])
 
 
-def _header(plan: StreamingPlan, index: int, operators: int, shift: int) -> list[str]:
+def _header(plan: StreamingPlan, index: int, operators: int) -> list[str]:
     """What one operator of the chain is, what it reads, and the watermark it runs under."""
+    shift = plan.watermark_shift
     if index:
         reads = f"the rows of operator {index} ({plan.scans[0].name})"
     else:
@@ -46,9 +44,8 @@ def _header(plan: StreamingPlan, index: int, operators: int, shift: int) -> list
         reads = f"source{'s' if len(plan.scans) > 1 else ''} {names}"
     place = ""
     if operators > 1:
-        place = (
-            f"operator {index + 1} of {operators}{' (feeds the sink)' * (index + 1 == operators)}: "
-        )
+        feeds = " (feeds the sink)" if index + 1 == operators else ""
+        place = f"operator {index + 1} of {operators}{feeds}: "
     header = [f"-- {place}{plan.kind.value} over {reads}, EMIT {plan.emit.value}"]
     if index:
         if plan.has_watermark:

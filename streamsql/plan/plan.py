@@ -222,6 +222,14 @@ class StreamingPlan:
         return self.upstream.sources_plan if self.upstream else self
 
     @property
+    def watermark_shift(self) -> int:
+        """How far the watermark this operator runs under is from the query's: what the
+        operators below it pass on."""
+        if self.upstream is None:
+            return 0
+        return self.upstream.watermark_shift + (self.upstream.output_watermark_shift or 0)
+
+    @property
     def output_watermark_shift(self) -> int | None:
         """How the watermark this operator passes on to the next one follows the one it
         runs under: W + shift (Spark's produceOutputWatermark). An aggregation and a

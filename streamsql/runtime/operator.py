@@ -78,9 +78,7 @@ class StatefulOperator:
 def chain_of(plan: StreamingPlan, programs: list[BatchProgram]) -> list[StatefulOperator]:
     """The operators of `plan`'s chain with their programs, each under the watermark the
     ones before it pass on."""
-    operators = []
-    shift = 0
-    for index, (operator, program) in enumerate(zip(plan.chain, programs, strict=True)):
-        operators.append(StatefulOperator(operator, program, shift, index))
-        shift += operator.output_watermark_shift or 0
-    return operators
+    return [
+        StatefulOperator(operator, program, operator.watermark_shift, index)
+        for index, (operator, program) in enumerate(zip(plan.chain, programs, strict=True))
+    ]

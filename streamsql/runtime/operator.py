@@ -24,7 +24,6 @@ from streamsql.plan.plan import StreamingPlan
 class StatefulOperator:
     plan: StreamingPlan
     program: BatchProgram
-    shift_us: int = 0  # the watermark this operator runs under: the query's + this
     index: int = 0  # its place in the chain, from the one reading the sources
     state_rows: int = 0
     compacted_rows: int = 0  # state rows after the last compaction
@@ -43,7 +42,8 @@ class StatefulOperator:
 
     def watermark(self, query_watermark: int | None) -> int | None:
         """The query's watermark (or late threshold) as this operator sees it."""
-        return None if query_watermark is None else query_watermark + self.shift_us
+        shift = self.plan.watermark_shift
+        return None if query_watermark is None else query_watermark + shift
 
     def values(self, late: int | None, watermark: int | None) -> dict[str, Any]:
         """The thresholds of this operator's statements in a batch run under the query's
@@ -76,9 +76,8 @@ class StatefulOperator:
 
 
 def chain_of(plan: StreamingPlan, programs: list[BatchProgram]) -> list[StatefulOperator]:
-    """The operators of `plan`'s chain with their programs, each under the watermark the
-    ones before it pass on."""
+    """The operators of `plan`'s chain with their programs."""
     return [
-        StatefulOperator(operator, program, operator.watermark_shift, index)
+        StatefulOperator(operator, program, index)
         for index, (operator, program) in enumerate(zip(plan.chain, programs, strict=True))
     ]

@@ -184,7 +184,7 @@ class MicroBatchExecution:
             if op.index:  # it reads what the operator before emits, typed by its dry run
                 below = self.operators[op.index - 1].empty_output
                 self.cursor.register(op.plan.scans[0].view, below)
-            values = {**self._dry_run_values(), **op.values(0, 0)}
+            values = self._values(op, 0, 0, self.batch_id)  # before any batch: the epoch
             for step in op.program.setup:
                 params = {name: values[name] for name in step.parameters}
                 self.cursor.execute(step.sql, params or None).fetchall()
@@ -234,17 +234,6 @@ class MicroBatchExecution:
                 f"CREATE OR REPLACE TEMP VIEW {step.view} AS "
                 f"SELECT {', '.join(casts)} FROM {step.view}_rows"
             ).fetchall()
-
-    def _dry_run_values(self) -> dict[str, Any]:
-        """Parameters for statements run before any batch: thresholds at the epoch."""
-        return {
-            "late": 0,
-            "watermark": 0,
-            "late_cutoff": 0,
-            "query": self.metadata.query,
-            "batch_id": self.batch_id,
-            **self.plan.parameters,
-        }
 
     def _scalar(self, sql: str) -> Any:
         return self.cursor.execute(sql).fetchall()[0][0]
@@ -365,7 +354,9 @@ class MicroBatchExecution:
         kept = [(op.state_rows, op.earliest_end) for op in self.operators]
         retired = self._retired_through(batch.batch_id)
         try:
-            values = self._values(batch)
+            values = self._values(
+                self.reader, batch.late_threshold_us, batch.watermark_us, batch.batch_id
+            )
             stats, inputs, per_source = self._measure(inputs, values)
             self.reader.late_rows = stats.late_rows
             dead = {name: self._dead_letters(data, name) for name, data in inputs.items()}
@@ -506,14 +497,16 @@ class MicroBatchExecution:
         """Spark's stateOperators: the state store of each stateful operator."""
         return [op.metrics() for op in self.operators if op.state_table]
 
-    def _values(self, batch: PlannedBatch, op: StatefulOperator | None = None) -> dict[str, Any]:
-        """The parameters of the statements of `op` (by default the one reading the
-        sources) in the batch."""
+    def _values(
+        self, op: StatefulOperator, late: int | None, watermark: int | None, batch_id: int
+    ) -> dict[str, Any]:
+        """The parameters of `op`'s statements in a batch run under the query's late
+        threshold and watermark."""
         return {
             **self.plan.parameters,
-            **(op or self.reader).values(batch.late_threshold_us, batch.watermark_us),
+            **op.values(late, watermark),
             "query": self.metadata.query,
-            "batch_id": batch.batch_id,
+            "batch_id": batch_id,
         }
 
     def _measure(
@@ -554,7 +547,7 @@ class MicroBatchExecution:
         """Run each operator over the rows the one before emitted; returns the last one's."""
         rows = self._execute_steps(self.reader, stats, values)
         for op in self.operators[1:]:
-            values = self._values(batch, op)
+            values = self._values(op, batch.late_threshold_us, batch.watermark_us, batch.batch_id)
             self._register(op.plan.scans[0].view, rows)
             figures = self._statistics(op.program.statistics[0], rows, values)
             self._window_figures(op, figures, values)

@@ -10,6 +10,7 @@ import json
 from pathlib import Path
 
 import pytest
+from test_errors import assert_refusal
 
 import streamsql
 from streamsql import PlanningError
@@ -264,7 +265,4 @@ def test_refusals_name_the_rule_and_the_place(sql: str, rule: str, words: str, m
             con.execute(SOURCE.format(name=name, watermark=WATERMARK, path="/nonexistent"))
         with pytest.raises(PlanningError) as caught:
             con.execute(sql)
-    error = caught.value
-    assert words in str(error)
-    assert error.rule == rule
-    assert (error.line, error.col) == (1, sql.index(marker) + 1)
+    assert_refusal(caught.value, sql, rule, words, marker)

@@ -29,6 +29,7 @@ import reference_model as model
 from crash import harness
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from test_errors import assert_refusal
 from test_incremental_properties import (
     JITTER,
     MS,
@@ -378,10 +379,7 @@ def test_refusals_name_the_rule_and_the_place(
             con.execute(source)
         with pytest.raises(PlanningError) as caught:
             con.execute(sql)
-    error = caught.value
-    assert words in str(error)
-    assert error.rule == rule
-    assert (error.line, error.col) == (1, sql.index(marker) + 1)
+    assert_refusal(caught.value, sql, rule, words, marker)
 
 
 # -- forms and what EXPLAIN shows ------------------------------------------------------------

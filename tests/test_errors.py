@@ -263,7 +263,13 @@ def test_planning_errors_name_the_rule_and_the_place(
     """The error points at `marker`: the first place in the query where it occurs."""
     with pytest.raises(PlanningError) as caught:
         con.execute(sql)
-    error = caught.value
+    assert_refusal(caught.value, sql, rule, words, marker)
+
+
+def assert_refusal(
+    error: PlanningError, sql: str, rule: str | None, words: str, marker: str
+) -> None:
+    """The error says `words`, names `rule` and points at `marker` in `sql` (line 1)."""
     assert words in str(error)
     assert error.rule == rule
     if rule:

@@ -106,11 +106,12 @@ OPERATOR_STATE = re.compile(r"/op[0-9]+$")
 
 
 def state_tables(con: duckdb.DuckDBPyConnection, query: str) -> list[str]:
-    """The state tables a sink's query has in the database: its operators' in a chain."""
+    """The state tables a sink's query has in the database: its operators' in a chain
+    (each named as the sink's state table, with OPERATOR_STATE's suffix)."""
     names = con.execute(
-        "SELECT table_name FROM duckdb_tables() WHERE schema_name = ? AND (lower(table_name) "
-        "= lower(?) OR starts_with(lower(table_name), lower(?)))",
-        [SCHEMA, state_table_name(query), state_table_name(query, 0)[:-1]],
+        "SELECT table_name FROM duckdb_tables() WHERE schema_name = ? "
+        "AND lower(regexp_replace(table_name, ?, '')) = lower(?)",
+        [SCHEMA, OPERATOR_STATE.pattern, state_table_name(query)],
     ).fetchall()
     return [f"{SCHEMA}.{quote(name)}" for (name,) in names]
 
